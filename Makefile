@@ -1,0 +1,46 @@
+# The two commands a new user runs: `make run` and `make test`. Both create .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# On machines without an NVIDIA GPU we install the pinned CPU build of torch first, so the
+# unpinned `torch` requirement is already satisfied and no multi-GB CUDA build is pulled.
+# GPU hosts keep whatever CUDA build pip chooses for them.
+TORCH_CPU_SPEC ?= torch==2.13.0
+
+.PHONY: run test lint format venv tiny worker clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then \
+		echo "no NVIDIA GPU found: installing the CPU build of torch ($(TORCH_CPU_SPEC))"; \
+		$(PY) -m pip install -q "$(TORCH_CPU_SPEC)"; \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m bot
+
+worker: $(STAMP)
+	$(PY) -m engine.worker
+
+tiny: $(STAMP)
+	$(PY) -m engine tiny tiny-model
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+test: lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,241 @@
+"""The job / progress / result contract between the Discord side and the GPU side.
+
+This module is the only thing the bot imports from ``engine``: it must never import torch,
+diffusers, discord or ``db`` so that the bot process stays light and remote GPU workers hold no
+database. Everything here is plain data that survives a JSON round trip, because the same
+objects travel through Redis when workers run on other machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+
+class Mode(enum.StrEnum):
+    """Speed/quality trade-off a user picks; each maps to steps and CFG in ``presets``."""
+
+    QUALITY = "quality"
+    STANDARD = "standard"
+    FAST = "fast"
+
+
+class FailureKind(enum.StrEnum):
+    """Why a job did not produce an image; the bot turns each into plain words."""
+
+    OOM = "oom"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    UNAVAILABLE = "unavailable"
+    QUEUE_FULL = "queue_full"
+    INVALID = "invalid"
+
+
+class JobFailed(Exception):
+    """Raised by ``JobHandle.result()`` and by ``submit`` when a job cannot deliver an image.
+
+    ``user_message`` is safe to show to the requester as is: short, no stack trace, no paths.
+    """
+
+    def __init__(self, kind: FailureKind, user_message: str) -> None:
+        super().__init__(f"{kind}: {user_message}")
+        self.kind = FailureKind(kind)
+        self.user_message = user_message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": str(self.kind), "user_message": self.user_message}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobFailed:
+        return cls(FailureKind(data["kind"]), str(data["user_message"]))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StyleSpec:
+    """A style as the GPU side needs it: already resolved from the guild's table by the bot."""
+
+    name: str = "none"
+    template: str = "{prompt}"
+    negative: str = ""
+
+    def apply(self, prompt: str) -> str:
+        # str.replace, not str.format: user prompts may contain braces.
+        if "{prompt}" not in self.template:
+            return f"{prompt}, {self.template}" if self.template else prompt
+        return self.template.replace("{prompt}", prompt)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRequest:
+    """One image to make. ``job_id`` is the Discord interaction id: unique and idempotent."""
+
+    job_id: str
+    user_id: int
+    prompt: str
+    style: StyleSpec = dataclasses.field(default_factory=StyleSpec)
+    negative_prompt: str | None = None
+    aspect: str = "1:1"
+    seed: int | None = None
+    mode: Mode = Mode.STANDARD
+    # Wall-clock budget for the GPU work, enforced inside the step callback so a late job
+    # frees the GPU instead of running on after nobody waits for it.
+    deadline_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["mode"] = str(self.mode)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRequest:
+        fields = dict(data)
+        fields["style"] = StyleSpec(**fields.get("style") or {})
+        fields["mode"] = Mode(fields.get("mode", Mode.STANDARD))
+        return cls(**fields)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Progress:
+    """A denoising step finished. ``step`` counts completed steps, 1..total."""
+
+    job_id: str
+    step: int
+    total: int
+    elapsed_s: float
+    sec_per_step: float
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.step / self.total) if self.total else 0
+
+    @property
+    def eta_s(self) -> float:
+        return max(0.0, (self.total - self.step) * self.sec_per_step)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Progress:
+        return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobResult:
+    """The finished image and every parameter actually used, so it can be reproduced."""
+
+    job_id: str
+    png: bytes
+    width: int
+    height: int
+    seed: int
+    steps: int
+    true_cfg_scale: float
+    mode: Mode
+    requested_mode: Mode
+    style: str
+    prompt: str
+    full_prompt: str
+    negative_prompt: str
+    aspect: str
+    model: str
+    queued_s: float = 0.0
+    run_s: float = 0.0
+    note: str | None = None
+    worker: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["png"] = self.png.hex()
+        data["mode"] = str(self.mode)
+        data["requested_mode"] = str(self.requested_mode)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobResult:
+        fields = dict(data)
+        fields["png"] = bytes.fromhex(fields["png"])
+        fields["mode"] = Mode(fields["mode"])
+        fields["requested_mode"] = Mode(fields["requested_mode"])
+        return cls(**fields)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One GPU worker as ``/status`` shows it."""
+
+    name: str
+    gpu: str
+    memory_gb: float
+    memory_mode: str
+    model: str
+    current_job: str | None = None
+    last_seen: float = 0.0
+    jobs_done: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EngineStatus:
+    """A snapshot of the image backend for ``/status``."""
+
+    backend: str
+    ready: bool
+    model: str
+    memory_mode: str
+    gpu: str
+    queue_length: int
+    running: tuple[str, ...] = ()
+    mean_sec_per_step: float | None = None
+    fast_available: bool = True
+    workers: tuple[WorkerInfo, ...] = ()
+    note: str | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+"""Called on the event loop that submitted the job, once per finished step. Keep it cheap."""
+
+
+@runtime_checkable
+class JobHandle(Protocol):
+    """What ``submit`` returns: await the result, ask where the job stands."""
+
+    job_id: str
+
+    async def result(self) -> JobResult:
+        """The image, or ``JobFailed``."""
+        ...
+
+
+@runtime_checkable
+class ImageBackend(Protocol):
+    """Where jobs go: the in-process GPU thread, or GPU workers behind Redis.
+
+    The bot's cogs talk only to this protocol, so they cannot tell the two apart.
+    """
+
+    async def start(self) -> None:
+        """Load models / connect; return when jobs can be accepted."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def submit(
+        self, request: JobRequest, on_progress: ProgressCallback | None = None
+    ) -> JobHandle:
+        """Queue a job. Raises ``JobFailed`` (QUEUE_FULL, UNAVAILABLE, INVALID) at once when
+        it cannot be queued. Submitting a ``job_id`` that is already queued or running returns
+        a handle on the existing job instead of running it twice."""
+        ...
+
+    async def position(self, job_id: str) -> int | None:
+        """0 while the job runs, n >= 1 when n - 1 jobs run or wait before it, None if unknown."""
+        ...
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job; its handle then raises ``JobFailed(CANCELLED)``."""
+        ...
+
+    async def status(self) -> EngineStatus: ...

@@ -1,0 +1,147 @@
+"""Aspect ratios, modes and built-in styles: the knowledge of how Qwen-Image wants to be called.
+
+No torch here, so the bot can list choices without loading the GPU stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from engine.contract import Mode, StyleSpec
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Aspect:
+    key: str
+    label: str
+    ratio: tuple[int, int]
+    native: tuple[int, int]  # (width, height) the model was trained at
+
+
+# Qwen-Image's native resolutions (model card). Sides are multiples of 16.
+ASPECTS: dict[str, Aspect] = {
+    a.key: a
+    for a in (
+        Aspect("1:1", "1:1 square", (1, 1), (1328, 1328)),
+        Aspect("16:9", "16:9 landscape", (16, 9), (1664, 928)),
+        Aspect("9:16", "9:16 portrait", (9, 16), (928, 1664)),
+        Aspect("4:3", "4:3 landscape", (4, 3), (1472, 1104)),
+        Aspect("3:4", "3:4 portrait", (3, 4), (1104, 1472)),
+        Aspect("3:2", "3:2 landscape", (3, 2), (1584, 1056)),
+        Aspect("2:3", "2:3 portrait", (2, 3), (1056, 1584)),
+    )
+}
+DEFAULT_ASPECT = "1:1"
+
+# The pipeline packs 2x2 latent patches over an 8x VAE: image sides must be multiples of 16.
+SIZE_MULTIPLE = 16
+
+
+def image_size(aspect: str, max_side: int | None = None) -> tuple[int, int]:
+    """(width, height) for an aspect.
+
+    With ``max_side`` unset the model's native size is used. With it set (tests, CPU dry runs)
+    the size is the largest one whose ratio is *exactly* the aspect, whose sides are multiples
+    of 16 and whose long side fits ``max_side`` (never below the smallest exact size).
+    """
+    spec = ASPECTS[aspect]
+    if max_side is None:
+        return spec.native
+    a, b = spec.ratio
+    g = math.gcd(a, b)
+    a, b = a // g, b // g
+    k = max(1, max_side // (SIZE_MULTIPLE * max(a, b)))
+    return SIZE_MULTIPLE * a * k, SIZE_MULTIPLE * b * k
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModePreset:
+    mode: Mode
+    steps: int
+    true_cfg_scale: float
+    description: str
+
+
+MODES: dict[Mode, ModePreset] = {
+    Mode.QUALITY: ModePreset(Mode.QUALITY, 50, 4.0, "best detail, 50 steps with true CFG"),
+    Mode.STANDARD: ModePreset(Mode.STANDARD, 30, 4.0, "balanced, 30 steps with true CFG"),
+    Mode.FAST: ModePreset(Mode.FAST, 8, 1.0, "Lightning LoRA, 8 steps, no CFG"),
+}
+
+# The model card's "positive magic" for English prompts; appended in the CFG modes.
+POSITIVE_MAGIC = ", Ultra HD, 4K, cinematic composition."
+
+# Qwen-Image needs *some* negative prompt for true CFG to run at all; a single space is the
+# model card's neutral choice.
+NEUTRAL_NEGATIVE = " "
+
+BUILTIN_STYLES: dict[str, StyleSpec] = {
+    s.name: s
+    for s in (
+        StyleSpec("none", "{prompt}", ""),
+        StyleSpec(
+            "photorealistic",
+            "{prompt}, photorealistic, natural lighting, sharp focus, 35mm photograph, "
+            "high detail",
+            "cartoon, illustration, painting, drawing, lowres, blurry, oversaturated",
+        ),
+        StyleSpec(
+            "anime",
+            "{prompt}, anime style, cel shading, vibrant colors, clean line art, key visual",
+            "photorealistic, photo, 3d render, lowres, blurry, deformed",
+        ),
+        StyleSpec(
+            "digital-art",
+            "{prompt}, digital art, highly detailed, artstation, concept art, vivid colors",
+            "photo, lowres, blurry, jpeg artifacts",
+        ),
+        StyleSpec(
+            "oil-painting",
+            "{prompt}, oil painting on canvas, visible brush strokes, rich texture, "
+            "classical composition",
+            "photo, digital art, 3d render, lowres, flat colors",
+        ),
+        StyleSpec(
+            "watercolor",
+            "{prompt}, watercolor painting, soft washes, paper texture, delicate edges",
+            "photo, 3d render, harsh lines, oversaturated, lowres",
+        ),
+        StyleSpec(
+            "pixel-art",
+            "{prompt}, pixel art, 16-bit, crisp pixels, limited palette, retro game sprite",
+            "blurry, smooth gradients, photo, 3d render, anti-aliasing",
+        ),
+        StyleSpec(
+            "cinematic",
+            "{prompt}, cinematic film still, dramatic lighting, shallow depth of field, "
+            "anamorphic, color graded",
+            "cartoon, illustration, lowres, flat lighting, oversaturated",
+        ),
+        StyleSpec(
+            "3d-render",
+            "{prompt}, 3d render, octane render, physically based materials, studio lighting, "
+            "high detail",
+            "photo, painting, sketch, lowres, blurry",
+        ),
+        StyleSpec(
+            "comic",
+            "{prompt}, comic book style, bold ink outlines, halftone shading, dynamic panel",
+            "photo, 3d render, blurry, lowres",
+        ),
+        StyleSpec(
+            "line-art",
+            "{prompt}, clean black and white line art, ink drawing, minimal shading",
+            "color, photo, 3d render, blurry, messy lines",
+        ),
+    )
+}
+DEFAULT_STYLE = "none"
+
+# Seeds are drawn and accepted in [0, MAX_SEED]; a torch CPU generator makes them reproducible
+# on any device.
+MAX_SEED = 2**32 - 1
+
+# Longest prompt the bot accepts (Discord's option limit is 6000; Qwen-Image reads up to 1024
+# tokens, which 1500 characters stays well inside).
+MAX_PROMPT_CHARS = 1500

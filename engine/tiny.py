@@ -1,0 +1,187 @@
+"""Build a tiny random Qwen-Image pipeline on disk, in real diffusers format, with no download.
+
+Tests, CI and anyone without a GPU load it through exactly the same ``from_pretrained`` code
+path as ``Qwen/Qwen-Image``: same classes, same scheduler, a Qwen2.5-VL text encoder and a
+byte-level BPE tokenizer (trained here on a few strings, with Qwen's chat special tokens). The
+images are noise, but every shape, step and callback is the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Marks a directory as a tiny model; the engine then defaults to small output sizes.
+TINY_MARKER = "imagine_tiny.json"
+TINY_MAX_SIDE = 256
+
+_CORPUS = [
+    "a red fox in the snow",
+    "a watercolor painting of a lighthouse at dusk",
+    "portrait of an astronaut, cinematic lighting",
+    "pixel art castle on a hill, sunset",
+    "Describe the image by detailing the color, shape, size, texture, quantity, text, "
+    "spatial relationships of the objects and background:",
+    "system user assistant",
+    "photorealistic, anime, digital art, oil painting, 3d render, ultra HD, 4K",
+    "0123456789 the quick brown fox jumps over the lazy dog",
+]
+_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _train_tokenizer(out_dir: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=_SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file, merges_file = tok.model.save(tmp)
+        kwargs = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+        try:  # transformers 5: the tokenizer takes the vocabulary and merges themselves
+            vocab = json.loads(Path(vocab_file).read_text())
+            merges = [
+                tuple(line.split(" "))
+                for line in Path(merges_file).read_text().splitlines()
+                if line and not line.startswith("#version")
+            ]
+            qwen_tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, **kwargs)
+        except TypeError:  # transformers 4: file paths
+            qwen_tok = Qwen2Tokenizer(
+                vocab_file=vocab_file, merges_file=merges_file, unk_token=None, **kwargs
+            )
+        qwen_tok.add_special_tokens({"additional_special_tokens": _SPECIAL[1:]})
+        qwen_tok.model_max_length = 2048
+        qwen_tok.save_pretrained(out_dir)
+
+
+def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random ``QwenImagePipeline`` to ``out_dir`` and return the path."""
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import (
+        AutoTokenizer,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = out / "tokenizer"
+    _train_tokenizer(tok_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    vocab = len(tokenizer)
+
+    torch.manual_seed(seed)
+    hidden = 32
+    # Same block structure as the real 60-layer model, shrunk: the text width must match
+    # the encoder's hidden size, and axes_dims_rope must sum to attention_head_dim.
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=hidden,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    )
+    # 16 latent channels and an 8x spatial factor, like the real VAE, at a fraction of the width.
+    vae = AutoencoderKLQwenImage(
+        base_dim=16,
+        z_dim=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 16,
+        latents_std=[1.0] * 16,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256,
+        base_shift=0.5,
+        invert_sigmas=False,
+        max_image_seq_len=8192,
+        max_shift=0.9,
+        num_train_timesteps=1000,
+        shift=1.0,
+        shift_terminal=0.02,
+        stochastic_sampling=False,
+        time_shift_type="exponential",
+        use_beta_sigmas=False,
+        use_dynamic_shifting=True,
+        use_exponential_sigmas=False,
+        use_karras_sigmas=False,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": hidden,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "rope_scaling": {"mrope_section": [2, 3, 3], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0,
+            "vocab_size": vocab,
+            "max_position_embeddings": 2048,
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": hidden,
+        },
+        hidden_size=hidden,
+        vocab_size=vocab,
+        vision_start_token_id=vocab - 1,
+        vision_end_token_id=vocab - 1,
+        vision_token_id=vocab - 1,
+        image_token_id=vocab - 1,
+        video_token_id=vocab - 1,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config.text_config.bos_token_id = config.bos_token_id
+    config.text_config.eos_token_id = config.eos_token_id
+    config.text_config.pad_token_id = config.pad_token_id
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    pipe = QwenImagePipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(out)
+    (out / TINY_MARKER).write_text(
+        json.dumps({"tiny": True, "max_side": TINY_MAX_SIDE, "seed": seed}, indent=2) + "\n"
+    )
+    logger.info("wrote tiny random Qwen-Image pipeline to %s", out)
+    return out
+
+
+def tiny_defaults(model_path: str | Path) -> dict[str, object] | None:
+    """The tiny marker's contents when ``model_path`` is a tiny model folder, else None."""
+    marker = Path(model_path) / TINY_MARKER
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text())
