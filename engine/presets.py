@@ -82,8 +82,7 @@ BUILTIN_STYLES: dict[str, StyleSpec] = {
         StyleSpec("none", "{prompt}", ""),
         StyleSpec(
             "photorealistic",
-            "{prompt}, photorealistic, natural lighting, sharp focus, 35mm photograph, "
-            "high detail",
+            "{prompt}, photorealistic, natural lighting, sharp focus, 35mm photograph, high detail",
             "cartoon, illustration, painting, drawing, lowres, blurry, oversaturated",
         ),
         StyleSpec(

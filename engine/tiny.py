@@ -18,6 +18,25 @@ logger = logging.getLogger(__name__)
 # Marks a directory as a tiny model; the engine then defaults to small output sizes.
 TINY_MARKER = "imagine_tiny.json"
 TINY_MAX_SIDE = 256
+TINY_LORA_DIR = "lightning"
+TINY_LORA_FILE = "tiny-lightning.safetensors"
+# The linears the Lightning LoRA files adapt in every transformer block.
+LORA_TARGETS = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "img_mlp.net.0.proj",
+    "img_mlp.net.2",
+    "txt_mlp.net.0.proj",
+    "txt_mlp.net.2",
+    "img_mod.1",
+    "txt_mod.1",
+)
 
 _CORPUS = [
     "a red fox in the snow",
@@ -141,6 +160,9 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
             "rope_theta": 1000000.0,
             "vocab_size": vocab,
             "max_position_embeddings": 2048,
+            "bos_token_id": tokenizer.convert_tokens_to_ids("<|im_start|>"),
+            "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            "pad_token_id": tokenizer.pad_token_id,
         },
         vision_config={
             "depth": 1,
@@ -160,9 +182,6 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
     )
-    config.text_config.bos_token_id = config.bos_token_id
-    config.text_config.eos_token_id = config.eos_token_id
-    config.text_config.pad_token_id = config.pad_token_id
     text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
     pipe = QwenImagePipeline(
         scheduler=scheduler,
@@ -172,11 +191,37 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
         transformer=transformer,
     )
     pipe.save_pretrained(out)
+    write_random_lora(transformer, out / TINY_LORA_DIR / TINY_LORA_FILE, rank=4, seed=seed)
     (out / TINY_MARKER).write_text(
         json.dumps({"tiny": True, "max_side": TINY_MAX_SIDE, "seed": seed}, indent=2) + "\n"
     )
     logger.info("wrote tiny random Qwen-Image pipeline to %s", out)
     return out
+
+
+def write_random_lora(transformer: object, path: str | Path, *, rank: int, seed: int = 0) -> Path:
+    """A random LoRA in the Lightning files' layout (``lora_down``/``lora_up``/``alpha`` per
+    block linear), so fast mode loads through the same ``load_lora_weights`` path as the real
+    file. Works for the tiny and the full-size transformer (the GPU benchmark uses it)."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    modules = dict(transformer.named_modules())  # type: ignore[attr-defined]
+    for index in range(len(transformer.transformer_blocks)):  # type: ignore[attr-defined]
+        for target in LORA_TARGETS:
+            name = f"transformer_blocks.{index}.{target}"
+            linear = modules[name]
+            down = torch.randn(rank, linear.in_features, generator=generator) * 0.01
+            up = torch.randn(linear.out_features, rank, generator=generator) * 0.01
+            tensors[f"{name}.lora_down.weight"] = down.to(torch.bfloat16)
+            tensors[f"{name}.lora_up.weight"] = up.to(torch.bfloat16)
+            tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    target_path = Path(path)
+    target_path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target_path))
+    return target_path
 
 
 def tiny_defaults(model_path: str | Path) -> dict[str, object] | None:

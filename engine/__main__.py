@@ -1,0 +1,101 @@
+"""Command line: ``python -m engine tiny DIR`` and ``python -m engine generate PROMPT ...``.
+
+Outside harnesses drive the project through these two commands; keep their flags stable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from engine.contract import JobFailed, JobRequest, Mode
+from engine.presets import ASPECTS, BUILTIN_STYLES, DEFAULT_ASPECT, DEFAULT_STYLE, MAX_SEED
+
+
+def _seed(value: str) -> int:
+    seed = int(value)
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed must be between 0 and {MAX_SEED}")
+    return seed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tiny = sub.add_parser("tiny", help="write a tiny random Qwen-Image pipeline (no download)")
+    tiny.add_argument("dir", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+
+    gen = sub.add_parser("generate", help="render one image")
+    gen.add_argument("prompt")
+    gen.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(BUILTIN_STYLES))
+    gen.add_argument("--aspect", default=DEFAULT_ASPECT, choices=list(ASPECTS))
+    gen.add_argument("--negative", default=None)
+    gen.add_argument("--seed", type=_seed, default=None)
+    gen.add_argument("--mode", type=Mode, default=None, choices=list(Mode))
+    gen.add_argument("--model", default=None, help="Hugging Face id or local path")
+    gen.add_argument("--out", type=Path, required=True)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "tiny":
+        from engine.tiny import build_tiny_pipeline
+
+        path = build_tiny_pipeline(args.dir, seed=args.seed)
+        print(f"wrote a tiny random Qwen-Image pipeline to {path}")
+        return 0
+
+    from engine.pipeline import EngineUnavailable, ImageGenerator
+    from engine.settings import EngineSettings
+
+    overrides: dict[str, object] = {"warmup": False}
+    if args.model:
+        overrides["model"] = args.model
+    settings = EngineSettings(**overrides)
+    started = time.perf_counter()
+    try:
+        generator = ImageGenerator.load(settings)
+    except EngineUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    loaded = time.perf_counter()
+    request = JobRequest(
+        job_id="cli",
+        user_id=0,
+        prompt=args.prompt,
+        style=BUILTIN_STYLES[args.style],
+        negative_prompt=args.negative,
+        aspect=args.aspect,
+        seed=args.seed,
+        mode=args.mode or settings.default_mode,
+    )
+    try:
+        result = generator.generate(request)
+    except JobFailed as exc:
+        print(f"error: {exc.user_message}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(result.png)
+    print(
+        f"wrote {args.out} ({result.width}x{result.height}, seed {result.seed}, "
+        f"{result.mode} mode, {result.steps} steps) in {result.run_s:.2f}s "
+        f"(model load {loaded - started:.2f}s)"
+    )
+    if result.note:
+        print(f"note: {result.note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

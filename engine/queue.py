@@ -1,0 +1,241 @@
+"""The in-process image backend: a fair waiting line and the one thread that owns the pipeline.
+
+diffusers pipelines are not thread-safe (two concurrent calls on one QwenImagePipeline fail with
+"index out of bounds"), so a single daemon thread runs every job. The asyncio side submits jobs
+and awaits futures; progress and results cross back with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+from engine.contract import (
+    EngineStatus,
+    FailureKind,
+    JobFailed,
+    JobRequest,
+    JobResult,
+    Progress,
+    ProgressCallback,
+)
+from engine.fairqueue import FairQueue
+from engine.settings import EngineSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(eq=False)
+class _Job:
+    request: JobRequest
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[JobResult]
+    on_progress: ProgressCallback | None
+    enqueued_at: float
+    cancel_requested: threading.Event = dataclasses.field(default_factory=threading.Event)
+    started_at: float | None = None
+
+
+class LocalHandle:
+    """A submitted job; awaiting ``result`` does not cancel the job if the awaiter is cancelled."""
+
+    def __init__(self, job_id: str, future: asyncio.Future[JobResult]) -> None:
+        self.job_id = job_id
+        self._future = future
+
+    async def result(self) -> JobResult:
+        return await asyncio.shield(self._future)
+
+
+class LocalEngine:
+    """``ImageBackend`` that renders in this process on one GPU thread."""
+
+    def __init__(self, settings: EngineSettings | None = None, generator: Any = None) -> None:
+        self.settings = settings or EngineSettings()
+        self._generator = generator
+        self._lock = threading.Condition()
+        self._waiting: FairQueue[_Job] = FairQueue()
+        self._jobs: dict[str, _Job] = {}
+        self._running: _Job | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._step_times: collections.deque[float] = collections.deque(maxlen=20)
+        self._info: dict[str, object] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        if self._generator is None:
+            from engine.pipeline import ImageGenerator  # torch import happens here, not in bot/
+
+            self._generator = await asyncio.to_thread(ImageGenerator.load, self.settings)
+        if self.settings.warmup and hasattr(self._generator, "warmup"):
+            await asyncio.to_thread(self._generator.warmup)
+        self._info = dict(self._generator.info())
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="imagine-gpu", daemon=True)
+        self._thread.start()
+        logger.info("local engine ready: %s", self._info)
+
+    async def close(self) -> None:
+        with self._lock:
+            self._stopping = True
+            waiting = []
+            while (item := self._waiting.pop()) is not None:
+                waiting.append(item[1])
+            if self._running is not None:
+                self._running.cancel_requested.set()
+            self._lock.notify_all()
+        for job in waiting:
+            self._jobs.pop(job.request.job_id, None)
+            self._resolve(job, JobFailed(FailureKind.UNAVAILABLE, "The image engine shut down."))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+            self._thread = None
+
+    # ------------------------------------------------------------------ queue API
+    async def submit(
+        self, request: JobRequest, on_progress: ProgressCallback | None = None
+    ) -> LocalHandle:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            existing = self._jobs.get(request.job_id)
+            if existing is not None:
+                return LocalHandle(request.job_id, existing.future)
+            if self._thread is None or self._stopping:
+                raise JobFailed(FailureKind.UNAVAILABLE, "The image engine is not running.")
+            mine = self._waiting.count_for(request.user_id) + int(
+                self._running is not None and self._running.request.user_id == request.user_id
+            )
+            if mine >= self.settings.max_queued_per_user:
+                raise JobFailed(
+                    FailureKind.QUEUE_FULL,
+                    f"You already have {mine} images waiting; wait for one to finish.",
+                )
+            if len(self._waiting) >= self.settings.max_queue:
+                raise JobFailed(
+                    FailureKind.QUEUE_FULL, "The queue is full right now; try again in a minute."
+                )
+            job = _Job(request, loop, loop.create_future(), on_progress, time.monotonic())
+            self._jobs[request.job_id] = job
+            self._waiting.push(request.user_id, request.job_id, job)
+            self._lock.notify_all()
+        return LocalHandle(request.job_id, job.future)
+
+    async def position(self, job_id: str) -> int | None:
+        with self._lock:
+            if self._running is not None and self._running.request.job_id == job_id:
+                return 0
+            place = self._waiting.position(job_id)
+            if place is None:
+                return None
+            return place + int(self._running is not None)
+
+    async def cancel(self, job_id: str) -> bool:
+        with self._lock:
+            if self._running is not None and self._running.request.job_id == job_id:
+                self._running.cancel_requested.set()
+                return True
+            job = self._waiting.remove(job_id)
+            if job is None:
+                return False
+            self._jobs.pop(job_id, None)
+        self._resolve(job, JobFailed(FailureKind.CANCELLED, "The generation was cancelled."))
+        return True
+
+    async def status(self) -> EngineStatus:
+        with self._lock:
+            running = (self._running.request.job_id,) if self._running is not None else ()
+            queue_length = len(self._waiting)
+            times = list(self._step_times)
+        return EngineStatus(
+            backend="local",
+            ready=self._thread is not None and not self._stopping,
+            model=str(self._info.get("model", self.settings.model)),
+            memory_mode=str(self._info.get("memory_mode", self.settings.memory_mode)),
+            gpu=str(self._info.get("gpu", "unknown")),
+            queue_length=queue_length,
+            running=running,
+            mean_sec_per_step=sum(times) / len(times) if times else None,
+            fast_available=bool(self._info.get("fast_available", False)),
+        )
+
+    # ------------------------------------------------------------------ GPU thread
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and len(self._waiting) == 0:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                item = self._waiting.pop()
+                assert item is not None
+                job = item[1]
+                job.started_at = time.monotonic()
+                self._running = job
+            try:
+                outcome: JobResult | JobFailed = self._execute(job)
+            finally:
+                with self._lock:
+                    self._running = None
+                    self._jobs.pop(job.request.job_id, None)
+            self._resolve(job, outcome)
+
+    def _execute(self, job: _Job) -> JobResult | JobFailed:
+        request = job.request
+        queued_s = (job.started_at or job.enqueued_at) - job.enqueued_at
+
+        def on_step(step: int, total: int, elapsed: float, per_step: float) -> None:
+            if job.on_progress is not None:
+                progress = Progress(request.job_id, step, total, elapsed, per_step)
+                job.loop.call_soon_threadsafe(self._emit, job, progress)
+
+        def should_stop() -> FailureKind | None:
+            return FailureKind.CANCELLED if job.cancel_requested.is_set() else None
+
+        try:
+            result = self._generator.generate(request, on_step=on_step, should_stop=should_stop)
+        except JobFailed as exc:
+            logger.info("job %s failed: %s", request.job_id, exc)
+            return exc
+        except Exception:
+            logger.exception("job %s crashed", request.job_id)
+            if hasattr(self._generator, "free_memory"):
+                self._generator.free_memory()
+            return JobFailed(
+                FailureKind.ERROR, "Something went wrong while generating; it has been logged."
+            )
+        if result.steps:
+            self._step_times.append(result.run_s / max(1, result.steps))
+        return dataclasses.replace(result, queued_s=queued_s)
+
+    @staticmethod
+    def _emit(job: _Job, progress: Progress) -> None:
+        if job.on_progress is None or job.future.done():
+            return
+        try:
+            job.on_progress(progress)
+        except Exception:
+            logger.exception("progress callback for job %s failed", progress.job_id)
+
+    @staticmethod
+    def _resolve(job: _Job, outcome: JobResult | JobFailed) -> None:
+        def settle() -> None:
+            if job.future.done():
+                return
+            if isinstance(outcome, JobFailed):
+                job.future.set_exception(outcome)
+                job.future.exception()  # retrieved: a refused job nobody awaits is not an error
+            else:
+                job.future.set_result(outcome)
+
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the submitting loop is closed: nobody is waiting any more
+            logger.debug("job %s finished after its event loop closed", job.request.job_id)
