@@ -1,0 +1,187 @@
+"""The async engine, its SQLite tuning, and migrate-on-open.
+
+SQLite notes, because they decide whether quotas hold under load:
+
+* WAL lets readers run while one writer writes.
+* ``timeout`` (the driver's busy handler) makes a second writer wait instead of failing with
+  "database is locked".
+* Every write transaction starts with ``BEGIN IMMEDIATE``. With the driver's default deferred
+  BEGIN two transactions can both read, then both try to upgrade to a write lock, and one of
+  them fails at once with SQLITE_BUSY (the busy handler is not consulted for a lock upgrade
+  that would deadlock). Taking the write lock up front makes them queue instead.
+  Read-only helpers use a deferred BEGIN through ``Database.readers`` so they never wait for a
+  writer.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "sqlite+aiosqlite:///./data/imagine.db"
+# Seconds a writer waits for the lock before giving up with "database is locked".
+BUSY_TIMEOUT_S = 30.0
+# Execution option that makes the ``begin`` hook emit a plain (deferred) BEGIN.
+_READ_ONLY = "imagine_read_only"
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic config that works from any cwd and from an installed package.
+
+    ``script_location`` is an absolute path next to this file, so nothing depends on where the
+    process was started.
+    """
+    cfg = Config(str(ALEMBIC_INI)) if ALEMBIC_INI.exists() else Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        # ConfigParser interpolation: a literal % in a password must be doubled.
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The file behind a SQLite URL, or None for memory databases and URI forms."""
+    database = url.database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    if url.query.get("uri") in ("true", "1"):
+        return None
+    return Path(database)
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # SQLAlchemy emits BEGIN itself (below); the driver must not emit its own.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL loses no committed data on a crash of the process, only
+            # possibly the last transactions on power loss, and it saves an fsync per commit.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(_READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def ensure_sqlite_dir(url: str | URL) -> None:
+    """Create the folder of a SQLite file so a fresh install starts without setup steps."""
+    parsed = make_url(url)
+    if not _is_sqlite(parsed):
+        return
+    path = _sqlite_file(parsed)
+    if path is None:
+        log.warning(
+            "SQLite memory database: contents vanish on exit and concurrent "
+            "transactions share one connection; use a file for anything real"
+        )
+        return
+    path.expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """An async engine with the SQLite tuning above (also used by the Alembic CLI env)."""
+    parsed = make_url(url)
+    if _is_sqlite(parsed):
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        connect_args.setdefault("timeout", BUSY_TIMEOUT_S)
+        kwargs["connect_args"] = connect_args
+    engine = create_async_engine(parsed, **kwargs)
+    if _is_sqlite(parsed):
+        _install_sqlite_hooks(engine)
+    return engine
+
+
+def _upgrade(connection: Connection, cfg: Config, revision: str) -> None:
+    # The env script sees this connection and migrates on it instead of opening its own.
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, revision)
+
+
+class Database:
+    """The async engine plus two session factories: ``sessions`` (writes) and ``readers``.
+
+    Build it with ``await Database.open(url)``; queries in ``db.queries`` take it first.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            engine, expire_on_commit=False
+        )
+        # Same pool, but transactions start with a deferred BEGIN: reads never queue behind
+        # a writer in WAL mode.
+        self.readers: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
+        )
+
+    @property
+    def url(self) -> URL:
+        return self.engine.url
+
+    @classmethod
+    async def open(cls, url: str = DEFAULT_URL, *, migrate: bool = True) -> Database:
+        """Connect, create the SQLite file's folder, and upgrade the schema to head.
+
+        Migrating on open means an upgraded bot never runs against an old schema and a fresh
+        install needs no separate setup step.
+        """
+        parsed = make_url(url)
+        ensure_sqlite_dir(parsed)
+        engine = create_engine(parsed)
+        db = cls(engine)
+        try:
+            if migrate:
+                await db.migrate()
+        except BaseException:
+            await engine.dispose()
+            raise
+        log.info("database ready at %s", parsed.render_as_string(hide_password=True))
+        return db
+
+    async def migrate(self, revision: str = "head") -> None:
+        """Run Alembic's upgrade on this engine, in one transaction (SQLite DDL is atomic
+        here because SQLAlchemy, not the driver, emits BEGIN)."""
+        cfg = alembic_config(self.engine.url.render_as_string(hide_password=False))
+        async with self.engine.begin() as conn:
+            await conn.run_sync(_upgrade, cfg, revision)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

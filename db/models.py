@@ -1,0 +1,218 @@
+"""SQLAlchemy 2 typed models: the shape of everything the bot remembers.
+
+The schema itself is owned by the Alembic migrations in ``db/migrations``; these models must
+match them (``alembic check`` in the tests proves it), so a change here always comes with a new
+migration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    false,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Named constraints: SQLite batch migrations can only drop or alter constraints they can name.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Built-in styles live in the styles table under this guild id: SQLite's UNIQUE treats NULLs
+# as distinct, so NULL could not keep two built-ins of the same name out.
+BUILTIN_GUILD_ID = 0
+# Quota rows for direct messages use this guild id, for the same reason.
+DM_GUILD_ID = 0
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes in Python, naive UTC in the database.
+
+    SQLite has no timezone type; storing naive UTC keeps values sortable as text and the API
+    never hands out a naive datetime that someone could mistake for local time.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class GenerationStatus(enum.StrEnum):
+    """Lifecycle of a job row; ``queued`` and ``running`` are the unfinished ones."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (GenerationStatus.DONE, GenerationStatus.FAILED, GenerationStatus.CANCELLED)
+
+
+ACTIVE_STATUSES: tuple[str, ...] = (GenerationStatus.QUEUED, GenerationStatus.RUNNING)
+
+
+class GenerationKind(enum.StrEnum):
+    """How a generation was asked for: a fresh /imagine or a button on an earlier result."""
+
+    IMAGINE = "imagine"
+    REROLL = "reroll"
+    VARIATION = "variation"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class GuildSettings(Base):
+    """Per-guild limits. Rows appear on the first admin change; absent means bot defaults.
+
+    ``daily_quota`` / ``max_queued`` are NULL while the guild follows the bot-wide defaults, so
+    changing a default in the environment reaches every guild that never chose its own.
+    """
+
+    __tablename__ = "guild_settings"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    daily_quota: Mapped[int | None] = mapped_column(Integer)
+    max_queued: Mapped[int | None] = mapped_column(Integer)
+    blocked_words: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    allowed_channels: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")
+    exempt_roles: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Style(Base):
+    """A prompt template. ``guild_id`` 0 holds the built-ins; a guild's own row shadows one."""
+
+    __tablename__ = "styles"
+    __table_args__ = (UniqueConstraint("guild_id", "name_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(String(64))
+    # casefolded name: lookups are case-insensitive beyond ASCII, which SQLite's NOCASE is not.
+    name_key: Mapped[str] = mapped_column(String(64))
+    template: Mapped[str] = mapped_column(Text)
+    negative: Mapped[str] = mapped_column(Text, default="", server_default="")
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_by: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    @property
+    def builtin(self) -> bool:
+        return self.guild_id == BUILTIN_GUILD_ID
+
+
+class Generation(Base):
+    """One requested image, from the reservation to its end; the job's whole story."""
+
+    __tablename__ = "generations"
+    __table_args__ = (
+        Index("ix_generations_user_guild_created", "user_id", "guild_id", "created_at"),
+        Index("ix_generations_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The Discord interaction id: unique, so a redelivered interaction never runs or charges twice.
+    job_key: Mapped[str] = mapped_column(String(32), unique=True)
+    kind: Mapped[str] = mapped_column(
+        String(16), default=GenerationKind.IMAGINE, server_default="imagine"
+    )
+    parent_key: Mapped[str | None] = mapped_column(String(32), index=True)
+
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+
+    prompt: Mapped[str] = mapped_column(Text)
+    negative_prompt: Mapped[str | None] = mapped_column(Text)
+    style: Mapped[str] = mapped_column(String(64))
+    aspect: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    mode: Mapped[str] = mapped_column(String(16))
+
+    status: Mapped[str] = mapped_column(
+        String(16), default=GenerationStatus.QUEUED, server_default="queued"
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Kept so a restarted bot can still edit the original response within Discord's 15 minutes.
+    interaction_token: Mapped[str | None] = mapped_column(Text)
+
+    seed_used: Mapped[int | None] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    steps: Mapped[int | None] = mapped_column(Integer)
+    true_cfg_scale: Mapped[float | None] = mapped_column(Float)
+    mode_used: Mapped[str | None] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(256))
+    worker: Mapped[str | None] = mapped_column(String(128))
+    note: Mapped[str | None] = mapped_column(Text)
+    queued_s: Mapped[float | None] = mapped_column(Float)
+    run_s: Mapped[float | None] = mapped_column(Float)
+
+    # True while one unit of the user's daily quota is held for this job; the refund flips it,
+    # which is what makes a refund happen exactly once.
+    charged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    quota_day: Mapped[dt.date] = mapped_column(Date)
+
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def finished(self) -> bool:
+        return GenerationStatus(self.status).finished
+
+    def __repr__(self) -> str:
+        # No prompt and no interaction token in reprs: they end up in logs.
+        return f"<Generation {self.job_key} {self.kind} user={self.user_id} {self.status}>"
+
+
+class QuotaUsage(Base):
+    """Units used by one user in one guild (0 for DMs) on one quota day."""
+
+    __tablename__ = "quota_usage"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    used: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
