@@ -1,25 +1,40 @@
 """Round-robin-by-user waiting line, shared by the in-process and the Redis backends.
 
-One user queueing five images must never hold back another user's first: the next job is taken
-from the user who has waited longest for a turn, one job per turn. Plain Python, no locking: the
-caller owns synchronisation (the local backend holds a lock, the Redis dispatcher runs on one
-event loop).
+One user queueing five images must never hold back another user's first: each turn serves the
+user with the fewest turns so far, and among equals the one who has gone longest without one.
+Plain Python, no locking: the caller owns synchronisation (the local backend holds a lock, the
+Redis dispatcher runs on one event loop).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+import dataclasses
+import itertools
+from collections import deque
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
+@dataclasses.dataclass
+class _Line(Generic[T]):
+    jobs: deque[tuple[str, T]]
+    round: int  # turns taken in this busy period (newcomers start at the current round)
+    last_served: int  # -1 = not served yet: goes before those who were
+    arrival: int
+
+    def key(self) -> tuple[int, int, int]:
+        return (self.round, self.last_served, self.arrival)
+
+
 class FairQueue(Generic[T]):
+    """Next job = first job of the user with the fewest turns, then the longest without one."""
+
     def __init__(self) -> None:
-        # user -> that user's jobs in submission order; dict order is the turn order.
-        self._by_user: OrderedDict[int, deque[tuple[str, T]]] = OrderedDict()
+        self._lines: dict[int, _Line[T]] = {}
         self._owner: dict[str, int] = {}
+        self._seq = itertools.count()
 
     def __len__(self) -> int:
         return len(self._owner)
@@ -30,58 +45,69 @@ class FairQueue(Generic[T]):
     def push(self, user_id: int, key: str, item: T) -> None:
         if key in self._owner:
             raise KeyError(f"job {key} is already queued")
-        self._by_user.setdefault(user_id, deque()).append((key, item))
+        line = self._lines.get(user_id)
+        if line is None:
+            # A newcomer joins the current round: no head start, and no waiting behind everyone
+            # else's backlog either.
+            current = min((other.round for other in self._lines.values()), default=0)
+            line = _Line(deque(), current, -1, next(self._seq))
+            self._lines[user_id] = line
+        line.jobs.append((key, item))
         self._owner[key] = user_id
 
     def pop(self) -> tuple[str, T] | None:
-        """Take the next job: the first job of the user at the front of the turn order."""
-        if not self._by_user:
+        if not self._lines:
             return None
-        user_id, jobs = next(iter(self._by_user.items()))
-        key, item = jobs.popleft()
+        user_id = min(self._lines, key=lambda u: self._lines[u].key())
+        line = self._lines[user_id]
+        key, item = line.jobs.popleft()
         del self._owner[key]
-        # The user goes to the back of the line whether or not they have more jobs.
-        del self._by_user[user_id]
-        if jobs:
-            self._by_user[user_id] = jobs
+        line.round += 1
+        line.last_served = next(self._seq)
+        if not line.jobs:
+            del self._lines[user_id]
         return key, item
 
     def remove(self, key: str) -> T | None:
         user_id = self._owner.pop(key, None)
         if user_id is None:
             return None
-        jobs = self._by_user[user_id]
+        jobs = self._lines[user_id].jobs
         index = next(i for i, (k, _) in enumerate(jobs) if k == key)
         item = jobs[index][1]
         del jobs[index]
         if not jobs:
-            del self._by_user[user_id]
+            del self._lines[user_id]
         return item
 
     def get(self, key: str) -> T | None:
         user_id = self._owner.get(key)
         if user_id is None:
             return None
-        return next(item for k, item in self._by_user[user_id] if k == key)
+        return next(item for k, item in self._lines[user_id].jobs if k == key)
 
     def count_for(self, user_id: int) -> int:
-        jobs = self._by_user.get(user_id)
-        return len(jobs) if jobs else 0
+        line = self._lines.get(user_id)
+        return len(line.jobs) if line else 0
 
     def order(self) -> Iterator[str]:
         """Job keys in the order ``pop`` would return them if nothing else arrived."""
-        queues = [list(jobs) for jobs in self._by_user.values()]
-        depth = max((len(q) for q in queues), default=0)
-        for turn in range(depth):
-            for jobs in queues:
-                if turn < len(jobs):
-                    yield jobs[turn][0]
+        lines = {
+            u: _Line(deque(line.jobs), line.round, line.last_served, line.arrival)
+            for u, line in self._lines.items()
+        }
+        tick = itertools.count(next(self._seq))
+        while lines:
+            user_id = min(lines, key=lambda u: lines[u].key())
+            line = lines[user_id]
+            yield line.jobs.popleft()[0]
+            line.round += 1
+            line.last_served = next(tick)
+            if not line.jobs:
+                del lines[user_id]
 
     def position(self, key: str) -> int | None:
         """1-based place among the waiting jobs, or None when the job is not waiting."""
         if key not in self._owner:
             return None
-        for index, k in enumerate(self.order(), start=1):
-            if k == key:
-                return index
-        return None  # unreachable: every owned key is in order()
+        return next(i for i, k in enumerate(self.order(), start=1) if k == key)

@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import torch
+
+from engine.contract import FailureKind, JobFailed, JobRequest, Mode, Progress
+from engine.pipeline import ImageGenerator
+from engine.queue import LocalEngine
+from engine.settings import EngineSettings
+
+
+class GatedGenerator:
+    """Wraps the real tiny generator: records run order and can hold a job at its first step."""
+
+    def __init__(self, inner: ImageGenerator) -> None:
+        self.inner = inner
+        self.order: list[str] = []
+        self.hold: dict[str, threading.Event] = {}
+        self.started: dict[str, threading.Event] = {}
+
+    def info(self) -> dict[str, object]:
+        return self.inner.info()
+
+    def free_memory(self) -> None:
+        self.inner.free_memory()
+
+    def generate(self, request: JobRequest, on_step: Any = None, should_stop: Any = None) -> Any:
+        self.order.append(request.job_id)
+        gate = self.hold.get(request.job_id)
+
+        def step(*args: Any) -> None:
+            self.started.setdefault(request.job_id, threading.Event()).set()
+            if gate is not None:
+                gate.wait(10)
+            if on_step is not None:
+                on_step(*args)
+
+        return self.inner.generate(request, on_step=step, should_stop=should_stop)
+
+
+@pytest.fixture
+async def engine(
+    generator: ImageGenerator, tiny_settings: EngineSettings
+) -> AsyncIterator[tuple[LocalEngine, GatedGenerator]]:
+    gated = GatedGenerator(generator)
+    local = LocalEngine(tiny_settings.model_copy(update={"max_queued_per_user": 6}), gated)
+    await local.start()
+    yield local, gated
+    for gate in gated.hold.values():
+        gate.set()
+    await local.close()
+
+
+def job(job_id: str, user: int, mode: Mode = Mode.FAST, **extra: Any) -> JobRequest:
+    return JobRequest(job_id=job_id, user_id=user, prompt=f"prompt {job_id}", mode=mode, **extra)
+
+
+async def wait_started(gated: GatedGenerator, job_id: str) -> None:
+    event = gated.started.setdefault(job_id, threading.Event())
+    assert await asyncio.to_thread(event.wait, 10), f"{job_id} never started"
+
+
+async def test_round_robin_across_users(engine: tuple[LocalEngine, GatedGenerator]) -> None:
+    local, gated = engine
+    gated.hold["blocker"] = threading.Event()
+    handles = [await local.submit(job("blocker", 99))]
+    await wait_started(gated, "blocker")
+    # Alice queues five, then Bob and Carol one each: they must not wait behind all of Alice's.
+    for n in range(1, 6):
+        handles.append(await local.submit(job(f"alice{n}", 1)))
+    handles.append(await local.submit(job("bob1", 2)))
+    handles.append(await local.submit(job("carol1", 3)))
+    # Position n means n - 1 jobs run or wait before this one.
+    assert await local.position("blocker") == 0
+    assert await local.position("alice1") == 2
+    assert await local.position("bob1") == 3
+    assert await local.position("carol1") == 4
+    assert await local.position("alice2") == 5
+    assert await local.position("alice5") == 8
+    assert (await local.status()).queue_length == 7
+    gated.hold["blocker"].set()
+    results = [await h.result() for h in handles]
+    assert gated.order == [
+        "blocker", "alice1", "bob1", "carol1", "alice2", "alice3", "alice4", "alice5",
+    ]  # fmt: skip
+    assert [r.job_id for r in results] == [h.job_id for h in handles]
+    assert await local.position("alice5") is None
+
+
+async def test_cancel_a_queued_job(engine: tuple[LocalEngine, GatedGenerator]) -> None:
+    local, gated = engine
+    gated.hold["first"] = threading.Event()
+    first = await local.submit(job("first", 1))
+    await wait_started(gated, "first")
+    queued = await local.submit(job("queued", 2))
+    assert await local.cancel("queued") is True
+    with pytest.raises(JobFailed) as failure:
+        await queued.result()
+    assert failure.value.kind == FailureKind.CANCELLED
+    gated.hold["first"].set()
+    await first.result()
+    assert "queued" not in gated.order
+    assert await local.cancel("queued") is False
+
+
+async def test_cancel_a_running_job_stops_it_early(
+    engine: tuple[LocalEngine, GatedGenerator],
+) -> None:
+    local, gated = engine
+    steps: list[Progress] = []
+    gated.hold["long"] = threading.Event()
+    handle = await local.submit(job("long", 1, mode=Mode.QUALITY), steps.append)
+    await wait_started(gated, "long")
+    assert await local.cancel("long") is True
+    gated.hold["long"].set()
+    with pytest.raises(JobFailed) as failure:
+        await handle.result()
+    assert failure.value.kind == FailureKind.CANCELLED
+    assert len(steps) < 50
+    # The GPU thread is free for the next job.
+    assert (await (await local.submit(job("next", 1))).result()).job_id == "next"
+
+
+async def test_progress_reaches_the_event_loop_for_every_step(
+    engine: tuple[LocalEngine, GatedGenerator],
+) -> None:
+    local, _ = engine
+    loop_thread = threading.get_ident()
+    seen: list[tuple[int, int, int]] = []
+
+    def on_progress(progress: Progress) -> None:
+        assert threading.get_ident() == loop_thread
+        seen.append((progress.step, progress.total, threading.get_ident()))
+
+    result = await (await local.submit(job("p", 1, mode=Mode.STANDARD), on_progress)).result()
+    await asyncio.sleep(0)  # progress callbacks scheduled before the result are delivered
+    assert [s[0] for s in seen] == list(range(1, result.steps + 1))
+    assert all(total == 30 for _, total, _ in seen)
+    status = await local.status()
+    assert status.mean_sec_per_step and status.mean_sec_per_step > 0
+    assert status.backend == "local" and status.ready
+
+
+async def test_oom_in_one_job_leaves_the_next_job_working(
+    engine: tuple[LocalEngine, GatedGenerator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local, gated = engine
+    transformer = gated.inner.pipe.transformer
+    original = transformer.forward
+    state = {"raised": False}
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if not state["raised"]:
+            state["raised"] = True
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformer, "forward", forward)
+    doomed = await local.submit(job("doomed", 1))
+    survivor = await local.submit(job("survivor", 2))
+    with pytest.raises(JobFailed) as failure:
+        await doomed.result()
+    assert failure.value.kind == FailureKind.OOM
+    assert (await survivor.result()).png.startswith(b"\x89PNG")
+
+
+async def test_a_crash_fails_only_that_job(
+    engine: tuple[LocalEngine, GatedGenerator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local, gated = engine
+    original = gated.inner.pipe.vae.decode
+    state = {"raised": False}
+
+    def decode(*args: Any, **kwargs: Any) -> Any:
+        if not state["raised"]:
+            state["raised"] = True
+            raise ValueError("boom")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gated.inner.pipe.vae, "decode", decode)
+    with pytest.raises(JobFailed) as failure:
+        await (await local.submit(job("crash", 1))).result()
+    assert failure.value.kind == FailureKind.ERROR and "boom" not in failure.value.user_message
+    assert (await (await local.submit(job("after", 1))).result()).job_id == "after"
+
+
+async def test_same_job_id_is_never_run_twice(engine: tuple[LocalEngine, GatedGenerator]) -> None:
+    local, gated = engine
+    gated.hold["dup"] = threading.Event()
+    one = await local.submit(job("dup", 1))
+    two = await local.submit(job("dup", 1))
+    gated.hold["dup"].set()
+    assert (await one.result()) is (await two.result())
+    assert gated.order.count("dup") == 1
+
+
+async def test_per_user_cap_and_closed_engine(engine: tuple[LocalEngine, GatedGenerator]) -> None:
+    local, gated = engine
+    gated.hold["u0"] = threading.Event()
+    await local.submit(job("u0", 5))
+    await wait_started(gated, "u0")
+    for n in range(1, 6):
+        await local.submit(job(f"u{n}", 5))
+    with pytest.raises(JobFailed) as full:
+        await local.submit(job("u6", 5))
+    assert full.value.kind == FailureKind.QUEUE_FULL
+    # Another user is not affected by user 5's cap.
+    await local.submit(job("other", 6))
+    gated.hold["u0"].set()
+    await local.close()
+    with pytest.raises(JobFailed) as closed:
+        await local.submit(job("late", 6))
+    assert closed.value.kind == FailureKind.UNAVAILABLE
