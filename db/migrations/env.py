@@ -12,6 +12,7 @@ Two ways in:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 from logging.config import fileConfig
 
@@ -86,8 +87,16 @@ def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
         do_run_migrations(connection)
-    else:
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
         asyncio.run(run_async_migrations())
+        return
+    # Alembic's commands are synchronous; called from async code (an admin script, a test)
+    # they get a private event loop on a helper thread instead of failing in asyncio.run.
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        executor.submit(lambda: asyncio.run(run_async_migrations())).result()
 
 
 if context.is_offline_mode():

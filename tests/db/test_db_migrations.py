@@ -1,0 +1,171 @@
+"""Migrations: the real Alembic commands, empty -> head -> base -> head, and migrate-on-open."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
+
+from db import (
+    Database,
+    NewGeneration,
+    alembic_config,
+    reserve_generation,
+    set_message,
+    unfinished_generations,
+)
+from db.models import Base
+
+TABLES = {"guild_settings", "styles", "generations", "quota_usage"}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows} - {"sqlite_sequence"}
+
+
+def version(path: Path) -> str | None:
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    return row[0] if row else None
+
+
+def head() -> str:
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    assert len(heads) == 1, f"migrations must have one head, found {heads}"
+    return heads[0]
+
+
+def test_upgrade_downgrade_upgrade_with_alembic_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # From another cwd: the config must not depend on where the process started.
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "nested" / "m.db"
+    cfg = alembic_config(f"sqlite+aiosqlite:///{path}")
+
+    command.upgrade(cfg, "head")
+    assert tables(path) == TABLES | {"alembic_version"}
+    assert version(path) == head()
+
+    command.downgrade(cfg, "base")
+    assert tables(path) == {"alembic_version"}
+    assert version(path) is None
+
+    command.upgrade(cfg, "head")
+    assert tables(path) == TABLES | {"alembic_version"}
+    assert version(path) == head()
+
+
+def test_models_match_the_migrations(tmp_path: Path) -> None:
+    """`alembic check`: a model change without a migration fails here, not in production."""
+    cfg = alembic_config(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    command.upgrade(cfg, "head")
+    command.check(cfg)
+    assert set(Base.metadata.tables) == TABLES
+
+
+def test_every_revision_downgrades_and_upgrades_step_by_step(tmp_path: Path) -> None:
+    cfg = alembic_config(f"sqlite+aiosqlite:///{tmp_path}/s.db")
+    revisions = list(ScriptDirectory.from_config(cfg).walk_revisions("base", "heads"))
+    for _ in revisions:
+        command.upgrade(cfg, "+1")
+    assert version(tmp_path / "s.db") == head()
+    for _ in revisions:
+        command.downgrade(cfg, "-1")
+    assert version(tmp_path / "s.db") is None
+
+
+def test_alembic_command_line_from_another_directory(tmp_path: Path) -> None:
+    path = tmp_path / "cli" / "imagine.db"
+    env = {
+        **os.environ,
+        "IMAGINE_DATABASE_URL": f"sqlite+aiosqlite:///{path}",
+        "PYTHONPATH": "",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alembic",
+            "-c",
+            str(REPO / "db" / "alembic.ini"),
+            "upgrade",
+            "head",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert version(path) == head()
+
+
+async def test_open_creates_the_folder_migrates_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "does" / "not" / "exist" / "imagine.db"
+    db = await Database.open(f"sqlite+aiosqlite:///{path}")
+    try:
+        assert version(path) == head()
+        async with db.engine.connect() as conn:
+            mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+            busy = (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+        assert mode == "wal"
+        assert busy >= 1000
+    finally:
+        await db.close()
+    assert tables(path) == TABLES | {"alembic_version"}
+
+
+async def test_reopening_keeps_data_for_a_restarted_bot(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/twice.db"
+    db = await Database.open(url)
+    job = NewGeneration("987654321", 1, 2, 3, "a lighthouse", "none", "16:9", "fast")
+    await reserve_generation(db, job, daily_quota=5, max_queued=None)
+    await set_message(db, "987654321", message_id=55, interaction_token="tok")
+    await db.close()
+
+    db = await Database.open(url)
+    try:
+        (row,) = await unfinished_generations(db)
+        assert (row.job_key, row.prompt, row.message_id, row.interaction_token) == (
+            "987654321",
+            "a lighthouse",
+            55,
+            "tok",
+        )
+    finally:
+        await db.close()
+    assert version(tmp_path / "twice.db") == head()
+
+
+async def test_open_without_migrate_leaves_the_schema_alone(tmp_path: Path) -> None:
+    path = tmp_path / "raw.db"
+    db = await Database.open(f"sqlite+aiosqlite:///{path}", migrate=False)
+    try:
+        async with db.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+    finally:
+        await db.close()
+    assert tables(path) == set()
+
+
+async def test_open_brings_an_old_database_up_to_head(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    command.upgrade(alembic_config(url), "head")
+    command.downgrade(alembic_config(url), "base")
+    db = await Database.open(url)
+    await db.close()
+    assert version(path) == head()
+    assert tables(path) == TABLES | {"alembic_version"}
