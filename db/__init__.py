@@ -4,7 +4,7 @@
 query is a function in ``db.queries`` (re-exported here) that takes the ``Database`` first.
 """
 
-from db.database import DEFAULT_URL, Database, alembic_config, create_engine
+from db.database import DEFAULT_URL, Database, SchemaTooNew, alembic_config, create_engine
 from db.models import (
     BUILTIN_GUILD_ID,
     Base,
@@ -66,6 +66,7 @@ __all__ = [
     "QuotaExceeded",
     "QuotaStatus",
     "QuotaUsage",
+    "SchemaTooNew",
     "Style",
     "StyleExists",
     "StyleNotFound",

@@ -21,6 +21,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
@@ -123,10 +126,34 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer version of the bot than the one running."""
+
+
 def _upgrade(connection: Connection, cfg: Config, revision: str) -> None:
+    script = ScriptDirectory.from_config(cfg)
+    current = MigrationContext.configure(connection).get_current_heads()
+    known = {rev.revision for rev in script.walk_revisions()}
+    unknown = [rev for rev in current if rev not in known]
+    if unknown:
+        # Alembic would only say "Can't locate revision"; say what happened and what to do.
+        raise SchemaTooNew(
+            f"the database schema is at revision {', '.join(unknown)}, which this version of "
+            "the bot does not know: it was upgraded by a newer version. Run that version, or "
+            "restore a backup taken before the upgrade."
+        )
+    if set(current) != set(script.get_heads()):
+        log.info(
+            "migrating database schema from %s to %s",
+            ", ".join(current) or "empty",
+            ", ".join(script.get_heads()),
+        )
     # The env script sees this connection and migrates on it instead of opening its own.
     cfg.attributes["connection"] = connection
-    command.upgrade(cfg, revision)
+    try:
+        command.upgrade(cfg, revision)
+    except CommandError as exc:
+        raise RuntimeError(f"database migration failed: {exc}") from exc
 
 
 class Database:

@@ -140,6 +140,9 @@ class Style(Base):
     def builtin(self) -> bool:
         return self.guild_id == BUILTIN_GUILD_ID
 
+    def __repr__(self) -> str:
+        return f"<Style {self.name!r} guild={self.guild_id}>"
+
 
 class Generation(Base):
     """One requested image, from the reservation to its end; the job's whole story."""

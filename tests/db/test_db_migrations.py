@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from alembic.script import ScriptDirectory
 from db import (
     Database,
     NewGeneration,
+    SchemaTooNew,
     alembic_config,
     reserve_generation,
     set_message,
@@ -27,13 +29,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def tables(path: Path) -> set[str]:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     return {name for (name,) in rows} - {"sqlite_sequence"}
 
 
 def version(path: Path) -> str | None:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     return row[0] if row else None
 
@@ -169,3 +171,14 @@ async def test_open_brings_an_old_database_up_to_head(tmp_path: Path) -> None:
     await db.close()
     assert version(path) == head()
     assert tables(path) == TABLES | {"alembic_version"}
+
+
+async def test_a_schema_from_a_newer_bot_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await (await Database.open(url)).close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'from_the_future'")
+
+    with pytest.raises(SchemaTooNew, match=r"from_the_future.*newer version"):
+        await Database.open(url)
