@@ -580,13 +580,18 @@ class Fault:
     is_global: bool = False
     after_commit: bool = False
     via: bool = True
+    # None: any request; True: only multipart uploads (a final edit with the image); False: only
+    # requests without files (progress edits).
+    multipart: bool | None = None
     hits: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, content_type: str) -> bool:
+        is_multipart = content_type.startswith("multipart/")
         return (
             self.hits < self.times
             and self.method in ("*", method)
             and self.path.search(path) is not None
+            and (self.multipart is None or self.multipart == is_multipart)
         )
 
 
@@ -824,6 +829,7 @@ class DiscordEmulator:
         is_global: bool = False,
         after_commit: bool = False,
         via: bool = True,
+        multipart: bool | None = None,
     ) -> Fault:
         """Make the next ``times`` matching requests fail (429 with ``retry_after``, or a 5xx)."""
         fault = Fault(
@@ -835,6 +841,7 @@ class DiscordEmulator:
             is_global,
             after_commit,
             via,
+            multipart,
         )
         self.faults.append(fault)
         return fault
@@ -1084,35 +1091,41 @@ class DiscordEmulator:
     async def slash(
         self,
         user: User,
-        name: str,
+        command: str,
+        /,
         *,
-        subcommand: str | None = None,
-        channel: Channel | None = None,
+        sub: str | None = None,
+        in_channel: Channel | None = None,
         validate: bool = True,
-        **options: Any,
+        options: dict[str, Any] | None = None,
+        **values: Any,
     ) -> Interaction:
-        """The user runs ``/name option:value…`` (``subcommand`` like ``"add"`` or ``"group add"``).
+        """The user runs ``/command option:value…`` (``sub`` like ``"add"`` or ``"group add"``).
 
-        The option types come from the commands the bot synced, as they would in Discord.
+        Option values come as keywords, or in ``options`` for names that clash with the
+        keywords here. Their types come from the commands the bot synced, as in Discord.
         """
-        data = self._command_data(name, options, subcommand=subcommand, validate=validate)
-        interaction = self._new_interaction(IT_COMMAND, user, data, channel.id if channel else None)
+        merged = {**(options or {}), **values}
+        data = self._command_data(command, merged, subcommand=sub, validate=validate)
+        channel_id = in_channel.id if in_channel else None
+        interaction = self._new_interaction(IT_COMMAND, user, data, channel_id)
         return await self._dispatch_interaction(interaction)
 
     async def autocomplete(
         self,
         user: User,
-        name: str,
+        command: str,
         focused: str,
+        /,
         *,
-        subcommand: str | None = None,
+        sub: str | None = None,
         within: float = 5.0,
-        **options: Any,
+        options: dict[str, Any] | None = None,
+        **values: Any,
     ) -> list[dict[str, Any]]:
         """The user types into option ``focused``; returns the choices the bot offered."""
-        data = self._command_data(
-            name, options, subcommand=subcommand, validate=True, focused=focused
-        )
+        merged = {**(options or {}), **values}
+        data = self._command_data(command, merged, subcommand=sub, validate=True, focused=focused)
         interaction = self._new_interaction(IT_AUTOCOMPLETE, user, data, None)
         await self._dispatch_interaction(interaction)
         await asyncio.wait_for(interaction.acked.wait(), within)
@@ -1361,7 +1374,8 @@ class DiscordEmulator:
         )
         self.requests.append(record)
         path = request.path.removeprefix(API_PREFIX)
-        fault = next((f for f in self.faults if f.matches(request.method, path)), None)
+        ctype = request.headers.get("Content-Type", "")
+        fault = next((f for f in self.faults if f.matches(request.method, path, ctype)), None)
         response: web.StreamResponse
         try:
             if fault is not None:

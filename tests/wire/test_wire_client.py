@@ -48,6 +48,13 @@ class AgainView(discord.ui.View):
         await interaction.response.edit_message(content="hidden", view=None)
 
 
+class NoteModal(discord.ui.Modal, title="A note"):
+    note: discord.ui.TextInput[Any] = discord.ui.TextInput(label="Note", custom_id="note")
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(f"noted: {self.note.value}", ephemeral=True)
+
+
 class DemoBot(commands.Bot):
     """The smallest bot that does what /imagine does on the wire."""
 
@@ -76,6 +83,29 @@ class DemoBot(commands.Bot):
                 view=AgainView(),
             )
 
+        style = app_commands.Group(name="style", description="Manage styles")
+
+        @style.command(name="add", description="Add a style")
+        async def style_add(interaction: discord.Interaction, name: str, template: str) -> None:
+            await interaction.response.send_message(f"added {name}: {template}", ephemeral=True)
+
+        @style.command(name="show", description="Show a style")
+        async def style_show(interaction: discord.Interaction, name: str) -> None:
+            await interaction.response.send_message(f"style {name}")
+
+        @style_show.autocomplete("name")
+        async def style_names(
+            interaction: discord.Interaction, current: str
+        ) -> list[app_commands.Choice[str]]:
+            names = ["anime", "cinematic", "comic", "line-art"]
+            return [app_commands.Choice(name=n, value=n) for n in names if current in n]
+
+        self.tree.add_command(style)
+
+        @self.tree.command(name="form", description="Open a form")
+        async def form(interaction: discord.Interaction) -> None:
+            await interaction.response.send_modal(NoteModal())
+
         @self.tree.error
         async def on_tree_error(
             interaction: discord.Interaction, error: app_commands.AppCommandError
@@ -103,7 +133,7 @@ async def test_login_sync_slash_command_and_multipart_edit(emulator: DiscordEmul
     bot = await _start(emulator)
     async with running(bot, emulator.token):
         assert emulator.identifies == 1
-        assert [c["name"] for c in emulator.global_commands] == ["draw"]
+        assert sorted(c["name"] for c in emulator.global_commands) == ["draw", "form", "style"]
         user = emulator.add_user("alice")
         interaction = await emulator.slash(user, "draw", side=48)
         await emulator.wait_acked(interaction)
@@ -273,3 +303,42 @@ async def test_invalid_message_bodies_are_rejected_like_discord(emulator: Discor
         sent = await channel.send("@everyone look", allowed_mentions=discord.AllowedMentions.none())
     assert not emulator.messages[sent.id].mention_everyone
     assert len(emulator.visible_messages()) == 1
+
+
+async def test_subcommands_autocomplete_and_modals(emulator: DiscordEmulator) -> None:
+    user = emulator.add_user("carol")
+    async with running(await _start(emulator), emulator.token):
+        choices = await emulator.autocomplete(user, "style", "name", sub="show", name="c")
+        assert [c["value"] for c in choices] == ["cinematic", "comic"]
+        added = await emulator.slash(user, "style", sub="add", name="x", template="{prompt}!")
+        await emulator.wait_acked(added)
+        assert [m.content for m in emulator.messages_for(added)] == ["added x: {prompt}!"]
+        opened = await emulator.wait_acked(await emulator.slash(user, "form"))
+        assert opened.modal is not None and opened.modal["title"] == "A note"
+        submitted = await emulator.wait_acked(await emulator.submit_modal(opened, {"note": "hi"}))
+        (reply,) = emulator.messages_for(submitted)
+        assert reply.content == "noted: hi" and reply.ephemeral
+    with pytest.raises(ValueError, match="no option"):
+        await emulator.slash(user, "draw", colour="red")
+
+
+async def test_a_lost_response_does_not_duplicate_a_channel_message(
+    emulator: DiscordEmulator,
+) -> None:
+    """A 500 after Discord already created the message makes discord.py send it again. discord.py
+    2.7 sends every channel message with a random ``nonce`` and ``enforce_nonce``, so Discord
+    answers the retry with the first message; a bot that re-sends on its own needs a nonce of
+    its own (the same one each time) to get the same protection."""
+    bot = await _start(emulator)
+    async with running(bot, emulator.token):
+        channel = bot.get_channel(emulator.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        emulator.fail_next("POST", r"/channels/\d+/messages$", status=500, after_commit=True)
+        first = await channel.send("retried by discord.py")
+        again = await channel.send("re-sent by the bot", nonce=42)
+        same = await channel.send("re-sent by the bot", nonce=42)
+    posts = emulator.requests_matching("POST", r"/channels/\d+/messages$")
+    assert [r.status for r in posts] == [500, 200, 200, 200]
+    assert posts[0].json["nonce"] == posts[1].json["nonce"] and posts[0].json["enforce_nonce"]
+    assert same.id == again.id
+    assert [m.id for m in emulator.visible_messages()] == [first.id, again.id]
