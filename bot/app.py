@@ -1,0 +1,168 @@
+"""Build the bot: ``create_bot(settings, engine=None, db=None)`` returns it configured, unconnected.
+
+Outside harnesses (SimCord, the wire emulator) drive the very object ``python -m bot`` runs. All
+start-up work that needs the event loop happens in ``setup_hook``: open the database, sync the
+built-in styles, start the health server and the image backend, load the cogs, register the
+restart-proof buttons, resume unfinished jobs and sync the slash commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import discord
+import yarl
+from discord.ext import commands
+
+import db as dbmod
+from bot import errors, views
+from bot.cogs import EXTENSIONS
+from bot.health import HealthServer
+from bot.jobs import JobService, style_description
+from bot.settings import BotSettings, CommandSync
+from engine.contract import ImageBackend
+from engine.presets import BUILTIN_STYLES
+
+logger = logging.getLogger(__name__)
+
+
+def build_backend(settings: BotSettings) -> ImageBackend:
+    """The image backend the settings ask for: Redis workers, else the in-process GPU thread."""
+    if settings.redis_url is not None:
+        from engine.remote import RedisBackend, RemoteSettings  # no torch on this path
+
+        return RedisBackend(RemoteSettings(redis_url=settings.redis_url.get_secret_value()))
+    from engine.queue import LocalEngine  # torch loads only when the engine starts
+    from engine.settings import EngineSettings
+
+    return LocalEngine(EngineSettings())
+
+
+class ImagineBot(commands.Bot):
+    """The Discord front-end. It holds the settings, the database and the image backend."""
+
+    def __init__(
+        self,
+        settings: BotSettings,
+        *,
+        backend: ImageBackend | None = None,
+        database: dbmod.Database | None = None,
+    ) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True  # guild, channel and role cache; no privileged intents needed
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            allowed_mentions=discord.AllowedMentions.none(),
+            max_messages=None,
+        )
+        self.settings = settings
+        self.backend: Any = backend
+        self.db: dbmod.Database | None = database
+        self._owns_backend = backend is None
+        self._owns_db = database is None
+        self.jobs: JobService | None = None
+        self.health: HealthServer | None = None
+        self.started_at = discord.utils.utcnow()
+        self._recovery: asyncio.Task[None] | None = None
+        self._services_closed = False
+        errors.install(self.tree)
+
+    async def setup_hook(self) -> None:
+        settings = self.settings
+        if self.db is None:
+            self.db = await dbmod.Database.open(settings.database_url)
+        await dbmod.sync_builtin_styles(
+            self.db,
+            [
+                (s.name, s.template, s.negative, style_description(s))
+                for s in BUILTIN_STYLES.values()
+            ],
+        )
+        if settings.health_port:
+            # Up before the (possibly slow) model load, so a container reports "starting" as 503.
+            self.health = HealthServer(self, settings.health_host, settings.health_port)
+            await self.health.start()
+        if self.backend is None:
+            self.backend = build_backend(settings)
+        await self.backend.start()
+        self.jobs = JobService(self)
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.add_dynamic_items(*views.DYNAMIC_ITEMS)
+        self._recovery = asyncio.create_task(self.jobs.recover(), name="imagine-recovery")
+        await self.sync_commands()
+
+    async def sync_commands(self) -> None:
+        mode = self.settings.command_sync
+        if mode == CommandSync.OFF:
+            logger.info("command sync is off; using the commands Discord already has")
+            return
+        if mode == CommandSync.GUILD:
+            assert self.settings.dev_guild_id is not None
+            guild = discord.Object(self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            logger.info("synced %d commands to guild %s", len(synced), guild.id)
+            return
+        synced = await self.tree.sync()
+        logger.info("synced %d global commands", len(synced))
+
+    async def on_ready(self) -> None:
+        user = self.user
+        logger.info(
+            "connected as %s (%s) in %d server(s)", user, user.id if user else "?", len(self.guilds)
+        )
+
+    async def close_services(self) -> None:
+        """Stop following jobs (they stay resumable), then close what this bot opened."""
+        if self._services_closed:
+            return
+        self._services_closed = True
+        if self._recovery is not None and not self._recovery.done():
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
+        if self.jobs is not None:
+            await self.jobs.close()
+        if self.health is not None:
+            await self.health.stop()
+        if self._owns_backend and self.backend is not None:
+            try:
+                await self.backend.close()
+            except Exception:
+                logger.exception("closing the image backend failed")
+        if self._owns_db and self.db is not None:
+            await self.db.close()
+
+    async def close(self) -> None:
+        await self.close_services()
+        await super().close()
+
+
+def _apply_test_endpoints(settings: BotSettings) -> None:
+    """TEST ONLY: point discord.py's REST and gateway at an emulator."""
+    if settings.discord_api_base:
+        discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
+        logger.warning("TEST ONLY: Discord REST base is %s", discord.http.Route.BASE)
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+        logger.warning("TEST ONLY: Discord gateway is %s", settings.discord_gateway_url)
+
+
+def create_bot(
+    settings: BotSettings | None = None,
+    engine: ImageBackend | None = None,
+    db: dbmod.Database | None = None,
+) -> ImagineBot:
+    """The configured, unconnected bot.
+
+    ``engine`` and ``db`` are for harnesses that bring their own (the bot then leaves them open
+    at close); by default the bot builds the backend the settings choose and opens the
+    database in ``setup_hook``.
+    """
+    settings = settings or BotSettings()
+    _apply_test_endpoints(settings)
+    return ImagineBot(settings, backend=engine, database=db)

@@ -1,0 +1,54 @@
+"""/history: a member's own generations, newest first, with paging buttons."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import errors, views
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+
+class HistoryCog(commands.Cog):
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="history", description="Your recent images here, newest first")
+    @app_commands.describe(
+        user="Someone else's history (needs Manage Server)",
+        page="Which page to open (5 images per page)",
+    )
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    @app_commands.allowed_installs(guilds=True, users=False)
+    async def history(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        user: discord.User | None = None,
+        page: app_commands.Range[int, 1, 10_000] = 1,
+    ) -> None:
+        async with errors.replying(interaction):
+            target = user or interaction.user
+            if target.id != interaction.user.id and not views.can_view_others(interaction):
+                raise errors.UserError(
+                    "You need the **Manage Server** permission to see another member's history."
+                )
+            embed, view = await views.history_page(
+                self.bot,
+                viewer_id=interaction.user.id,
+                target_id=target.id,
+                target_name=target.display_name,
+                guild_id=interaction.guild_id,
+                page=page,
+            )
+            await interaction.response.send_message(
+                embed=embed, view=view, ephemeral=True, allowed_mentions=errors.NO_MENTIONS
+            )
+
+
+async def setup(bot: ImagineBot) -> None:
+    await bot.add_cog(HistoryCog(bot))

@@ -1,0 +1,88 @@
+"""/imagine: the one command most members ever use."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+import db
+from bot import errors, render
+from bot.jobs import ImagineParams
+from engine.contract import Mode
+from engine.presets import ASPECTS, DEFAULT_ASPECT, MAX_PROMPT_CHARS, MAX_SEED, MODES
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+ASPECT_CHOICES = [app_commands.Choice(name=a.label, value=a.key) for a in ASPECTS.values()]
+MODE_CHOICES = [
+    app_commands.Choice(name=render.clip(f"{mode}: {preset.description}", 100), value=str(mode))
+    for mode, preset in MODES.items()
+]
+
+
+class ImagineCog(commands.Cog):
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="imagine", description="Make an image with Qwen-Image")
+    @app_commands.describe(
+        prompt=f"What to draw (up to {MAX_PROMPT_CHARS:,} characters)",
+        style="A look to apply; start typing to see this server's styles",
+        aspect="Shape of the image (default 1:1 square)",
+        negative="What to keep out of the image",
+        seed=f"Repeat an image exactly: the seed from its details (0 to {MAX_SEED})",
+        mode="Quality (slowest), standard, or fast",
+    )
+    @app_commands.choices(aspect=ASPECT_CHOICES, mode=MODE_CHOICES)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    @app_commands.allowed_installs(guilds=True, users=False)
+    async def imagine(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        prompt: str,
+        style: str | None = None,
+        aspect: str = DEFAULT_ASPECT,
+        negative: str | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        mode: str | None = None,
+    ) -> None:
+        params = ImagineParams(
+            prompt=prompt,
+            style=style,
+            aspect=aspect,
+            negative=negative,
+            seed=seed,
+            mode=Mode(mode) if mode else self.bot.settings.default_mode,
+        )
+        async with errors.replying(interaction):
+            await self.bot.jobs.imagine(interaction, params)
+
+    @imagine.autocomplete("style")
+    async def style_autocomplete(
+        self, interaction: discord.Interaction[ImagineBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        """This server's styles plus the built-ins, best matches first (Discord shows 25)."""
+        styles = await db.list_styles(self.bot.db, interaction.guild_id)
+        needle = current.strip().casefold()
+        starts = [s for s in styles if s.name_key.startswith(needle)]
+        contains = [s for s in styles if needle and needle in s.name_key and s not in starts]
+        described = [
+            s
+            for s in styles
+            if needle and needle in s.description.casefold() and s not in starts + contains
+        ]
+        choices = []
+        for style in (starts + contains + described)[:25]:
+            label = style.name if not style.description else f"{style.name} — {style.description}"
+            choices.append(
+                app_commands.Choice(name=render.clip(label, 100), value=style.name[:100])
+            )
+        return choices
+
+
+async def setup(bot: ImagineBot) -> None:
+    await bot.add_cog(ImagineCog(bot))

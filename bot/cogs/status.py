@@ -1,0 +1,51 @@
+"""/status: what the image engine is doing, for members and admins alike."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import errors, render
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+logger = logging.getLogger(__name__)
+
+STATUS_TIMEOUT_S = 5.0
+
+
+class StatusCog(commands.Cog):
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(
+        name="status", description="Queue, model, GPU and speed of the image engine"
+    )
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    @app_commands.allowed_installs(guilds=True, users=False)
+    async def status(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        uptime = (discord.utils.utcnow() - self.bot.started_at).total_seconds()
+        try:
+            latency: float | None = self.bot.latency * 1000
+        except AttributeError:  # no gateway connection object
+            latency = None
+        if latency is not None and not math.isfinite(latency):
+            latency = None
+        try:
+            snapshot = await asyncio.wait_for(self.bot.backend.status(), STATUS_TIMEOUT_S)
+            embed = render.status_embed(snapshot, uptime_s=uptime, latency_ms=latency)
+        except Exception as exc:  # a broken backend is exactly what /status must report
+            logger.warning("backend status failed: %s", exc)
+            embed = render.status_embed(None, uptime_s=uptime, latency_ms=latency, error=str(exc))
+        await errors.send_ephemeral(interaction, embed=embed)
+
+
+async def setup(bot: ImagineBot) -> None:
+    await bot.add_cog(StatusCog(bot))

@@ -1,0 +1,266 @@
+"""/styles: a server's own prompt templates (Manage Server)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+import db
+from bot import errors, render
+from bot.cogs._admin import ADMIN_PERMISSIONS, require_manage_guild
+from bot.errors import UserError
+from engine.contract import StyleSpec
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+MAX_TEMPLATE = 1000
+MAX_NEGATIVE = 1000
+MAX_DESCRIPTION = 80
+MAX_NAME = 32
+SAMPLE_PROMPT = "a lighthouse on a cliff at dusk"
+
+
+def _check_name(name: str) -> str:
+    cleaned = " ".join(name.split())
+    if not cleaned:
+        raise UserError("A style needs a name.")
+    if len(cleaned) > MAX_NAME:
+        raise UserError(f"Style names can be at most {MAX_NAME} characters.")
+    if any(ch in cleaned for ch in "`*_~|<>@#:"):
+        raise UserError("Style names can't contain markdown or mention characters (`*_~|<>@#:`).")
+    return cleaned
+
+
+def _check_template(template: str) -> str:
+    cleaned = template.strip()
+    if "{prompt}" not in cleaned:
+        raise UserError("The template must contain `{prompt}` where the member's prompt goes.")
+    if len(cleaned) > MAX_TEMPLATE:
+        raise UserError(f"Templates can be at most {MAX_TEMPLATE} characters.")
+    return cleaned
+
+
+def _check_text(value: str | None, limit: int, what: str) -> str:
+    cleaned = (value or "").strip()
+    if len(cleaned) > limit:
+        raise UserError(f"The {what} can be at most {limit} characters.")
+    return cleaned
+
+
+def style_embed(style: db.Style, sample: str) -> discord.Embed:
+    spec = StyleSpec(style.name, style.template, style.negative or "")
+    origin = "built-in" if style.builtin else "this server's own"
+    embed = discord.Embed(title=f"Style: {render.shown(style.name, 64)}", colour=render.COLOR_INFO)
+    embed.description = render.shown(style.description, 200) if style.description else None
+    embed.add_field(
+        name="Template", value=f"```{render.clip(style.template, 1000)}```", inline=False
+    )
+    embed.add_field(
+        name="Negative",
+        value=render.shown(style.negative, 1000) if style.negative else "(none)",
+        inline=False,
+    )
+    embed.add_field(
+        name=f"Prompt the model reads for “{render.clip(sample, 60)}”",
+        value=render.shown(spec.apply(sample), 1000),
+        inline=False,
+    )
+    embed.set_footer(text=origin)
+    return embed
+
+
+class StylesCog(commands.Cog):
+    styles = app_commands.Group(
+        name="styles",
+        description="This server's image styles",
+        default_permissions=ADMIN_PERMISSIONS,
+        guild_only=True,
+    )
+
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    async def interaction_check(self, interaction: discord.Interaction[ImagineBot]) -> bool:  # type: ignore[override]
+        return require_manage_guild(interaction)
+
+    @styles.command(name="add", description="Add a style members can pick in /imagine")
+    @app_commands.describe(
+        name="Short name members pick (e.g. noir)",
+        template="Prompt template; {prompt} is replaced by the member's prompt",
+        negative="What this style keeps out of images",
+        description="One line shown next to the name",
+    )
+    async def add(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        name: str,
+        template: str,
+        negative: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        async with errors.replying(interaction):
+            assert interaction.guild_id is not None
+            cleaned = _check_name(name)
+            try:
+                style = await db.add_style(
+                    self.bot.db,
+                    interaction.guild_id,
+                    cleaned,
+                    _check_template(template),
+                    _check_text(negative, MAX_NEGATIVE, "negative prompt"),
+                    _check_text(description, MAX_DESCRIPTION, "description"),
+                    created_by=interaction.user.id,
+                )
+            except db.StyleExists:
+                raise UserError(
+                    f"This server already has a style called “{render.shown(cleaned, 64)}”. "
+                    "Use `/styles edit` to change it."
+                ) from None
+            shadow = ""
+            builtin = await db.get_style(self.bot.db, None, cleaned)
+            if builtin is not None:
+                shadow = " It replaces the built-in style of the same name in this server."
+            await errors.send_ephemeral(
+                interaction,
+                f"Added the style “{render.shown(style.name, 64)}”.{shadow}",
+                embed=style_embed(style, SAMPLE_PROMPT),
+            )
+
+    @styles.command(name="edit", description="Change one of this server's styles")
+    @app_commands.describe(
+        name="The style to change",
+        template="New template with {prompt}",
+        negative="New negative prompt (a single - clears it)",
+        description="New description (a single - clears it)",
+    )
+    async def edit(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        name: str,
+        template: str | None = None,
+        negative: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        async with errors.replying(interaction):
+            assert interaction.guild_id is not None
+            if template is None and negative is None and description is None:
+                raise UserError("Tell me what to change: a template, negative or description.")
+            try:
+                style = await db.edit_style(
+                    self.bot.db,
+                    interaction.guild_id,
+                    name,
+                    template=_check_template(template) if template is not None else None,
+                    negative=None
+                    if negative is None
+                    else _clear(negative, MAX_NEGATIVE, "negative prompt"),
+                    description=None
+                    if description is None
+                    else _clear(description, MAX_DESCRIPTION, "description"),
+                )
+            except db.StyleNotFound:
+                raise UserError(
+                    _not_own(name, await db.get_style(self.bot.db, None, name))
+                ) from None
+            await errors.send_ephemeral(
+                interaction,
+                f"Updated the style “{render.shown(style.name, 64)}”.",
+                embed=style_embed(style, SAMPLE_PROMPT),
+            )
+
+    @styles.command(name="remove", description="Remove one of this server's styles")
+    @app_commands.describe(name="The style to remove")
+    async def remove(self, interaction: discord.Interaction[ImagineBot], name: str) -> None:
+        async with errors.replying(interaction):
+            assert interaction.guild_id is not None
+            if not await db.remove_style(self.bot.db, interaction.guild_id, name):
+                raise UserError(_not_own(name, await db.get_style(self.bot.db, None, name)))
+            await errors.send_ephemeral(
+                interaction, f"Removed the style “{render.shown(name.strip(), 64)}”."
+            )
+
+    @styles.command(name="list", description="Every style members can pick here")
+    async def list_(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        async with errors.replying(interaction):
+            styles = await db.list_styles(self.bot.db, interaction.guild_id)
+            own = [s for s in styles if not s.builtin]
+            builtin = [s for s in styles if s.builtin]
+            embed = discord.Embed(title="Styles", colour=render.COLOR_INFO)
+
+            def lines(rows: list[db.Style]) -> str:
+                out = []
+                for s in rows:
+                    desc = f" — {render.shown(s.description, 80)}" if s.description else ""
+                    out.append(f"**{render.shown(s.name, 32)}**{desc}")
+                return (
+                    render.clip("\n".join(out), 1024)
+                    if out
+                    else "(none yet: add one with `/styles add`)"
+                )
+
+            embed.add_field(name=f"This server's own ({len(own)})", value=lines(own), inline=False)
+            embed.add_field(name=f"Built-in ({len(builtin)})", value=lines(builtin), inline=False)
+            await errors.send_ephemeral(interaction, embed=embed)
+
+    @styles.command(name="preview", description="Show what the model reads with a style")
+    @app_commands.describe(
+        name="The style to preview", prompt="A sample prompt to put in the template"
+    )
+    async def preview(
+        self, interaction: discord.Interaction[ImagineBot], name: str, prompt: str | None = None
+    ) -> None:
+        async with errors.replying(interaction):
+            style = await db.get_style(self.bot.db, interaction.guild_id, name)
+            if style is None:
+                raise UserError(
+                    f"There is no style called “{render.shown(name.strip(), 64)}” here."
+                )
+            sample = (prompt or "").strip() or SAMPLE_PROMPT
+            await errors.send_ephemeral(interaction, embed=style_embed(style, sample))
+
+    @edit.autocomplete("name")
+    @remove.autocomplete("name")
+    async def own_style_autocomplete(
+        self, interaction: discord.Interaction[ImagineBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        styles = await db.list_styles(self.bot.db, interaction.guild_id)
+        needle = current.strip().casefold()
+        return [
+            app_commands.Choice(name=s.name[:100], value=s.name[:100])
+            for s in styles
+            if not s.builtin and needle in s.name_key
+        ][:25]
+
+    @preview.autocomplete("name")
+    async def any_style_autocomplete(
+        self, interaction: discord.Interaction[ImagineBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        styles = await db.list_styles(self.bot.db, interaction.guild_id)
+        needle = current.strip().casefold()
+        return [
+            app_commands.Choice(name=s.name[:100], value=s.name[:100])
+            for s in styles
+            if needle in s.name_key
+        ][:25]
+
+
+def _clear(value: str, limit: int, what: str) -> str:
+    return "" if value.strip() == "-" else _check_text(value, limit, what)
+
+
+def _not_own(name: str, builtin: db.Style | None) -> str:
+    shown = render.shown(name.strip(), 64)
+    if builtin is not None:
+        return (
+            f"“{shown}” is a built-in style and can't be changed or removed. "
+            f"Add a style of the same name with `/styles add` to replace it in this server."
+        )
+    return f"This server has no style called “{shown}”. See `/styles list`."
+
+
+async def setup(bot: ImagineBot) -> None:
+    await bot.add_cog(StylesCog(bot))

@@ -1,0 +1,100 @@
+"""Bot-side settings, read from the environment (``IMAGINE_`` prefix) and ``.env``.
+
+The Discord token is a ``SecretStr`` so that no repr, log line or validation error can print
+it; it is only ever unwrapped at the moment the bot logs in.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from db.database import DEFAULT_URL
+from engine.contract import Mode
+
+TOKEN_ENV = "IMAGINE_DISCORD_TOKEN"
+
+
+class CommandSync(enum.StrEnum):
+    """Where slash commands are registered at start-up."""
+
+    GLOBAL = "global"  # every guild and DMs; Discord may take a while to show changes
+    GUILD = "guild"  # only IMAGINE_DEV_GUILD_ID, instantly: for development
+    OFF = "off"  # leave the registered commands as they are
+
+
+class BotSettings(BaseSettings):
+    """Everything the Discord side needs; the GPU side has ``engine.settings.EngineSettings``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGINE_", env_file=".env", extra="ignore", protected_namespaces=()
+    )
+
+    discord_token: SecretStr | None = Field(
+        None, description="bot token from the Discord developer portal (secret)"
+    )
+    database_url: str = Field(DEFAULT_URL, description="SQLAlchemy async URL of the database")
+    redis_url: SecretStr | None = Field(
+        None,
+        description="send jobs to remote GPU workers through this Redis (empty: render in-process)",
+    )
+
+    command_sync: CommandSync = Field(
+        CommandSync.GLOBAL, description="global, guild (IMAGINE_DEV_GUILD_ID only) or off"
+    )
+    dev_guild_id: int | None = Field(None, description="guild that gets the commands instantly")
+
+    default_daily_quota: int = Field(
+        25, ge=0, description="images per member per day where a guild chose none (0: no limit)"
+    )
+    default_max_queued: int = Field(
+        3, ge=0, description="jobs a member may have waiting or running at once (0: no limit)"
+    )
+    quota_reset_hour: int = Field(0, ge=0, le=23, description="UTC hour at which quotas reset")
+    allow_dms: bool = Field(True, description="allow /imagine in direct messages (default limits)")
+    default_mode: Mode = Field(Mode.STANDARD, description="mode when /imagine names none")
+
+    progress_interval_s: float = Field(
+        1.5, ge=0.5, description="at most one progress edit per status message this often"
+    )
+    job_deadline_s: float | None = Field(
+        600.0, gt=0, description="GPU seconds a job may take before the engine stops it"
+    )
+    history_page_size: int = Field(5, ge=1, le=10, description="generations per /history page")
+
+    health_host: str = Field("0.0.0.0", description="bind address of /healthz and /metrics")
+    health_port: int = Field(8080, ge=0, le=65535, description="0 turns the server off")
+
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    # Test only: point discord.py at an emulator instead of discord.com.
+    discord_api_base: str | None = Field(
+        None, description="TEST ONLY: REST base URL, e.g. http://127.0.0.1:8999/api/v10"
+    )
+    discord_gateway_url: str | None = Field(
+        None, description="TEST ONLY: gateway websocket URL, e.g. ws://127.0.0.1:8999/gateway"
+    )
+
+    @field_validator(
+        "discord_token",
+        "redis_url",
+        "dev_guild_id",
+        "job_deadline_s",
+        "discord_api_base",
+        "discord_gateway_url",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # `IMAGINE_DISCORD_TOKEN=` in .env means "not set", not "an empty token".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _guild_sync_needs_guild(self) -> BotSettings:
+        if self.command_sync == CommandSync.GUILD and self.dev_guild_id is None:
+            raise ValueError("IMAGINE_COMMAND_SYNC=guild needs IMAGINE_DEV_GUILD_ID")
+        return self
