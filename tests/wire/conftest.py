@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import discord
 import discord.gateway
@@ -11,6 +12,7 @@ import pytest
 import yarl
 
 from .emulator import DiscordEmulator
+from .harness import Rig
 
 
 @pytest.fixture
@@ -40,3 +42,18 @@ def point_discord_py_at(emu: DiscordEmulator) -> None:
     """What the bot's test-only settings do: aim the unmodified client at the emulator."""
     discord.http.Route.BASE = emu.api_base
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(emu.gateway_url)
+
+
+@pytest.fixture
+async def rig(
+    emulator: DiscordEmulator,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    discord_endpoints: None,
+) -> AsyncIterator[Rig]:
+    """The project bot's test rig: emulator, temp database, tiny model (see ``harness.Rig``)."""
+    rig = Rig(emulator, tmp_path, tiny_model_dir)
+    try:
+        yield rig
+    finally:
+        await rig.close()

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import discord
 from PIL import Image
+from sqlalchemy import select
+
+import db as dbmod
+from bot import create_bot
+from bot.settings import BotSettings
+from engine.queue import LocalEngine
+from engine.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -51,3 +61,139 @@ def png_dimensions(data: bytes) -> tuple[int, int]:
         assert image.format == "PNG", image.format
         image.load()
         return image.size
+
+
+class Rig:
+    """Everything a scenario needs to run the project bot against the emulator.
+
+    The bot is the production object from ``bot.create_bot``; the only differences from
+    ``python -m bot`` are the test-only endpoint settings, a temp SQLite file, the tiny model on
+    the CPU, no health server, and a shorter wait for guild data before ``on_ready``.
+    """
+
+    def __init__(self, emulator: Any, workdir: Path, model_dir: Path) -> None:
+        self.emulator = emulator
+        self.workdir = workdir
+        self.model_dir = model_dir
+        self.database_url = f"sqlite+aiosqlite:///{workdir / 'imagine.db'}"
+        self.engines: list[Any] = []
+
+    def settings(self, **overrides: Any) -> Any:
+        values: dict[str, Any] = {
+            "discord_token": self.emulator.token,
+            "database_url": self.database_url,
+            "discord_api_base": self.emulator.api_base,
+            "discord_gateway_url": self.emulator.gateway_url,
+            "command_sync": "global",
+            "health_port": 0,
+            "progress_interval_s": 0.5,
+        }
+        values.update(overrides)
+        # _env_file=None: a developer's .env must not leak into the tests.
+        return BotSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    def engine(self, *, step_delay_s: float = 0.0, **overrides: Any) -> Any:
+        """A fresh in-process engine on the tiny model (``step_delay_s`` stands in for GPU time)."""
+        values: dict[str, Any] = {
+            "model": str(self.model_dir),
+            "max_side": 64,
+            "warmup": False,
+            "compile": False,
+            "test_step_delay_s": step_delay_s,
+        }
+        values.update(overrides)
+        engine = LocalEngine(EngineSettings(_env_file=None, **values))  # type: ignore[call-arg]
+        self.engines.append(engine)
+        return engine
+
+    @contextlib.asynccontextmanager
+    async def bot(
+        self, *, settings: Any = None, engine: Any = None, close_engine: bool = True
+    ) -> AsyncIterator[Any]:
+        """Run ``bot.create_bot(settings, engine=…)`` until the block ends, then stop it the way
+        a SIGTERM does (``bot.close()``) and close the engine, as a process exit would."""
+        engine = engine if engine is not None else self.engine()
+        client = create_bot(settings or self.settings(), engine=engine)
+        # Only shortens discord.py's wait for more GUILD_CREATEs before on_ready (2 s by default).
+        client._connection.guild_ready_timeout = 0.05
+        try:
+            async with running(client, self.emulator.token):
+                yield client
+        finally:
+            if close_engine:
+                await engine.close()
+
+    async def close(self) -> None:
+        for engine in self.engines:
+            await engine.close()
+
+
+@dataclasses.dataclass
+class Ledger:
+    """The database as the scenarios check it: every job row and every quota counter."""
+
+    rows: dict[str, Any]
+    used: dict[tuple[int, int], int]
+
+    def row(self, interaction: Any) -> Any:
+        return self.rows[str(interaction.id)]
+
+    def charged_to(self, user_id: int) -> int:
+        """Units a user holds today: what done, queued and running jobs should add up to."""
+        return sum(n for (_, uid), n in self.used.items() if uid == user_id)
+
+
+async def read_ledger(database_url: str) -> Ledger:
+    """Every job row and quota counter in the bot's database (the bot created the schema)."""
+    database = await dbmod.Database.open(database_url, migrate=False)
+    try:
+        async with database.readers() as session:
+            rows = (await session.scalars(select(dbmod.Generation))).all()
+            usage = (await session.scalars(select(dbmod.QuotaUsage))).all()
+    finally:
+        await database.close()
+    return Ledger(
+        rows={r.job_key: r for r in rows},
+        used={(u.guild_id, u.user_id): u.used for u in usage},
+    )
+
+
+async def settled(database_url: str, *interactions: Any, within: float = 30.0) -> Ledger:
+    """Wait until the jobs of these interactions are finished in the database (done, failed or
+    cancelled), so a test does not stop the bot between delivering an image and recording it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    keys = [str(i.id) for i in interactions]
+    while True:
+        ledger = await read_ledger(database_url)
+        pending = [k for k in keys if k not in ledger.rows or not ledger.rows[k].finished]
+        if not pending:
+            return ledger
+        if loop.time() > deadline:
+            states = {k: getattr(ledger.rows.get(k), "status", None) for k in pending}
+            raise AssertionError(f"jobs not finished within {within}s: {states}")
+        await asyncio.sleep(0.1)
+
+
+def image_deliveries(emulator: Any, interaction: Any) -> list[Any]:
+    """Every message carrying an image for this interaction, as its user would find them: the
+    response (or a followup) edited to show the image, or a channel message replying to it."""
+    own = {m.id for m in emulator.messages_for(interaction)}
+    found = []
+    for message in emulator.messages.values():
+        if message.deleted or not message.attachments:
+            continue
+        reference = (message.message_reference or {}).get("message_id")
+        if message.id in own or (reference is not None and int(reference) in own):
+            found.append(message)
+    return sorted(found, key=lambda m: m.id)
+
+
+async def delivered(emulator: Any, interaction: Any, *, within: float = 30.0) -> Any:
+    """Wait for the interaction's image to be visible and return the message carrying it."""
+    found = await emulator.wait_until(
+        lambda: image_deliveries(emulator, interaction),
+        within=within,
+        what=f"the image of interaction {interaction.id}",
+    )
+    return found[0]

@@ -1,0 +1,97 @@
+"""/imagine on the wire: the project bot, unmodified, against what Discord does to bots.
+
+Each test runs ``bot.create_bot(settings, engine=LocalEngine(tiny model))`` connected to the
+emulator through the test-only endpoint settings, and checks what the member would see
+(messages, edits, the PNG's bytes, buttons) and what the database says.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.presets import image_size
+
+from .emulator import CB_MESSAGE, FLAG_EPHEMERAL
+from .harness import Rig, delivered, image_deliveries, png_dimensions, settled
+
+EDIT_ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
+
+
+async def test_imagine_round_trip_with_progress_image_and_buttons(rig: Rig) -> None:
+    emu = rig.emulator
+    alice = emu.add_user("alice")
+    async with rig.bot(engine=rig.engine(step_delay_s=0.06)):
+        interaction = await emu.slash(
+            alice, "imagine", prompt="a red fox in the snow", aspect="3:4", mode="standard"
+        )
+        await emu.wait_acked(interaction)
+        message = await delivered(emu, interaction)
+
+        # Buttons under the image: Details answers privately, Reroll makes a new image.
+        details = await emu.wait_acked(await emu.click(alice, message, label="Details"))
+        reroll = await emu.wait_acked(await emu.click(alice, message, label="Reroll"))
+        rerolled = await delivered(emu, reroll)
+        ledger = await settled(rig.database_url, interaction, reroll)
+
+    # Acknowledged in time with the "generating" message: who asked, what, where in line.
+    assert interaction.answered and interaction.callback_type == CB_MESSAGE
+    assert interaction.ack_latency is not None and interaction.ack_latency < 3.0
+    first = message.history[0].content
+    assert "a red fox in the snow" in first and f"<@{alice.id}>" in first
+    assert "line" in first or "Starting" in first
+    # Live progress in the same message, then the image replaces it: one message in all.
+    progress = [v.content for v in message.history if "Step **" in v.content]
+    assert progress, [v.content for v in message.history]
+    assert message.id == interaction.response_message_id
+    assert image_deliveries(emu, interaction) == [message]
+    (attachment,) = message.attachments
+    assert attachment.filename.endswith(".png")
+    assert png_dimensions(attachment.data) == image_size("3:4", 64) == (48, 64)
+    (embed,) = message.embeds
+    assert embed["image"]["url"] == f"attachment://{attachment.filename}"
+    assert "a red fox in the snow" in embed["description"]
+    assert [b["label"] for b in message.buttons()] == ["Reroll", "Variations", "Details", "Delete"]
+    assert message.mentions == [] and not message.mention_everyone  # nobody pinged
+    # Details: an ephemeral embed only alice sees.
+    (detail_reply,) = emu.messages_for(details)
+    assert detail_reply.flags & FLAG_EPHEMERAL
+    assert detail_reply.embeds[0]["title"] == "Generation details"
+    assert detail_reply not in emu.visible_messages()
+    # Reroll: a second image of the same prompt, in a new message.
+    assert rerolled.id != message.id
+    assert png_dimensions(rerolled.attachments[0].data) == (48, 64)
+    assert emu.unknown_routes == []
+
+    row = ledger.row(interaction)
+    assert (row.status, row.width, row.height, row.message_id) == ("done", 48, 64, message.id)
+    assert ledger.row(reroll).status == "done" and ledger.row(reroll).kind == "reroll"
+    assert ledger.charged_to(alice.id) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "which"),
+    [(429, "progress"), (429, "final"), (500, "progress"), (500, "final")],
+)
+async def test_rate_limit_or_server_error_on_an_edit_is_retried(
+    rig: Rig, status: int, which: str
+) -> None:
+    emu = rig.emulator
+    user = emu.add_user()
+    # A progress edit is JSON; the final edit is the multipart upload of the image.
+    emu.fail_next("PATCH", EDIT_ORIGINAL, status=status, multipart=which == "final")
+    async with rig.bot(engine=rig.engine(step_delay_s=0.05)):
+        interaction = await emu.slash(user, "imagine", prompt="a lighthouse at dusk")
+        message = await delivered(emu, interaction)
+        ledger = await settled(rig.database_url, interaction)
+
+    edits = emu.requests_matching("PATCH", EDIT_ORIGINAL)
+    failed = [r for r in edits if r.status == status]
+    assert len(failed) == 1
+    retry = edits[edits.index(failed[0]) + 1]
+    assert retry.status == 200 and retry.json == failed[0].json
+    # The image arrived, once, in the original message.
+    assert image_deliveries(emu, interaction) == [message]
+    assert len([r for r in edits if r.files and r.status == 200]) == 1
+    assert png_dimensions(message.attachments[0].data) == (64, 64)
+    assert ledger.row(interaction).status == "done"
+    assert ledger.charged_to(user.id) == 1
