@@ -95,3 +95,65 @@ async def test_rate_limit_or_server_error_on_an_edit_is_retried(
     assert png_dimensions(message.attachments[0].data) == (64, 64)
     assert ledger.row(interaction).status == "done"
     assert ledger.charged_to(user.id) == 1
+
+
+@pytest.mark.parametrize("code", [50027, 10062, 10015])
+async def test_image_outlives_a_dead_interaction_token(rig: Rig, code: int) -> None:
+    """The token dies while the image renders (Discord's 15 minutes, compressed): the image
+    still reaches the requester, as a channel message that replies to the status message and
+    names them, and the status message says where it went."""
+    emu = rig.emulator
+    bob = emu.add_user("bob")
+    async with rig.bot(engine=rig.engine(step_delay_s=0.05)):
+        interaction = await emu.slash(bob, "imagine", prompt="a castle on a hill")
+        await emu.wait_acked(interaction)
+        emu.expire_interaction(interaction, code=code)
+        reply = await delivered(emu, interaction)
+        ledger = await settled(rig.database_url, interaction)
+
+    status = emu.response_message(interaction)
+    assert status is not None and not status.attachments
+    # The image: a new channel message (bot token, not the webhook) replying to the status.
+    assert image_deliveries(emu, interaction) == [reply]
+    assert reply.interaction_id is None and reply.webhook_id is None
+    assert reply.message_reference is not None
+    assert reply.message_reference["message_id"] == str(status.id)
+    assert f"<@{bob.id}>" in reply.content and reply.mentions == [bob.id]
+    assert png_dimensions(reply.attachments[0].data) == (64, 64)
+    assert [b["label"] for b in reply.buttons()] == ["Reroll", "Variations", "Details", "Delete"]
+    # The old status message no longer says "generating" and has no Cancel button.
+    assert "Step **" not in status.content and status.buttons() == []
+    dead = [r for r in emu.requests if "/webhooks/" in r.path and r.status in (401, 404)]
+    assert dead, "the bot never tried the dead token"
+    assert ledger.row(interaction).status == "done"
+    assert ledger.row(interaction).message_id == reply.id
+    assert ledger.charged_to(bob.id) == 1
+
+
+@pytest.mark.parametrize("how", ["op7", "tcp-cut", "close-4000"])
+async def test_gateway_drop_in_the_middle_of_a_job(rig: Rig, how: str) -> None:
+    """Discord asks for a reconnect (op 7) or the socket dies while a job renders, and a second
+    member runs /imagine while the bot is reconnecting: both images arrive, once each."""
+    emu = rig.emulator
+    first_user, second_user = emu.add_user(), emu.add_user()
+    async with rig.bot(engine=rig.engine(step_delay_s=0.05)):
+        first = await emu.slash(first_user, "imagine", prompt="a red fox")
+        await emu.wait_acked(first)
+        await emu.wait_until(
+            lambda: any("Step **" in v.content for v in emu.messages_for(first)[0].history),
+            what="the first job to be running",
+        )
+        if how == "op7":
+            await emu.request_reconnect()
+        else:
+            await emu.drop_gateway(code=4000 if how == "close-4000" else None)
+        second = await emu.slash(second_user, "imagine", prompt="a blue bird")
+        first_image = await delivered(emu, first)
+        second_image = await delivered(emu, second)
+        ledger = await settled(rig.database_url, first, second)
+
+    assert emu.resumes >= 1 and emu.identifies == 1
+    assert second.answered and second.ack_latency is not None and second.ack_latency < 3.0
+    assert image_deliveries(emu, first) == [first_image]
+    assert image_deliveries(emu, second) == [second_image]
+    assert [ledger.row(first).status, ledger.row(second).status] == ["done", "done"]
