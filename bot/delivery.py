@@ -55,7 +55,13 @@ class MessageGone(Exception):
 
 
 class StatusMessage:
-    """One job's message: edit it while the token lives, else through the channel API."""
+    """One job's message: edit it while the token lives, else through the channel API.
+
+    While the interaction is at hand (the job was started by this process) the message is
+    edited through it: ``@original`` for the response, the followup's id for a second
+    variation. A job resumed after a restart has no interaction object and uses the channel
+    API only.
+    """
 
     def __init__(
         self,
@@ -65,9 +71,9 @@ class StatusMessage:
         guild_id: int | None,
         channel_id: int | None,
         message_id: int | None,
-        token: str | None,
-        token_expires_at: dt.datetime | None,
-        original: bool,
+        interaction: discord.Interaction[Any] | None = None,
+        followup: discord.WebhookMessage | None = None,
+        token_expires_at: dt.datetime | None = None,
         upload_limit: int | None = None,
     ) -> None:
         self.bot = bot
@@ -75,37 +81,32 @@ class StatusMessage:
         self.guild_id = guild_id
         self.channel_id = channel_id
         self.message_id = message_id
-        self._token = token
+        self._interaction = interaction
+        self._followup = followup
         self.token_expires_at = token_expires_at
-        self.original = original
         self._upload_limit = upload_limit
         self.gone = False
 
     @classmethod
     def from_row(cls, bot: discord.Client, row: Any) -> StatusMessage:
-        """Rebuild the target of a stored job (after a restart)."""
-        created = interaction_time(row.job_key)
-        expires = created + TOKEN_LIFETIME if created is not None else None
-        original = ":" not in row.job_key or row.job_key.endswith(":1")
+        """Rebuild the target of a stored job (after a restart): channel API only."""
         return cls(
             bot,
             requester_id=row.user_id,
             guild_id=row.guild_id,
             channel_id=row.channel_id,
             message_id=row.message_id,
-            token=row.interaction_token,
-            token_expires_at=expires,
-            original=original,
         )
 
     # ------------------------------------------------------------------ state
     def token_alive(self) -> bool:
-        if self._token is None or self.token_expires_at is None:
+        if self._interaction is None or self.token_expires_at is None:
             return False
         return discord.utils.utcnow() < self.token_expires_at - TOKEN_MARGIN
 
     def forget_token(self) -> None:
-        self._token = None
+        self._interaction = None
+        self._followup = None
 
     @property
     def upload_limit(self) -> int:
@@ -120,13 +121,11 @@ class StatusMessage:
             return guild.filesize_limit
         return self._upload_limit or DEFAULT_UPLOAD_LIMIT
 
-    def _webhook(self) -> discord.Webhook:
-        assert self._token is not None and self.bot.application_id is not None
-        return discord.Webhook.partial(self.bot.application_id, self._token, client=self.bot)
-
-    def _webhook_message_id(self) -> Any:
-        # The original response is addressed as @original; followups by their id.
-        return "@original" if self.original else self.message_id
+    async def _webhook_edit(self, **fields: Any) -> discord.Message:
+        if self._followup is not None:
+            return await self._followup.edit(**fields)
+        assert self._interaction is not None
+        return await self._interaction.edit_original_response(**fields)
 
     def _partial(self) -> discord.PartialMessage:
         if self.channel_id is None or self.message_id is None:
@@ -142,7 +141,7 @@ class StatusMessage:
         fields.setdefault("allowed_mentions", discord.AllowedMentions.none())
         if self.token_alive():
             try:
-                await self._webhook().edit_message(self._webhook_message_id(), **fields)
+                await self._webhook_edit(**fields)
                 return
             except discord.HTTPException as exc:
                 if exc.code == UNKNOWN_MESSAGE:
@@ -178,8 +177,7 @@ class StatusMessage:
         if self.token_alive() and not self.gone:
             file, note = await make_file(self.upload_limit)
             try:
-                message = await self._webhook().edit_message(
-                    self._webhook_message_id(),
+                message = await self._webhook_edit(
                     content=None,
                     embed=embed_for(file.filename, note),
                     attachments=[file],

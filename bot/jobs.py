@@ -402,7 +402,7 @@ class JobService:
                         text, view=views.status_view(key), allowed_mentions=errors.NO_MENTIONS
                     )
                     message_id = callback.message_id
-                    original = True
+                    followup = None
                     metrics.ACK_LATENCY.observe(time.perf_counter() - started)
                 else:
                     message = await interaction.followup.send(
@@ -412,7 +412,7 @@ class JobService:
                         wait=True,
                     )
                     message_id = message.id
-                    original = False
+                    followup = message
             except discord.HTTPException as exc:
                 # Most likely the 3-second window passed (10062): nobody can see this job.
                 logger.warning("could not post the status message of job %s: %s", key, exc)
@@ -440,9 +440,9 @@ class JobService:
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
                 message_id=message_id,
-                token=interaction.token,
+                interaction=interaction,
+                followup=followup,
                 token_expires_at=created + TOKEN_LIFETIME,
-                original=original,
                 upload_limit=interaction.filesize_limit,
             )
             job = Job(
@@ -555,8 +555,12 @@ class JobService:
             if job.running or job.reporter is None or job.reporter.closed:
                 continue
             position = await self._position(job.key)
-            if position is not None and position != job.position:
-                job.position = position
+            if position is None or position == job.position:
+                continue
+            previous, job.position = job.position, position
+            # Near the front every step counts; far back, only every tenth place is worth an
+            # edit: a long line must not spend Discord's rate limit on "position 143".
+            if position <= 10 or previous is None or position // 10 != previous // 10:
                 job.reporter.update(f"{job.header}\n{render.queued_line(position)}")
 
     async def _fail(self, job: Job, failure: JobFailed) -> str:
