@@ -156,6 +156,8 @@ class ImageGenerator:
                 {**dict(pipe.scheduler.config), **LIGHTNING_SCHEDULER_OVERRIDES}
             )
         self._lora_active: bool | None = None
+        # Set by engine.optimize when it merges the LoRA into the weights itself.
+        self.lora_switch: Callable[[bool], None] | None = None
         self.optimizations: list[str] = []
 
     # ------------------------------------------------------------------ loading
@@ -279,13 +281,14 @@ class ImageGenerator:
     def _set_mode(self, fast: bool) -> None:
         if not self.fast_available or self._lora_active is fast:
             return
-        if fast:
+        if self.lora_switch is not None:
+            self.lora_switch(fast)
+        elif fast:
             self.pipe.enable_lora()
             self.pipe.set_adapters([LORA_ADAPTER], adapter_weights=[1.0])
-            self.pipe.scheduler = self._fast_scheduler
         else:
             self.pipe.disable_lora()
-            self.pipe.scheduler = self._base_scheduler
+        self.pipe.scheduler = self._fast_scheduler if fast else self._base_scheduler
         self._lora_active = fast
 
     def plan(self, request: JobRequest) -> dict[str, Any]:
