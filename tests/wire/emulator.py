@@ -583,6 +583,9 @@ class Fault:
     # None: any request; True: only multipart uploads (a final edit with the image); False: only
     # requests without files (progress edits).
     multipart: bool | None = None
+    # For a 2xx "fault": apply the request, then hold the answer this long (a slow network, or
+    # a response still in flight when the bot is stopped).
+    hold_s: float = 0.0
     hits: int = 0
 
     def matches(self, method: str, path: str, content_type: str) -> bool:
@@ -842,6 +845,27 @@ class DiscordEmulator:
             after_commit,
             via,
             multipart,
+        )
+        self.faults.append(fault)
+        return fault
+
+    def hold_next(
+        self,
+        method: str,
+        path_pattern: str,
+        seconds: float,
+        *,
+        times: int = 1,
+        multipart: bool | None = None,
+    ) -> Fault:
+        """Apply the next matching requests at once but answer them ``seconds`` later."""
+        fault = Fault(
+            method.upper(),
+            re.compile(path_pattern),
+            200,
+            times,
+            multipart=multipart,
+            hold_s=seconds,
         )
         self.faults.append(fault)
         return fault
@@ -1378,7 +1402,14 @@ class DiscordEmulator:
         fault = next((f for f in self.faults if f.matches(request.method, path, ctype)), None)
         response: web.StreamResponse
         try:
-            if fault is not None:
+            if fault is not None and fault.status < 300:
+                fault.hits += 1
+                record.fault = f"held {fault.hold_s}s"
+                request[RECORD] = record
+                response = await handler(request)
+                self._notify()
+                await asyncio.sleep(fault.hold_s)
+            elif fault is not None:
                 fault.hits += 1
                 record.fault = f"{fault.status}"
                 if fault.after_commit:

@@ -87,6 +87,8 @@ class Rig:
             "command_sync": "global",
             "health_port": 0,
             "progress_interval_s": 0.5,
+            # 8 steps instead of 30: the scenarios are about the wire, not image quality.
+            "default_mode": "fast",
         }
         values.update(overrides)
         # _env_file=None: a developer's .env must not leak into the tests.

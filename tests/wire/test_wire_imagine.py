@@ -79,7 +79,7 @@ async def test_rate_limit_or_server_error_on_an_edit_is_retried(
     user = emu.add_user()
     # A progress edit is JSON; the final edit is the multipart upload of the image.
     emu.fail_next("PATCH", EDIT_ORIGINAL, status=status, multipart=which == "final")
-    async with rig.bot(engine=rig.engine(step_delay_s=0.05)):
+    async with rig.bot(engine=rig.engine(step_delay_s=0.15)):
         interaction = await emu.slash(user, "imagine", prompt="a lighthouse at dusk")
         message = await delivered(emu, interaction)
         ledger = await settled(rig.database_url, interaction)
@@ -104,7 +104,7 @@ async def test_image_outlives_a_dead_interaction_token(rig: Rig, code: int) -> N
     names them, and the status message says where it went."""
     emu = rig.emulator
     bob = emu.add_user("bob")
-    async with rig.bot(engine=rig.engine(step_delay_s=0.05)):
+    async with rig.bot(engine=rig.engine(step_delay_s=0.15)):
         interaction = await emu.slash(bob, "imagine", prompt="a castle on a hill")
         await emu.wait_acked(interaction)
         emu.expire_interaction(interaction, code=code)
@@ -136,7 +136,7 @@ async def test_gateway_drop_in_the_middle_of_a_job(rig: Rig, how: str) -> None:
     member runs /imagine while the bot is reconnecting: both images arrive, once each."""
     emu = rig.emulator
     first_user, second_user = emu.add_user(), emu.add_user()
-    async with rig.bot(engine=rig.engine(step_delay_s=0.05)):
+    async with rig.bot(engine=rig.engine(step_delay_s=0.15)):
         first = await emu.slash(first_user, "imagine", prompt="a red fox")
         await emu.wait_acked(first)
         await emu.wait_until(
