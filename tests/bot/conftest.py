@@ -159,6 +159,18 @@ class Harness:
             lambda: not self.bot.jobs.active_keys(), timeout=timeout, what="jobs to finish"
         )
 
+    async def restart(self, engine: Any = None) -> ImagineBot:
+        """Stop this bot like a process exit would, then start a new one on the same database.
+
+        SimCord keeps the world (guild, messages, buttons); the new bot only has the database.
+        """
+        old = self.bot
+        await old.close_services()
+        new = create_bot(old.settings, engine=engine or self.engine, db=self.database)
+        await self.env.restart_bot(new)
+        self.bot = new
+        return new
+
     @staticmethod
     def key(result: Any) -> str:
         """The job key (interaction id) behind a SimCord InteractionResult.
@@ -214,6 +226,8 @@ def bot_settings(tmp_path: Path, **overrides: Any) -> BotSettings:
         "database_url": f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}",
         "health_port": 0,
         "command_sync": "global",
+        # 8 steps instead of 30 keeps the suite quick on a CPU; tests that care pick a mode.
+        "default_mode": "fast",
     }
     values.update(overrides)
     return BotSettings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -252,8 +266,11 @@ async def env(imagine_bot: ImagineBot, engine: ExternalEngine) -> AsyncIterator[
         yield env
     finally:
         engine.release()
-        await _drain(imagine_bot, engine, env)
-        await imagine_bot.close_services()
+        current = env.bot
+        assert isinstance(current, ImagineBot)
+        await _drain(current, engine, env)
+        for bot in {imagine_bot, current}:
+            await bot.close_services()
         await env.shutdown()
         env._raise_errors_since(env._errors_acknowledged)
 

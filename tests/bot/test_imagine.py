@@ -98,6 +98,7 @@ async def test_imagine_answers_shows_progress_then_the_image(harness: Harness) -
     assert (await harness.quota(alice)).used == 1
 
 
+@pytest.mark.parametrize("settings_overrides", [{"default_mode": "standard"}])
 async def test_defaults_and_random_seed(harness: Harness) -> None:
     bob = harness.member("bob")
     result = await bob.slash(harness.channel, "imagine", prompt="  a cat  ")
