@@ -137,10 +137,10 @@ class Harness:
         return self.bot.db
 
     async def wait_until(
-        self, predicate: Callable[[], Any], *, timeout: float = 60.0, what: str = "condition"
+        self, predicate: Callable[[], Any], *, limit_s: float = 60.0, what: str = "condition"
     ) -> None:
         """Let the bot and the engine work until ``predicate()`` holds (an async one is awaited)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit_s
         while True:
             await self.env.settle(timeout=30)
             value = predicate()
@@ -152,11 +152,11 @@ class Harness:
                 raise AssertionError(f"timed out waiting for {what}")
             await asyncio.sleep(0.02)
 
-    async def wait_jobs(self, *, timeout: float = 120.0) -> None:
+    async def wait_jobs(self, *, limit_s: float = 120.0) -> None:
         """Until the bot follows no job any more (every image delivered or failed)."""
         assert self.bot.jobs is not None
         await self.wait_until(
-            lambda: not self.bot.jobs.active_keys(), timeout=timeout, what="jobs to finish"
+            lambda: not self.bot.jobs.active_keys(), limit_s=limit_s, what="jobs to finish"
         )
 
     async def restart(self, engine: Any = None) -> ImagineBot:
@@ -170,6 +170,45 @@ class Harness:
         await self.env.restart_bot(new)
         self.bot = new
         return new
+
+    def slash_nowait(self, actor: Any, name: str, **options: Any) -> Any:
+        """Deliver a slash command to the bot *without* waiting for the bot to react.
+
+        SimCord's actor verbs settle after each interaction, which serialises users. Real users
+        press Enter at the same time; this builds the same INTERACTION_CREATE the actor would
+        (through SimCord's own payload builders) and only emits it, so many can be in flight.
+        """
+        from simcord import actors as sc_actors
+        from simcord import interactions as sc_interactions
+        from simcord.enums import AppCommandType, InteractionType
+        from simcord.results import InteractionResult
+
+        channel = self.channel
+        root = sc_actors._resolve_visible_command(
+            actor, channel.id, name, AppCommandType.CHAT_INPUT
+        )
+        leaf, nesting = sc_interactions.walk_to_subcommand(root, [])
+        leaf_options, resolved = sc_interactions.build_options(
+            actor, name, leaf, options, channel_id=channel.id
+        )
+        data: dict[str, Any] = {
+            "id": root["id"],
+            "name": root["name"],
+            "type": root.get("type", AppCommandType.CHAT_INPUT),
+            "options": sc_interactions.nest_options(root, nesting, leaf_options),
+        }
+        if resolved:
+            data["resolved"] = resolved
+        record, payload = sc_interactions.base_payload(
+            self.env.backend,
+            type=InteractionType.APPLICATION_COMMAND,
+            channel_id=channel.id,
+            guild_id=self.guild.id,
+            user_id=actor.id,
+            data=data,
+        )
+        self.env.backend.emit("INTERACTION_CREATE", payload)
+        return InteractionResult(self.env, record)
 
     @staticmethod
     def key(result: Any) -> str:

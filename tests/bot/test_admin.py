@@ -32,12 +32,16 @@ async def test_styles_add_edit_preview_list_remove(harness: Harness) -> None:
 
     # Members can use it at once, and the model reads the template.
     alice = harness.member("alice")
-    result = await alice.slash(harness.channel, "imagine", prompt="a detective", style="NOIR", seed=4)
+    result = await alice.slash(
+        harness.channel, "imagine", prompt="a detective", style="NOIR", seed=4
+    )
     await harness.wait_jobs()
     params = png_parameters(await attachment_bytes(harness.message(result.response.id)))
     assert params["style"] == "noir" and params["full_prompt"].startswith("a detective, film noir")
 
-    edited = await admin.slash(harness.channel, "styles edit", name="noir", negative="-", description="dark")
+    edited = await admin.slash(
+        harness.channel, "styles edit", name="noir", negative="-", description="dark"
+    )
     assert "Updated the style “noir”" in edited.response.content
     assert fields(edited.response.embeds[0])["Negative"] == "(none)"
 
@@ -53,7 +57,9 @@ async def test_styles_add_edit_preview_list_remove(harness: Harness) -> None:
 
     duplicate = await admin.slash(harness.channel, "styles add", name="Noir", template="{prompt}")
     assert "already has a style called “Noir”" in duplicate.response.content
-    no_placeholder = await admin.slash(harness.channel, "styles add", name="x", template="just words")
+    no_placeholder = await admin.slash(
+        harness.channel, "styles add", name="x", template="just words"
+    )
     assert "must contain `{prompt}`" in no_placeholder.response.content
     builtin = await admin.slash(harness.channel, "styles remove", name="anime")
     assert "is a built-in style" in builtin.response.content
@@ -65,7 +71,9 @@ async def test_styles_add_edit_preview_list_remove(harness: Harness) -> None:
 
 
 async def test_guild_style_shadows_a_builtin(harness: Harness) -> None:
-    added = await harness.admin.slash(harness.channel, "styles add", name="anime", template="{prompt}, chibi")
+    added = await harness.admin.slash(
+        harness.channel, "styles add", name="anime", template="{prompt}, chibi"
+    )
     assert "replaces the built-in style" in added.response.content
     preview = await harness.admin.slash(harness.channel, "styles preview", name="anime")
     assert "chibi" in fields(preview.response.embeds[0])["Template"]
@@ -82,7 +90,9 @@ async def test_guild_style_shadows_a_builtin(harness: Harness) -> None:
         ("blocked list", {}),
     ],
 )
-async def test_admin_commands_are_denied_to_members(harness: Harness, command: str, options: dict[str, Any]) -> None:
+async def test_admin_commands_are_denied_to_members(
+    harness: Harness, command: str, options: dict[str, Any]
+) -> None:
     bob = harness.member("bob")
     # Hidden from members by default (default_permissions = Manage Server) ...
     with pytest.raises(simcord.SetupError, match="not visible to this user"):
@@ -110,7 +120,10 @@ async def test_limits(harness: Harness) -> None:
 
     updated = await admin.slash(harness.channel, "limits set", daily_quota=1, max_queued=0)
     after = fields(updated.response.embeds[0])
-    assert after["Daily quota"] == "1 per member per day" and after["Waiting or running at once"] == "no limit"
+    assert (
+        after["Daily quota"] == "1 per member per day"
+        and after["Waiting or running at once"] == "no limit"
+    )
     empty = await admin.slash(harness.channel, "limits set")
     assert "Give a `daily_quota`" in empty.response.content
 
@@ -177,13 +190,18 @@ async def test_quota_command(harness: Harness) -> None:
     await alice.slash(harness.channel, "imagine", prompt="b")
     await harness.wait_jobs()
     used = await alice.slash(harness.channel, "quota")
-    assert "**23** of **25**" in used.response.content and "Used today: **2**" in used.response.content
+    assert (
+        "**23** of **25**" in used.response.content and "Used today: **2**" in used.response.content
+    )
 
     role = harness.guild.create_role("Staff")
     await harness.admin.slash(harness.channel, "limits exempt add", role=role)
     staff = harness.member("staff", roles=[role])
     exempt = await staff.slash(harness.channel, "quota")
-    assert "as many images as you like" in exempt.response.content and "exempt" in exempt.response.content
+    assert (
+        "as many images as you like" in exempt.response.content
+        and "exempt" in exempt.response.content
+    )
 
 
 async def test_quota_resets_the_next_day(harness: Harness) -> None:
@@ -212,15 +230,25 @@ async def test_history_pages_newest_first_with_links(harness: Harness) -> None:
     assert embed.title == "Generations by alice"
     assert embed.footer.text == "Page 1 of 2 · 7 in all"
     lines = embed.description.split("\n")
-    assert "picture 6" in lines[0] and "picture 2" in embed.description and "picture 1" not in embed.description
+    assert (
+        "picture 6" in lines[0]
+        and "picture 2" in embed.description
+        and "picture 1" not in embed.description
+    )
     assert "seed 106" in lines[1] and "done" in lines[1] and "<t:" in lines[1]
     rows = await harness.rows()
     newest = [r for r in rows if r.user_id == alice.id][-1]
-    assert f"https://discord.com/channels/{harness.guild.id}/{harness.channel.id}/{newest.message_id}" in lines[1]
+    assert (
+        f"https://discord.com/channels/{harness.guild.id}/{harness.channel.id}/{newest.message_id}"
+        in lines[1]
+    )
     assert "not alice's" not in embed.description
 
     buttons = listing.response.components[0]["components"]
-    assert [(b["label"], b.get("disabled", False)) for b in buttons] == [("◀ Newer", True), ("Older ▶", False)]
+    assert [(b["label"], b.get("disabled", False)) for b in buttons] == [
+        ("◀ Newer", True),
+        ("Older ▶", False),
+    ]
 
     with pytest.raises(simcord.SetupError, match="not visible"):  # private to alice
         await bob.click(listing.response, label="Older ▶")
@@ -230,7 +258,10 @@ async def test_history_pages_newest_first_with_links(harness: Harness) -> None:
     assert embed.footer.text == "Page 2 of 2 · 7 in all"
     assert "picture 1" in embed.description and "picture 0" in embed.description
     buttons = listing.response.components[0]["components"]
-    assert [(b["label"], b.get("disabled", False)) for b in buttons] == [("◀ Newer", False), ("Older ▶", True)]
+    assert [(b["label"], b.get("disabled", False)) for b in buttons] == [
+        ("◀ Newer", False),
+        ("Older ▶", True),
+    ]
 
     far = await alice.slash(harness.channel, "history", page=9)
     assert far.response.embeds[0].footer.text == "Page 2 of 2 · 7 in all"

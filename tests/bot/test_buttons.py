@@ -25,7 +25,9 @@ async def finished_image(harness: Harness, actor: Any, **options: Any) -> discor
 
 async def test_reroll_is_a_new_generation_charged_to_the_clicker(harness: Harness) -> None:
     alice, bob = harness.member("alice"), harness.member("bob")
-    original = await finished_image(harness, alice, prompt="a koi pond", style="anime", aspect="3:4", seed=11)
+    original = await finished_image(
+        harness, alice, prompt="a koi pond", style="anime", aspect="3:4", seed=11
+    )
     rows = await harness.rows()
     assert len(rows) == 1
     parent = rows[0]
@@ -39,7 +41,12 @@ async def test_reroll_is_a_new_generation_charged_to_the_clicker(harness: Harnes
     assert len(rows) == 2
     reroll = rows[1]
     assert (reroll.kind, reroll.parent_key, reroll.user_id) == ("reroll", parent.job_key, bob.id)
-    assert (reroll.prompt, reroll.style, reroll.aspect, reroll.mode) == ("a koi pond", "anime", "3:4", "fast")
+    assert (reroll.prompt, reroll.style, reroll.aspect, reroll.mode) == (
+        "a koi pond",
+        "anime",
+        "3:4",
+        "fast",
+    )
     assert reroll.status == "done" and reroll.charged and reroll.seed_used != 11
     image = harness.message(click.response.id)
     assert png_parameters(await attachment_bytes(image))["seed"] == reroll.seed_used

@@ -9,7 +9,6 @@ import pytest
 import simcord.interactions
 from PIL import Image
 
-import db
 from bot import metrics
 from engine.presets import MAX_PROMPT_CHARS, image_size
 from tests.bot.conftest import Harness, attachment_bytes, png_parameters
