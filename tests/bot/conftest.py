@@ -79,6 +79,7 @@ class ExternalEngine:
         self.gate.set()
         self.submitted: list[JobRequest] = []
         self.started = False
+        self.down = False  # status() raises, as an unreachable backend would
 
     def hold(self) -> None:
         """Keep finished results from reaching the bot until ``release``."""
@@ -107,6 +108,8 @@ class ExternalEngine:
         return await self.inner.cancel(job_id)
 
     async def status(self) -> EngineStatus:
+        if self.down:
+            raise ConnectionError("backend unreachable")
         return await self.inner.status()
 
 

@@ -1,0 +1,204 @@
+"""Settings, the app factory, logging without secrets, ``python -m bot``, and /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import discord
+import pytest
+import yarl
+from aiohttp import web
+from pydantic import ValidationError
+
+from bot import create_bot
+from bot.app import ImagineBot
+from bot.health import HealthServer
+from bot.logsetup import REDACTED, RedactSecrets
+from bot.settings import BotSettings
+from tests.bot.conftest import Harness
+
+REPO = Path(__file__).resolve().parents[2]
+FAKE_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.Gabcde.fake-token-value-for-tests-only-0123456789"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGINE_")}
+    env.update(extra)
+    return env
+
+
+def test_settings_defaults_and_secrets() -> None:
+    settings = BotSettings(_env_file=None, discord_token=FAKE_TOKEN)  # type: ignore[call-arg]
+    assert settings.default_daily_quota == 25 and settings.default_max_queued == 3
+    assert settings.quota_reset_hour == 0 and settings.progress_interval_s == 1.5
+    assert settings.health_port == 8080 and settings.health_host == "0.0.0.0"
+    assert FAKE_TOKEN not in repr(settings) and FAKE_TOKEN not in str(settings.model_dump())
+    blank = BotSettings(_env_file=None, discord_token="  ")  # type: ignore[call-arg]
+    assert blank.discord_token is None
+    with pytest.raises(ValidationError, match="IMAGINE_DEV_GUILD_ID"):
+        BotSettings(_env_file=None, command_sync="guild")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError) as info:
+        BotSettings(_env_file=None, discord_token=FAKE_TOKEN, quota_reset_hour=30)  # type: ignore[call-arg]
+    assert FAKE_TOKEN not in str(info.value)
+
+
+def test_create_bot_is_unconnected_and_applies_test_endpoints(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
+    monkeypatch.setattr(
+        discord.gateway.DiscordWebSocket,
+        "DEFAULT_GATEWAY",
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY,
+    )
+    settings = BotSettings(  # type: ignore[call-arg]
+        _env_file=None,
+        discord_api_base="http://127.0.0.1:9/api/v10/",
+        discord_gateway_url="ws://127.0.0.1:9/gateway",
+    )
+    bot = create_bot(settings)
+    assert isinstance(bot, ImagineBot) and not bot.is_ready() and bot.user is None
+    assert bot.backend is None and bot.db is None  # built in setup_hook, not at import
+    assert discord.http.Route.BASE == "http://127.0.0.1:9/api/v10"
+    gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    assert gateway == yarl.URL("ws://127.0.0.1:9/gateway")
+    assert bot.allowed_mentions is not None and bot.allowed_mentions.everyone is False
+    assert not bot.intents.message_content and not bot.intents.members
+
+
+def test_redaction_filter_hides_the_token_everywhere() -> None:
+    logger = logging.getLogger("test.redaction")
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    collect = Collect()
+    collect.addFilter(RedactSecrets([FAKE_TOKEN]))
+    logger.addHandler(collect)
+    try:
+        logger.warning("token is %s", FAKE_TOKEN)
+        logger.warning("inline " + FAKE_TOKEN + " here")  # noqa: G003
+        try:
+            raise RuntimeError(f"login with {FAKE_TOKEN} failed")
+        except RuntimeError:
+            logger.exception("boom")
+    finally:
+        logger.removeHandler(collect)
+    joined = "\n".join(records)
+    assert FAKE_TOKEN not in joined
+    assert joined.count(REDACTED) >= 3 and "login with [REDACTED] failed" in joined
+
+
+def test_bot_package_never_imports_torch() -> None:
+    code = (
+        "import sys, bot, bot.app, bot.jobs, bot.views, bot.health, bot.__main__\n"
+        "import bot.cogs.imagine, bot.cogs.history, bot.cogs.styles, bot.cogs.admin\n"
+        "import bot.cogs.quota, bot.cogs.status\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'diffusers' not in sys.modules, 'diffusers imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=clean_env(), timeout=120)
+
+
+def test_run_without_a_token_exits_at_once_and_says_what_to_do(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,  # no .env here
+        env=clean_env(PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "IMAGINE_DISCORD_TOKEN" in proc.stderr and ".env" in proc.stderr
+
+
+async def test_a_rejected_token_exits_non_zero_without_printing_it(tmp_path: Path) -> None:
+    """Discord answers 401 to the login: a clear message, exit 1, and the token nowhere."""
+
+    async def unauthorized(request: web.Request) -> web.Response:
+        return web.Response(
+            status=401,
+            body=json.dumps({"message": "401: Unauthorized", "code": 0}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", unauthorized)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            cwd=tmp_path,
+            env=clean_env(
+                PYTHONPATH=str(REPO),
+                IMAGINE_DISCORD_TOKEN=FAKE_TOKEN,
+                IMAGINE_DISCORD_API_BASE=f"http://127.0.0.1:{port}/api/v10",
+                IMAGINE_HEALTH_PORT="0",
+                IMAGINE_LOG_LEVEL="DEBUG",
+                IMAGINE_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}",
+            ),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        await runner.cleanup()
+    output = (stdout + stderr).decode()
+    assert proc.returncode == 1, output
+    assert "rejected the token in IMAGINE_DISCORD_TOKEN" in output
+    assert FAKE_TOKEN not in output and FAKE_TOKEN.split(".")[-1] not in output
+
+
+async def test_healthz_and_metrics(harness: Harness) -> None:
+    alice = harness.member("alice")
+    await alice.slash(harness.channel, "imagine", prompt="a gauge")
+    await harness.wait_jobs()
+
+    server = HealthServer(harness.bot, "127.0.0.1", 0)
+    await server.start()
+    try:
+        assert server.port
+        base = f"http://127.0.0.1:{server.port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/healthz") as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"] == "application/json"
+                body = await response.json()
+            assert body["status"] == "ok" and body["gateway"] is True and body["backend"] is True
+
+            async with session.get(f"{base}/metrics") as response:
+                assert response.status == 200
+                text = await response.text()
+            assert 'imagine_jobs_total{outcome="done"}' in text
+            assert (
+                "imagine_seconds_per_image_count" in text
+                and "imagine_ack_latency_seconds_bucket" in text
+            )
+            assert "imagine_queue_depth 0.0" in text and "imagine_seconds_per_step_sum" in text
+
+            harness.engine.down = True  # the backend stops answering
+            async with session.get(f"{base}/healthz") as response:
+                assert response.status == 503
+                body = await response.json()
+            assert body["status"] == "unavailable" and body["backend"] is False
+            assert body["gateway"] is True and body["backend_error"] == "ConnectionError"
+    finally:
+        harness.engine.down = False
+        await server.stop()
+    assert server.port is None
