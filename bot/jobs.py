@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 VARIATION_COUNT = 2
+# At shutdown, how long a job that is already delivering (or reporting its failure) may take to
+# finish: cutting it off mid-upload would leave the row unfinished, and the next start would
+# render and post the same image again.
+FINISH_GRACE_S = 20.0
 
 
 def utcnow() -> dt.datetime:
@@ -92,6 +96,8 @@ class Job:
     running: bool = False
     cancelled_by: int | None = None
     position: int | None = None
+    finishing: bool = False  # the engine answered; delivery or the failure notice is under way
+    task: asyncio.Task[None] | None = None
 
 
 def _blocked_pattern(word: str) -> re.Pattern[str]:
@@ -507,7 +513,7 @@ class JobService:
         if early is not None:
             self._progress_callback(job.key)(early)
         metrics.QUEUE_DEPTH.set(len(self._jobs))
-        self._spawn(self._run(job), context=job.context)
+        job.task = self._spawn(self._run(job), context=job.context)
 
     async def _run(self, job: Job) -> None:
         outcome = "failed"
@@ -516,8 +522,10 @@ class JobService:
             try:
                 result = await job.handle.result()
             except JobFailed as failure:
+                job.finishing = True
                 outcome = await self._fail(job, failure)
                 return
+            job.finishing = True
             outcome = await self._deliver(job, result)
         except asyncio.CancelledError:
             # Shutting down: the row stays queued/running and the next start resumes it.
@@ -825,9 +833,22 @@ class JobService:
     async def close(self) -> None:
         """Stop following jobs; their rows stay unfinished so the next start resumes them."""
         self._closing = True
+        finishing = [
+            job.task
+            for job in self._jobs.values()
+            if job.finishing and job.task is not None and not job.task.done()
+        ]
         for job in list(self._jobs.values()):
             if job.reporter is not None:
                 job.reporter.abandon()
+        if finishing:
+            logger.info("waiting for %d job(s) that are being delivered", len(finishing))
+            _, late = await asyncio.wait(finishing, timeout=FINISH_GRACE_S)
+            if late:
+                logger.warning(
+                    "%d delivery(ies) did not finish in time; they resume at the next start",
+                    len(late),
+                )
         tasks = [task for task in self._tasks if not task.done()]
         for task in tasks:
             task.cancel()

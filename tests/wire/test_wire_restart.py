@@ -96,11 +96,6 @@ async def test_restart_with_jobs_queued_and_running(rig: Rig, tokens: str) -> No
             assert image.id != status.id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bot bug (reported): JobService.close() cancels a delivery in flight, the row "
-    "stays 'running', and the next start renders and posts the image a second time",
-)
 async def test_stop_while_the_image_is_in_flight(rig: Rig) -> None:
     """The bot is stopped after Discord applied the final edit but before its answer arrived:
     the next bot must not render and deliver the same job again, nor charge it twice."""
