@@ -111,10 +111,17 @@ def choose_memory_mode(
 
 def png_with_parameters(image: Image.Image, parameters: dict[str, Any]) -> bytes:
     """PNG bytes whose text chunks hold every parameter needed to reproduce the image."""
+    texts = [(key, str(value)) for key, value in parameters.items()]
+    texts.append(("parameters", json.dumps(parameters, ensure_ascii=False, sort_keys=True)))
+    try:  # multi-threaded encoder (Pillow's took ~0.5 s of the GPU thread per 1328² image)
+        from engine.optimize import encode_png
+    except ImportError:
+        pass
+    else:
+        return encode_png(image, texts)
     info = PngInfo()
-    for key, value in parameters.items():
-        info.add_text(key, str(value))
-    info.add_text("parameters", json.dumps(parameters, ensure_ascii=False, sort_keys=True))
+    for key, value in texts:
+        info.add_text(key, value)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info, optimize=False, compress_level=6)
     return buffer.getvalue()
