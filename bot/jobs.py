@@ -57,6 +57,9 @@ VARIATION_COUNT = 2
 # finish: cutting it off mid-upload would leave the row unfinished, and the next start would
 # render and post the same image again.
 FINISH_GRACE_S = 20.0
+# Limits and styles change only through admin commands of this process, which drop the cache;
+# the TTL covers edits made straight in the database.
+CACHE_TTL_S = 60.0
 
 
 def utcnow() -> dt.datetime:
@@ -127,6 +130,8 @@ class JobService:
         self.settings = bot.settings
         self._jobs: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._configs: dict[int | None, tuple[float, db.GuildConfig]] = {}
+        self._styles: dict[int | None, tuple[float, list[db.Style]]] = {}
         # Progress that arrived before the job's status message existed.
         self._early_progress: dict[str, Progress] = {}
         self._closing = False
@@ -156,12 +161,33 @@ class JobService:
         return task
 
     async def guild_config(self, guild_id: int | None) -> db.GuildConfig:
-        return await db.get_guild_config(
+        """The guild's limits, cached: /imagine must answer within 3 s even under load."""
+        cached = self._configs.get(guild_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        config = await db.get_guild_config(
             self.db,
             guild_id,
             default_quota=self.settings.default_daily_quota,
             default_max_queued=self.settings.default_max_queued,
         )
+        self._configs[guild_id] = (time.monotonic() + CACHE_TTL_S, config)
+        return config
+
+    async def styles(self, guild_id: int | None) -> list[db.Style]:
+        """The styles members can pick here (guild's own + built-ins), cached like the limits;
+        autocomplete asks on every keystroke."""
+        cached = self._styles.get(guild_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        styles = await db.list_styles(self.db, guild_id)
+        self._styles[guild_id] = (time.monotonic() + CACHE_TTL_S, styles)
+        return styles
+
+    def forget(self, guild_id: int | None) -> None:
+        """Drop cached limits and styles after an admin changed them."""
+        self._configs.pop(guild_id, None)
+        self._styles.pop(guild_id, None)
 
     @staticmethod
     def is_exempt(user: discord.abc.User, config: db.GuildConfig) -> bool:
@@ -226,7 +252,8 @@ class JobService:
 
     async def resolve_style(self, guild_id: int | None, name: str | None) -> db.Style:
         wanted = (name or DEFAULT_STYLE).strip() or DEFAULT_STYLE
-        style = await db.get_style(self.db, guild_id, wanted)
+        key = db.style_key(wanted)
+        style = next((s for s in await self.styles(guild_id) if s.name_key == key), None)
         if style is None:
             raise UserError(
                 f"There is no style called “{render.shown(wanted, 64)}” here. "

@@ -89,16 +89,19 @@ class AdminCog(commands.Cog):
         exempt_roles: Sequence[int] | None = None,
     ) -> db.GuildConfig:
         settings = self.bot.settings
-        return await db.update_guild_config(
-            self.bot.db,
-            guild_id,
-            default_quota=settings.default_daily_quota,
-            default_max_queued=settings.default_max_queued,
-            daily_quota=daily_quota,
-            max_queued=max_queued,
-            allowed_channels=allowed_channels,
-            exempt_roles=exempt_roles,
-        )
+        try:
+            return await db.update_guild_config(
+                self.bot.db,
+                guild_id,
+                default_quota=settings.default_daily_quota,
+                default_max_queued=settings.default_max_queued,
+                daily_quota=daily_quota,
+                max_queued=max_queued,
+                allowed_channels=allowed_channels,
+                exempt_roles=exempt_roles,
+            )
+        finally:
+            self.bot.jobs.forget(guild_id)
 
     # ------------------------------------------------------------------ /limits
     @limits.command(name="show", description="Show this server's limits")
@@ -140,6 +143,7 @@ class AdminCog(commands.Cog):
             default_quota=settings.default_daily_quota,
             default_max_queued=settings.default_max_queued,
         )
+        self.bot.jobs.forget(interaction.guild_id)
         await errors.send_ephemeral(
             interaction, "Back to the bot's defaults.", embed=limits_embed(config)
         )
@@ -243,7 +247,9 @@ class AdminCog(commands.Cog):
                 raise UserError(
                     f"This server already blocks {MAX_BLOCKED_WORDS} words; remove some first."
                 )
-            if not await db.add_blocked_word(self.bot.db, interaction.guild_id, cleaned):
+            added = await db.add_blocked_word(self.bot.db, interaction.guild_id, cleaned)
+            self.bot.jobs.forget(interaction.guild_id)
+            if not added:
                 raise UserError(f"||{render.shown(cleaned, 100)}|| is already blocked.")
             await errors.send_ephemeral(
                 interaction, f"Prompts with ||{render.shown(cleaned, 100)}|| are now refused."
@@ -255,9 +261,11 @@ class AdminCog(commands.Cog):
         async with errors.replying(interaction):
             assert interaction.guild_id is not None
             cleaned = " ".join(word.split())
-            if not cleaned or not await db.remove_blocked_word(
+            removed = bool(cleaned) and await db.remove_blocked_word(
                 self.bot.db, interaction.guild_id, cleaned
-            ):
+            )
+            self.bot.jobs.forget(interaction.guild_id)
+            if not removed:
                 raise UserError(f"||{render.shown(cleaned, 100)}|| is not blocked.")
             await errors.send_ephemeral(
                 interaction, f"||{render.shown(cleaned, 100)}|| is allowed again."

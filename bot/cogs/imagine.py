@@ -8,7 +8,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-import db
 from bot import errors, render
 from bot.jobs import ImagineParams
 from engine.contract import Mode
@@ -66,7 +65,7 @@ class ImagineCog(commands.Cog):
         self, interaction: discord.Interaction[ImagineBot], current: str
     ) -> list[app_commands.Choice[str]]:
         """This server's styles plus the built-ins, best matches first (Discord shows 25)."""
-        styles = await db.list_styles(self.bot.db, interaction.guild_id)
+        styles = await self.bot.jobs.styles(interaction.guild_id)
         needle = current.strip().casefold()
         starts = [s for s in styles if s.name_key.startswith(needle)]
         contains = [s for s in styles if needle and needle in s.name_key and s not in starts]

@@ -116,10 +116,12 @@ class StylesCog(commands.Cog):
                     created_by=interaction.user.id,
                 )
             except db.StyleExists:
+                self.bot.jobs.forget(interaction.guild_id)
                 raise UserError(
                     f"This server already has a style called “{render.shown(cleaned, 64)}”. "
                     "Use `/styles edit` to change it."
                 ) from None
+            self.bot.jobs.forget(interaction.guild_id)
             shadow = ""
             builtin = await db.get_style(self.bot.db, None, cleaned)
             if builtin is not None:
@@ -166,6 +168,7 @@ class StylesCog(commands.Cog):
                 raise UserError(
                     _not_own(name, await db.get_style(self.bot.db, None, name))
                 ) from None
+            self.bot.jobs.forget(interaction.guild_id)
             await errors.send_ephemeral(
                 interaction,
                 f"Updated the style “{render.shown(style.name, 64)}”.",
@@ -177,7 +180,9 @@ class StylesCog(commands.Cog):
     async def remove(self, interaction: discord.Interaction[ImagineBot], name: str) -> None:
         async with errors.replying(interaction):
             assert interaction.guild_id is not None
-            if not await db.remove_style(self.bot.db, interaction.guild_id, name):
+            removed = await db.remove_style(self.bot.db, interaction.guild_id, name)
+            self.bot.jobs.forget(interaction.guild_id)
+            if not removed:
                 raise UserError(_not_own(name, await db.get_style(self.bot.db, None, name)))
             await errors.send_ephemeral(
                 interaction, f"Removed the style “{render.shown(name.strip(), 64)}”."
@@ -186,7 +191,7 @@ class StylesCog(commands.Cog):
     @styles.command(name="list", description="Every style members can pick here")
     async def list_(self, interaction: discord.Interaction[ImagineBot]) -> None:
         async with errors.replying(interaction):
-            styles = await db.list_styles(self.bot.db, interaction.guild_id)
+            styles = await self.bot.jobs.styles(interaction.guild_id)
             own = [s for s in styles if not s.builtin]
             builtin = [s for s in styles if s.builtin]
             embed = discord.Embed(title="Styles", colour=render.COLOR_INFO)
@@ -227,7 +232,7 @@ class StylesCog(commands.Cog):
     async def own_style_autocomplete(
         self, interaction: discord.Interaction[ImagineBot], current: str
     ) -> list[app_commands.Choice[str]]:
-        styles = await db.list_styles(self.bot.db, interaction.guild_id)
+        styles = await self.bot.jobs.styles(interaction.guild_id)
         needle = current.strip().casefold()
         return [
             app_commands.Choice(name=s.name[:100], value=s.name[:100])
@@ -239,7 +244,7 @@ class StylesCog(commands.Cog):
     async def any_style_autocomplete(
         self, interaction: discord.Interaction[ImagineBot], current: str
     ) -> list[app_commands.Choice[str]]:
-        styles = await db.list_styles(self.bot.db, interaction.guild_id)
+        styles = await self.bot.jobs.styles(interaction.guild_id)
         needle = current.strip().casefold()
         return [
             app_commands.Choice(name=s.name[:100], value=s.name[:100])

@@ -184,10 +184,10 @@ async def test_buttons_keep_working_after_a_restart(harness: Harness) -> None:
         await finished_image(harness, alice, prompt=f"extra {n}")
     listing = await alice.slash(harness.channel, "history")
     await harness.restart()
-    assert listing.response.embeds[0].footer.text == "Page 1 of 2 · 7 in all"
+    assert listing.response.embeds[0].footer.text == "Page 1 of 2 · 6 in all"
     page = await alice.click(listing.response, label="Older ▶")
     assert page.acknowledged and not page.followups
-    assert listing.response.embeds[0].footer.text == "Page 2 of 2 · 7 in all"
+    assert listing.response.embeds[0].footer.text == "Page 2 of 2 · 6 in all"
 
 
 async def test_unfinished_jobs_resume_after_a_restart(harness: Harness) -> None:
