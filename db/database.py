@@ -15,7 +15,10 @@ SQLite notes, because they decide whether quotas hold under load:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +159,30 @@ def _upgrade(connection: Connection, cfg: Config, revision: str) -> None:
         raise RuntimeError(f"database migration failed: {exc}") from exc
 
 
+class SerializedWrites:
+    """The write-session factory for SQLite: one write transaction at a time in this process.
+
+    SQLite has a single writer. Left to itself, a second ``BEGIN IMMEDIATE`` waits inside the
+    driver's busy handler, which sleeps and polls while holding a pooled connection; under a
+    burst (100 /imagine in one second) writers queued that way for seconds and took every
+    pooled connection, so even reads waited and the bot missed Discord's 3-second window
+    (tests/wire/test_wire_load.py). An asyncio lock queues writers in arrival order without
+    holding connections. Not reentrant: a query must not open a write inside another.
+    """
+
+    def __init__(self, factory: async_sessionmaker[AsyncSession]) -> None:
+        self._factory = factory
+        self._lock = asyncio.Lock()
+
+    def __call__(self, **kwargs: Any) -> AsyncSession:
+        return self._factory(**kwargs)
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncSession]:
+        async with self._lock, self._factory.begin() as session:
+            yield session
+
+
 class Database:
     """The async engine plus two session factories: ``sessions`` (writes) and ``readers``.
 
@@ -164,8 +191,9 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(
-            engine, expire_on_commit=False
+        writers = async_sessionmaker(engine, expire_on_commit=False)
+        self.sessions: async_sessionmaker[AsyncSession] | SerializedWrites = (
+            SerializedWrites(writers) if _is_sqlite(engine.url) else writers
         )
         # Same pool, but transactions start with a deferred BEGIN: reads never queue behind
         # a writer in WAL mode.
