@@ -201,6 +201,13 @@ def make_redis(settings: RemoteSettings) -> Redis:
     return Redis.from_url(settings.redis_url, **connection_kwargs(settings))
 
 
+def cancelling() -> bool:
+    """True when this task is being cancelled. redis-py can turn a cancellation that lands
+    mid-read into a ConnectionError; a retry loop must not swallow it, or shutdown hangs."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def retry_forever(
     what: str,
     operation: Callable[[], Awaitable[Any]],
@@ -215,6 +222,8 @@ async def retry_forever(
         try:
             return await operation()
         except REDIS_DOWN as exc:
+            if cancelling():
+                raise
             if not warned:
                 logger.warning("%s: Redis unreachable (%s); retrying until it is back", what, exc)
                 warned = True
@@ -256,23 +265,55 @@ class DurableResultBackend(RedisAsyncResultBackend[Any]):
 
 
 class ResilientStreamBroker(RedisStreamBroker):
-    """taskiq-redis's stream broker, made to ride out Redis restarts on the worker side.
+    """taskiq-redis's stream broker with a worker-side ``listen`` that holds up in production.
 
-    The stock ``listen`` ends with the first connection error (and the worker with it); here the
-    loop waits with backoff, declares the consumer group again (a Redis that lost its data has
-    none) and goes on. Acks are retried until they land, so a finished job is not redelivered
-    merely because Redis blinked at the wrong moment.
+    Same stream, consumer group, message format, acks and ``idle_timeout`` as upstream
+    ``RedisStreamBroker``; the read loop differs where taskiq-redis 1.2.4 falls short here:
+
+    * it reclaims idle entries (XAUTOCLAIM) on *every* turn, first: upstream only reclaims
+      after a read that returned new messages, so an idle worker never took over the job of a
+      worker that was killed while the stream was quiet;
+    * one entry per read or reclaim, so a worker holds only the job it is about to run;
+    * a Redis restart does not end the worker: the loop waits with backoff and declares the
+      consumer group again (a Redis that lost its data has none);
+    * ``closing`` ends the loop within one read; redis-py can swallow a cancellation that lands
+      mid-read, so shutdown must not depend on cancellation alone;
+    * acks are retried until they land, so a finished job is not redelivered merely because
+      Redis blinked at the wrong moment.
     """
+
+    closing = False
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:  # type: ignore[override]
         delay = 0.2
-        while True:
+        stream, group, consumer = self.queue_name, self.consumer_group_name, self.consumer_name
+        while not self.closing:
             try:
-                async with contextlib.aclosing(super().listen()) as messages:
-                    async for message in messages:
+                async with Redis(connection_pool=self.connection_pool) as redis:
+                    while not self.closing:
+                        _next, claimed, *_deleted = await redis.xautoclaim(
+                            stream, group, consumer, min_idle_time=self.idle_timeout, count=1
+                        )
+                        entries = [(i, m) for i, m in claimed if m]  # trimmed entries are None
+                        if not entries:
+                            fetched = await redis.xreadgroup(
+                                group, consumer, {stream: ">"}, count=1, block=self.block
+                            )
+                            entries = [e for _stream, batch in fetched or [] for e in batch]
+                        else:
+                            logger.warning(
+                                "taking over stream entry %s: its worker stopped answering",
+                                entries[0][0].decode(),
+                            )
                         delay = 0.2
-                        yield AckableMessage(data=message.data, ack=self._durable(message.ack))
+                        for entry_id, fields in entries:
+                            yield AckableMessage(
+                                data=fields[b"data"],
+                                ack=self._durable(self._ack_generator(entry_id, stream)),
+                            )
             except (*REDIS_DOWN, ResponseError) as exc:
+                if cancelling():
+                    raise
                 logger.warning("job stream unavailable (%s); reconnecting in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -336,8 +377,7 @@ def make_broker(
         approximate=True,
         idle_timeout=int(settings.redeliver_after_s * 1000),
         unacknowledged_batch_size=1,
-        unacknowledged_lock_timeout=max(5.0, settings.redeliver_after_s),
-        **connection_kwargs(settings),
+        **{**connection_kwargs(settings), "socket_timeout": 10.0},
     )
     return broker.with_result_backend(DurableResultBackend(settings, keys))
 
@@ -471,9 +511,9 @@ class RedisBackend:
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         while (item := self._waiting.pop()) is not None:
             job = item[1]
@@ -667,9 +707,12 @@ class RedisBackend:
     async def _dispatch_loop(self) -> None:
         assert self._wake is not None
         delay = 0.2
-        while True:
+        while not self._closing:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives just as the event fires, and close() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.heartbeat_s)
+                async with asyncio.timeout(self.settings.heartbeat_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._dispatch()
@@ -727,14 +770,15 @@ class RedisBackend:
         """Progress, starts and completions that workers publish; reconnects after outages."""
         assert self._redis is not None
         delay = 0.2
-        while True:
+        while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.keys.events)
                 delay = 0.2
                 # Anything published while we were away is found by the reconcile loop.
                 self._poke()
-                while True:
+                # redis-py's get_message can swallow a cancellation; the flag ends the loop.
+                while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._on_event(message["data"])
@@ -777,7 +821,7 @@ class RedisBackend:
     async def _reconcile_loop(self) -> None:
         """Catch what pub/sub can miss: finished jobs, and jobs a data-losing Redis forgot."""
         interval = min(1.0, self.settings.heartbeat_s)
-        while True:
+        while not self._closing:
             await asyncio.sleep(interval)
             jobs = [j for j in self._in_flight.values() if j.state in ("dispatched", "running")]
             if not jobs or self._redis is None:

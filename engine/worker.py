@@ -177,15 +177,17 @@ class Worker:
                 run_startup=False,
                 propagate_exceptions=False,
             )
+            closer = asyncio.create_task(self._close_stream_on_stop(broker))
+            background.append(closer)
             await receiver.listen(self._stop)
         finally:
             self.state = "stopping"
             await self._leave()
             for task in background:
                 task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await asyncio.gather(*background, return_exceptions=True)
             if self._broker is not None:
                 with contextlib.suppress(*REDIS_DOWN):
                     await self._broker.shutdown()
@@ -193,6 +195,13 @@ class Worker:
                 await self._redis.aclose()
             self._gpu.shutdown(wait=False)
             logger.info("worker %s stopped after %d images", self.name, self.jobs_done)
+
+    async def _close_stream_on_stop(self, broker: ResilientStreamBroker) -> None:
+        assert self._stop is not None
+        await self._stop.wait()
+        self.state = "stopping"
+        broker.closing = True
+        await self._beat_quietly()  # capacity 0 at once: the bot sends nothing more here
 
     def _load(self) -> Any:
         from engine.pipeline import ImageGenerator  # torch is imported here, not at import time

@@ -1,0 +1,397 @@
+"""RedisBackend against a real Redis-compatible server and a real worker (tiny model, in-process).
+
+The worker here is ``engine.worker.Worker``, the same class ``python -m engine.worker`` runs,
+sharing this process's loaded tiny pipeline; the scenarios that need several worker processes,
+``kill -9`` and Redis restarts live in ``test_worker_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from PIL import Image
+from redis.asyncio import Redis
+from taskiq.kicker import AsyncKicker
+
+from engine.contract import FailureKind, ImageBackend, JobFailed, JobRequest, Mode, Progress
+from engine.pipeline import ImageGenerator
+from engine.remote import (
+    TASK_NAME,
+    UNAVAILABLE_MESSAGE,
+    RedisBackend,
+    RedisKeys,
+    RemoteSettings,
+    redact_url,
+)
+from engine.settings import EngineSettings
+from engine.worker import Worker
+from tests.redis_server import RedisServer, free_port, running_redis
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def remote(redis_server: RedisServer) -> RemoteSettings:
+    # A fresh key prefix per test: tests share the server, never each other's keys.
+    return RemoteSettings(
+        redis_url=redis_server.url,
+        redis_prefix=f"t{uuid.uuid4().hex[:8]}",
+        heartbeat_s=0.2,
+        redeliver_after_s=1.0,
+    )
+
+
+@pytest.fixture
+def slow_steps(generator: ImageGenerator, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Set the test-only per-step sleep that stands in for GPU time."""
+
+    def set_delay(seconds: float) -> None:
+        monkeypatch.setattr(generator.settings, "test_step_delay_s", seconds)
+
+    return set_delay
+
+
+class Cluster:
+    """A bot-side backend plus one in-process worker, both on the test's event loop."""
+
+    def __init__(self, backend: RedisBackend, worker: Worker, redis: Redis) -> None:
+        self.backend = backend
+        self.worker = worker
+        self.redis = redis
+        self.keys = backend.keys
+
+
+async def eventually(check: Any, what: str, within: float = 10.0) -> None:
+    """Poll state that lives in Redis or in the worker; fail with what never happened."""
+    try:
+        async with asyncio.timeout(within):
+            while not await check():  # noqa: ASYNC110 - external state, no event to await
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+@pytest.fixture
+async def cluster(
+    remote: RemoteSettings, tiny_settings: EngineSettings, generator: ImageGenerator
+) -> AsyncIterator[Cluster]:
+    worker = Worker(remote, tiny_settings, generator, name="test-gpu0")
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    backend = RedisBackend(remote, tiny_settings)
+    await backend.start()
+    redis = Redis.from_url(str(remote.redis_url))
+
+    async def ready() -> bool:
+        status = await backend.status()
+        return status.ready
+
+    await eventually(ready, "the worker's first heartbeat")
+    try:
+        yield Cluster(backend, worker, redis)
+    finally:
+        await backend.close()
+        stop.set()
+        async with asyncio.timeout(30):
+            await running
+        await redis.aclose()
+
+
+def request(job_id: str, user_id: int = 1, **fields: Any) -> JobRequest:
+    fields.setdefault("prompt", "a red fox in the snow")
+    fields.setdefault("seed", 7)
+    fields.setdefault("mode", Mode.FAST)
+    return JobRequest(job_id=job_id, user_id=user_id, **fields)
+
+
+def png_parameters(png: bytes) -> dict[str, Any]:
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return json.loads(image.text["parameters"])
+
+
+async def test_backend_implements_the_image_backend_protocol(remote: RemoteSettings) -> None:
+    assert isinstance(RedisBackend(remote), ImageBackend)
+
+
+async def test_job_comes_back_as_png_with_parameters_and_per_step_progress(
+    cluster: Cluster,
+) -> None:
+    progress: list[Progress] = []
+    handle = await cluster.backend.submit(request("1001", aspect="4:3"), progress.append)
+    result = await asyncio.wait_for(handle.result(), 30)
+
+    image = Image.open(io.BytesIO(result.png))
+    assert image.format == "PNG"
+    assert image.size == (result.width, result.height) == (64, 48)
+    params = png_parameters(result.png)
+    assert params["seed"] == 7
+    assert params["prompt"] == "a red fox in the snow"
+    assert result.worker == "test-gpu0"
+    assert result.mode == Mode.FAST and result.requested_mode == Mode.FAST
+    # One progress report per denoising step, in order, ending at the total.
+    steps = [p.step for p in progress]
+    assert steps == list(range(1, result.steps + 1))
+    assert {p.total for p in progress} == {result.steps}
+    assert all(p.job_id == "1001" for p in progress)
+
+
+async def test_users_take_turns_across_the_remote_queue(cluster: Cluster, slow_steps: Any) -> None:
+    slow_steps(0.03)
+    backend = cluster.backend
+    finished: list[str] = []
+
+    async def run(job: JobRequest) -> None:
+        handle = await backend.submit(job)
+        await handle.result()
+        finished.append(job.job_id)
+
+    first = asyncio.create_task(run(request("a1", user_id=1)))
+
+    async def a1_running() -> bool:
+        return await backend.position("a1") == 0
+
+    await eventually(a1_running, "a1 to start")
+    rest = [request("a2", 1), request("a3", 1), request("a4", 1), request("b1", 2)]
+    handles = [await backend.submit(job) for job in rest]
+    # Alice's queued images do not hold back Bob's first one.
+    assert [await backend.position(h.job_id) for h in handles] == [2, 4, 5, 3]
+    tasks = [first, *(asyncio.create_task(run(job)) for job in rest)]
+    await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    assert finished == ["a1", "a2", "b1", "a3", "a4"]
+
+
+async def test_resubmitting_a_job_after_a_bot_restart_returns_the_stored_result(
+    cluster: Cluster, remote: RemoteSettings, tiny_settings: EngineSettings
+) -> None:
+    backend = cluster.backend
+    first = await backend.submit(request("2001"))
+    again = await backend.submit(request("2001"))  # a double click: same job, one run
+    result = await first.result()
+    assert (await again.result()).png == result.png
+    assert cluster.worker.jobs_done == 1
+
+    # The bot restarts before it recorded the image: the new process re-submits the same
+    # interaction id and receives the stored image; the GPU does not render it again.
+    await backend.close()
+    restarted = RedisBackend(remote, tiny_settings)
+    await restarted.start()
+    try:
+        handle = await restarted.submit(request("2001"))
+        replay = await asyncio.wait_for(handle.result(), 10)
+    finally:
+        await restarted.close()
+    assert replay.png == result.png
+    assert cluster.worker.jobs_done == 1
+
+
+async def test_a_redelivered_message_is_skipped_not_rendered_twice(cluster: Cluster) -> None:
+    handle = await cluster.backend.submit(request("3001"))
+    result = await handle.result()
+    done_before = cluster.worker.jobs_done
+    # What at-least-once delivery can do: the same job arrives at a worker a second time.
+    broker = cluster.backend._broker
+    assert broker is not None
+    kicker: AsyncKicker[Any, Any] = AsyncKicker(TASK_NAME, broker, {})
+    await kicker.with_task_id("3001").kiq(request("3001").to_dict(), {"dispatched_at": 0})
+
+    async def skipped() -> bool:
+        return b'outcome="duplicate"} 1.0' in cluster.worker.metrics.render()
+
+    await eventually(skipped, "the duplicate to be skipped")
+    assert cluster.worker.jobs_done == done_before
+    stored = await broker.result_backend.get_result("3001")
+    assert stored.return_value["result"]["png"] == result.png.hex()
+    pending = await cluster.redis.xpending(cluster.keys.stream, cluster.keys.group)
+    assert pending["pending"] == 0  # acknowledged, so it is not delivered a third time
+
+
+async def test_cancelling_a_running_job_stops_the_gpu_within_a_step(
+    cluster: Cluster, slow_steps: Any
+) -> None:
+    slow_steps(0.2)
+    progress: list[Progress] = []
+    handle = await cluster.backend.submit(request("4001", mode=Mode.STANDARD), progress.append)
+
+    async def started() -> bool:
+        return bool(progress)
+
+    await eventually(started, "the first step")
+    assert await cluster.backend.cancel("4001") is True
+    with pytest.raises(JobFailed) as failed:
+        await asyncio.wait_for(handle.result(), 10)
+    assert failed.value.kind == FailureKind.CANCELLED
+    assert len(progress) < progress[0].total  # the remaining steps never ran
+    # The worker is free again: the next job runs.
+    slow_steps(0.0)
+    assert (await (await cluster.backend.submit(request("4002"))).result()).png
+
+
+async def test_cancelling_a_waiting_job_means_it_never_runs(
+    cluster: Cluster, slow_steps: Any
+) -> None:
+    slow_steps(0.05)
+    running = await cluster.backend.submit(request("5001", user_id=1))
+    waiting = await cluster.backend.submit(request("5002", user_id=2))
+    assert await cluster.backend.position("5002") == 2
+    assert await cluster.backend.cancel("5002") is True
+    with pytest.raises(JobFailed) as failed:
+        await waiting.result()
+    assert failed.value.kind == FailureKind.CANCELLED
+    assert failed.value.user_message == "The generation was cancelled."
+    await running.result()
+    assert await cluster.backend.position("5002") is None
+    assert not await cluster.redis.exists(cluster.keys.marker("5002"))
+    assert cluster.worker.jobs_done == 1
+
+
+async def test_the_deadline_is_enforced_inside_the_worker(
+    cluster: Cluster, slow_steps: Any
+) -> None:
+    slow_steps(0.1)
+    handle = await cluster.backend.submit(request("6001", mode=Mode.STANDARD, deadline_s=1.0))
+    with pytest.raises(JobFailed) as failed:
+        await asyncio.wait_for(handle.result(), 10)
+    assert failed.value.kind == FailureKind.TIMEOUT
+    assert failed.value.user_message == "Generation took longer than 1 s."
+    assert cluster.worker.current_job is None
+    metrics = cluster.worker.metrics.render()
+    assert b'imagine_worker_jobs_total{outcome="timeout"} 1.0' in metrics
+
+
+async def test_status_lists_the_worker_and_what_it_runs(cluster: Cluster, slow_steps: Any) -> None:
+    slow_steps(0.1)
+    handle = await cluster.backend.submit(request("7001", mode=Mode.STANDARD))
+
+    async def busy() -> bool:
+        status = await cluster.backend.status()
+        return status.running == ("7001",) and status.workers[0].current_job == "7001"
+
+    await eventually(busy, "the worker to report its job")
+    status = await cluster.backend.status()
+    assert status.backend == "redis"
+    assert status.ready is True
+    (info,) = status.workers
+    assert info.name == "test-gpu0"
+    assert info.gpu == "cpu"
+    assert info.memory_mode == "resident"
+    assert info.model == cluster.worker.engine.model
+    assert status.fast_available is True
+    assert await cluster.backend.cancel("7001")
+    with pytest.raises(JobFailed):
+        await handle.result()
+
+
+async def test_per_user_limit_is_the_same_as_in_process(cluster: Cluster, slow_steps: Any) -> None:
+    slow_steps(0.05)
+    limit = cluster.backend.engine_settings.max_queued_per_user
+    handles = [await cluster.backend.submit(request(f"8{i:03}", user_id=9)) for i in range(limit)]
+    with pytest.raises(JobFailed) as refused:
+        await cluster.backend.submit(request("8999", user_id=9))
+    assert refused.value.kind == FailureKind.QUEUE_FULL
+    assert refused.value.user_message == (
+        f"You already have {limit} images waiting; wait for one to finish."
+    )
+    for handle in handles:
+        await cluster.backend.cancel(handle.job_id)
+
+
+async def test_a_job_that_keeps_killing_workers_is_failed_not_retried_forever(
+    cluster: Cluster,
+) -> None:
+    # Three deliveries already happened (each ended with a dead worker).
+    await cluster.redis.set(cluster.keys.attempts("9001"), 3)
+    handle = await cluster.backend.submit(request("9001"))
+    with pytest.raises(JobFailed) as failed:
+        await asyncio.wait_for(handle.result(), 10)
+    assert failed.value.kind == FailureKind.ERROR
+    assert "stopped its GPU worker 3 times" in failed.value.user_message
+
+
+async def test_worker_metrics_count_outcomes_steps_images_and_latency(cluster: Cluster) -> None:
+    for job_id in ("m1", "m2"):
+        await (await cluster.backend.submit(request(job_id))).result()
+    text = cluster.worker.metrics.render().decode()
+    assert 'imagine_worker_jobs_total{outcome="done"} 2.0' in text
+    assert "imagine_worker_image_seconds_count 2.0" in text
+    assert "imagine_worker_ack_latency_seconds_count 2.0" in text
+    steps = next(line for line in text.splitlines() if line.startswith("imagine_worker_step_sec"))
+    assert steps
+    assert "imagine_worker_step_seconds_count 16.0" in text  # 2 images x 8 fast steps
+    assert "imagine_worker_queue_depth" in text
+
+
+async def test_redis_down_refuses_new_images_with_a_clear_message(
+    tiny_settings: EngineSettings,
+) -> None:
+    nothing_listens = RemoteSettings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", heartbeat_s=0.2, redeliver_after_s=1
+    )
+    backend = RedisBackend(nothing_listens, tiny_settings)
+    await backend.start()  # not fatal: the bot comes up and answers
+    try:
+        with pytest.raises(JobFailed) as refused:
+            await backend.submit(request("10001"))
+        assert refused.value.kind == FailureKind.UNAVAILABLE
+        assert refused.value.user_message == UNAVAILABLE_MESSAGE
+        status = await backend.status()
+        assert status.ready is False
+        assert status.note == "Redis is unreachable: new images are refused until it is back."
+        assert await backend.position("10001") is None
+    finally:
+        await backend.close()
+
+
+async def test_no_worker_online_refuses_new_images(
+    remote: RemoteSettings, tiny_settings: EngineSettings
+) -> None:
+    backend = RedisBackend(remote, tiny_settings)
+    await backend.start()
+    try:
+        with pytest.raises(JobFailed) as refused:
+            await backend.submit(request("11001"))
+        assert refused.value.kind == FailureKind.UNAVAILABLE
+        assert refused.value.user_message == UNAVAILABLE_MESSAGE
+        assert (await backend.status()).note == "No image worker is online."
+    finally:
+        await backend.close()
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGINE_REDIS_URL", "redis://:s3cret@redis.internal:6380/2")
+    monkeypatch.setenv("IMAGINE_REDELIVER_AFTER_S", "45")
+    monkeypatch.setenv("IMAGINE_HEARTBEAT_S", "3")
+    settings = RemoteSettings()
+    assert settings.redis_url == "redis://:s3cret@redis.internal:6380/2"
+    assert settings.redeliver_after_s == 45
+    assert settings.claim_ttl_s < settings.redeliver_after_s
+    backend = RedisBackend()  # no arguments: everything from the environment
+    assert backend.settings.heartbeat_s == 3
+
+
+def test_redelivery_must_outlast_several_heartbeats() -> None:
+    with pytest.raises(ValueError, match="at least 4x"):
+        RemoteSettings(redis_url="redis://localhost", heartbeat_s=5, redeliver_after_s=10)
+
+
+def test_the_redis_password_never_reaches_the_logs() -> None:
+    assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact_url("rediss://user:s3cret@host/1") == "rediss://user:***@host/1"
+    assert redact_url("redis://host:6379") == "redis://host:6379"
+
+
+def test_keys_are_namespaced_by_prefix() -> None:
+    keys = RedisKeys("bot2")
+    assert keys.stream == "bot2:jobs"
+    assert keys.result("42") == "bot2:result:42"
+    assert keys.claim("42") == "bot2:claim:42"
