@@ -12,6 +12,7 @@ travels, so /imagine, Reroll, Variations and restart recovery cannot drift apart
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import datetime as dt
@@ -60,6 +61,8 @@ FINISH_GRACE_S = 20.0
 # Limits and styles change only through admin commands of this process, which drop the cache;
 # the TTL covers edits made straight in the database.
 CACHE_TTL_S = 60.0
+# Discord allows 3 s to acknowledge an interaction; past this, the bot defers (see AckGuard).
+ACK_DEFER_AFTER_S = 2.0
 
 
 def utcnow() -> dt.datetime:
@@ -101,6 +104,72 @@ class Job:
     position: int | None = None
     finishing: bool = False  # the engine answered; delivery or the failure notice is under way
     task: asyncio.Task[None] | None = None
+
+
+class AckGuard:
+    """Makes sure an interaction is acknowledged within Discord's 3 seconds, however busy.
+
+    Normally the public status message *is* the acknowledgement and refusals are ephemeral
+    answers. If validation and the quota transaction have not finished after ``after_s``
+    (a database under heavy load), the guard defers publicly ("thinking…") so the interaction
+    cannot expire; the status message then replaces the thinking message, and a refusal
+    deletes it and answers privately instead.
+    """
+
+    def __init__(self, interaction: discord.Interaction[Any], *, after_s: float) -> None:
+        self.interaction = interaction
+        self.after_s = after_s
+        self.started = time.perf_counter()
+        self.deferred = False
+        self._lock = asyncio.Lock()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AckGuard:
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if self._watchdog is not None and not self._watchdog.done():
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        if self.deferred and isinstance(exc, UserError):
+            # The refusal goes out privately; the public "thinking…" must not linger. Completing
+            # the deferred message first makes the refusal a separate (ephemeral) followup
+            # instead of the edit of the public "thinking…" that a first followup would be.
+            with contextlib.suppress(discord.HTTPException):
+                await self.interaction.edit_original_response(content="Request not accepted.")
+                await self.interaction.delete_original_response()
+
+    async def _watch(self) -> None:
+        await asyncio.sleep(self.after_s)
+        async with self._lock:
+            if self.interaction.response.is_done():
+                return
+            logger.warning(
+                "interaction %s not answered after %.1f s; deferring",
+                self.interaction.id,
+                self.after_s,
+            )
+            await self.interaction.response.defer(thinking=True)
+            self.deferred = True
+            metrics.ACK_LATENCY.observe(time.perf_counter() - self.started)
+
+    async def respond(self, content: str, view: discord.ui.View) -> int | None:
+        """Post the status message as the answer; returns its id."""
+        async with self._lock:
+            if self._watchdog is not None and not self._watchdog.done():
+                self._watchdog.cancel()
+            if self.deferred:
+                message = await self.interaction.edit_original_response(
+                    content=content, view=view, allowed_mentions=errors.NO_MENTIONS
+                )
+                return message.id
+            callback = await self.interaction.response.send_message(
+                content, view=view, allowed_mentions=errors.NO_MENTIONS
+            )
+            metrics.ACK_LATENCY.observe(time.perf_counter() - self.started)
+            return callback.message_id
 
 
 def _blocked_pattern(word: str) -> re.Pattern[str]:
@@ -268,7 +337,12 @@ class JobService:
     # ------------------------------------------------------------------ entry points
     async def imagine(self, interaction: discord.Interaction[Any], params: ImagineParams) -> None:
         """/imagine: validate, charge, queue and answer; the job then runs on its own."""
-        started = time.perf_counter()
+        async with AckGuard(interaction, after_s=ACK_DEFER_AFTER_S) as guard:
+            await self._imagine(interaction, params, guard)
+
+    async def _imagine(
+        self, interaction: discord.Interaction[Any], params: ImagineParams, guard: AckGuard
+    ) -> None:
         config = await self.guild_config(interaction.guild_id)
         await self.check_place(interaction, config)
         prompt, negative = self.check_prompt(params.prompt, params.negative, config)
@@ -288,7 +362,7 @@ class JobService:
             seeds=[params.seed],
             kind=db.GenerationKind.IMAGINE,
             parent_key=None,
-            started=started,
+            guard=guard,
         )
 
     async def reroll(self, interaction: discord.Interaction[Any], parent_key: str) -> None:
@@ -304,7 +378,18 @@ class JobService:
     async def _again(
         self, interaction: discord.Interaction[Any], parent_key: str, *, kind: str, count: int
     ) -> None:
-        started = time.perf_counter()
+        async with AckGuard(interaction, after_s=ACK_DEFER_AFTER_S) as guard:
+            await self._again_guarded(interaction, parent_key, kind=kind, count=count, guard=guard)
+
+    async def _again_guarded(
+        self,
+        interaction: discord.Interaction[Any],
+        parent_key: str,
+        *,
+        kind: str,
+        count: int,
+        guard: AckGuard,
+    ) -> None:
         parent = await db.get_generation(self.db, parent_key)
         if parent is None:
             raise UserError("I can't find that image any more.")
@@ -323,7 +408,7 @@ class JobService:
             seeds=[None] * count,
             kind=kind,
             parent_key=parent.job_key,
-            started=started,
+            guard=guard,
         )
 
     async def _start(
@@ -339,7 +424,7 @@ class JobService:
         seeds: list[int | None],
         kind: str,
         parent_key: str | None,
-        started: float,
+        guard: AckGuard,
     ) -> None:
         user = interaction.user
         quota = None if self.is_exempt(user, config) else config.daily_quota
@@ -431,12 +516,8 @@ class JobService:
             text = f"{header}\n{render.queued_line(position)}"
             try:
                 if index == 0:
-                    callback = await interaction.response.send_message(
-                        text, view=views.status_view(key), allowed_mentions=errors.NO_MENTIONS
-                    )
-                    message_id = callback.message_id
+                    message_id = await guard.respond(text, views.status_view(key))
                     followup = None
-                    metrics.ACK_LATENCY.observe(time.perf_counter() - started)
                 else:
                     message = await interaction.followup.send(
                         text,
@@ -487,7 +568,7 @@ class JobService:
                 target=target,
                 handle=handle,
                 context=contextvars.copy_context(),
-                requested_at=started,
+                requested_at=guard.started,
                 requester=user,
                 negative=negative,
                 position=position,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 import simcord.interactions
 from PIL import Image
 
+import db
 from bot import metrics
 from engine.presets import MAX_PROMPT_CHARS, image_size
 from tests.bot.conftest import Harness, attachment_bytes, png_parameters
@@ -293,3 +295,53 @@ async def test_status_command_reports_the_engine(harness: Harness) -> None:
     assert fields["Mean time per step"].endswith(" s")
     assert "Bot uptime" in fields
     assert "local" in embed.description and "ready" in embed.description
+
+
+def callback_types(harness: Harness, result: Any) -> list[int]:
+    """The interaction callback types the bot sent for one interaction (5 = deferred)."""
+    key = harness.key(result)
+    return [
+        r.json["type"]
+        for r in harness.env.http_requests
+        if r.method == "POST" and r.path.startswith(f"/interactions/{key}/")
+    ]
+
+
+async def _slow_reserve(monkeypatch: pytest.MonkeyPatch, delay_s: float) -> None:
+    real = db.reserve_generation
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(delay_s)  # a database under heavy load
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(db, "reserve_generation", slow)
+
+
+async def test_a_slow_database_still_answers_within_three_seconds(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _slow_reserve(monkeypatch, 2.6)
+    lee = harness.member("lee")
+    result = await lee.slash(harness.channel, "imagine", prompt="patience", seed=31)
+    # Deferred publicly after 2 s ("thinking…"), then the status message took its place.
+    assert callback_types(harness, result) == [5] and not result.ephemeral
+    assert f"<@{lee.id}>" in result.response.content and "patience" in result.response.content
+    await harness.wait_jobs()
+    message = harness.message(result.response.id)
+    assert png_parameters(await attachment_bytes(message))["seed"] == 31
+
+
+@pytest.mark.parametrize("settings_overrides", [{"default_daily_quota": 1}])
+async def test_a_refusal_after_deferring_is_still_private(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lee = harness.member("lee")
+    await lee.slash(harness.channel, "imagine", prompt="first")
+    await harness.wait_jobs()
+    await _slow_reserve(monkeypatch, 2.6)
+    result = await lee.slash(harness.channel, "imagine", prompt="second")
+    assert callback_types(harness, result) == [5]
+    assert result.response is None  # the public "thinking…" message was deleted
+    (refusal,) = result.followups
+    assert refusal.ephemeral and "You've used all 1 images" in refusal.content
+    assert len(await harness.rows()) == 1
