@@ -60,7 +60,10 @@ class BotSettings(BaseSettings):
         1.5, ge=0.5, description="at most one progress edit per status message this often"
     )
     job_deadline_s: float | None = Field(
-        600.0, gt=0, description="GPU seconds a job may take before the engine stops it"
+        None,
+        gt=0,
+        description="GPU seconds a job may take before it is stopped (empty: the engine's "
+        "IMAGINE_JOB_TIMEOUT_S)",
     )
     history_page_size: int = Field(5, ge=1, le=10, description="generations per /history page")
 
