@@ -204,6 +204,27 @@ class StatusMessage:
         view: discord.ui.View,
         done_text: str,
     ) -> int | None:
+        """A new message with the image that names the requester (and may notify them)."""
+        mention_only_requester = discord.AllowedMentions(
+            everyone=False,
+            roles=False,
+            replied_user=False,
+            users=[discord.Object(self.requester_id)],
+        )
+        content = f"<@{self.requester_id}>, your image is ready."
+        if self.gone and self.token_alive() and self._interaction is not None:
+            # The status message was deleted but the token lives: a followup needs no
+            # channel permission at all.
+            file, note = await make_file(self.upload_limit)
+            message = await self._interaction.followup.send(
+                content,
+                embed=embed_for(file.filename, note),
+                file=file,
+                view=view,
+                allowed_mentions=mention_only_requester,
+                wait=True,
+            )
+            return message.id
         if self.channel_id is None:
             raise MessageGone("no channel to deliver to")
         file, note = await make_file(self.channel_upload_limit())
@@ -217,17 +238,12 @@ class StatusMessage:
                 fail_if_not_exists=False,
             )
         message = await channel.send(
-            content=f"<@{self.requester_id}>, your image is ready.",
+            content=content,
             embed=embed_for(file.filename, note),
             file=file,
             view=view,
             reference=reference,  # type: ignore[arg-type]
-            allowed_mentions=discord.AllowedMentions(
-                everyone=False,
-                roles=False,
-                replied_user=False,
-                users=[discord.Object(self.requester_id)],
-            ),
+            allowed_mentions=mention_only_requester,
         )
         if self.message_id is not None and not self.gone:
             try:

@@ -530,6 +530,7 @@ class JobService:
             except discord.HTTPException as exc:
                 # Most likely the 3-second window passed (10062): nobody can see this job.
                 logger.warning("could not post the status message of job %s: %s", key, exc)
+                self._early_progress.pop(key, None)
                 await self.backend.cancel(key)
                 await db.fail_generation(
                     self.db,
@@ -649,6 +650,7 @@ class JobService:
             )
         finally:
             self._jobs.pop(job.key, None)
+            self._early_progress.pop(job.key, None)
             metrics.QUEUE_DEPTH.set(len(self._jobs))
             total = time.perf_counter() - job.requested_at
             logger.info(

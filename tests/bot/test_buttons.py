@@ -276,3 +276,20 @@ async def test_dead_token_answer_switches_to_the_channel(harness: Harness) -> No
     reply = harness.message(row.message_id)
     assert reply.id != result.response.id and reply.content.startswith(f"<@{alice.id}>")
     assert png_parameters(await attachment_bytes(reply))["seed"] == 9
+
+
+async def test_status_message_deleted_while_rendering(harness: Harness) -> None:
+    harness.engine.hold()
+    alice = harness.member("alice")
+    mod = harness.member("mod", roles=[harness.mod_role])
+    result = await alice.slash(harness.channel, "imagine", prompt="a shy fox", seed=12)
+    await mod.delete(result.response.message)
+    harness.engine.release()
+    await harness.wait_jobs()
+    row = await harness.row(harness.key(result))
+    assert row.status == "done"
+    (followup,) = result.followups
+    assert followup.content == f"<@{alice.id}>, your image is ready."
+    assert [m.id for m in followup.message.mentions] == [alice.id]
+    assert png_parameters(await followup.attachments[0].read())["seed"] == 12
+    assert row.message_id == followup.id
