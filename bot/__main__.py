@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 import sys
+from typing import TYPE_CHECKING
 
 import discord
 from pydantic import ValidationError
@@ -11,7 +15,31 @@ from pydantic import ValidationError
 from bot.logsetup import setup_logging
 from bot.settings import TOKEN_ENV, BotSettings
 
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
 logger = logging.getLogger("bot")
+
+
+async def _serve(bot: ImagineBot, token: str) -> None:
+    """Run until the bot closes; SIGTERM (``docker stop``) and Ctrl-C close it cleanly, so jobs
+    being delivered finish and the rest stay resumable."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # not on Windows
+            loop.add_signal_handler(sig, lambda s=sig: _stop(bot, s))
+    async with bot:
+        await bot.start(token)
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _stop(bot: ImagineBot, sig: signal.Signals) -> None:
+    logger.info("%s received; shutting down", sig.name)
+    task = asyncio.get_running_loop().create_task(bot.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 def main() -> int:
@@ -39,7 +67,9 @@ def main() -> int:
 
     bot = create_bot(settings)
     try:
-        bot.run(token, log_handler=None)
+        asyncio.run(_serve(bot, token))
+    except KeyboardInterrupt:
+        return 0
     except discord.LoginFailure:
         logger.error(
             "Discord rejected the token in %s; copy it again from the developer portal", TOKEN_ENV

@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +204,63 @@ async def test_healthz_and_metrics(harness: Harness) -> None:
         harness.engine.down = False
         await server.stop()
     assert server.port is None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_run_connects_serves_health_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """``python -m bot`` with a token: logs in, connects the gateway, answers /healthz (503:
+    its Redis backend is down), and exits 0 on SIGTERM; the token appears nowhere."""
+    from tests.wire.emulator import DiscordEmulator
+
+    port = _free_port()
+    async with DiscordEmulator(token=FAKE_TOKEN) as emu:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            cwd=tmp_path,
+            env=clean_env(
+                PYTHONPATH=str(REPO),
+                IMAGINE_DISCORD_TOKEN=FAKE_TOKEN,
+                IMAGINE_DISCORD_API_BASE=emu.api_base,
+                IMAGINE_DISCORD_GATEWAY_URL=emu.gateway_url,
+                IMAGINE_REDIS_URL=f"redis://127.0.0.1:{_free_port()}/0",  # nobody listens
+                IMAGINE_HEALTH_HOST="127.0.0.1",
+                IMAGINE_HEALTH_PORT=str(port),
+                IMAGINE_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+                IMAGINE_LOG_LEVEL="DEBUG",
+            ),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            await emu.wait_until(lambda: emu.sessions, within=60, what="the gateway connection")
+            body = None
+            async with aiohttp.ClientSession() as session:
+                for _ in range(200):
+                    try:
+                        async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                            body = await response.json()
+                            if body["gateway"]:
+                                assert response.status == 503
+                                break
+                    except aiohttp.ClientConnectionError:
+                        pass
+                    await asyncio.sleep(0.1)
+            assert body is not None and body["gateway"] is True and body["backend"] is False
+            assert emu.global_commands, "slash commands were not registered"
+            proc.send_signal(signal.SIGTERM)
+            output, _ = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = output.decode()
+    assert proc.returncode == 0, text
+    assert "SIGTERM received" in text
+    assert FAKE_TOKEN not in text and FAKE_TOKEN.split(".")[-1] not in text
