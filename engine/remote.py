@@ -29,6 +29,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,6 +53,7 @@ from engine.contract import (
     JobFailed,
     JobRequest,
     JobResult,
+    Mode,
     Progress,
     ProgressCallback,
     WorkerInfo,
@@ -283,6 +285,12 @@ class ResilientStreamBroker(RedisStreamBroker):
     """
 
     closing = False
+    _reclaim_from = 0.0
+
+    def hold_reclaim(self) -> None:
+        """After a Redis outage every entry looks idle, live workers' too: reclaim nothing for
+        one redelivery period, so the workers that are alive renew their entries first."""
+        self._reclaim_from = time.monotonic() + self.idle_timeout / 1000
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:  # type: ignore[override]
         delay = 0.2
@@ -291,10 +299,12 @@ class ResilientStreamBroker(RedisStreamBroker):
             try:
                 async with Redis(connection_pool=self.connection_pool) as redis:
                     while not self.closing:
-                        _next, claimed, *_deleted = await redis.xautoclaim(
-                            stream, group, consumer, min_idle_time=self.idle_timeout, count=1
-                        )
-                        entries = [(i, m) for i, m in claimed if m]  # trimmed entries are None
+                        entries = []
+                        if time.monotonic() >= self._reclaim_from:
+                            _next, claimed, *_deleted = await redis.xautoclaim(
+                                stream, group, consumer, min_idle_time=self.idle_timeout, count=1
+                            )
+                            entries = [(i, m) for i, m in claimed if m]  # trimmed ones: None
                         if not entries:
                             fetched = await redis.xreadgroup(
                                 group, consumer, {stream: ">"}, count=1, block=self.block
@@ -314,6 +324,7 @@ class ResilientStreamBroker(RedisStreamBroker):
             except (*REDIS_DOWN, ResponseError) as exc:
                 if cancelling():
                     raise
+                self.hold_reclaim()
                 logger.warning("job stream unavailable (%s); reconnecting in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -888,3 +899,109 @@ class RedisBackend:
             job.future.exception()  # retrieved: a refused job nobody awaits is not an error
         else:
             job.future.set_result(outcome)
+
+
+# ---------------------------------------------------------------------- operator CLI
+def _build_parser() -> Any:
+    import argparse
+
+    from engine.presets import ASPECTS, BUILTIN_STYLES, DEFAULT_ASPECT, DEFAULT_STYLE
+
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.remote",
+        description="Check the GPU workers behind IMAGINE_REDIS_URL from any machine, without "
+        "Discord: list them, or send one test image through them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="Redis health, workers, what they run")
+    gen = sub.add_parser("generate", help="render one image on a worker, like /imagine does")
+    gen.add_argument("prompt")
+    gen.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(BUILTIN_STYLES))
+    gen.add_argument("--aspect", default=DEFAULT_ASPECT, choices=list(ASPECTS))
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--mode", default=None, choices=[str(m) for m in Mode])
+    gen.add_argument("--out", required=True, help="where to write the PNG")
+    gen.add_argument("--timeout", type=float, default=900.0, help="give up after this (s)")
+    return parser
+
+
+def _print_status(status: EngineStatus) -> None:
+    print(f"backend: redis   ready: {'yes' if status.ready else 'no'}")
+    if status.note:
+        print(f"note: {status.note}")
+    print(f"queue: {status.queue_length} waiting, {len(status.running)} rendering")
+    if status.mean_sec_per_step:
+        print(f"seconds per step (mean of workers): {status.mean_sec_per_step:.3f}")
+    for worker in status.workers:
+        job = f"rendering {worker.current_job}" if worker.current_job else "idle"
+        print(
+            f"  {worker.name}: {worker.gpu} ({worker.memory_gb:g} GB, {worker.memory_mode}), "
+            f"{worker.jobs_done} images, {job}"
+        )
+
+
+async def _cli(args: Any) -> int:
+    import sys
+    import uuid
+
+    from engine.presets import BUILTIN_STYLES
+
+    backend = RedisBackend()
+    await backend.start()
+    try:
+        if args.command == "status":
+            status = await backend.status()
+            _print_status(status)
+            return 0 if status.ready else 1
+        request = JobRequest(
+            job_id=f"cli-{uuid.uuid4().hex[:12]}",
+            user_id=0,
+            prompt=args.prompt,
+            style=BUILTIN_STYLES[args.style],
+            aspect=args.aspect,
+            seed=args.seed,
+            mode=Mode(args.mode) if args.mode else backend.engine_settings.default_mode,
+        )
+
+        def show(progress: Progress) -> None:
+            print(
+                f"\r  step {progress.step}/{progress.total} ({progress.percent}%), "
+                f"eta {progress.eta_s:.0f}s   ",
+                end="",
+                flush=True,
+            )
+
+        try:
+            handle = await backend.submit(request, show)
+            async with asyncio.timeout(args.timeout):
+                result = await handle.result()
+        except JobFailed as exc:
+            print(f"\nerror: {exc.user_message}", file=sys.stderr)
+            return 1
+        except TimeoutError:
+            await backend.cancel(request.job_id)
+            print(f"\nerror: no image after {args.timeout:.0f}s", file=sys.stderr)
+            return 1
+        await asyncio.to_thread(Path(args.out).write_bytes, result.png)
+        print(
+            f"\nwrote {args.out} ({result.width}x{result.height}, seed {result.seed}, "
+            f"{result.mode} mode, {result.steps} steps) on {result.worker} in "
+            f"{result.run_s:.2f}s after {result.queued_s:.2f}s in the queue"
+        )
+        return 0
+    finally:
+        await backend.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = RemoteSettings()
+    if not settings.redis_url:
+        print("error: set IMAGINE_REDIS_URL (e.g. redis://127.0.0.1:6379/0)")
+        return 2
+    return asyncio.run(_cli(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

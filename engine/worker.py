@@ -304,6 +304,8 @@ class Worker:
                 if not self._redis_down:
                     logger.warning("Redis unreachable (%s); the current job goes on", exc)
                 self._redis_down = True
+                if self._broker is not None:
+                    self._broker.hold_reclaim()
             await asyncio.sleep(self.remote.heartbeat_s)
 
     async def _sample_queue_depth(self) -> None:
@@ -574,4 +576,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the importable module, so log records say "engine.worker", not "__main__".
+    from engine.worker import main as _main
+
+    sys.exit(_main())

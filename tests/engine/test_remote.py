@@ -216,6 +216,24 @@ async def test_a_redelivered_message_is_skipped_not_rendered_twice(cluster: Clus
     assert pending["pending"] == 0  # acknowledged, so it is not delivered a third time
 
 
+async def test_a_redis_that_lost_its_data_still_gets_every_accepted_job_done_once(
+    cluster: Cluster, slow_steps: Any
+) -> None:
+    slow_steps(0.05)
+    first = await cluster.backend.submit(request("12001", user_id=1))
+    second = await cluster.backend.submit(request("12002", user_id=2))
+
+    async def rendering() -> bool:
+        return cluster.worker.current_job == "12001"
+
+    await eventually(rendering, "the first job to start")
+    # A Redis restarted without persistence: stream, group, claims and markers are gone.
+    await cluster.redis.flushall()
+    results = await asyncio.wait_for(asyncio.gather(first.result(), second.result()), 30)
+    assert [r.job_id for r in results] == ["12001", "12002"]
+    assert cluster.worker.jobs_done == 2  # nothing rendered twice
+
+
 async def test_cancelling_a_running_job_stops_the_gpu_within_a_step(
     cluster: Cluster, slow_steps: Any
 ) -> None:

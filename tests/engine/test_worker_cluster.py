@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from redis.asyncio import Redis
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
 from engine.remote import UNAVAILABLE_MESSAGE, RedisBackend, RedisKeys, RemoteSettings
 from engine.settings import EngineSettings
-from tests.redis_server import RedisServer, running_redis
+from tests.redis_server import RedisServer, free_port, running_redis
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +63,7 @@ class WorkerPool:
         self.model_dir = model_dir
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.metrics_port = 0
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -86,13 +88,16 @@ class WorkerPool:
         )
         return env
 
-    def spawn(self, *names: str) -> None:
+    def spawn(self, *names: str, metrics_port: int = 0) -> None:
         for name in names:
             log = (self.log_dir / f"{name}.log").open("ab")
+            env = self.env()
+            env["IMAGINE_WORKER_METRICS_PORT"] = str(metrics_port)
+            env["IMAGINE_WORKER_METRICS_ADDR"] = "127.0.0.1"
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "engine.worker", "--name", name],
                 cwd=ROOT,
-                env=self.env(),
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -162,7 +167,9 @@ def pool(
 ) -> Iterator[WorkerPool]:
     workers = WorkerPool(remote, tiny_model_dir, tmp_path_factory.mktemp("worker-logs"))
     # All three start at once and load in parallel; each test waits for the ones it needs.
-    workers.spawn("gpu-a", "gpu-b", "gpu-c")
+    workers.metrics_port = free_port()
+    workers.spawn("gpu-a", metrics_port=workers.metrics_port)
+    workers.spawn("gpu-b", "gpu-c")
     try:
         yield workers
     finally:
@@ -246,8 +253,13 @@ async def dispatch_order(bot: Bot, prefix: str) -> list[str]:
     return [i for i in ids if i.startswith(prefix)]
 
 
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
 async def test_jobs_from_several_users_spread_over_three_workers_each_delivered_once(
-    bot: Bot,
+    bot: Bot, pool: WorkerPool
 ) -> None:
     # Alice (101) queues five images and fills the three workers; then three more users queue
     # three each. With one FIFO queue Alice's other two would run next; taking turns, each
@@ -274,6 +286,12 @@ async def test_jobs_from_several_users_spread_over_three_workers_each_delivered_
     await assert_stream_settled(bot)
     # Each job's result was stored once: no image rendered twice, none posted twice.
     assert bot.stored == {j.job_id: 1 for j in jobs}
+    # Worker gpu-a serves Prometheus metrics, as IMAGINE_WORKER_METRICS_PORT asks.
+    metrics = await asyncio.to_thread(scrape, pool.metrics_port)
+    on_a = sum(1 for r in results.values() if r.worker == "gpu-a")
+    assert f'imagine_worker_jobs_total{{outcome="done"}} {on_a}.0' in metrics
+    assert f"imagine_worker_image_seconds_count {on_a}.0" in metrics
+    assert f"imagine_worker_ack_latency_seconds_count {on_a}.0" in metrics
     order = await dispatch_order(bot, "spread-")
     assert sorted(order[:3]) == ["spread-101-0", "spread-101-1", "spread-101-2"]
     for user in (102, 103, 104):
@@ -301,7 +319,9 @@ async def test_redis_stopped_and_restarted_new_jobs_refused_accepted_jobs_finish
     status = await bot.backend.status()
     assert status.ready is False
     assert status.note == "Redis is unreachable: new images are refused until it is back."
-    await asyncio.sleep(1.5)  # workers finish their steps meanwhile; results wait for Redis
+    # Long enough for the running jobs' GPU work to end during the outage: their results
+    # must wait for Redis instead of being lost.
+    await asyncio.sleep(2.5)
     redis_server.start()
 
     results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 120)
@@ -309,12 +329,51 @@ async def test_redis_stopped_and_restarted_new_jobs_refused_accepted_jobs_finish
     for result in results:
         assert_png(result)
     await assert_stream_settled(bot)
+    logs = "".join(pool.log(name) for name in pool.processes)
+    assert "saving result of outage-" in logs, "the outage was too short to test waiting results"
+    for j in jobs:  # nothing rendered twice, although every entry looked idle after the restart
+        assert logs.count(f"job {j.job_id} done in") == 1, j.job_id
     # The same worker processes carried on; nobody had to restart them.
     assert all(pool.alive(name) for name in ("gpu-a", "gpu-b", "gpu-c"))
     after = await asyncio.wait_for(
         (await bot.backend.submit(job("outage-after", 299))).result(), 60
     )
     assert_png(after)
+
+
+async def cli(remote: RemoteSettings, *args: str) -> tuple[int, str]:
+    env = dict(os.environ)
+    env["IMAGINE_REDIS_URL"] = str(remote.redis_url)
+    env["IMAGINE_REDIS_PREFIX"] = remote.redis_prefix
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "engine.remote",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    return int(process.returncode or 0), out.decode()
+
+
+async def test_operators_check_the_workers_without_discord(
+    bot: Bot, remote: RemoteSettings, tmp_path: Path
+) -> None:
+    code, out = await cli(remote, "status")
+    assert code == 0, out
+    assert "ready: yes" in out
+    for name in ("gpu-a", "gpu-b", "gpu-c"):
+        assert f"  {name}: cpu " in out
+    target = tmp_path / "fox.png"
+    code, out = await cli(
+        remote, "generate", "a red fox", "--mode", "fast", "--aspect", "4:3", "--out", str(target)
+    )
+    assert code == 0, out
+    assert "wrote" in out and "64x48" in out
+    assert Image.open(target).size == (64, 48)
 
 
 async def test_a_worker_killed_mid_job_hands_it_to_another_and_the_user_gets_it_once(
