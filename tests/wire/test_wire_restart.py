@@ -7,6 +7,12 @@ sent before the restart must keep working.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
 import pytest
 
 from .emulator import DiscordEmulator, Interaction
@@ -111,3 +117,69 @@ async def test_stop_while_the_image_is_in_flight(rig: Rig) -> None:
     assert outcomes["delivered"] == [job]
     finals = [r for r in emu.requests_matching("PATCH", EDIT_ORIGINAL) if r.files]
     assert len(finals) == 1, "the image was uploaded again after the restart"
+
+
+async def test_crash_kill_9_with_jobs_queued_and_running(rig: Rig, tmp_path: Path) -> None:
+    """``python -m bot`` (a real process, started the way ``make run`` starts it) is killed
+    with SIGKILL mid-job: no shutdown code runs at all. A new bot on the same database must
+    still account for every job, and answer the buttons the dead process posted."""
+    emu = rig.emulator
+    members = [emu.add_user(f"member{n}") for n in range(3)]
+    earlier = emu.add_user("earlier")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("IMAGINE_")},
+        "IMAGINE_DISCORD_TOKEN": emu.token,
+        "IMAGINE_DATABASE_URL": rig.database_url,
+        "IMAGINE_DISCORD_API_BASE": emu.api_base,
+        "IMAGINE_DISCORD_GATEWAY_URL": emu.gateway_url,
+        "IMAGINE_HEALTH_PORT": "0",
+        "IMAGINE_PROGRESS_INTERVAL_S": "0.5",
+        "IMAGINE_DEFAULT_MODE": "fast",
+        "IMAGINE_MODEL": str(rig.model_dir),
+        "IMAGINE_MAX_SIDE": "64",
+        "IMAGINE_WARMUP": "false",
+        "IMAGINE_COMPILE": "false",
+        "IMAGINE_TEST_STEP_DELAY_S": "0.25",
+    }
+    log_path = tmp_path / "bot-process.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", cwd=tmp_path, env=env, stdout=log, stderr=log
+        )
+        try:
+            await emu.wait_until(
+                lambda: (
+                    (emu.find_command("imagine") and emu.live_sessions)
+                    or process.returncode is not None
+                ),
+                within=120.0,
+                what="python -m bot to sync its commands and connect to the gateway",
+            )
+            assert process.returncode is None, log_path.read_text()
+            before = await emu.slash(earlier, "imagine", prompt="made before the crash")
+            old_image = await delivered(emu, before, within=60.0)
+            await settled(rig.database_url, before)
+            jobs = [await emu.slash(m, "imagine", prompt=f"job {n}") for n, m in enumerate(members)]
+            for job in jobs:
+                await emu.wait_acked(job)
+            await emu.wait_until(lambda: _running(emu, jobs[0]), what="the first job to run")
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+    assert process.returncode == -signal.SIGKILL
+    # The token was in the process's environment; it must not be in anything it logged.
+    output = log_path.read_text(errors="replace")
+    assert emu.token not in output and "TEST ONLY" in output
+    stopped = await read_ledger(rig.database_url)
+    assert [stopped.row(j).status for j in jobs] == ["running", "queued", "queued"]
+
+    async with rig.bot(engine=rig.engine()):
+        for job in jobs:
+            await delivered(emu, job)
+        reroll = await emu.wait_acked(await emu.click(earlier, old_image, label="Reroll"))
+        await delivered(emu, reroll)
+        ledger = await settled(rig.database_url, *jobs, reroll)
+
+    outcomes = assert_every_job_accounted_for(emu, ledger, [before, *jobs, reroll])
+    assert len(outcomes["delivered"]) == 5
