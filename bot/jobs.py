@@ -218,6 +218,10 @@ class JobService:
     def active_keys(self) -> list[str]:
         return list(self._jobs)
 
+    def owners(self) -> dict[str, int]:
+        """Requester of every job this process follows, by job key."""
+        return {key: job.user_id for key, job in self._jobs.items()}
+
     def _spawn(self, coro: Any, *, context: contextvars.Context | None = None) -> asyncio.Task[Any]:
         loop = asyncio.get_running_loop()
         task = (

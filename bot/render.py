@@ -270,7 +270,7 @@ def history_embed(
     for row in rows:
         seed = row.seed_used if row.seed_used is not None else row.seed
         link = jump_url(row.guild_id, row.channel_id, row.message_id)
-        jump = f" · [jump]({link})" if link and row.status == "done" else ""
+        jump = f" · [jump]({link})" if link and row.status in ("done", "queued", "running") else ""
         lines.append(
             f"{STATUS_ICONS.get(row.status, '•')} **{shown(row.prompt, 120)}**\n"
             f"-# {shown(row.style, 64)} · seed {seed if seed is not None else '?'} · {row.status}"
@@ -287,7 +287,10 @@ def status_embed(
     uptime_s: float,
     latency_ms: float | None,
     error: str | None = None,
+    owners: dict[str, int] | None = None,
 ) -> discord.Embed:
+    """``owners`` maps job ids this bot follows to their requesters, so "Running" can say
+    whose image it is instead of an opaque id."""
     embed = discord.Embed(title="Image engine status", colour=COLOR_INFO)
     if status is None:
         embed.colour = COLOR_FAIL
@@ -299,7 +302,15 @@ def status_embed(
     state = "ready" if status.ready else "not ready"
     embed.description = f"**{status.backend}** backend, {state}."
     embed.add_field(name="Queue", value=f"{status.queue_length} waiting", inline=True)
-    running = ", ".join(f"`{job}`" for job in status.running) if status.running else "nothing"
+    owners = owners or {}
+    running = (
+        ", ".join(
+            f"an image for <@{owners[job]}>" if job in owners else f"job `{job}`"
+            for job in status.running
+        )
+        if status.running
+        else "nothing"
+    )
     embed.add_field(name="Running", value=clip(running, 1000), inline=True)
     embed.add_field(name="Model", value=clip(status.model, 1000), inline=False)
     embed.add_field(name="Memory mode", value=status.memory_mode, inline=True)

@@ -40,7 +40,9 @@ class StatusCog(commands.Cog):
             latency = None
         try:
             snapshot = await asyncio.wait_for(self.bot.backend.status(), STATUS_TIMEOUT_S)
-            embed = render.status_embed(snapshot, uptime_s=uptime, latency_ms=latency)
+            embed = render.status_embed(
+                snapshot, uptime_s=uptime, latency_ms=latency, owners=self.bot.jobs.owners()
+            )
         except Exception as exc:  # a broken backend is exactly what /status must report
             logger.warning("backend status failed: %s", exc)
             embed = render.status_embed(None, uptime_s=uptime, latency_ms=latency, error=str(exc))

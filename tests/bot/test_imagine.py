@@ -345,3 +345,21 @@ async def test_a_refusal_after_deferring_is_still_private(
     (refusal,) = result.followups
     assert refusal.ephemeral and "You've used all 1 images" in refusal.content
     assert len(await harness.rows()) == 1
+
+
+async def test_status_shows_whose_image_runs_and_the_queue(harness: Harness) -> None:
+    harness.engine.inner.settings.test_step_delay_s = 0.2
+    alice, bob = harness.member("alice"), harness.member("bob")
+    first = await alice.slash(harness.channel, "imagine", prompt="first")
+    await bob.slash(harness.channel, "imagine", prompt="second")
+
+    async def running() -> bool:
+        return (await harness.row(harness.key(first))).status == "running"
+
+    await harness.wait_until(running, what="the first job to run")
+    result = await bob.slash(harness.channel, "status")
+    values = {f.name: f.value for f in result.response.embeds[0].fields}
+    assert values["Running"] == f"an image for <@{alice.id}>"
+    assert values["Queue"] == "1 waiting"
+    assert result.response.message.mentions == []
+    await harness.wait_jobs()
