@@ -721,6 +721,9 @@ class JobService:
             return str(row.status) if row else "gone"
         stem = f"imagine-{result.seed}"
         requester = job.requester or self.bot.get_user(job.user_id)
+        if requester is None:  # a job resumed after a restart: only its id is known
+            with contextlib.suppress(discord.HTTPException):
+                requester = await self.bot.fetch_user(job.user_id)
 
         async def make_file(limit: int) -> tuple[discord.File, str | None]:
             data, filename, note = await asyncio.to_thread(fit_to_limit, result.png, limit, stem)

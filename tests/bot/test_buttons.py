@@ -212,6 +212,7 @@ async def test_unfinished_jobs_resume_after_a_restart(harness: Harness) -> None:
     assert [m.id for m in reply.mentions] == [alice.id]
     assert reply.reference is not None and reply.reference.message_id == status_id
     assert png_parameters(await attachment_bytes(reply))["seed"] == 77
+    assert reply.embeds[0].author.name == "alice"  # looked up again after the restart
     assert (await harness.quota(alice)).used == 1  # charged once across the restart
 
 
