@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from typing import Any
 
 import pytest
@@ -100,10 +101,17 @@ async def test_imagine_answers_shows_progress_then_the_image(harness: Harness) -
 
 
 @pytest.mark.parametrize("settings_overrides", [{"default_mode": "standard"}])
-async def test_defaults_and_random_seed(harness: Harness) -> None:
+async def test_defaults_and_random_seed(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="bot.jobs")
     bob = harness.member("bob")
     result = await bob.slash(harness.channel, "imagine", prompt="  a cat  ")
     await harness.wait_jobs()
+    # One log line per job: id, user, guild, outcome, timings; no prompt, no token.
+    key = harness.key(result)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"job {key} ")]
+    assert f"user={bob.id} guild={harness.guild.id} outcome=done" in line
+    assert "queued_s=" in line and "run_s=" in line and "total_s=" in line
+    assert "a cat" not in line and "simcord_interaction" not in line
     message = harness.message(result.response.id)
     params = png_parameters(await attachment_bytes(message))
     row = await harness.row(harness.key(result))
