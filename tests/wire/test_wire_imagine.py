@@ -157,3 +157,38 @@ async def test_gateway_drop_in_the_middle_of_a_job(rig: Rig, how: str) -> None:
     assert image_deliveries(emu, first) == [first_image]
     assert image_deliveries(emu, second) == [second_image]
     assert [ledger.row(first).status, ledger.row(second).status] == ["done", "done"]
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancel-button"])
+async def test_a_failed_job_is_refunded_and_its_requester_told(rig: Rig, how: str) -> None:
+    """A job that times out on the GPU, or that its requester cancels while it waits: the
+    status message says so in plain words, the quota unit comes back, no image is posted."""
+    emu = rig.emulator
+    carol, dave = emu.add_user("carol"), emu.add_user("dave")
+    settings = rig.settings(job_deadline_s=0.6 if how == "deadline" else 600.0)
+    async with rig.bot(settings=settings, engine=rig.engine(step_delay_s=0.3)):
+        first = await emu.wait_acked(await emu.slash(carol, "imagine", prompt="slow one"))
+        second = await emu.wait_acked(await emu.slash(dave, "imagine", prompt="waiting one"))
+        if how == "cancel-button":
+            status = emu.response_message(second)
+            assert status is not None
+            await emu.wait_acked(await emu.click(dave, status, label="Cancel"))
+            failed, survivor = second, first
+        else:
+            failed, survivor = first, second
+        ledger = await settled(rig.database_url, first, second)
+        if how == "cancel-button":
+            await delivered(emu, survivor)
+            ledger = await settled(rig.database_url, first, second)
+
+    row = ledger.row(failed)
+    assert row.status == ("failed" if how == "deadline" else "cancelled")
+    assert not row.charged and ledger.charged_to(failed.user.id) == 0
+    status = emu.response_message(failed)
+    assert status is not None and image_deliveries(emu, failed) == []
+    assert "did not count against" in status.content
+    assert ("took too long" if how == "deadline" else "Cancelled") in status.content
+    assert status.buttons() == []  # no Cancel left on a finished job
+    assert status.mentions == []
+    if how == "cancel-button":
+        assert ledger.row(survivor).status == "done" and ledger.charged_to(survivor.user.id) == 1
