@@ -104,6 +104,33 @@ async def test_restart_with_jobs_queued_and_running(rig: Rig, tokens: str) -> No
             assert image.id != status.id
 
 
+async def test_restart_refunds_and_tells_what_it_cannot_resume(rig: Rig) -> None:
+    """After a restart the engine refuses one of the resumed jobs (here: its per-member cap
+    was lowered to 1 while the bot was down): that job is refunded and its message says so,
+    the others are delivered."""
+    emu = rig.emulator
+    runner, twice = emu.add_user("runner"), emu.add_user("twice")
+    async with rig.bot(engine=rig.engine(step_delay_s=0.25)):
+        running = await emu.wait_acked(await emu.slash(runner, "imagine", prompt="running"))
+        first = await emu.wait_acked(await emu.slash(twice, "imagine", prompt="first of two"))
+        second = await emu.wait_acked(await emu.slash(twice, "imagine", prompt="second of two"))
+        await emu.wait_until(lambda: _running(emu, running), what="the first job to run")
+    jobs = [running, first, second]
+    stopped = await read_ledger(rig.database_url)
+    assert [stopped.row(j).status for j in jobs] == ["running", "queued", "queued"]
+
+    async with rig.bot(engine=rig.engine(step_delay_s=0.1, max_queued_per_user=1)):
+        ledger = await settled(rig.database_url, *jobs)
+        for job in (running, first):
+            await delivered(emu, job)
+
+    outcomes = assert_every_job_accounted_for(emu, ledger, jobs)
+    assert outcomes == {"delivered": [running, first], "refunded": [second]}
+    status = emu.response_message(second)
+    assert status is not None and "restart" in status.content
+    assert ledger.charged_to(twice.id) == 1
+
+
 async def test_stop_while_the_image_is_in_flight(rig: Rig) -> None:
     """The bot is stopped after Discord applied the final edit but before its answer arrived:
     the next bot must not render and deliver the same job again, nor charge it twice."""
