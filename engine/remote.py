@@ -913,7 +913,14 @@ def _build_parser() -> Any:
         "Discord: list them, or send one test image through them.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="Redis health, workers, what they run")
+    status = sub.add_parser("status", help="Redis health, workers, what they run")
+    status.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this long for a worker to be ready (they load the model first)",
+    )
     gen = sub.add_parser("generate", help="render one image on a worker, like /imagine does")
     gen.add_argument("prompt")
     gen.add_argument("--style", default=DEFAULT_STYLE, choices=sorted(BUILTIN_STYLES))
@@ -933,10 +940,14 @@ def _print_status(status: EngineStatus) -> None:
     if status.mean_sec_per_step:
         print(f"seconds per step (mean of workers): {status.mean_sec_per_step:.3f}")
     for worker in status.workers:
+        if worker.memory_mode == "loading":
+            print(f"  {worker.name}: loading the model")
+            continue
         job = f"rendering {worker.current_job}" if worker.current_job else "idle"
+        images = "1 image" if worker.jobs_done == 1 else f"{worker.jobs_done} images"
         print(
             f"  {worker.name}: {worker.gpu} ({worker.memory_gb:g} GB, {worker.memory_mode}), "
-            f"{worker.jobs_done} images, {job}"
+            f"{images}, {job}"
         )
 
 
@@ -951,6 +962,10 @@ async def _cli(args: Any) -> int:
     try:
         if args.command == "status":
             status = await backend.status()
+            deadline = time.monotonic() + args.wait
+            while not status.ready and time.monotonic() < deadline:
+                await asyncio.sleep(1.0)
+                status = await backend.status()
             _print_status(status)
             return 0 if status.ready else 1
         request = JobRequest(
