@@ -29,7 +29,7 @@ IMAGE_BUCKETS = (0.5, 1, 2, 3, 5, 8, 12, 20, 30, 45, 60, 90, 120, 300, 600)
 # From the bot handing a job to the broker to a worker starting it.
 ACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
-OUTCOMES = ("done", "cancelled", "timeout", "oom", "error", "invalid", "duplicate")
+OUTCOMES = ("done", "cancelled", "timeout", "oom", "error", "invalid", "duplicate", "stale")
 
 
 class WorkerMetrics:
@@ -39,7 +39,7 @@ class WorkerMetrics:
         self.registry = registry or CollectorRegistry()
         self.jobs = Counter(
             "imagine_worker_jobs",
-            "Jobs this worker finished, by outcome (duplicate: skipped, done elsewhere)",
+            "Jobs this worker finished, by outcome (duplicate: done elsewhere; stale: too old)",
             ["outcome"],
             registry=self.registry,
         )

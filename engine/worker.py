@@ -351,6 +351,13 @@ class Worker:
         self.metrics.ack_latency.observe(max(0.0, picked_at - dispatched_at))
         keys = self.keys
 
+        if picked_at - dispatched_at > self.remote.result_ttl_s:
+            # Only a consumer group rebuilt by hand replays entries this old; nobody waits.
+            logger.warning(
+                "job %s was handed out %.0fs ago; dropping it", job_id, picked_at - dispatched_at
+            )
+            self.metrics.outcome("stale")
+            raise NoResultError
         if await retry_forever("checking a job", functools.partial(self._finished, job_id)):
             logger.info("job %s was already delivered; skipping the duplicate", job_id)
             self.metrics.outcome("duplicate")

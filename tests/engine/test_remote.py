@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -203,7 +204,7 @@ async def test_a_redelivered_message_is_skipped_not_rendered_twice(cluster: Clus
     broker = cluster.backend._broker
     assert broker is not None
     kicker: AsyncKicker[Any, Any] = AsyncKicker(TASK_NAME, broker, {})
-    await kicker.with_task_id("3001").kiq(request("3001").to_dict(), {"dispatched_at": 0})
+    await kicker.with_task_id("3001").kiq(request("3001").to_dict(), {"dispatched_at": time.time()})
 
     async def skipped() -> bool:
         return b'outcome="duplicate"} 1.0' in cluster.worker.metrics.render()
@@ -232,6 +233,26 @@ async def test_a_redis_that_lost_its_data_still_gets_every_accepted_job_done_onc
     results = await asyncio.wait_for(asyncio.gather(first.result(), second.result()), 30)
     assert [r.job_id for r in results] == ["12001", "12002"]
     assert cluster.worker.jobs_done == 2  # nothing rendered twice
+
+
+async def test_an_entry_older_than_any_result_is_dropped_not_rendered(cluster: Cluster) -> None:
+    # What a consumer group rebuilt by hand would replay: a job handed out two days ago.
+    broker = cluster.backend._broker
+    assert broker is not None
+    kicker: AsyncKicker[Any, Any] = AsyncKicker(TASK_NAME, broker, {})
+    two_days_ago = time.time() - 2 * 86400
+    await kicker.with_task_id("3501").kiq(
+        request("3501").to_dict(), {"dispatched_at": two_days_ago}
+    )
+
+    async def dropped() -> bool:
+        return b'outcome="stale"} 1.0' in cluster.worker.metrics.render()
+
+    await eventually(dropped, "the stale entry to be dropped")
+    assert cluster.worker.jobs_done == 0
+    assert not await cluster.redis.exists(cluster.keys.result("3501"))
+    pending = await cluster.redis.xpending(cluster.keys.stream, cluster.keys.group)
+    assert pending["pending"] == 0
 
 
 async def test_cancelling_a_running_job_stops_the_gpu_within_a_step(
