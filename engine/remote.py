@@ -570,6 +570,9 @@ class RedisBackend:
             self._set_redis_ok(False, exc)
             raise JobFailed(FailureKind.UNAVAILABLE, UNAVAILABLE_MESSAGE) from None
 
+        existing = self._jobs.get(job_id)  # the same id submitted again while we awaited
+        if existing is not None:
+            return RemoteHandle(job_id, existing.future)
         loop = asyncio.get_running_loop()
         # A job the previous bot process handed out (this is a re-submit after a restart):
         # follow it instead of running it again.

@@ -176,11 +176,15 @@ async def test_resubmitting_a_job_after_a_bot_restart_returns_the_stored_result(
     cluster: Cluster, remote: RemoteSettings, tiny_settings: EngineSettings
 ) -> None:
     backend = cluster.backend
-    first = await backend.submit(request("2001"))
-    again = await backend.submit(request("2001"))  # a double click: same job, one run
+    # A double click: the same job twice at the same instant, one run.
+    first, again = await asyncio.gather(
+        backend.submit(request("2001")), backend.submit(request("2001"))
+    )
     result = await first.result()
     assert (await again.result()).png == result.png
     assert cluster.worker.jobs_done == 1
+    handed_out = await cluster.redis.xrange(cluster.keys.stream)
+    assert len(handed_out) == 1  # sent to the workers once, not once per click
 
     # The bot restarts before it recorded the image: the new process re-submits the same
     # interaction id and receives the stored image; the GPU does not render it again.
