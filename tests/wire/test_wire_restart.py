@@ -21,6 +21,7 @@ from .emulator import DiscordEmulator, Interaction
 from .harness import Ledger, Rig, delivered, image_deliveries, read_ledger, settled
 
 EDIT_ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _running(emu: DiscordEmulator, interaction: Interaction) -> bool:
@@ -171,6 +172,10 @@ async def bot_process(
         "IMAGINE_WARMUP": "false",
         "IMAGINE_COMPILE": "false",
         "IMAGINE_TEST_STEP_DELAY_S": str(step_delay_s),
+        # The checkout itself, whether or not it is installed into the interpreter.
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        ),
     }
     log_path = workdir / "bot-process.log"
     with log_path.open("wb") as log:
