@@ -213,6 +213,25 @@ class Harness:
         self.env.backend.emit("INTERACTION_CREATE", payload)
         return InteractionResult(self.env, record)
 
+    def answers(self, result: Any) -> list[str]:
+        """Every text the bot gave the interaction's own message, in order (the first is the
+        status message it answered with), read from the REST calls it made."""
+        token = result._interaction.token
+        texts = []
+        for request in self.env.http_requests:
+            body = request.json if isinstance(request.json, dict) else {}
+            if request.method == "POST" and request.path.endswith(f"/{token}/callback"):
+                content = (body.get("data") or {}).get("content")
+            elif request.method == "PATCH" and request.path.endswith(
+                f"/{token}/messages/@original"
+            ):
+                content = body.get("content")
+            else:
+                continue
+            if content:
+                texts.append(content)
+        return texts
+
     @staticmethod
     def key(result: Any) -> str:
         """The job key (interaction id) behind a SimCord InteractionResult.
