@@ -648,10 +648,15 @@ class JobService:
             raise
         except Exception:
             logger.exception("job %s crashed in the bot", job.key)
-            outcome = await self._fail(
-                job,
-                JobFailed(FailureKind.ERROR, "Something went wrong while delivering the image."),
-            )
+            try:
+                outcome = await self._fail(
+                    job,
+                    JobFailed(
+                        FailureKind.ERROR, "Something went wrong while delivering the image."
+                    ),
+                )
+            except Exception:  # the database itself is failing; the next start resumes it
+                logger.exception("job %s could not be ended either", job.key)
         finally:
             self._jobs.pop(job.key, None)
             self._early_progress.pop(job.key, None)
@@ -757,6 +762,14 @@ class JobService:
                 now=utcnow(),
             )
             metrics.JOBS.labels("failed").inc()
+            text = render.failure_text(
+                job.header,
+                FailureKind.ERROR,
+                "Discord did not accept the finished image here",
+                refunded=True,
+            )
+            with contextlib.suppress(discord.HTTPException, MessageGone):
+                await job.target.edit(content=text, embed=None, attachments=[], view=None)
             return "undeliverable"
         await db.complete_generation(
             self.db,
