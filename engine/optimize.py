@@ -229,6 +229,7 @@ class _Delta:
         later switch restores them bit for bit. The change itself is below one bf16 rounding
         of the merged weight; with ``keep_corrections`` it is undone as well.
         """
+        self.drop_corrections()  # any earlier ones describe other weights
         original = self.weight.detach().clone()
         self.add(+1.0)
         self.add(-1.0)

@@ -1,0 +1,52 @@
+"""bench/gpu.py --tiny: the benchmark's whole code path on the CPU, so the GPU run has no typo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import gpu
+
+
+def rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted(folder.glob("*.jsonl")) for line in f.open()]
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_measures_every_engine_mode_and_fp8(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    assert gpu.main(["--tiny", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    results = rows(out)
+    assert not [r for r in results if "error" in r]
+    cases = {r["case"] for r in results}
+    assert {"env", "build", "stock_8steps", "stock_quality", "stock_lora_8steps"} <= cases
+    engine = {(r["mode"], r["size"]) for r in results if r["case"] == "engine"}
+    fp8 = {(r["mode"], r["size"]) for r in results if r["case"] == "engine_fp8"}
+    expected = {(m, s) for m in ("quality", "standard", "fast") for s in ("64x64", "48x48")}
+    assert engine == expected and fp8 == expected
+    for r in results:
+        assert r["card"] == "cpu" and r["diffusers"] and r["torch"]
+        if r["case"] in ("engine", "engine_fp8"):
+            assert r["seconds"] > 0 and r["steps"] in (8, 30, 50)
+            assert r["true_cfg"] == (r["mode"] != "fast")
+    switch = [r for r in results if r["case"] == "lora_switch"]
+    assert switch and all(r["changed_after_two_cycles"] == 0 for r in switch)
+    errors = [r["rel_err_vs_bf16"] for r in results if r["case"] == "fp8_image_error"]
+    assert len(errors) == 6 and max(errors) < 0.02
+
+
+@pytest.mark.slow
+def test_tiny_startup_from_saved_files(tmp_path: Path) -> None:
+    out, model = tmp_path / "results", tmp_path / "model"
+    argv = ["--tiny", "--out", str(out), "--workdir", str(tmp_path / "w"), "--save", str(model)]
+    assert gpu.main(argv) == 0
+    assert (model / "model_index.json").is_file() and list((model / "lightning").iterdir())
+    argv = ["startup", "--model", str(model), "--compile-cache", str(tmp_path / "cc"),
+            "--runs", "1", "--out", str(out)]  # fmt: skip
+    assert gpu.main(argv) == 0
+    (start,) = [r for r in rows(out) if r["case"] == "startup"]
+    assert start["seconds"] > 0 and start["info"]["fast_available"]
+    assert "lora-fused" in start["info"]["optimizations"]
+    assert any("warm-up done" in m for m in start["milestones"])
