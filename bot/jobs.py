@@ -889,6 +889,16 @@ class JobService:
                 logger.exception("could not resume job %s", row.job_key)
 
     async def _resume(self, row: db.Generation) -> None:
+        delivered = await self._find_delivered(row)
+        if delivered is not None:
+            # The last run posted the image, then died before writing that down: record it
+            # from the message itself instead of rendering and posting it a second time.
+            await db.complete_generation(self.db, row.job_key, **delivered_fields(delivered, row))
+            metrics.JOBS.labels("done").inc()
+            logger.info(
+                "job %s was delivered before the restart (message %s)", row.job_key, delivered.id
+            )
+            return
         target = StatusMessage.from_row(self.bot, row)
         header = render.job_header(
             row.user_id, row.prompt, row.style, row.aspect, row.mode, row.seed
@@ -959,6 +969,35 @@ class JobService:
         job.reporter.update(f"{header}\n♻️ Resumed after a restart. {render.queued_line(position)}")
         logger.info("job %s resumed after a restart", row.job_key)
 
+    async def _find_delivered(self, row: db.Generation) -> discord.Message | None:
+        """The message that already carries this job's image, if the last run posted one.
+
+        The image replaces the status message, or (late delivery) goes out as a reply right
+        after it; either way it carries this job's Reroll button. Without permission to read
+        the channel the answer is "unknown", and the job is rendered again.
+        """
+        if row.channel_id is None or row.message_id is None:
+            return None
+        channel = self.bot.get_partial_messageable(row.channel_id, guild_id=row.guild_id)
+        marker = views.RerollButton(row.job_key).custom_id
+        try:
+            status = await channel.fetch_message(row.message_id)
+            if _carries(status, marker):
+                return status
+        except discord.NotFound:
+            pass  # the status message was deleted; a reply may still exist
+        except discord.HTTPException as exc:
+            logger.info("cannot check job %s's message (%s); rendering it again", row.job_key, exc)
+            return None
+        me = self.bot.user
+        try:
+            async for message in channel.history(after=discord.Object(row.message_id), limit=50):
+                if (me is None or message.author.id == me.id) and _carries(message, marker):
+                    return message
+        except discord.HTTPException as exc:
+            logger.info("cannot read job %s's channel (%s); rendering it again", row.job_key, exc)
+        return None
+
     # ------------------------------------------------------------------ shutdown
     async def close(self) -> None:
         """Stop following jobs; their rows stay unfinished so the next start resumes them."""
@@ -984,3 +1023,41 @@ class JobService:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _carries(message: discord.Message, custom_id: str) -> bool:
+    return bool(message.attachments) and any(
+        getattr(child, "custom_id", None) == custom_id
+        for row in message.components
+        for child in getattr(row, "children", ())
+    )
+
+
+_SIZE_FIELD = re.compile(r"(?P<w>\d+)×(?P<h>\d+)")
+_MODE_FIELD = re.compile(r"^(?P<mode>\w+) · (?P<steps>\d+) steps(?: · CFG (?P<cfg>[\d.]+))?")
+
+
+def delivered_fields(message: discord.Message, row: db.Generation) -> dict[str, Any]:
+    """``complete_generation`` arguments recovered from a delivered message and its row."""
+    attachment = message.attachments[0]
+    embed = message.embeds[0] if message.embeds else None
+    fields = {f.name: f.value or "" for f in embed.fields} if embed else {}
+    mode = _MODE_FIELD.match(fields.get("Mode", ""))
+    footer = (embed.footer.text or "") if embed else ""
+    model, _, worker = footer.partition(" · ")
+    size = _SIZE_FIELD.search(fields.get("Size", ""))
+    return {
+        "seed": row.seed if row.seed is not None else 0,
+        "width": int(size["w"]) if size else attachment.width or 0,
+        "height": int(size["h"]) if size else attachment.height or 0,
+        "steps": int(mode["steps"]) if mode else 0,
+        "true_cfg_scale": float(mode["cfg"]) if mode and mode["cfg"] else 1.0,
+        "mode_used": mode["mode"] if mode else row.mode,
+        "model": model or "unknown",
+        "queued_s": 0.0,
+        "run_s": 0.0,
+        "message_id": message.id,
+        "worker": worker or None,
+        "note": "recorded from the delivered message after a restart",
+        "now": utcnow(),
+    }

@@ -3,10 +3,13 @@ they keep working after a restart; plus late delivery once Discord's token has d
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import discord
+import pytest
 
+import db
 from tests.bot.conftest import Harness, attachment_bytes, png_parameters
 
 
@@ -297,3 +300,38 @@ async def test_status_message_deleted_while_rendering(harness: Harness) -> None:
     assert [m.id for m in followup.message.mentions] == [alice.id]
     assert png_parameters(await followup.attachments[0].read())["seed"] == 12
     assert row.message_id == followup.id
+
+
+async def test_image_posted_just_before_a_crash_is_not_posted_again(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies after Discord showed the image, before the job was recorded as done."""
+    real_complete = db.complete_generation
+
+    async def die(*args: Any, **kwargs: Any) -> Any:
+        raise asyncio.CancelledError  # as if the process were killed right here
+
+    monkeypatch.setattr(db, "complete_generation", die)
+    alice = harness.member("alice")
+    result = await alice.slash(harness.channel, "imagine", prompt="bad timing", seed=5)
+    await harness.wait_jobs()
+    key = harness.key(result)
+    assert (await harness.row(key)).status in ("queued", "running")
+    assert harness.message(result.response.id).attachments  # the image is already out
+
+    monkeypatch.setattr(db, "complete_generation", real_complete)
+    await harness.restart()
+    await harness.wait_jobs()
+
+    row = await harness.row(key)
+    assert row.status == "done" and row.message_id == result.response.id
+    assert (row.seed_used, row.width, row.height, row.steps, row.mode_used) == (
+        5,
+        64,
+        64,
+        8,
+        "fast",
+    )
+    assert [r.job_id for r in harness.engine.submitted].count(key) == 1  # never rendered again
+    assert len([m for m in harness.channel.history() if m.attachments]) == 1
+    assert (await harness.quota(alice)).used == 1

@@ -234,12 +234,6 @@ async def test_crash_kill_9_with_jobs_queued_and_running(rig: Rig, tmp_path: Pat
     assert len(outcomes["delivered"]) == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bot gap (reported): after a SIGKILL between the final upload and "
-    "complete_generation, JobService._resume re-renders the job and posts the image again; "
-    "it should first look at the status message for this job's result buttons",
-)
 async def test_crash_while_the_image_is_in_flight(rig: Rig, tmp_path: Path) -> None:
     """SIGKILL after Discord applied the final edit, before the bot heard back (so before it
     recorded the job as done): the next bot must not post the image a second time."""
