@@ -14,7 +14,7 @@ from typing import Any
 import discord
 
 from engine.contract import EngineStatus, FailureKind, JobResult, Progress
-from engine.presets import ASPECTS, MODES
+from engine.presets import ASPECTS
 
 COLOR_OK = discord.Colour(0x5865F2)
 COLOR_INFO = discord.Colour(0x4E5D94)
@@ -65,14 +65,6 @@ def megabytes(size: int) -> str:
 def aspect_label(aspect: str) -> str:
     spec = ASPECTS.get(aspect)
     return spec.label if spec else aspect
-
-
-def mode_label(mode: str) -> str:
-    try:
-        preset = MODES[mode]  # type: ignore[index]
-    except KeyError:
-        return mode
-    return f"{mode}: {preset.description}"
 
 
 def progress_bar(fraction: float) -> str:
