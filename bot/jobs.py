@@ -21,6 +21,7 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -299,7 +300,9 @@ class JobService:
         prompt: str, negative: str | None, config: db.GuildConfig
     ) -> tuple[str, str | None]:
         cleaned = prompt.strip()
-        if not cleaned:
+        # Zero-width and other format characters (category Cf) are invisible: a prompt made
+        # only of them is as empty as one made of spaces.
+        if not "".join(c for c in cleaned if unicodedata.category(c) != "Cf").strip():
             raise UserError(
                 "Your prompt is empty. Describe the image you want, e.g. `a red fox in the snow`."
             )

@@ -122,7 +122,7 @@ class LocalEngine:
                 raise JobFailed(
                     FailureKind.QUEUE_FULL, "The queue is full right now; try again in a minute."
                 )
-            job = _Job(request, loop, loop.create_future(), on_progress, time.monotonic())
+            job = _Job(request, loop, loop.create_future(), on_progress, time.perf_counter())
             self._jobs[request.job_id] = job
             self._waiting.push(request.user_id, request.job_id, job)
             self._lock.notify_all()
@@ -177,7 +177,7 @@ class LocalEngine:
                 item = self._waiting.pop()
                 assert item is not None
                 job = item[1]
-                job.started_at = time.monotonic()
+                job.started_at = time.perf_counter()
                 self._running = job
             try:
                 outcome: JobResult | JobFailed = self._execute(job)

@@ -137,6 +137,7 @@ async def _refused(harness: Harness, actor: Any, text: str, **options: Any) -> s
 async def test_bad_input_is_refused_privately_and_costs_nothing(harness: Harness) -> None:
     carol = harness.member("carol")
     await _refused(harness, carol, "Your prompt is empty", prompt="   \n  ")
+    await _refused(harness, carol, "Your prompt is empty", prompt="\u200b\u200d \ufeff")
     content = await _refused(
         harness, carol, "the limit is 1,500", prompt="x" * (MAX_PROMPT_CHARS + 1)
     )
