@@ -201,7 +201,7 @@ def build_full_pipeline(device: torch.device, dtype: torch.dtype, workdir: Path)
     )
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from engine.tiny import _train_tokenizer
+    from engine.tiny import QWEN_IMAGE_SCHEDULER, _train_tokenizer
 
     tok_dir = workdir / "tokenizer"
     _train_tokenizer(tok_dir)
@@ -224,22 +224,7 @@ def build_full_pipeline(device: torch.device, dtype: torch.dtype, workdir: Path)
         text_encoder = Qwen2_5_VLForConditionalGeneration(config)
     for model in (transformer, vae, text_encoder):
         materialize(model, device, dtype)
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        base_image_seq_len=256,
-        base_shift=0.5,
-        invert_sigmas=False,
-        max_image_seq_len=8192,
-        max_shift=0.9,
-        num_train_timesteps=1000,
-        shift=1.0,
-        shift_terminal=0.02,
-        stochastic_sampling=False,
-        time_shift_type="exponential",
-        use_beta_sigmas=False,
-        use_dynamic_shifting=True,
-        use_exponential_sigmas=False,
-        use_karras_sigmas=False,
-    )
+    scheduler = FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER)
     pipe = QwenImagePipeline(
         scheduler=scheduler,
         vae=vae,

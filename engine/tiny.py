@@ -19,6 +19,23 @@ logger = logging.getLogger(__name__)
 TINY_MARKER = "imagine_tiny.json"
 TINY_MAX_SIDE = 256
 TINY_LORA_DIR = "lightning"
+# Qwen/Qwen-Image's scheduler_config.json: the tiny model and the GPU benchmark use the real one.
+QWEN_IMAGE_SCHEDULER: dict[str, object] = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "invert_sigmas": False,
+    "max_image_seq_len": 8192,
+    "max_shift": 0.9,
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "shift_terminal": 0.02,
+    "stochastic_sampling": False,
+    "time_shift_type": "exponential",
+    "use_beta_sigmas": False,
+    "use_dynamic_shifting": True,
+    "use_exponential_sigmas": False,
+    "use_karras_sigmas": False,
+}
 TINY_LORA_FILE = "tiny-lightning.safetensors"
 # The linears the Lightning LoRA files adapt in every transformer block.
 LORA_TARGETS = (
@@ -133,22 +150,7 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
         latents_mean=[0.0] * 16,
         latents_std=[1.0] * 16,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        base_image_seq_len=256,
-        base_shift=0.5,
-        invert_sigmas=False,
-        max_image_seq_len=8192,
-        max_shift=0.9,
-        num_train_timesteps=1000,
-        shift=1.0,
-        shift_terminal=0.02,
-        stochastic_sampling=False,
-        time_shift_type="exponential",
-        use_beta_sigmas=False,
-        use_dynamic_shifting=True,
-        use_exponential_sigmas=False,
-        use_karras_sigmas=False,
-    )
+    scheduler = FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER)
     config = Qwen2_5_VLConfig(
         text_config={
             "hidden_size": hidden,
