@@ -72,10 +72,12 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 
 class GenerationStatus(enum.StrEnum):
-    """Lifecycle of a job row; ``queued`` and ``running`` are the unfinished ones."""
+    """Lifecycle of a job row; ``queued``, ``running`` and ``delivering`` are unfinished."""
 
     QUEUED = "queued"
     RUNNING = "running"
+    # The result is written down and the image is being uploaded (see ``record_result``).
+    DELIVERING = "delivering"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -85,7 +87,11 @@ class GenerationStatus(enum.StrEnum):
         return self in (GenerationStatus.DONE, GenerationStatus.FAILED, GenerationStatus.CANCELLED)
 
 
-ACTIVE_STATUSES: tuple[str, ...] = (GenerationStatus.QUEUED, GenerationStatus.RUNNING)
+ACTIVE_STATUSES: tuple[str, ...] = (
+    GenerationStatus.QUEUED,
+    GenerationStatus.RUNNING,
+    GenerationStatus.DELIVERING,
+)
 
 
 class GenerationKind(enum.StrEnum):
@@ -199,6 +205,8 @@ class Generation(Base):
 
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # When the result was written down, before the upload (status ``delivering``).
+    result_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     @property
