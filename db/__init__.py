@@ -1,7 +1,8 @@
 """Persistence: SQLite through SQLAlchemy 2 async + aiosqlite, schema by Alembic.
 
 ``Database.open(url)`` migrates to head and returns the engine and session factories; every
-query is a function in ``db.queries`` (re-exported here) that takes the ``Database`` first.
+query is a function in the ``db.queries`` package (re-exported here, by concern: guild, styles,
+quota, generations) that takes the ``Database`` first.
 """
 
 from db.database import DEFAULT_URL, Database, SchemaTooNew, alembic_config, create_engine
@@ -18,6 +19,7 @@ from db.models import (
 from db.queries import (
     GenerationNotFound,
     GuildConfig,
+    JobResultFields,
     NewGeneration,
     QuotaExceeded,
     QuotaStatus,
@@ -30,6 +32,7 @@ from db.queries import (
     count_active,
     edit_style,
     fail_generation,
+    find_blocked,
     forget_expired_tokens,
     get_generation,
     get_guild_config,
@@ -39,6 +42,7 @@ from db.queries import (
     quota_day,
     quota_resets_at,
     quota_status,
+    record_result,
     remove_blocked_word,
     remove_style,
     reserve_generation,
@@ -62,6 +66,7 @@ __all__ = [
     "GenerationStatus",
     "GuildConfig",
     "GuildSettings",
+    "JobResultFields",
     "NewGeneration",
     "QuotaExceeded",
     "QuotaStatus",
@@ -79,6 +84,7 @@ __all__ = [
     "create_engine",
     "edit_style",
     "fail_generation",
+    "find_blocked",
     "forget_expired_tokens",
     "get_generation",
     "get_guild_config",
@@ -88,6 +94,7 @@ __all__ = [
     "quota_day",
     "quota_resets_at",
     "quota_status",
+    "record_result",
     "remove_blocked_word",
     "remove_style",
     "reserve_generation",

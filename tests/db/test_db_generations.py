@@ -12,6 +12,7 @@ from db import (
     Generation,
     GenerationNotFound,
     GenerationStatus,
+    JobResultFields,
     NewGeneration,
     complete_generation,
     count_active,
@@ -19,6 +20,7 @@ from db import (
     forget_expired_tokens,
     get_generation,
     mark_running,
+    record_result,
     reserve_generation,
     set_message,
     unfinished_generations,
@@ -149,12 +151,89 @@ async def test_complete_without_running_fills_started_at(
     assert row.started_at == NOON + dt.timedelta(seconds=7)
 
 
+RESULT = JobResultFields(
+    seed=7,
+    width=1328,
+    height=1328,
+    steps=8,
+    true_cfg_scale=1.0,
+    mode_used="fast",
+    model="Qwen/Qwen-Image",
+    queued_s=0.5,
+    run_s=2.75,
+    worker="gpu-2",
+    note="fast mode",
+)
+
+
+async def test_result_is_written_before_the_upload_and_kept_after(
+    database: Database, new_job: MakeJob
+) -> None:
+    key = await reserve(database, new_job(), quota=3)
+    await set_message(database, key, message_id=500)
+    recorded_at = NOON + dt.timedelta(seconds=4)
+    row = await record_result(database, key, RESULT, now=recorded_at)
+    assert row.status == GenerationStatus.DELIVERING and not row.finished
+    assert (row.seed_used, row.width, row.height, row.steps, row.mode_used) == (
+        7,
+        1328,
+        1328,
+        8,
+        "fast",
+    )
+    assert (row.model, row.worker, row.note, row.run_s) == (
+        "Qwen/Qwen-Image",
+        "gpu-2",
+        "fast mode",
+        2.75,
+    )
+    assert row.result_at == recorded_at
+    # Still unfinished: it counts against the queue cap and a restart must look at it.
+    assert await count_active(database, guild_id=GUILD, user_id=USER) == 1
+    assert [r.job_key for r in await unfinished_generations(database)] == [key]
+
+    done = await complete_generation(
+        database, key, message_id=501, now=recorded_at + dt.timedelta(seconds=1)
+    )
+    assert done.status == GenerationStatus.DONE and done.message_id == 501 and done.charged
+    assert (done.seed_used, done.width, done.model, done.worker) == (
+        7,
+        1328,
+        "Qwen/Qwen-Image",
+        "gpu-2",
+    )
+    assert done.result_at == recorded_at
+    assert await unfinished_generations(database) == []
+
+
+async def test_an_upload_that_failed_after_the_result_was_written_is_refunded(
+    database: Database, new_job: MakeJob
+) -> None:
+    key = await reserve(database, new_job(), quota=3)
+    await record_result(database, key, RESULT)
+    row = await fail_generation(database, key, status="failed", error="upload refused")
+    assert row.status == GenerationStatus.FAILED and not row.charged
+    # A result arriving for an ended job is not written over it.
+    again = await record_result(database, key, RESULT)
+    assert again.status == GenerationStatus.FAILED
+
+
+async def test_complete_needs_every_result_field_or_none(
+    database: Database, new_job: MakeJob
+) -> None:
+    key = await reserve(database, new_job())
+    with pytest.raises(ValueError, match="every result field"):
+        await complete_generation(database, key, seed=1)
+
+
 async def test_unknown_job_keys(database: Database) -> None:
     assert await get_generation(database, "nope") is None
     assert not await mark_running(database, "nope")
     assert not await set_message(database, "nope", message_id=1)
     with pytest.raises(GenerationNotFound):
         await complete(database, "nope")
+    with pytest.raises(GenerationNotFound):
+        await record_result(database, "nope", RESULT)
     with pytest.raises(GenerationNotFound):
         await fail_generation(database, "nope", status="failed", error="x")
 

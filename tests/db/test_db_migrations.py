@@ -15,9 +15,11 @@ from alembic.script import ScriptDirectory
 
 from db import (
     Database,
+    JobResultFields,
     NewGeneration,
     SchemaTooNew,
     alembic_config,
+    record_result,
     reserve_generation,
     set_message,
     unfinished_generations,
@@ -149,6 +151,32 @@ async def test_reopening_keeps_data_for_a_restarted_bot(tmp_path: Path) -> None:
     finally:
         await db.close()
     assert version(tmp_path / "twice.db") == head()
+
+
+async def test_a_delivering_job_survives_a_downgrade_as_running(tmp_path: Path) -> None:
+    """0002 adds the "delivering" status; the older schema's bot resumes "running" rows."""
+    path = tmp_path / "down.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    db = await Database.open(url)
+    job = NewGeneration("123", 1, 2, 3, "a lighthouse", "none", "1:1", "fast")
+    await reserve_generation(db, job, daily_quota=5, max_queued=None)
+    result = JobResultFields(5, 64, 64, 8, 1.0, "fast", "tiny", 0.1, 0.2)
+    await record_result(db, "123", result)
+    await db.close()
+
+    command.downgrade(alembic_config(url), "0001")
+    with closing(sqlite3.connect(path)) as conn, conn:
+        status, seed = conn.execute("SELECT status, seed_used FROM generations").fetchone()
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(generations)")}
+    assert (status, seed) == ("running", 5) and "result_at" not in columns
+
+    command.upgrade(alembic_config(url), "head")
+    db = await Database.open(url)
+    try:
+        (row,) = await unfinished_generations(db)
+        assert (row.status, row.seed_used, row.result_at) == ("running", 5, None)
+    finally:
+        await db.close()
 
 
 async def test_open_without_migrate_leaves_the_schema_alone(tmp_path: Path) -> None:
