@@ -166,6 +166,9 @@ class ImageGenerator:
         # Set by engine.optimize when it merges the LoRA into the weights itself.
         self.lora_switch: Callable[[bool], None] | None = None
         self.optimizations: list[str] = []
+        # Set by engine.parallel: every rank of one image must stop at the same step, so each
+        # step's stop decision goes through this (rank 0's decision wins).
+        self.agree_stop: Callable[[FailureKind | None], FailureKind | None] | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -343,9 +346,15 @@ class ImageGenerator:
         request: JobRequest,
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
+        plan: dict[str, Any] | None = None,
     ) -> JobResult:
-        """Render one image. Raises ``JobFailed`` for OOM, cancel, deadline and bad input."""
-        plan = self.plan(request)
+        """Render one image. Raises ``JobFailed`` for OOM, cancel, deadline and bad input.
+
+        ``plan`` (from ``plan(request)``) is given by ``engine.parallel``, whose follower ranks
+        must run exactly the parameters rank 0 chose (the seed, the size).
+        """
+        if plan is None:
+            plan = self.plan(request)
         deadline_s = request.deadline_s or self.settings.job_timeout_s
         started = time.perf_counter()
         deadline = started + deadline_s
@@ -373,6 +382,8 @@ class ImageGenerator:
             reason = should_stop() if should_stop is not None else None
             if reason is None and now > deadline:
                 reason = FailureKind.TIMEOUT
+            if self.agree_stop is not None:
+                reason = self.agree_stop(reason)
             if reason is not None and not stopped:
                 stopped.append(reason)
                 pipe._interrupt = True  # diffusers skips the remaining steps

@@ -1,0 +1,98 @@
+"""CFG-parallel on the CPU: two gloo processes make the same image as one process."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import parallel
+from engine.contract import FailureKind, JobFailed, JobRequest, Mode
+from engine.pipeline import EngineUnavailable, ImageGenerator
+from engine.settings import EngineSettings
+
+
+def request(**overrides: object) -> JobRequest:
+    fields: dict[str, object] = {"job_id": "p1", "user_id": 1, "prompt": "a red fox", "seed": 11}
+    fields.update(overrides)
+    return JobRequest(**fields)  # type: ignore[arg-type]
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_settings: EngineSettings) -> Iterator[parallel.ParallelGenerator]:
+    settings = tiny_settings.model_copy(update={"device": "cpu", "gpus": "0,1"})
+    generator = parallel.load(settings)
+    try:
+        yield generator
+    finally:
+        generator.close()
+
+
+def test_two_processes_make_the_one_process_image(
+    generator: ImageGenerator, two_ranks: parallel.ParallelGenerator
+) -> None:
+    computed = []
+    stock = two_ranks.split._stock
+
+    def counted(*args: object, **kwargs: object) -> object:
+        computed.append(1)
+        return stock(*args, **kwargs)
+
+    two_ranks.split._stock = counted
+    try:
+        two = two_ranks.generate(request(mode=Mode.STANDARD))
+    finally:
+        two_ranks.split._stock = stock
+    assert len(computed) == two.steps  # rank 0 ran the prompt's forwards, rank 1 the others
+    for mode in (Mode.STANDARD, Mode.FAST):
+        one = generator.generate(request(mode=mode))
+        two = two_ranks.generate(request(mode=mode))
+        assert two.steps == one.steps and two.seed == one.seed
+        np.testing.assert_array_equal(pixels(two.png), pixels(one.png))
+    assert two_ranks.parallel_images == 2  # fast mode has no CFG: rank 0 alone
+    info = two_ranks.info()
+    assert info["gpus"] == ["cpu", "cpu"] and info["parallel"] == "cfg"
+
+
+def test_a_cancelled_image_stops_every_rank_and_the_next_one_is_right(
+    generator: ImageGenerator, two_ranks: parallel.ParallelGenerator
+) -> None:
+    seen: list[int] = []
+
+    def on_step(step: int, total: int, elapsed: float, per_step: float) -> None:
+        seen.append(step)
+
+    def stop() -> FailureKind | None:
+        return FailureKind.CANCELLED if len(seen) >= 3 else None
+
+    with pytest.raises(JobFailed) as failed:
+        two_ranks.generate(request(mode=Mode.STANDARD), on_step=on_step, should_stop=stop)
+    assert failed.value.kind == FailureKind.CANCELLED
+    # Had the follower missed the stop, it would still be mid-image and this would hang or
+    # come out different.
+    again = two_ranks.generate(request(mode=Mode.STANDARD, seed=12))
+    expected = generator.generate(request(mode=Mode.STANDARD, seed=12))
+    np.testing.assert_array_equal(pixels(again.png), pixels(expected.png))
+
+
+def test_bad_input_fails_on_rank_0_before_any_rank_starts(
+    two_ranks: parallel.ParallelGenerator,
+) -> None:
+    with pytest.raises(JobFailed) as failed:
+        two_ranks.generate(request(aspect="7:5"))
+    assert failed.value.kind == FailureKind.INVALID
+    assert two_ranks.generate(request(mode=Mode.STANDARD)).png  # still in step
+
+
+@pytest.mark.parametrize("text", ["0,x", "1,1", "-1,0"])
+def test_gpu_lists_are_checked(text: str) -> None:
+    with pytest.raises(EngineUnavailable):
+        parallel.parse_gpus(text)
+    assert parallel.parse_gpus(" 0, 1 ") == [0, 1] and parallel.parse_gpus("") == []
