@@ -58,6 +58,11 @@ class EngineSettings(BaseSettings):
     compile: bool = Field(True, description="torch.compile the repeated transformer blocks")
     compile_cache_dir: Path | None = Field(None, description="persistent inductor cache")
     fp8: bool = Field(False, description="rowwise FP8 linears on Hopper (changes output slightly)")
+    gpus: str = Field(
+        "",
+        description="GPUs one image runs across, e.g. 0,1 (CFG-parallel, engine.parallel); "
+        "empty: one GPU",
+    )
     warmup: bool = Field(True, description="render one small image before taking jobs")
     test_step_delay_s: float = Field(
         0.0, ge=0, description="test only: extra sleep per denoising step (stands in for GPU time)"
