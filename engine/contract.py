@@ -8,8 +8,11 @@ objects travel through Redis when workers run on other machines.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import enum
+import math
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -68,6 +71,29 @@ class StyleSpec:
         return self.template.replace("{prompt}", prompt)
 
 
+# Image-to-image input limits: checked before any GPU work. The stored images are at most about
+# 1.5 megapixels; the cap leaves room for uploads while keeping a decompression bomb harmless.
+MAX_INIT_IMAGE_BYTES = 20 * 2**20
+MAX_INIT_IMAGE_PIXELS = 4096 * 4096
+# generations.job_key is a String(32); a parent id is one of those keys.
+MAX_JOB_ID_CHARS = 32
+_IMG2IMG_FIELDS = ("init_image", "strength", "parent_job_id")
+
+
+def _b64encode(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _b64decode(value: Any, what: str) -> bytes | None:
+    """Bytes from the dict form (base64 text); bad text is bad input, not a crash."""
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError):
+        raise JobFailed(FailureKind.INVALID, f"The {what} could not be decoded.") from None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobRequest:
     """One image to make. ``job_id`` is the Discord interaction id: unique and idempotent."""
@@ -83,10 +109,54 @@ class JobRequest:
     # Wall-clock budget for the GPU work, enforced inside the step callback so a late job
     # frees the GPU instead of running on after nobody waits for it.
     deadline_s: float | None = None
+    # Image-to-image (the Vary buttons): the source PNG, how much of it is re-noised (0..1],
+    # and the job it came from (recorded in the PNG's text chunks).
+    init_image: bytes | None = None
+    strength: float | None = None
+    parent_job_id: str | None = None
+
+    def validate(self) -> None:
+        """Refuse inconsistent image-to-image fields with ``JobFailed(INVALID)``.
+
+        Cheap checks only (no image decoding: this module imports no imaging library); the
+        engine decodes the image with a pixel cap before any GPU work.
+        """
+        if self.init_image is None:
+            if self.strength is not None:
+                raise JobFailed(FailureKind.INVALID, "A strength needs a source image.")
+        else:
+            if not isinstance(self.init_image, bytes) or not self.init_image:
+                raise JobFailed(FailureKind.INVALID, "The source image is empty.")
+            if len(self.init_image) > MAX_INIT_IMAGE_BYTES:
+                raise JobFailed(
+                    FailureKind.INVALID,
+                    f"The source image is larger than {MAX_INIT_IMAGE_BYTES // 2**20} MB.",
+                )
+            strength = self.strength
+            if (
+                isinstance(strength, bool)
+                or not isinstance(strength, int | float)
+                or not math.isfinite(strength)
+                or not 0 < strength <= 1
+            ):
+                raise JobFailed(
+                    FailureKind.INVALID, "The variation strength must be above 0 and at most 1."
+                )
+        if self.parent_job_id is not None and (
+            not isinstance(self.parent_job_id, str)
+            or not 0 < len(self.parent_job_id) <= MAX_JOB_ID_CHARS
+        ):
+            raise JobFailed(FailureKind.INVALID, "The parent job id is not valid.")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["mode"] = str(self.mode)
+        data["init_image"] = _b64encode(self.init_image)
+        # A text-to-image job's dict stays exactly what it was before these fields existed, so
+        # workers of the previous version still read it during a rolling upgrade.
+        for key in _IMG2IMG_FIELDS:
+            if data[key] is None:
+                del data[key]
         return data
 
     @classmethod
@@ -94,6 +164,7 @@ class JobRequest:
         fields = dict(data)
         fields["style"] = StyleSpec(**fields.get("style") or {})
         fields["mode"] = Mode(fields.get("mode", Mode.STANDARD))
+        fields["init_image"] = _b64decode(fields.get("init_image"), "source image")
         return cls(**fields)
 
 
@@ -106,6 +177,8 @@ class Progress:
     total: int
     elapsed_s: float
     sec_per_step: float
+    # A small JPEG of the image forming (engine.previews), on some steps only.
+    preview: bytes | None = None
 
     @property
     def percent(self) -> int:
@@ -116,11 +189,18 @@ class Progress:
         return max(0.0, (self.total - self.step) * self.sec_per_step)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.preview is None:
+            del data["preview"]  # the dict of a plain step is unchanged
+        else:
+            data["preview"] = _b64encode(self.preview)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Progress:
-        return cls(**data)
+        fields = dict(data)
+        fields["preview"] = _b64decode(fields.get("preview"), "preview")
+        return cls(**fields)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -192,6 +272,10 @@ class EngineStatus:
     fast_available: bool = True
     workers: tuple[WorkerInfo, ...] = ()
     note: str | None = None
+    # The engine's per-user safety ceiling (jobs waiting or running at once). Members are held
+    # to their server's /limits max_queued first; this is what applies above that, or where a
+    # server set no limit. None: the backend has none.
+    queued_ceiling_per_user: int | None = None
 
 
 ProgressCallback = Callable[[Progress], None]

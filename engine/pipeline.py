@@ -23,6 +23,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
+from engine.img2img import Img2ImgView, img2img_plan, load_init_image
 from engine.presets import (
     ASPECTS,
     MAX_SEED,
@@ -31,6 +32,7 @@ from engine.presets import (
     POSITIVE_MAGIC,
     image_size,
 )
+from engine.previews import PreviewCallback, PreviewMaker
 from engine.settings import EngineSettings, MemoryMode
 from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE, tiny_defaults
 
@@ -166,6 +168,8 @@ class ImageGenerator:
         # Set by engine.optimize when it merges the LoRA into the weights itself.
         self.lora_switch: Callable[[bool], None] | None = None
         self.optimizations: list[str] = []
+        # The Vary buttons' img2img pipeline: built on first use from this pipeline's modules.
+        self._img2img = Img2ImgView()
         # Set by engine.parallel: every rank of one image must stop at the same step, so each
         # step's stop decision goes through this (rank 0's decision wins).
         self.agree_stop: Callable[[FailureKind | None], FailureKind | None] | None = None
@@ -301,8 +305,13 @@ class ImageGenerator:
         self.pipe.scheduler = self._fast_scheduler if fast else self._base_scheduler
         self._lora_active = fast
 
+    def img2img_pipeline(self) -> Any:
+        """The ``QwenImageImg2ImgPipeline`` over this pipeline's modules (built on first use)."""
+        return self._img2img.get(self.pipe)
+
     def plan(self, request: JobRequest) -> dict[str, Any]:
         """Every parameter this request will run with (also what goes into the PNG)."""
+        request.validate()
         if request.aspect not in ASPECTS:
             raise JobFailed(FailureKind.INVALID, f"Unknown aspect {request.aspect!r}.")
         mode = request.mode
@@ -323,7 +332,7 @@ class ImageGenerator:
         if not 0 <= seed <= MAX_SEED:
             raise JobFailed(FailureKind.INVALID, f"Seed must be between 0 and {MAX_SEED}.")
         width, height = image_size(request.aspect, self.max_side)
-        return {
+        plan = {
             "prompt": request.prompt,
             "full_prompt": full_prompt,
             "negative_prompt": negative if cfg > 1 else "",
@@ -340,6 +349,9 @@ class ImageGenerator:
             "model": self.model_name,
             "note": note,
         }
+        if request.init_image is not None:  # a variation: fewer steps, strength, parent job
+            plan.update(img2img_plan(request, steps))
+        return plan
 
     def generate(
         self,
@@ -347,14 +359,28 @@ class ImageGenerator:
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
         plan: dict[str, Any] | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> JobResult:
         """Render one image. Raises ``JobFailed`` for OOM, cancel, deadline and bad input.
 
         ``plan`` (from ``plan(request)``) is given by ``engine.parallel``, whose follower ranks
         must run exactly the parameters rank 0 chose (the seed, the size).
+        ``on_preview`` (with ``settings.previews``) is called instead of ``on_step`` for the
+        steps that carry a preview JPEG (``engine.previews``).
         """
         if plan is None:
             plan = self.plan(request)
+        init_image = None
+        if request.init_image is not None:  # decoded and checked before any GPU work
+            init_image = load_init_image(request.init_image, plan["width"], plan["height"])
+        previews = None
+        if on_preview is not None and self.settings.previews:
+            previews = PreviewMaker(
+                width=plan["width"],
+                height=plan["height"],
+                total=plan["steps"],
+                interval_s=self.settings.preview_interval_s,
+            )
         deadline_s = request.deadline_s or self.settings.job_timeout_s
         started = time.perf_counter()
         deadline = started + deadline_s
@@ -369,16 +395,27 @@ class ImageGenerator:
                 time.sleep(delay)
             step = index + 1
             total = plan["steps"]
+            preview = None
+            if previews is not None:
+                preview = previews.observe(pipe, step, kwargs["latents"])
             now = time.perf_counter()
-            if on_step is not None and (
-                sync is None or step in (1, total) or now - last_sync >= PROGRESS_SYNC_INTERVAL_S
+            if preview is not None or (
+                on_step is not None
+                and (
+                    sync is None
+                    or step in (1, total)
+                    or now - last_sync >= PROGRESS_SYNC_INTERVAL_S
+                )
             ):
                 if sync is not None:
                     sync()  # honest step times; at most every PROGRESS_SYNC_INTERVAL_S
                 now = time.perf_counter()
                 last_sync = now
                 elapsed = now - started
-                on_step(step, total, elapsed, elapsed / step)
+                if preview is not None and on_preview is not None:
+                    on_preview(step, total, elapsed, elapsed / step, preview)
+                elif on_step is not None:
+                    on_step(step, total, elapsed, elapsed / step)
             reason = should_stop() if should_stop is not None else None
             if reason is None and now > deadline:
                 reason = FailureKind.TIMEOUT
@@ -390,19 +427,25 @@ class ImageGenerator:
             return kwargs
 
         self._set_mode(plan["mode"] == Mode.FAST)
+        pipe, image_kwargs = self.pipe, {}
+        if init_image is not None:
+            pipe = self.img2img_pipeline()  # after _set_mode: it follows the scheduler
+            image_kwargs = {"image": init_image, "strength": plan["strength"]}
         try:
             with torch.inference_mode():
-                output = self.pipe(
+                output = pipe(
                     prompt=plan["full_prompt"],
                     negative_prompt=plan["negative_prompt"] or None,
                     true_cfg_scale=plan["true_cfg_scale"],
                     width=plan["width"],
                     height=plan["height"],
-                    num_inference_steps=plan["steps"],
+                    # A variation's schedule has the mode's full length; strength skips its start.
+                    num_inference_steps=plan.get("schedule_steps", plan["steps"]),
                     max_sequence_length=self.settings.max_sequence_length,
                     generator=torch.Generator(device="cpu").manual_seed(plan["seed"]),
                     callback_on_step_end=step_end,
                     output_type="pil",
+                    **image_kwargs,
                 )
         except Exception as exc:
             if is_oom(exc):

@@ -144,3 +144,19 @@ MAX_SEED = 2**32 - 1
 # Longest prompt the bot accepts (Discord's option limit is 6000; Qwen-Image reads up to 1024
 # tokens, which 1500 characters stays well inside).
 MAX_PROMPT_CHARS = 1500
+
+# Vary buttons: img2img strength, the share of the schedule that is re-run from the stored image.
+# Qwen-Image's schedule is shifted towards high noise (exponential shift, mu ~0.83 at 1328²), so a
+# strength s starts from a noise level sigma well above s; in flow matching the noised input is
+# (1 - sigma) * image + sigma * noise, so 1 - sigma is how much of the source survives.
+# Measured on the real scheduler config (engine.img2img.img2img_steps):
+#   standard 30 steps: 0.35 -> 11 steps from sigma 0.55; 0.70 -> 21 steps from sigma 0.83
+#   quality 50 steps:  0.35 -> 18 steps from sigma 0.55; 0.70 -> 35 steps from sigma 0.84
+#   fast (Lightning, shift 3, 8 steps): 0.35 -> 3 steps from sigma 0.64; 0.70 -> 6 from 0.90
+# Subtle keeps about 45% of the source signal: composition, colours and subjects stay, texture
+# and small details are redrawn (0.30 starts at sigma 0.47, keeping over half the signal: too
+# close to the source to read as a variation). Strong keeps about 17%: the coarse layout and
+# palette survive while subjects and details are re-imagined (0.75 starts at sigma 0.88, where
+# little of the source is left to vary). Each also costs only that share of a full image's steps.
+VARY_SUBTLE_STRENGTH = 0.35
+VARY_STRONG_STRENGTH = 0.7

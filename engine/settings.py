@@ -64,6 +64,12 @@ class EngineSettings(BaseSettings):
         "empty: one GPU",
     )
     warmup: bool = Field(True, description="render one small image before taking jobs")
+    previews: bool = Field(
+        True, description="attach a small preview of the forming image to progress updates"
+    )
+    preview_interval_s: float = Field(
+        1.5, ge=0, description="at most one preview this often (Discord edits are throttled too)"
+    )
     test_step_delay_s: float = Field(
         0.0, ge=0, description="test only: extra sleep per denoising step (stands in for GPU time)"
     )
