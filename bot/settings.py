@@ -70,6 +70,20 @@ class BotSettings(BaseSettings):
     health_host: str = Field("0.0.0.0", description="bind address of /healthz and /metrics")
     health_port: int = Field(8080, ge=0, le=65535, description="0 turns the server off")
 
+    # The web gallery is served by the health server (same host and port, under /gallery).
+    public_url: str | None = Field(
+        None,
+        description="base URL of gallery links, e.g. https://imagine.example.org behind a reverse "
+        "proxy (empty: http://127.0.0.1:<health_port>)",
+    )
+    gallery_secret: SecretStr | None = Field(
+        None,
+        description="key that signs gallery links (empty: a random one kept in the data folder)",
+    )
+    gallery_link_ttl_s: int = Field(
+        86_400, ge=60, le=30 * 86_400, description="seconds a /gallery link stays valid"
+    )
+
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     # Test only: point discord.py at an emulator instead of discord.com.
@@ -83,6 +97,8 @@ class BotSettings(BaseSettings):
     @field_validator(
         "discord_token",
         "redis_url",
+        "public_url",
+        "gallery_secret",
         "dev_guild_id",
         "job_deadline_s",
         "discord_api_base",
