@@ -31,6 +31,7 @@ import logging
 import multiprocessing
 import os
 import socket
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -97,6 +98,7 @@ class CfgSplit:
         self._pending: torch.Tensor | None = None
         self._stock = transformer.forward
         transformer.forward = self.forward
+        transformer._imagine_cfg_split = self
 
     def begin(self) -> None:
         self.active, self.calls, self._pending = True, 0, None
@@ -210,6 +212,16 @@ class ParallelGenerator:
         self.split = CfgSplit(local.pipe.transformer, rank=0)
         self.broken: str | None = None
         self.parallel_images = 0
+        # Sequence parallelism (bench/multi_gpu.py): every image on every rank, the sequence
+        # split inside each forward.
+        self.sequence = False
+
+    def configure(self, name: str, *args: Any) -> None:
+        """Run one of ``SETUPS`` on every rank (rank 0 last)."""
+        self.channel.send(("setup", name, args))
+        SETUPS[name](self.local, *args)
+        if name == "sequence":
+            self.sequence = True
 
     def __getattr__(self, name: str) -> Any:  # device, settings, pipe, fast_available, ...
         if name == "local":
@@ -248,28 +260,31 @@ class ParallelGenerator:
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
         plan: dict[str, Any] | None = None,
+        **extra: Any,
     ) -> JobResult:
         """Render one image; a CFG image on two GPUs. Bad input fails here, before any rank
         is told about it."""
         if plan is None:
             plan = self.local.plan(request)
         cfg = plan["true_cfg_scale"] > 1 and bool(plan["negative_prompt"])
-        if not cfg or self.broken:
-            return self.local.generate(request, on_step, should_stop, plan=plan)
+        if self.broken or not (cfg or self.sequence):
+            return self.local.generate(request, on_step, should_stop, plan=plan, **extra)
+        split = cfg and not self.sequence
         try:
-            self.channel.send(("generate", request, plan))
+            self.channel.send(("generate", request, plan, split))
         except Exception as exc:
             self._give_up(f"followers unreachable ({exc.__class__.__name__})")
-            return self.local.generate(request, on_step, should_stop, plan=plan)
+            return self.local.generate(request, on_step, should_stop, plan=plan, **extra)
 
         def agree(reason: FailureKind | None) -> FailureKind | None:
             self.channel.send(("stop", reason))
             return reason
 
-        self.split.begin()
+        if split:
+            self.split.begin()
         self.local.agree_stop = agree
         try:
-            result = self.local.generate(request, on_step, should_stop, plan=plan)
+            result = self.local.generate(request, on_step, should_stop, plan=plan, **extra)
         except JobFailed as exc:
             if exc.kind == FailureKind.OOM:  # raised mid-step: the ranks are out of step
                 self._give_up("out of memory during a parallel image")
@@ -333,10 +348,14 @@ def follow(local: ImageGenerator, channel: Channel, rank: int) -> None:
         if kind == "attention":
             local.pipe.transformer.set_attention_backend(message[1])
             continue
+        if kind == "setup":
+            SETUPS[message[1]](local, *message[2])
+            continue
         if kind != "generate":
             raise RuntimeError(f"rank {rank}: unknown message {kind!r}")
-        _, request, plan = message
-        split.begin()
+        _, request, plan, split_cfg = message
+        if split_cfg:
+            split.begin()
         local.agree_stop = agree
         try:
             local.generate(request, plan=plan)
@@ -469,3 +488,50 @@ def _terminate(processes: list[multiprocessing.process.BaseProcess]) -> None:
         if process.is_alive():
             process.terminate()
             process.join(10)
+
+
+# ------------------------------------------------------------------------- setups
+def set_graphs(generator: ImageGenerator, enabled: bool) -> None:
+    """Whole-forward CUDA graphs on or off (``engine.cudagraph``), beneath the CFG split."""
+    from engine import cudagraph
+
+    transformer = generator.pipe.transformer
+    split = getattr(transformer, "_imagine_cfg_split", None)
+    if split is not None:  # wrap the forward the split calls
+        if not isinstance(split._stock, cudagraph.GraphedForward):
+            split._stock = cudagraph.GraphedForward(split._stock)
+        graphed = split._stock
+    else:
+        graphed = cudagraph.install(transformer)
+    graphed.clear()  # graphs captured before a change of setup would replay the old one
+    graphed.enabled = enabled
+
+
+def enable_sequence_parallel(generator: ImageGenerator, ulysses_anything: bool = True) -> None:
+    """Ulysses sequence parallelism over every rank (diffusers' context parallelism).
+
+    The image at 1328² has 6889 tokens, which does not split evenly, hence diffusers'
+    ``ulysses_anything``; it breaks the compiled graph into pieces, so the blocks are compiled
+    again without ``fullgraph``.
+    """
+    from diffusers import ContextParallelConfig
+
+    from engine import optimize
+
+    transformer = generator.pipe.transformer
+    compiled = "compile" in generator.optimizations
+    if compiled:
+        optimize.uncompile_transformer(transformer)
+        torch._dynamo.reset()
+    config = ContextParallelConfig(
+        ulysses_degree=dist.get_world_size(), ulysses_anything=ulysses_anything
+    )
+    transformer.enable_parallelism(config=config)
+    if compiled:
+        optimize.compile_transformer(transformer, fullgraph=False)
+
+
+SETUPS: dict[str, Callable[..., None]] = {
+    "graphs": set_graphs,
+    "sequence": enable_sequence_parallel,
+}

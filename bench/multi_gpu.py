@@ -1,0 +1,301 @@
+"""One image on two GPUs against stock diffusers on one (project issue 14).
+
+Started with one process per GPU; every rank builds the full-size models with the same random
+weights (as ``bench/gpu.py`` does), rank 0 times, the others follow rank 0 through
+``engine.parallel`` exactly as a deployment's follower ranks do:
+
+    torchrun --nproc-per-node 2 bench/multi_gpu.py --out bench/results --compile-cache /tmp/cc
+    torchrun --nproc-per-node 2 bench/multi_gpu.py --tiny     # the same code on the CPU (gloo)
+
+Cases, in order (rank 0 records; one JSON line each, card and versions on every line):
+stock quality 1328² (50 steps, true CFG) and stock 8 steps on one GPU; the engine (FP8 and
+compile unless told otherwise) on one GPU: quality and fast at 1328², then standard/quality/
+standard at 1024² (the FP8 standard-1024² question); the engine on two GPUs (CFG-parallel)
+for quality, with the largest pixel difference to the one-GPU image; the same with whole-forward
+CUDA graphs (``engine.cudagraph``); last, fast mode with Ulysses sequence parallelism, without
+and with CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from bench import gpu  # noqa: E402  (sets the offline environment first)
+
+logger = logging.getLogger("bench.multi")
+
+
+def card_info(device: torch.device, world: int) -> dict[str, Any]:
+    info = gpu.environment(device)
+    info["world"] = world
+    if device.type == "cuda":
+        info["nccl"] = ".".join(str(n) for n in torch.cuda.nccl.version())
+        with contextlib.suppress(Exception):
+            info["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.split()[0]
+    return info
+
+
+def pixel_difference(a: bytes, b: bytes) -> dict[str, Any]:
+    x, y = gpu.png_pixels(a), gpu.png_pixels(b)
+    diff = abs(x - y)
+    return {
+        "max_pixel_diff": int(diff.max()),
+        "pixels_differing": int((diff.max(axis=-1) > 0).sum()),
+        "rel_err": round(gpu.image_error(a, b), 6),
+    }
+
+
+def dynamo_counts() -> dict[str, int]:
+    from torch._dynamo.utils import counters
+
+    return {
+        "graphs": int(counters["stats"].get("unique_graphs", 0)),
+        "frames": int(counters["stats"].get("calls_captured", 0)),
+        "recompiles": sum(int(v) for v in counters["recompiles"].values())
+        if "recompiles" in counters
+        else 0,
+    }
+
+
+def timed_image(
+    record: gpu.Recorder,
+    generator: Any,
+    local: Any,
+    device: torch.device,
+    case: str,
+    mode: str,
+    side: int,
+    warm_steps: int | None,
+    **extra: Any,
+) -> bytes:
+    """A warm-up image (same mode and size) then the timed one, through ``generate``."""
+    local.max_side = side  # IMAGINE_MAX_SIDE: 1:1 at exactly side x side
+    request = gpu.engine_request(mode)
+    plan = generator.plan(request)
+    if plan["width"] != side:
+        raise RuntimeError(f"engine planned {plan['size']} for {side}")
+    before = dynamo_counts()
+    generator._warm_once(request, warm_steps or plan["steps"])
+    out: dict[str, Any] = {}
+    with gpu.peak_memory(device, out):
+        result = generator.generate(request)
+    after = dynamo_counts()
+    if getattr(generator, "broken", None):  # the group was given up: rank 0 ran it alone
+        extra["broken"] = generator.broken
+    record(
+        case,
+        mode=mode,
+        size=f"{side}x{side}",
+        steps=result.steps,
+        true_cfg=result.true_cfg_scale > 1,
+        **out,
+        run_s=round(result.run_s, 4),
+        per_step_s=round(result.run_s / result.steps, 4),
+        new_dynamo_graphs=after["graphs"] - before["graphs"],
+        recompiles=after["recompiles"] - before["recompiles"],
+        **extra,
+    )
+    return result.png
+
+
+def load_tiny(path: Path, device: torch.device, dtype: torch.dtype) -> Any:
+    from diffusers import QwenImagePipeline
+
+    pipe = QwenImagePipeline.from_pretrained(path, dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tiny", action="store_true", help="tiny random model on the CPU")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--workdir", default=None, help="shared by the ranks of one host")
+    parser.add_argument("--compile-cache", default=None)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="no FP8")
+    parser.add_argument(
+        "--cases", default=None, help="comma list of: stock, one, anomaly, cfg, graphs, sequence"
+    )
+    args = parser.parse_args(argv)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s rank{rank} %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+    selected = set(args.cases.split(",")) if args.cases else None
+
+    def want(name: str) -> bool:
+        return selected is None or name in selected
+
+    from engine import parallel
+    from engine.pipeline import ImageGenerator
+    from engine.settings import EngineSettings, MemoryMode
+
+    cuda = torch.cuda.is_available() and not args.tiny
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    parallel.init_group(rank, world, "env://", device)
+    channel = parallel.GlooChannel()
+    big, small = (64, 48) if args.tiny else (1328, 1024)
+    env = card_info(device, world)
+    env["run"] = os.environ.get("BENCH_RUN_ID") or env["run"]
+    path = Path(args.out) / f"{env['run']}-{'tiny-' if args.tiny else ''}multi.jsonl"
+    record = gpu.Recorder(
+        path if rank == 0 else Path(tempfile.mkdtemp()) / "rank.jsonl",
+        {**env, "rank": rank},
+    )
+    if rank == 0:
+        record("env", argv=sys.argv[1:])
+    workdir = Path(args.workdir or Path(tempfile.gettempdir()) / "qwen-multi")
+    rankdir = workdir / f"rank{rank}"
+    rankdir.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    if args.tiny:  # one copy on disk (transformers saves on rank 0 only), loaded by every rank
+        if rank == 0:
+            gpu.build_tiny(device, dtype, workdir)
+        dist.barrier(group=channel.group)
+        pipe = load_tiny(workdir / "tiny", device, dtype)
+    else:
+        pipe = gpu.build_full_pipeline(device, dtype, rankdir)
+    gpu.sync(device)
+    record("build", seconds=round(time.perf_counter() - started, 2))
+
+    if rank == 0 and want("stock"):  # stock diffusers on one GPU; the others wait
+        guarded = gpu.guarded(record, "stock")
+        guarded(lambda: gpu.run_stock(record, pipe, device, "stock_quality", big, 50, cfg=True))
+        guarded(lambda: gpu.run_stock(record, pipe, device, "stock_8steps", big, 8, cfg=False))
+    dist.barrier(group=channel.group)
+
+    # ---- the engine on every rank: one LoRA file (rank 0 writes it), same weights everywhere
+    if args.tiny:
+        lora_dir, lora_file = gpu.lora_for(record, pipe.transformer, workdir, True)
+    else:
+        if rank == 0:
+            gpu.lora_for(record, pipe.transformer, workdir, False)
+        dist.barrier(group=channel.group)
+        lora_dir, lora_file = workdir / "lora", gpu.LORA_FILE
+    settings = EngineSettings(
+        model="bench-random-full" if not args.tiny else str(workdir / "tiny"),
+        lightning_lora=str(lora_dir),
+        lightning_weight_name=lora_file,
+        compile=not args.no_compile,
+        fp8=cuda and not args.bf16,
+        compile_cache_dir=Path(args.compile_cache) if args.compile_cache else None,
+    )
+    fast = ImageGenerator._load_lightning(pipe, settings, tiny=False)
+    local = ImageGenerator(
+        pipe,
+        settings,
+        device=device,
+        dtype=dtype,
+        memory_mode=MemoryMode.RESIDENT,
+        max_side=big if args.tiny else None,
+        fast_available=fast,
+        model_name="random full-size Qwen-Image" if not args.tiny else "tiny",
+    )
+    started = time.perf_counter()
+    local._apply_speedups()
+    local.warmup()
+    gpu.sync(device)
+    record(
+        "engine_start",
+        seconds=round(time.perf_counter() - started, 2),
+        optimizations=local.optimizations,
+    )
+    if rank != 0:
+        parallel.follow(local, channel, rank)
+        dist.destroy_process_group()
+        return 0
+
+    channel.send(("attention", parallel.attention_choice(local) or "native"))
+    devices = [f"cuda:{r}" if cuda else "cpu" for r in range(world)]
+    engine = parallel.ParallelGenerator(local, channel, devices=devices)
+    one: dict[str, bytes] = {}
+    try:
+        run_cases(record, engine, local, device, big, small, one, want, args.tiny)
+    finally:
+        engine.close()
+    gpu.summary(record.rows)
+    return 0
+
+
+def run_cases(
+    record: gpu.Recorder,
+    engine: Any,
+    local: Any,
+    device: torch.device,
+    big: int,
+    small: int,
+    one: dict[str, bytes],
+    want: Any,
+    tiny: bool,
+) -> None:
+    guarded = gpu.guarded(record, "engine")
+    inputs = gpu.forward_inputs(local.pipe.transformer, big, device)
+
+    def forward(variant: str) -> None:
+        local._set_mode(False)
+        seconds, _ = gpu.time_forward(local.pipe.transformer, inputs, device, repeats=5)
+        record("forward", variant=variant, size=f"{big}x{big}", seconds=round(seconds, 4))
+
+    def one_gpu(case: str, mode: str, side: int, warm: int | None, key: str = "") -> None:
+        png = timed_image(record, local, local, device, case, mode, side, warm, gpus=1)
+        one[key or f"{mode}:{side}"] = png
+
+    if want("one"):
+        guarded(lambda: forward("engine-1gpu"))
+        guarded(lambda: one_gpu("engine_1gpu", "quality", big, 2))
+        guarded(lambda: one_gpu("engine_1gpu", "fast", big, None))
+    if want("anomaly"):  # standard 1024² right after fast, then quality, then standard again
+        guarded(lambda: one_gpu("engine_1gpu", "standard", small, 2, "standard-a"))
+        guarded(lambda: one_gpu("engine_1gpu", "quality", small, 2))
+        guarded(lambda: one_gpu("engine_1gpu", "standard", small, 2, "standard-b"))
+
+    def two_gpu(case: str, mode: str, side: int, warm: int | None, **extra: Any) -> None:
+        png = timed_image(record, engine, local, device, case, mode, side, warm, gpus=2, **extra)
+        reference = one.get(f"{mode}:{side}")
+        if reference is not None:
+            record(f"{case}_vs_1gpu", mode=mode, **pixel_difference(png, reference), **extra)
+
+    if want("cfg"):
+        guarded(lambda: two_gpu("engine_2gpu", "quality", big, 2, graphs=False))
+    if want("graphs") and device.type == "cuda":
+        guarded(lambda: engine.configure("graphs", True))
+        guarded(lambda: forward("engine-1gpu-cudagraph"))
+        guarded(lambda: one_gpu("engine_1gpu_graphs", "fast", big, None, "fast-graphs"))
+        guarded(lambda: two_gpu("engine_2gpu", "quality", big, 2, graphs=True))
+        guarded(lambda: engine.configure("graphs", False))
+    sequence = want("sequence") and device.type == "cuda" and not tiny
+    if sequence and guarded(lambda: engine.configure("sequence")):
+        guarded(lambda: two_gpu("engine_2gpu_ulysses", "fast", big, None, graphs=False))
+        guarded(lambda: engine.configure("graphs", True))
+        guarded(lambda: two_gpu("engine_2gpu_ulysses", "fast", big, None, graphs=True))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
