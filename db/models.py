@@ -166,6 +166,8 @@ class Generation(Base):
         String(16), default=GenerationKind.IMAGINE, server_default="imagine"
     )
     parent_key: Mapped[str | None] = mapped_column(String(32), index=True)
+    # A variation's img2img strength (share of the schedule re-run from the parent's image).
+    strength: Mapped[float | None] = mapped_column(Float)
 
     guild_id: Mapped[int | None] = mapped_column(BigInteger)
     channel_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -227,3 +229,32 @@ class QuotaUsage(Base):
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     used: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class ImageRecord(Base):
+    """A delivered image kept in the image store (``bot.store``): the files live on disk under
+    their sha256, this row says whose they are and when they were made.
+
+    ``job_key`` points at ``generations.job_key`` without a foreign key constraint: SQLite
+    enforces none unless every connection turns them on, and retention deletes image rows while
+    the history row stays (and erasing a member's data deletes both, images first). Several rows
+    may share one ``sha256`` (identical bytes are stored once), so a file goes only when its
+    last row does.
+    """
+
+    __tablename__ = "images"
+    __table_args__ = (Index("ix_images_user_created", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_key: Mapped[str] = mapped_column(String(32), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)  # bytes of the PNG
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    thumb_size: Mapped[int] = mapped_column(Integer)  # bytes of the WebP thumbnail
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+    def __repr__(self) -> str:
+        return f"<ImageRecord {self.job_key} {self.sha256[:12]} user={self.user_id}>"

@@ -59,6 +59,7 @@ class NewGeneration:
     seed: int | None = None
     kind: str = "imagine"
     parent_key: str | None = None
+    strength: float | None = None  # a variation's img2img strength
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +132,7 @@ async def reserve_generation(
                 job_key=new.job_key,
                 kind=new.kind,
                 parent_key=new.parent_key,
+                strength=new.strength,
                 guild_id=new.guild_id,
                 channel_id=new.channel_id,
                 user_id=new.user_id,

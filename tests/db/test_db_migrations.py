@@ -26,7 +26,7 @@ from db import (
 )
 from db.models import Base
 
-TABLES = {"guild_settings", "styles", "generations", "quota_usage"}
+TABLES = {"guild_settings", "styles", "generations", "quota_usage", "images"}
 REPO = Path(__file__).resolve().parents[2]
 
 
