@@ -15,6 +15,15 @@ import threading
 import time
 from typing import Any
 
+from engine.admission import (
+    CANCELLED_MESSAGE,
+    ERROR_MESSAGE,
+    NOT_RUNNING_MESSAGE,
+    SHUT_DOWN_MESSAGE,
+    FutureHandle,
+    admit,
+    settle_threadsafe,
+)
 from engine.contract import (
     EngineStatus,
     FailureKind,
@@ -41,15 +50,8 @@ class _Job:
     started_at: float | None = None
 
 
-class LocalHandle:
-    """A submitted job; awaiting ``result`` does not cancel the job if the awaiter is cancelled."""
-
-    def __init__(self, job_id: str, future: asyncio.Future[JobResult]) -> None:
-        self.job_id = job_id
-        self._future = future
-
-    async def result(self) -> JobResult:
-        return await asyncio.shield(self._future)
+# The handle of this backend is the shared one; the old name stays importable.
+LocalHandle = FutureHandle
 
 
 class LocalEngine:
@@ -94,7 +96,7 @@ class LocalEngine:
             self._lock.notify_all()
         for job in waiting:
             self._jobs.pop(job.request.job_id, None)
-            self._resolve(job, JobFailed(FailureKind.UNAVAILABLE, "The image engine shut down."))
+            self._resolve(job, JobFailed(FailureKind.UNAVAILABLE, SHUT_DOWN_MESSAGE))
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
@@ -102,31 +104,23 @@ class LocalEngine:
     # ------------------------------------------------------------------ queue API
     async def submit(
         self, request: JobRequest, on_progress: ProgressCallback | None = None
-    ) -> LocalHandle:
+    ) -> FutureHandle:
         loop = asyncio.get_running_loop()
         with self._lock:
             existing = self._jobs.get(request.job_id)
             if existing is not None:
-                return LocalHandle(request.job_id, existing.future)
+                return FutureHandle(request.job_id, existing.future)
             if self._thread is None or self._stopping:
-                raise JobFailed(FailureKind.UNAVAILABLE, "The image engine is not running.")
+                raise JobFailed(FailureKind.UNAVAILABLE, NOT_RUNNING_MESSAGE)
             mine = self._waiting.count_for(request.user_id) + int(
                 self._running is not None and self._running.request.user_id == request.user_id
             )
-            if mine >= self.settings.max_queued_per_user:
-                raise JobFailed(
-                    FailureKind.QUEUE_FULL,
-                    f"You already have {mine} images waiting; wait for one to finish.",
-                )
-            if len(self._waiting) >= self.settings.max_queue:
-                raise JobFailed(
-                    FailureKind.QUEUE_FULL, "The queue is full right now; try again in a minute."
-                )
+            admit(self.settings, users_jobs=mine, waiting=len(self._waiting))
             job = _Job(request, loop, loop.create_future(), on_progress, time.perf_counter())
             self._jobs[request.job_id] = job
             self._waiting.push(request.user_id, request.job_id, job)
             self._lock.notify_all()
-        return LocalHandle(request.job_id, job.future)
+        return FutureHandle(request.job_id, job.future)
 
     async def position(self, job_id: str) -> int | None:
         with self._lock:
@@ -146,7 +140,7 @@ class LocalEngine:
             if job is None:
                 return False
             self._jobs.pop(job_id, None)
-        self._resolve(job, JobFailed(FailureKind.CANCELLED, "The generation was cancelled."))
+        self._resolve(job, JobFailed(FailureKind.CANCELLED, CANCELLED_MESSAGE))
         return True
 
     async def status(self) -> EngineStatus:
@@ -164,6 +158,7 @@ class LocalEngine:
             running=running,
             mean_sec_per_step=sum(times) / len(times) if times else None,
             fast_available=bool(self._info.get("fast_available", False)),
+            queued_ceiling_per_user=self.settings.queued_ceiling_per_user,
         )
 
     # ------------------------------------------------------------------ GPU thread
@@ -208,9 +203,7 @@ class LocalEngine:
             logger.exception("job %s crashed", request.job_id)
             if hasattr(self._generator, "free_memory"):
                 self._generator.free_memory()
-            return JobFailed(
-                FailureKind.ERROR, "Something went wrong while generating; it has been logged."
-            )
+            return JobFailed(FailureKind.ERROR, ERROR_MESSAGE)
         if result.steps:
             self._step_times.append(result.run_s / max(1, result.steps))
         return dataclasses.replace(result, queued_s=queued_s)
@@ -226,16 +219,4 @@ class LocalEngine:
 
     @staticmethod
     def _resolve(job: _Job, outcome: JobResult | JobFailed) -> None:
-        def settle() -> None:
-            if job.future.done():
-                return
-            if isinstance(outcome, JobFailed):
-                job.future.set_exception(outcome)
-                job.future.exception()  # retrieved: a refused job nobody awaits is not an error
-            else:
-                job.future.set_result(outcome)
-
-        try:
-            job.loop.call_soon_threadsafe(settle)
-        except RuntimeError:  # the submitting loop is closed: nobody is waiting any more
-            logger.debug("job %s finished after its event loop closed", job.request.job_id)
+        settle_threadsafe(job.loop, job.future, outcome, job.request.job_id)

@@ -1,11 +1,17 @@
-"""GPU-side settings, read from the environment (``IMAGINE_`` prefix) and ``.env``."""
+"""Settings, read from the environment (``IMAGINE_`` prefix) and ``.env``.
+
+``ImagineBaseSettings`` carries the one configuration every settings class of the project shares
+(bot, engine, Redis path), so a change to how settings are read is made once. No torch here: the
+bot imports this module.
+"""
 
 from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.contract import Mode
@@ -18,12 +24,26 @@ class MemoryMode(enum.StrEnum):
     SEQUENTIAL_OFFLOAD = "sequential_offload"
 
 
-class EngineSettings(BaseSettings):
-    """Everything the GPU side needs; nothing Discord- or database-related."""
+# The per-user safety ceiling of the engine. Members see their server's /limits max_queued
+# (checked by the bot when it reserves the job); this only stops a runaway client or a server
+# with "no limit" from filling the whole queue, so it sits well above any sensible server limit.
+DEFAULT_QUEUED_CEILING_PER_USER = 25
+
+
+class ImagineBaseSettings(BaseSettings):
+    """The shared way settings are read: ``IMAGINE_`` variables, then ``.env``; unknown ones
+    are ignored (one ``.env`` serves the bot, the engine and the workers)."""
 
     model_config = SettingsConfigDict(
         env_prefix="IMAGINE_", env_file=".env", extra="ignore", protected_namespaces=()
     )
+
+
+class EngineSettings(ImagineBaseSettings):
+    """Everything the GPU side needs; nothing Discord- or database-related."""
+
+    # The field name works in code next to the environment aliases below.
+    model_config = SettingsConfigDict(populate_by_name=True)
 
     model: str = Field(
         "Qwen/Qwen-Image", description="Hugging Face id or local path of the Qwen-Image pipeline"
@@ -42,6 +62,21 @@ class EngineSettings(BaseSettings):
         description="file inside the LoRA repo/folder",
     )
     lightning_steps: int = Field(8, ge=1, le=16)
+    edit_model: str = Field(
+        "Qwen/Qwen-Image-Edit-2511",
+        description="Hugging Face id or local path of the QwenImageEditPlusPipeline (/edit); "
+        "empty turns editing off",
+    )
+    edit_lightning_lora: str = Field(
+        "",
+        description="repo id or local path of an edit Lightning LoRA for fast edits, e.g. "
+        "lightx2v/Qwen-Image-Edit-2511-Lightning; empty: fast edits run the standard call",
+    )
+    edit_lightning_weight_name: str = Field(
+        "Qwen-Image-Edit-2511-Lightning-4steps-V1.0-bf16.safetensors",
+        description="file inside the edit LoRA repo/folder",
+    )
+    edit_lightning_steps: int = Field(4, ge=1, le=16)
     positive_magic: bool = Field(True, description="append the model card's quality suffix")
     max_sequence_length: int = Field(512, ge=16, le=1024)
     max_side: int | None = Field(
@@ -49,7 +84,16 @@ class EngineSettings(BaseSettings):
         description="cap the long side (tests / CPU dry runs); the aspect ratio stays exact",
     )
     job_timeout_s: float = Field(600.0, gt=0, description="per-job GPU deadline")
-    max_queued_per_user: int = Field(5, ge=1, description="engine-wide cap per user")
+    queued_ceiling_per_user: int = Field(
+        DEFAULT_QUEUED_CEILING_PER_USER,
+        ge=1,
+        # The old name still works, so an existing .env keeps its meaning.
+        validation_alias=AliasChoices(
+            "IMAGINE_QUEUED_CEILING_PER_USER", "IMAGINE_MAX_QUEUED_PER_USER"
+        ),
+        description="safety ceiling: jobs one user may have waiting or running in this engine; "
+        "the limit members see is their server's /limits max_queued",
+    )
     max_queue: int = Field(200, ge=1, description="jobs waiting at most, all users together")
     allow_cpu: bool = Field(
         False,
@@ -73,3 +117,9 @@ class EngineSettings(BaseSettings):
     test_step_delay_s: float = Field(
         0.0, ge=0, description="test only: extra sleep per denoising step (stands in for GPU time)"
     )
+
+    def __init__(self, **values: Any) -> None:
+        # ``max_queued_per_user`` was this ceiling's name; callers that still pass it keep working.
+        if "max_queued_per_user" in values:
+            values.setdefault("queued_ceiling_per_user", values.pop("max_queued_per_user"))
+        super().__init__(**values)

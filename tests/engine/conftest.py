@@ -1,3 +1,5 @@
+"""Fixtures of the engine tests; the helpers they wrap live in ``tests.engine.harness``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +8,10 @@ import pytest
 
 from engine.pipeline import ImageGenerator
 from engine.settings import EngineSettings
+from tests.engine.harness import CountingTransformer
+
+# Still importable from here (older test modules do): the class lives in the harness.
+__all__ = ["CountingTransformer"]
 
 
 @pytest.fixture(scope="session")
@@ -17,21 +23,6 @@ def tiny_settings(tiny_model_dir: Path) -> EngineSettings:
 def generator(tiny_settings: EngineSettings) -> ImageGenerator:
     """One loaded tiny pipeline for the engine tests (loading costs about a second)."""
     return ImageGenerator.load(tiny_settings)
-
-
-class CountingTransformer:
-    """Counts transformer forwards so tests can see whether true CFG ran (two per step)."""
-
-    def __init__(self, generator: ImageGenerator, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        transformer = generator.pipe.transformer
-        original = transformer.forward
-
-        def forward(*args: object, **kwargs: object) -> object:
-            self.calls += 1
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(transformer, "forward", forward)
 
 
 @pytest.fixture

@@ -8,39 +8,12 @@ from typing import Any
 import pytest
 import torch
 
+from engine.admission import ceiling_message
 from engine.contract import FailureKind, JobFailed, JobRequest, Mode, Progress
 from engine.pipeline import ImageGenerator
 from engine.queue import LocalEngine
-from engine.settings import EngineSettings
-
-
-class GatedGenerator:
-    """Wraps the real tiny generator: records run order and can hold a job at its first step."""
-
-    def __init__(self, inner: ImageGenerator) -> None:
-        self.inner = inner
-        self.order: list[str] = []
-        self.hold: dict[str, threading.Event] = {}
-        self.started: dict[str, threading.Event] = {}
-
-    def info(self) -> dict[str, object]:
-        return self.inner.info()
-
-    def free_memory(self) -> None:
-        self.inner.free_memory()
-
-    def generate(self, request: JobRequest, on_step: Any = None, should_stop: Any = None) -> Any:
-        self.order.append(request.job_id)
-        gate = self.hold.get(request.job_id)
-
-        def step(*args: Any) -> None:
-            self.started.setdefault(request.job_id, threading.Event()).set()
-            if gate is not None:
-                gate.wait(10)
-            if on_step is not None:
-                on_step(*args)
-
-        return self.inner.generate(request, on_step=step, should_stop=should_stop)
+from engine.settings import DEFAULT_QUEUED_CEILING_PER_USER, EngineSettings
+from tests.engine.harness import GatedGenerator, wait_started
 
 
 @pytest.fixture
@@ -48,21 +21,15 @@ async def engine(
     generator: ImageGenerator, tiny_settings: EngineSettings
 ) -> AsyncIterator[tuple[LocalEngine, GatedGenerator]]:
     gated = GatedGenerator(generator)
-    local = LocalEngine(tiny_settings.model_copy(update={"max_queued_per_user": 6}), gated)
+    local = LocalEngine(tiny_settings.model_copy(update={"queued_ceiling_per_user": 6}), gated)
     await local.start()
     yield local, gated
-    for gate in gated.hold.values():
-        gate.set()
+    gated.release()
     await local.close()
 
 
 def job(job_id: str, user: int, mode: Mode = Mode.FAST, **extra: Any) -> JobRequest:
     return JobRequest(job_id=job_id, user_id=user, prompt=f"prompt {job_id}", mode=mode, **extra)
-
-
-async def wait_started(gated: GatedGenerator, job_id: str) -> None:
-    event = gated.started.setdefault(job_id, threading.Event())
-    assert await asyncio.to_thread(event.wait, 10), f"{job_id} never started"
 
 
 async def test_round_robin_across_users(engine: tuple[LocalEngine, GatedGenerator]) -> None:
@@ -216,3 +183,34 @@ async def test_per_user_cap_and_closed_engine(engine: tuple[LocalEngine, GatedGe
     with pytest.raises(JobFailed) as closed:
         await local.submit(job("late", 6))
     assert closed.value.kind == FailureKind.UNAVAILABLE
+
+
+async def test_the_engine_ceiling_sits_above_a_server_limit_of_ten_and_binds_at_25(
+    generator: ImageGenerator, tiny_settings: EngineSettings
+) -> None:
+    # Default settings: a server that allows /limits max_queued:10 must never see the engine
+    # refuse its members first; the engine's own ceiling only stops a runaway at 25.
+    assert tiny_settings.queued_ceiling_per_user == DEFAULT_QUEUED_CEILING_PER_USER == 25
+    gated = GatedGenerator(generator)
+    local = LocalEngine(tiny_settings, gated)
+    await local.start()
+    try:
+        gated.hold["q0"] = threading.Event()
+        await local.submit(job("q0", 7))
+        await wait_started(gated, "q0")
+        for n in range(1, 10):  # ten of one member's images at once: all accepted
+            await local.submit(job(f"q{n}", 7))
+        assert await local.position("q9") == 10
+        for n in range(10, 25):
+            await local.submit(job(f"q{n}", 7))
+        with pytest.raises(JobFailed) as refused:
+            await local.submit(job("q25", 7))
+        assert refused.value.kind == FailureKind.QUEUE_FULL
+        assert refused.value.user_message == (
+            "You already have 25 images waiting; wait for one to finish."
+        )
+        assert refused.value.user_message == ceiling_message(25)
+        assert (await local.status()).queued_ceiling_per_user == 25
+    finally:
+        gated.release()
+        await local.close()

@@ -27,6 +27,8 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
+from engine.redis.presence import read_workers
+from engine.redis.wire import DoneEvent, Heartbeat, StartedEvent, WorkerState, parse_event
 from engine.remote import UNAVAILABLE_MESSAGE, RedisBackend, RedisKeys, RemoteSettings
 from engine.settings import EngineSettings
 from tests.redis_server import RedisServer, free_port, running_redis
@@ -135,10 +137,8 @@ class WorkerPool:
                     process.kill()
 
 
-async def heartbeats(redis: Redis, keys: RedisKeys) -> dict[str, dict[str, Any]]:
-    from engine.remote import read_workers
-
-    return {w["name"]: w for w in await read_workers(redis, keys, 3 * HEARTBEAT_S)}
+async def heartbeats(redis: Redis, keys: RedisKeys) -> dict[str, Heartbeat]:
+    return {w.name: w for w in await read_workers(redis, keys, 3 * HEARTBEAT_S)}
 
 
 async def eventually(check: Any, what: str, within: float = 60.0) -> None:
@@ -156,7 +156,7 @@ async def wait_ready(redis: Redis, keys: RedisKeys, pool: WorkerPool, names: set
             if name in pool.processes and pool.processes[name].poll() is not None:
                 raise AssertionError(f"worker {name} exited:\n{pool.log(name)[-3000:]}")
         beats = await heartbeats(redis, keys)
-        return all(beats.get(n, {}).get("state") == "idle" for n in names)
+        return all(n in beats and beats[n].state == WorkerState.IDLE for n in names)
 
     await eventually(ready, f"workers {sorted(names)} to load the model", within=120)
 
@@ -194,11 +194,11 @@ class Bot:
                 message = await pubsub.get_message(timeout=0.5)
                 if message is None:
                     continue
-                event = json.loads(message["data"])
-                if event["type"] == "done" and event.get("written"):
-                    self.stored[event["job_id"]] += 1
-                elif event["type"] == "started":
-                    self.started.append((event["job_id"], event["worker"]))
+                event = parse_event(message["data"])
+                if isinstance(event, DoneEvent) and event.written:
+                    self.stored[event.job_id] += 1
+                elif isinstance(event, StartedEvent):
+                    self.started.append((event.job_id, event.worker))
         finally:
             await pubsub.aclose()
 
@@ -385,8 +385,8 @@ async def test_a_worker_killed_mid_job_hands_it_to_another_and_the_user_gets_it_
 
     async def mid_job() -> bool:
         for name, beat in (await heartbeats(bot.redis, bot.keys)).items():
-            if beat.get("current_job") and name in pool.processes:
-                victim.update(name=name, job=beat["current_job"])
+            if beat.current_job and name in pool.processes:
+                victim.update(name=name, job=beat.current_job)
                 return True
         return False
 

@@ -2,123 +2,25 @@
 
 The worker here is ``engine.worker.Worker``, the same class ``python -m engine.worker`` runs,
 sharing this process's loaded tiny pipeline; the scenarios that need several worker processes,
-``kill -9`` and Redis restarts live in ``test_worker_cluster.py``.
+``kill -9`` and Redis restarts live in ``tests/engine/test_worker_cluster.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import json
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from PIL import Image
-from redis.asyncio import Redis
-from taskiq.kicker import AsyncKicker
 
 from engine.contract import FailureKind, ImageBackend, JobFailed, JobRequest, Mode, Progress
-from engine.pipeline import ImageGenerator
-from engine.remote import (
-    TASK_NAME,
-    UNAVAILABLE_MESSAGE,
-    RedisBackend,
-    RedisKeys,
-    RemoteSettings,
-    redact_url,
-)
+from engine.remote import UNAVAILABLE_MESSAGE, RedisBackend, RedisKeys, RemoteSettings, redact_url
 from engine.settings import EngineSettings
-from engine.worker import Worker
-from tests.redis_server import RedisServer, free_port, running_redis
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
-
-
-@pytest.fixture
-def remote(redis_server: RedisServer) -> RemoteSettings:
-    # A fresh key prefix per test: tests share the server, never each other's keys.
-    return RemoteSettings(
-        redis_url=redis_server.url,
-        redis_prefix=f"t{uuid.uuid4().hex[:8]}",
-        heartbeat_s=0.2,
-        redeliver_after_s=1.0,
-    )
-
-
-@pytest.fixture
-def slow_steps(generator: ImageGenerator, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Set the test-only per-step sleep that stands in for GPU time."""
-
-    def set_delay(seconds: float) -> None:
-        monkeypatch.setattr(generator.settings, "test_step_delay_s", seconds)
-
-    return set_delay
-
-
-class Cluster:
-    """A bot-side backend plus one in-process worker, both on the test's event loop."""
-
-    def __init__(self, backend: RedisBackend, worker: Worker, redis: Redis) -> None:
-        self.backend = backend
-        self.worker = worker
-        self.redis = redis
-        self.keys = backend.keys
-
-
-async def eventually(check: Any, what: str, within: float = 10.0) -> None:
-    """Poll state that lives in Redis or in the worker; fail with what never happened."""
-    try:
-        async with asyncio.timeout(within):
-            while not await check():  # noqa: ASYNC110 - external state, no event to await
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-@pytest.fixture
-async def cluster(
-    remote: RemoteSettings, tiny_settings: EngineSettings, generator: ImageGenerator
-) -> AsyncIterator[Cluster]:
-    worker = Worker(remote, tiny_settings, generator, name="test-gpu0")
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    backend = RedisBackend(remote, tiny_settings)
-    await backend.start()
-    redis = Redis.from_url(str(remote.redis_url))
-
-    async def ready() -> bool:
-        status = await backend.status()
-        return status.ready
-
-    await eventually(ready, "the worker's first heartbeat")
-    try:
-        yield Cluster(backend, worker, redis)
-    finally:
-        await backend.close()
-        stop.set()
-        async with asyncio.timeout(30):
-            await running
-        await redis.aclose()
-
-
-def request(job_id: str, user_id: int = 1, **fields: Any) -> JobRequest:
-    fields.setdefault("prompt", "a red fox in the snow")
-    fields.setdefault("seed", 7)
-    fields.setdefault("mode", Mode.FAST)
-    return JobRequest(job_id=job_id, user_id=user_id, **fields)
-
-
-def png_parameters(png: bytes) -> dict[str, Any]:
-    image = Image.open(io.BytesIO(png))
-    image.load()
-    return json.loads(image.text["parameters"])
+from tests.engine.harness import eventually
+from tests.engine.redis.harness import Cluster, png_parameters, request
+from tests.redis_server import free_port
 
 
 async def test_backend_implements_the_image_backend_protocol(remote: RemoteSettings) -> None:
@@ -205,16 +107,15 @@ async def test_a_redelivered_message_is_skipped_not_rendered_twice(cluster: Clus
     result = await handle.result()
     done_before = cluster.worker.jobs_done
     # What at-least-once delivery can do: the same job arrives at a worker a second time.
-    broker = cluster.backend._broker
-    assert broker is not None
-    kicker: AsyncKicker[Any, Any] = AsyncKicker(TASK_NAME, broker, {})
-    await kicker.with_task_id("3001").kiq(request("3001").to_dict(), {"dispatched_at": time.time()})
+    await cluster.kick_job(request("3001"))
 
     async def skipped() -> bool:
         return b'outcome="duplicate"} 1.0' in cluster.worker.metrics.render()
 
     await eventually(skipped, "the duplicate to be skipped")
     assert cluster.worker.jobs_done == done_before
+    broker = cluster.backend._broker
+    assert broker is not None
     stored = await broker.result_backend.get_result("3001")
     assert stored.return_value["result"]["png"] == result.png.hex()
     pending = await cluster.redis.xpending(cluster.keys.stream, cluster.keys.group)
@@ -241,13 +142,7 @@ async def test_a_redis_that_lost_its_data_still_gets_every_accepted_job_done_onc
 
 async def test_an_entry_older_than_any_result_is_dropped_not_rendered(cluster: Cluster) -> None:
     # What a consumer group rebuilt by hand would replay: a job handed out two days ago.
-    broker = cluster.backend._broker
-    assert broker is not None
-    kicker: AsyncKicker[Any, Any] = AsyncKicker(TASK_NAME, broker, {})
-    two_days_ago = time.time() - 2 * 86400
-    await kicker.with_task_id("3501").kiq(
-        request("3501").to_dict(), {"dispatched_at": two_days_ago}
-    )
+    await cluster.kick_job(request("3501"), dispatched_at=time.time() - 2 * 86400)
 
     async def dropped() -> bool:
         return b'outcome="stale"} 1.0' in cluster.worker.metrics.render()
@@ -335,16 +230,23 @@ async def test_status_lists_the_worker_and_what_it_runs(cluster: Cluster, slow_s
         await handle.result()
 
 
-async def test_per_user_limit_is_the_same_as_in_process(cluster: Cluster, slow_steps: Any) -> None:
+async def test_the_engine_ceiling_sits_above_a_server_limit_of_ten_and_binds_at_25(
+    cluster: Cluster, slow_steps: Any
+) -> None:
+    # Default settings, as in-process: a member of a server with /limits max_queued:10 is never
+    # refused by the engine first; its safety ceiling binds only at 25, with the same message.
     slow_steps(0.05)
-    limit = cluster.backend.engine_settings.max_queued_per_user
-    handles = [await cluster.backend.submit(request(f"8{i:03}", user_id=9)) for i in range(limit)]
+    assert cluster.backend.engine_settings.queued_ceiling_per_user == 25
+    handles = [await cluster.backend.submit(request(f"8{i:03}", user_id=9)) for i in range(10)]
+    assert await cluster.backend.position("8009") == 10
+    handles += [await cluster.backend.submit(request(f"8{i:03}", user_id=9)) for i in range(10, 25)]
     with pytest.raises(JobFailed) as refused:
         await cluster.backend.submit(request("8999", user_id=9))
     assert refused.value.kind == FailureKind.QUEUE_FULL
     assert refused.value.user_message == (
-        f"You already have {limit} images waiting; wait for one to finish."
+        "You already have 25 images waiting; wait for one to finish."
     )
+    assert (await cluster.backend.status()).queued_ceiling_per_user == 25
     for handle in handles:
         await cluster.backend.cancel(handle.job_id)
 

@@ -1,0 +1,200 @@
+"""The taskiq pieces both sides configure alike: stream broker, result backend, middleware.
+
+Everything distributed here is taskiq with taskiq-redis: a Redis Streams broker (consumer
+group, acknowledgement after the result is saved, idle-time redelivery through XAUTOCLAIM) and
+the Redis result backend. The subclasses below change only what production needs from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from taskiq import AckableMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.message import TaskiqMessage
+from taskiq.serializers import JSONSerializer
+from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
+
+from engine.redis.connection import REDIS_DOWN, cancelling, connection_kwargs, retry_forever
+from engine.redis.keys import RedisKeys
+from engine.redis.settings import RemoteSettings
+from engine.redis.wire import DoneEvent
+
+logger = logging.getLogger(__name__)
+
+
+class DurableResultBackend(RedisAsyncResultBackend[Any]):
+    """taskiq's Redis result backend, with first-result-wins writes that outlast an outage.
+
+    ``SET NX``: when a redelivered job ran twice (a worker that was only cut off, not dead),
+    the first stored result is the one the user gets; the second write changes nothing.
+    """
+
+    def __init__(self, settings: RemoteSettings, keys: RedisKeys) -> None:
+        super().__init__(
+            str(settings.redis_url),
+            keep_results=True,
+            result_ex_time=settings.result_ttl_s,
+            serializer=JSONSerializer(),
+            prefix_str=keys.results,
+            **connection_kwargs(settings),
+        )
+        # task id -> whether this process's write was the first one (read by the middleware).
+        self.written: dict[str, bool] = {}
+
+    async def set_result(self, task_id: str, result: TaskiqResult[Any]) -> None:
+        name = self._task_name(task_id)
+        value = self.serializer.dumpb(result.model_dump(mode="json"))
+
+        async def write() -> bool:
+            async with Redis(connection_pool=self.redis_pool) as redis:
+                return bool(await redis.set(name, value, ex=self.result_ex_time, nx=True))
+
+        first = await retry_forever(f"saving result of {task_id}", write)
+        self.written[task_id] = first
+        if not first:
+            logger.info("job %s: a result was already stored; this one is dropped", task_id)
+
+
+class ResilientStreamBroker(RedisStreamBroker):
+    """taskiq-redis's stream broker with a worker-side ``listen`` that holds up in production.
+
+    Same stream, consumer group, message format, acks and ``idle_timeout`` as upstream
+    ``RedisStreamBroker``; the read loop differs where taskiq-redis 1.2.4 falls short here:
+
+    * it reclaims idle entries (XAUTOCLAIM) on *every* turn, first: upstream only reclaims
+      after a read that returned new messages, so an idle worker never took over the job of a
+      worker that was killed while the stream was quiet;
+    * one entry per read or reclaim, so a worker holds only the job it is about to run;
+    * a Redis restart does not end the worker: the loop waits with backoff and declares the
+      consumer group again (a Redis that lost its data has none);
+    * an entry that is not a taskiq message (no ``data`` field) is acknowledged and skipped
+      instead of ending the loop;
+    * ``closing`` ends the loop within one read; redis-py can swallow a cancellation that lands
+      mid-read, so shutdown must not depend on cancellation alone;
+    * acks are retried until they land, so a finished job is not redelivered merely because
+      Redis blinked at the wrong moment.
+    """
+
+    closing = False
+    _reclaim_from = 0.0
+
+    def hold_reclaim(self) -> None:
+        """After a Redis outage every entry looks idle, live workers' too: reclaim nothing for
+        one redelivery period, so the workers that are alive renew their entries first."""
+        self._reclaim_from = time.monotonic() + self.idle_timeout / 1000
+
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:  # type: ignore[override]
+        delay = 0.2
+        stream, group, consumer = self.queue_name, self.consumer_group_name, self.consumer_name
+        while not self.closing:
+            try:
+                async with Redis(connection_pool=self.connection_pool) as redis:
+                    while not self.closing:
+                        entries = await self._next_entries(redis, stream, group, consumer)
+                        delay = 0.2
+                        for entry_id, fields in entries:
+                            ack = self._durable(self._ack_generator(entry_id, stream))
+                            data = fields.get(b"data")
+                            if data is None:
+                                logger.warning(
+                                    "stream entry %s is not a job message; skipped",
+                                    entry_id.decode(errors="replace"),
+                                )
+                                await ack()
+                                continue
+                            yield AckableMessage(data=data, ack=ack)
+            except (*REDIS_DOWN, ResponseError) as exc:
+                if cancelling():
+                    raise
+                self.hold_reclaim()
+                logger.warning("job stream unavailable (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                with contextlib.suppress(*REDIS_DOWN):
+                    await self._declare_consumer_group()
+
+    async def _next_entries(
+        self, redis: Redis, stream: str, group: str, consumer: str
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """One abandoned entry to take over, else one new entry (or none after ``block``)."""
+        entries = []
+        if time.monotonic() >= self._reclaim_from:
+            _next, claimed, *_deleted = await redis.xautoclaim(
+                stream, group, consumer, min_idle_time=self.idle_timeout, count=1
+            )
+            entries = [(i, m) for i, m in claimed if m]  # trimmed ones: None
+        if entries:
+            logger.warning(
+                "taking over stream entry %s: its worker stopped answering",
+                entries[0][0].decode(errors="replace"),
+            )
+            return entries
+        fetched = await redis.xreadgroup(group, consumer, {stream: ">"}, count=1, block=self.block)
+        return [e for _stream, batch in fetched or [] for e in batch]
+
+    @staticmethod
+    def _durable(ack: Callable[[], Awaitable[None] | None]) -> Callable[[], Awaitable[None]]:
+        async def durable_ack() -> None:
+            async def once() -> None:
+                outcome = ack()
+                if outcome is not None:
+                    await outcome
+
+            await retry_forever("acknowledging a job", once)
+
+        return durable_ack
+
+
+class JobEventsMiddleware(TaskiqMiddleware):
+    """After a result is saved, tell the bot at once (it also polls, in case this is lost)."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys, worker: str) -> None:
+        super().__init__()
+        self.redis = redis
+        self.keys = keys
+        self.worker = worker
+
+    async def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        backend = self.broker.result_backend
+        written = getattr(backend, "written", {}).pop(message.task_id, True)
+        event = DoneEvent(job_id=message.task_id, worker=self.worker, written=written)
+        try:
+            await self.redis.publish(self.keys.events, event.dumps())
+        except REDIS_DOWN as exc:
+            logger.debug("done event for %s not published: %s", message.task_id, exc)
+
+
+def make_broker(
+    settings: RemoteSettings, keys: RedisKeys, consumer_name: str | None = None
+) -> ResilientStreamBroker:
+    """The one taskiq broker configuration both sides use.
+
+    One message per read and one per reclaim: a worker takes only the job it is about to run,
+    so a job never waits behind a busy worker while another one is idle.
+    """
+    if not settings.redis_url:
+        raise ValueError("IMAGINE_REDIS_URL is not set")
+    broker = ResilientStreamBroker(
+        settings.redis_url,
+        queue_name=keys.stream,
+        consumer_group_name=keys.group,
+        consumer_name=consumer_name,
+        # "0", not "$": a group declared after jobs were added (Redis lost its data and the
+        # bot re-sent them) still sees them; duplicates are skipped by the job key.
+        consumer_id="0",
+        xread_block=1000,
+        xread_count=1,
+        maxlen=settings.stream_maxlen,
+        approximate=True,
+        idle_timeout=int(settings.redeliver_after_s * 1000),
+        unacknowledged_batch_size=1,
+        **{**connection_kwargs(settings), "socket_timeout": 10.0},
+    )
+    return broker.with_result_backend(DurableResultBackend(settings, keys))

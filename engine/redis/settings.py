@@ -1,0 +1,87 @@
+"""Settings of the Redis path, shared by the bot (``RedisBackend``) and the GPU workers."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, model_validator
+
+from engine.settings import ImagineBaseSettings
+
+
+class RemoteSettings(ImagineBaseSettings):
+    """``IMAGINE_REDIS_URL`` and the timings of heartbeats, redelivery and results.
+
+    ``redis_url`` is defined here only; the bot reads the same variable to choose this path.
+    """
+
+    redis_url: str | None = Field(
+        None,
+        description="redis://[:password@]host:port/db; when set, the bot sends jobs to workers",
+    )
+    redis_prefix: str = Field(
+        "imagine", description="prefix of every Redis key; one bot deployment per prefix"
+    )
+    heartbeat_s: float = Field(
+        5.0, gt=0, description="how often workers announce themselves and renew their job"
+    )
+    redeliver_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="a dead worker's job goes to another worker after this much silence",
+    )
+    worker_grace_s: float = Field(
+        120.0,
+        ge=0,
+        description="with no worker online, still accept jobs this long after the last one left",
+    )
+    result_ttl_s: int = Field(
+        86400, gt=0, description="how long an undelivered result waits in Redis for the bot"
+    )
+    result_keep_s: int = Field(
+        900, gt=0, description="how long a delivered result stays (a bot restart can re-read it)"
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="deliveries of one job before it is failed instead of retried"
+    )
+    stream_maxlen: int = Field(10_000, ge=100, description="trim the job stream to about this")
+    connect_timeout_s: float = Field(2.0, gt=0)
+    worker_name: str | None = Field(
+        None, description="name in /status; default: host name and CUDA_VISIBLE_DEVICES"
+    )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="serve Prometheus /metrics on this port (0 = off)"
+    )
+    worker_metrics_addr: str = Field("0.0.0.0", description="address of the metrics server")
+
+    @model_validator(mode="after")
+    def _timings(self) -> RemoteSettings:
+        # Redelivery must wait for several missed heartbeats, or a live worker loses its job.
+        if self.redeliver_after_s < 4 * self.heartbeat_s:
+            raise ValueError(
+                f"IMAGINE_REDELIVER_AFTER_S ({self.redeliver_after_s}) must be at least 4x "
+                f"IMAGINE_HEARTBEAT_S ({self.heartbeat_s})"
+            )
+        return self
+
+    @property
+    def worker_ttl_s(self) -> float:
+        """A worker missing three heartbeats is gone."""
+        return 3 * self.heartbeat_s
+
+    @property
+    def claim_ttl_s(self) -> float:
+        """Shorter than the redelivery idle time, so a dead worker's claim is gone by then."""
+        return min(3 * self.heartbeat_s, self.redeliver_after_s / 2)
+
+
+def redact_url(url: str) -> str:
+    """The Redis URL for logs: the password never appears."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))

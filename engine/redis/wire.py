@@ -1,0 +1,282 @@
+"""The messages the bot and the GPU workers exchange through Redis: one definition, versioned.
+
+Every message carries ``v`` (``WIRE_VERSION``). A reader accepts only its own version and the
+shape defined here (unknown extra fields are ignored, so a field can be added without a new
+version; removing or retyping one needs ``v`` 2). Whatever else arrives (another version, broken
+JSON, a wrong type, a missing field) raises ``WireError``; the loop that read it logs it
+(``log_skipped``) and goes on with the next message. Redis content is untrusted input: a bad
+message never ends a loop, a worker or the bot.
+
+Messages:
+
+* ``JobMessage`` — bot -> worker, the one argument of the taskiq task;
+* ``Marker`` — bot, stored while a job is with the workers;
+* ``Event`` — worker -> bot on the events channel: ``started``, ``progress``, ``done``,
+  ``worker`` (a worker came or went);
+* ``ResultEnvelope`` — worker -> bot, the stored outcome of a job (an image or a failure);
+* ``Heartbeat`` — worker -> bot, what ``/status`` shows and how many jobs a worker takes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import time
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from engine.contract import JobFailed, JobRequest, JobResult, Progress, WorkerInfo
+
+logger = logging.getLogger(__name__)
+
+WIRE_VERSION = 1
+
+
+class WireError(ValueError):
+    """A message this version cannot read: another version, or not the shape defined here."""
+
+
+class WorkerState(enum.StrEnum):
+    """Where a worker is in its life; only ``idle`` and ``busy`` workers take jobs."""
+
+    STARTING = "starting"
+    LOADING = "loading"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    GONE = "gone"
+
+    @property
+    def ready(self) -> bool:
+        return self in (WorkerState.IDLE, WorkerState.BUSY)
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1] = WIRE_VERSION
+
+    def dumps(self) -> str:
+        """The JSON that goes to Redis."""
+        return self.model_dump_json()
+
+
+# ----------------------------------------------------------------------------- bot -> worker
+class JobMessage(_Message):
+    """One image job as the bot hands it to the broker."""
+
+    request: dict[str, Any]  # JobRequest.to_dict(); read back with ``job()``
+    submitted_at: float  # when the member asked (wall clock), for the queue time
+    dispatched_at: float  # when the bot handed it to the broker (ack latency, stale entries)
+    attempt: int = Field(ge=1)
+
+    @classmethod
+    def of(
+        cls, request: JobRequest, *, submitted_at: float, dispatched_at: float, attempt: int
+    ) -> JobMessage:
+        return cls(
+            request=request.to_dict(),
+            submitted_at=submitted_at,
+            dispatched_at=dispatched_at,
+            attempt=attempt,
+        )
+
+    def job(self) -> JobRequest:
+        """The request inside, or ``WireError`` when it is not a ``JobRequest``."""
+        try:
+            return JobRequest.from_dict(self.request)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise WireError(f"job request unreadable: {exc}") from None
+
+
+class Marker(_Message):
+    """Stored by the bot while a job is with the workers (its existence is what counts)."""
+
+    user_id: int
+    submitted_at: float
+    dispatched_at: float
+    attempt: int
+
+
+# ----------------------------------------------------------------------------- worker -> bot
+class StartedEvent(_Message):
+    type: Literal["started"] = "started"
+    job_id: str
+    worker: str
+
+
+class ProgressEvent(_Message):
+    type: Literal["progress"] = "progress"
+    job_id: str
+    worker: str
+    step: int = Field(ge=0)
+    total: int = Field(ge=0)
+    elapsed_s: float
+    sec_per_step: float
+
+    def progress(self) -> Progress:
+        return Progress(self.job_id, self.step, self.total, self.elapsed_s, self.sec_per_step)
+
+
+class DoneEvent(_Message):
+    """A result was saved. ``written``: it was the first one stored (others are dropped)."""
+
+    type: Literal["done"] = "done"
+    job_id: str
+    worker: str
+    written: bool = True
+
+
+class WorkerEvent(_Message):
+    """A worker became ready, or left: the bot re-reads heartbeats at once."""
+
+    type: Literal["worker"] = "worker"
+    worker: str
+    state: WorkerState
+
+
+Event = Annotated[
+    StartedEvent | ProgressEvent | DoneEvent | WorkerEvent, Field(discriminator="type")
+]
+_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+class ResultEnvelope(_Message):
+    """What a worker stores as the taskiq result: an image or a failure the member can read."""
+
+    ok: bool
+    result: dict[str, Any] | None = None  # JobResult.to_dict()
+    error: dict[str, Any] | None = None  # JobFailed.to_dict()
+
+    @classmethod
+    def success(cls, result: JobResult) -> ResultEnvelope:
+        return cls(ok=True, result=result.to_dict())
+
+    @classmethod
+    def failure(cls, failed: JobFailed) -> ResultEnvelope:
+        return cls(ok=False, error=failed.to_dict())
+
+    def outcome(self) -> JobResult | JobFailed:
+        """The image or the failure inside, or ``WireError`` when it is not readable."""
+        try:
+            if self.ok and self.result is not None:
+                return JobResult.from_dict(self.result)
+            if not self.ok and self.error is not None:
+                return JobFailed.from_dict(self.error)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise WireError(f"result unreadable: {exc}") from None
+        raise WireError("result envelope holds neither a result nor an error")
+
+
+class Heartbeat(_Message):
+    """A worker's announcement, renewed every ``IMAGINE_HEARTBEAT_S``."""
+
+    name: str
+    consumer: str
+    host: str
+    pid: int
+    state: WorkerState
+    capacity: int = Field(ge=0)  # jobs it takes now: 1 when ready, 0 otherwise
+    gpu: str
+    memory_gb: float = Field(ge=0)
+    memory_mode: str
+    model: str
+    fast_available: bool
+    current_job: str | None = None
+    jobs_done: int = Field(ge=0)
+    sec_per_step: float | None = None
+    started_at: float
+    last_seen: float
+
+    def info(self) -> WorkerInfo:
+        """The worker as ``/status`` shows it."""
+        return WorkerInfo(
+            name=self.name,
+            gpu=self.gpu,
+            memory_gb=self.memory_gb,
+            memory_mode=self.memory_mode,
+            model=self.model,
+            current_job=self.current_job,
+            last_seen=self.last_seen,
+            jobs_done=self.jobs_done,
+        )
+
+
+# ---------------------------------------------------------------------------------- parsing
+M = TypeVar("M", bound=_Message)
+
+
+def _document(data: bytes | str | dict[str, Any]) -> dict[str, Any]:
+    """JSON object of our version, or ``WireError``."""
+    if isinstance(data, bytes | str):
+        try:
+            data = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise WireError("not JSON") from None
+    if not isinstance(data, dict):
+        raise WireError(f"not a JSON object but {type(data).__name__}")
+    version = data.get("v")
+    if version != WIRE_VERSION:
+        raise WireError(f"wire version {version!r} (this side speaks {WIRE_VERSION})")
+    return data
+
+
+def _validated(model: type[M], data: bytes | str | dict[str, Any]) -> M:
+    document = _document(data)
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise WireError(_short(exc)) from None
+
+
+def _short(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "message"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"
+
+
+def parse_event(data: bytes | str) -> Event:
+    """An event from the events channel, or ``WireError``."""
+    document = _document(data)
+    try:
+        return _EVENT.validate_python(document)
+    except ValidationError as exc:
+        raise WireError(_short(exc)) from None
+
+
+def parse_heartbeat(data: bytes | str) -> Heartbeat:
+    return _validated(Heartbeat, data)
+
+
+def parse_result(value: Any) -> JobResult | JobFailed:
+    """The outcome a worker stored (the taskiq result's return value), or ``WireError``."""
+    return _validated(ResultEnvelope, value).outcome()
+
+
+def parse_job(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[JobMessage, JobRequest]:
+    """The taskiq task's arguments: exactly one ``JobMessage``, or ``WireError``."""
+    if len(args) != 1 or kwargs:
+        raise WireError(f"expected one job message, got {len(args)} arguments and {len(kwargs)}")
+    message = _validated(JobMessage, args[0])
+    return message, message.job()
+
+
+# --------------------------------------------------------------------------------- skipping
+_SKIP_LOG_EVERY_S = 60.0
+_skip_logged: dict[tuple[str, str], float] = {}
+
+
+def log_skipped(where: str, exc: WireError) -> None:
+    """Log a message that was skipped: each distinct reason at most once a minute per place,
+    so a stream of bad messages (an old worker during an upgrade) cannot flood the log."""
+    key = (where, str(exc))
+    now = time.monotonic()
+    if now - _skip_logged.get(key, -_SKIP_LOG_EVERY_S) < _SKIP_LOG_EVERY_S:
+        return
+    if len(_skip_logged) > 256:
+        _skip_logged.clear()
+    _skip_logged[key] = now
+    logger.warning("skipped an unreadable message in %s: %s", where, exc)
