@@ -121,6 +121,8 @@ class GuildSettings(Base):
     blocked_words: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     allowed_channels: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")
     exempt_roles: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")
+    # Members may see the whole server's web gallery (admins always can): /limits gallery.
+    gallery_public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
@@ -243,7 +245,10 @@ class ImageRecord(Base):
     """
 
     __tablename__ = "images"
-    __table_args__ = (Index("ix_images_user_created", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_images_user_created", "user_id", "created_at"),
+        Index("ix_images_guild_created", "guild_id", "created_at"),  # the web gallery's listing
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_key: Mapped[str] = mapped_column(String(32), unique=True)

@@ -47,10 +47,17 @@ def _render_item(type_: str, obj: object, autogen_context: object) -> str | bool
     return False
 
 
+def _include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    # The gallery's FTS5 index (0004_gallery_search) is raw SQL no model describes: a virtual
+    # table and its shadow tables, which autogenerate must neither drop nor report.
+    return not (type_ == "table" and name is not None and name.startswith("generations_fts"))
+
+
 def _configure(**kwargs: object) -> None:
     context.configure(
         target_metadata=target_metadata,
         render_item=_render_item,
+        include_name=_include_name,
         # SQLite cannot ALTER most things: batch mode copies the table instead.
         render_as_batch=True,
         compare_type=True,
