@@ -31,9 +31,12 @@ worker: $(STAMP)
 tiny: $(STAMP)
 	$(PY) -m engine tiny tiny-model
 
+# Ruff, then the import contracts of pyproject.toml ([tool.importlinter]: bot never imports
+# torch/diffusers; engine never discord/db/bot; db never bot/engine/discord/torch).
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix .
