@@ -1,4 +1,4 @@
-"""Build the bot: ``create_bot(settings, engine=None, db=None)`` returns it configured, unconnected.
+"""Build the bot: ``create_bot(settings, backend=None, db=None)``, configured and unconnected.
 
 Outside harnesses (SimCord, the wire emulator) drive the very object ``python -m bot`` runs. All
 start-up work that needs the event loop happens in ``setup_hook``: open the database, sync the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from typing import Any
 
 import discord
@@ -19,10 +20,11 @@ from discord.ext import commands
 import db as dbmod
 from bot import errors, views
 from bot.cogs import EXTENSIONS
+from bot.guild_settings import GuildSettings
 from bot.health import HealthServer
-from bot.jobs import JobService, style_description
+from bot.imagine import JobService, style_description
 from bot.settings import BotSettings, CommandSync
-from engine.contract import ImageBackend
+from engine.contract import EngineStatus, ImageBackend
 from engine.presets import BUILTIN_STYLES
 
 logger = logging.getLogger(__name__)
@@ -64,12 +66,23 @@ class ImagineBot(commands.Bot):
         self.db: dbmod.Database | None = database
         self._owns_backend = backend is None
         self._owns_db = database is None
+        self.guild_settings = GuildSettings(self._database, settings, self._engine_status)
         self.jobs: JobService | None = None
         self.health: HealthServer | None = None
         self.started_at = discord.utils.utcnow()
         self._recovery: asyncio.Task[None] | None = None
         self._services_closed = False
         errors.install(self.tree)
+
+    def _database(self) -> dbmod.Database:
+        assert self.db is not None, "the database opens in setup_hook"
+        return self.db
+
+    async def _engine_status(self) -> EngineStatus:
+        if self.backend is None:
+            raise RuntimeError("the image backend starts in setup_hook")
+        status: EngineStatus = await self.backend.status()
+        return status
 
     async def setup_hook(self) -> None:
         settings = self.settings
@@ -152,17 +165,32 @@ def _apply_test_endpoints(settings: BotSettings) -> None:
         logger.warning("TEST ONLY: Discord gateway is %s", settings.discord_gateway_url)
 
 
+_UNSET: Any = object()
+
+
 def create_bot(
     settings: BotSettings | None = None,
-    engine: ImageBackend | None = None,
+    backend: ImageBackend | None = None,
     db: dbmod.Database | None = None,
+    *,
+    engine: ImageBackend | None = _UNSET,
 ) -> ImagineBot:
     """The configured, unconnected bot.
 
-    ``engine`` and ``db`` are for harnesses that bring their own (the bot then leaves them open
-    at close); by default the bot builds the backend the settings choose and opens the
-    database in ``setup_hook``.
+    ``backend`` (the ``ImageBackend``) and ``db`` are for harnesses that bring their own (the
+    bot then leaves them open at close); by default the bot builds the backend the settings
+    choose and opens the database in ``setup_hook``. ``engine=`` is the old name of
+    ``backend=``: it still works for one release, with a ``DeprecationWarning``.
     """
+    if engine is not _UNSET:
+        warnings.warn(
+            "create_bot(engine=...) is deprecated; pass backend=... (an ImageBackend)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if backend is not None and engine is not None and engine is not backend:
+            raise TypeError("create_bot got both backend= and engine=; pass only backend=")
+        backend = backend if backend is not None else engine
     settings = settings or BotSettings()
     _apply_test_endpoints(settings)
-    return ImagineBot(settings, backend=engine, database=db)
+    return ImagineBot(settings, backend=backend, database=db)

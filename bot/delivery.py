@@ -18,7 +18,7 @@ from typing import Any
 import discord
 from PIL import Image
 
-from bot.render import megabytes
+from bot import render
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class StatusMessage:
             replied_user=False,
             users=[discord.Object(self.requester_id)],
         )
-        content = f"<@{self.requester_id}>, your image is ready."
+        content = render.image_ready_text(self.requester_id)
         if self.gone and self.token_alive() and self._interaction is not None:
             # The status message was deleted but the token lives: a followup needs no
             # channel permission at all.
@@ -282,12 +282,12 @@ def fit_to_limit(png: bytes, limit: int, stem: str) -> tuple[bytes, str, str | N
             scaled.save(buffer, format=fmt, **options)
             data = buffer.getvalue()
             if len(data) <= limit:
-                size = "" if scaled is image else f", scaled to {scaled.width}×{scaled.height}"
-                quality = options["quality"]
-                note = (
-                    f"Sent as {fmt} (quality {quality}{size}): the PNG was {megabytes(len(png))}, "
-                    f"over the {megabytes(limit)} upload limit here. The PNG is reproducible "
-                    "from these parameters."
+                note = render.conversion_note(
+                    fmt,
+                    options["quality"],
+                    scaled=None if scaled is image else scaled.size,
+                    png_bytes=len(png),
+                    limit=limit,
                 )
                 return data, f"{stem}.{ext}", note
         scaled = scaled.resize((max(16, scaled.width // 2), max(16, scaled.height // 2)))

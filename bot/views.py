@@ -4,6 +4,10 @@ Every button is a ``discord.ui.DynamicItem`` whose ``custom_id`` carries the act
 key (``imagine:reroll:<job_key>``) or the history page it shows. Nothing lives in memory: the
 handler loads what it needs from the database, so a restarted bot answers clicks on messages
 it sent before the restart. ``setup_hook`` registers these classes with ``add_dynamic_items``.
+
+The custom ids are a promise to every message already posted: change a template and the
+buttons in every server stop working. Who may press a button is checked here, in each item's
+``interaction_check``, before its action runs.
 """
 
 from __future__ import annotations
@@ -26,13 +30,63 @@ logger = logging.getLogger(__name__)
 _KEY = r"(?P<key>[0-9]{1,20}(?::[0-9]{1,2})?)"
 
 
-class _JobButton:
-    """Shared behaviour of the job buttons; subclasses add the DynamicItem template."""
+async def job_row(interaction: discord.Interaction[ImagineBot], key: str) -> db.Generation:
+    """The job a button belongs to, or the answer that it is gone."""
+    row = await db.get_generation(interaction.client.db, key)
+    if row is None:
+        raise errors.UserError("I can't find that image any more.")
+    return row
+
+
+def has_permission(interaction: discord.Interaction[Any], permission: str) -> bool:
+    """A server permission of the member who clicked (never in DMs)."""
+    if interaction.guild_id is None:
+        return False
+    return bool(getattr(interaction.permissions, permission, False))
+
+
+class _Guarded:
+    """``interaction_check`` that answers a refusal itself.
+
+    discord.py drops a click silently when ``interaction_check`` says no (or raises), so the
+    refusal is sent here: the member reads why, and the button's action never runs.
+    """
+
+    async def interaction_check(self, interaction: discord.Interaction[ImagineBot]) -> bool:
+        try:
+            await self.check(interaction)
+        except Exception as exc:
+            await errors.handle(interaction, exc)
+            return False
+        return True
+
+    async def check(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        """Raise a ``UserError`` when this member may not press this button."""
+
+    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        try:
+            async with errors.replying(interaction):
+                await self.run(interaction)
+        except Exception as exc:
+            await errors.handle(interaction, exc)
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        raise NotImplementedError
+
+
+class _JobButton(_Guarded):
+    """Shared behaviour of the job buttons; subclasses add the DynamicItem template.
+
+    ``moderator_permission``: besides the member who asked for the image, who may press it
+    (None: everyone); ``denied`` is what anyone else reads.
+    """
 
     action: ClassVar[str]
     label: ClassVar[str]
     emoji: ClassVar[str | None] = None
     button_style: ClassVar[discord.ButtonStyle] = discord.ButtonStyle.secondary
+    moderator_permission: ClassVar[str | None] = None
+    denied: ClassVar[str] = ""
 
     def __init__(self, job_key: str) -> None:
         button: discord.ui.Button[Any] = discord.ui.Button(
@@ -53,15 +107,14 @@ class _JobButton:
     ) -> Any:
         return cls(match["key"])
 
-    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        try:
-            async with errors.replying(interaction):
-                await self.run(interaction)
-        except Exception as exc:
-            await errors.handle(interaction, exc)
-
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        raise NotImplementedError
+    async def check(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        if self.moderator_permission is None:
+            return
+        row = await job_row(interaction, self.job_key)
+        if interaction.user.id != row.user_id and not has_permission(
+            interaction, self.moderator_permission
+        ):
+            raise errors.UserError(self.denied)
 
 
 class RerollButton(
@@ -95,7 +148,8 @@ class DetailsButton(
     emoji = "ℹ️"
 
     async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        await interaction.client.jobs.details(interaction, self.job_key)
+        row = await job_row(interaction, self.job_key)
+        await errors.send_ephemeral(interaction, embed=render.details_embed(row))
 
 
 class DeleteButton(
@@ -105,9 +159,19 @@ class DeleteButton(
     label = "Delete"
     emoji = "🗑️"
     button_style = discord.ButtonStyle.danger
+    moderator_permission = "manage_messages"
+    denied = "Only the person who asked for this image or a moderator can delete it."
 
     async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        await interaction.client.jobs.delete(interaction, self.job_key)
+        await interaction.response.defer()
+        try:
+            await interaction.delete_original_response()
+        except discord.HTTPException:
+            if interaction.message is None:
+                raise
+            await interaction.message.delete()
+        await db.set_message(interaction.client.db, self.job_key, message_id=None)
+        logger.info("job %s: image deleted by user %s", self.job_key, interaction.user.id)
 
 
 class CancelButton(
@@ -117,6 +181,8 @@ class CancelButton(
     label = "Cancel"
     emoji = "✖️"
     button_style = discord.ButtonStyle.danger
+    moderator_permission = "manage_guild"
+    denied = "Only the person who asked for this image or a server admin can cancel it."
 
     async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
         await interaction.client.jobs.cancel(interaction, self.job_key)
@@ -141,6 +207,7 @@ def result_view(job_key: str) -> discord.ui.View:
 
 
 class HistoryButton(
+    _Guarded,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=r"imagine:hist:(?P<viewer>[0-9]{1,20}):(?P<target>[0-9]{1,20}):(?P<page>[0-9]{1,6}):(?P<dir>[pn])",
 ):
@@ -177,34 +244,30 @@ class HistoryButton(
             disabled=False,
         )
 
-    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        try:
-            async with errors.replying(interaction):
-                if interaction.user.id != self.viewer_id:
-                    raise errors.UserError(
-                        "Only the person who opened this list can turn its pages."
-                    )
-                if self.target_id != self.viewer_id and not can_view_others(interaction):
-                    raise errors.UserError(
-                        "You need the **Manage Server** permission to see another member's history."
-                    )
-                embed, view = await history_page(
-                    interaction.client,
-                    viewer_id=self.viewer_id,
-                    target_id=self.target_id,
-                    target_name=await _display_name(interaction, self.target_id),
-                    guild_id=interaction.guild_id,
-                    page=self.page,
-                )
-                await interaction.response.edit_message(
-                    embed=embed, view=view, allowed_mentions=errors.NO_MENTIONS
-                )
-        except Exception as exc:
-            await errors.handle(interaction, exc)
+    async def check(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        if interaction.user.id != self.viewer_id:
+            raise errors.UserError("Only the person who opened this list can turn its pages.")
+        if self.target_id != self.viewer_id and not can_view_others(interaction):
+            raise errors.UserError(
+                "You need the **Manage Server** permission to see another member's history."
+            )
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        embed, view = await history_page(
+            interaction.client,
+            viewer_id=self.viewer_id,
+            target_id=self.target_id,
+            target_name=await _display_name(interaction, self.target_id),
+            guild_id=interaction.guild_id,
+            page=self.page,
+        )
+        await interaction.response.edit_message(
+            embed=embed, view=view, allowed_mentions=errors.NO_MENTIONS
+        )
 
 
 def can_view_others(interaction: discord.Interaction[Any]) -> bool:
-    return interaction.guild_id is not None and interaction.permissions.manage_guild
+    return has_permission(interaction, "manage_guild")
 
 
 async def _display_name(interaction: discord.Interaction[Any], user_id: int) -> str:

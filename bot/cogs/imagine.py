@@ -9,7 +9,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import errors, render
-from bot.jobs import ImagineParams
+from bot.guild_settings import style_choices
+from bot.imagine import ImagineParams
 from engine.contract import Mode
 from engine.presets import ASPECTS, DEFAULT_ASPECT, MAX_PROMPT_CHARS, MAX_SEED, MODES
 
@@ -65,22 +66,7 @@ class ImagineCog(commands.Cog):
         self, interaction: discord.Interaction[ImagineBot], current: str
     ) -> list[app_commands.Choice[str]]:
         """This server's styles plus the built-ins, best matches first (Discord shows 25)."""
-        styles = await self.bot.jobs.styles(interaction.guild_id)
-        needle = current.strip().casefold()
-        starts = [s for s in styles if s.name_key.startswith(needle)]
-        contains = [s for s in styles if needle and needle in s.name_key and s not in starts]
-        described = [
-            s
-            for s in styles
-            if needle and needle in s.description.casefold() and s not in starts + contains
-        ]
-        choices = []
-        for style in (starts + contains + described)[:25]:
-            label = style.name if not style.description else f"{style.name} — {style.description}"
-            choices.append(
-                app_commands.Choice(name=render.clip(label, 100), value=style.name[:100])
-            )
-        return choices
+        return style_choices(await self.bot.guild_settings.styles(interaction.guild_id), current)
 
 
 async def setup(bot: ImagineBot) -> None:

@@ -10,7 +10,8 @@ from discord.ext import commands
 
 import db
 from bot import errors, render
-from bot.jobs import utcnow
+from bot.imagine import utcnow
+from bot.imagine.policy import is_exempt
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -25,9 +26,9 @@ class QuotaCog(commands.Cog):
     @app_commands.allowed_installs(guilds=True, users=False)
     async def quota(self, interaction: discord.Interaction[ImagineBot]) -> None:
         async with errors.replying(interaction):
-            jobs = self.bot.jobs
-            config = await jobs.guild_config(interaction.guild_id)
-            exempt = jobs.is_exempt(interaction.user, config)
+            guilds = self.bot.guild_settings
+            config = await guilds.config(interaction.guild_id)
+            exempt = is_exempt(interaction.user, config)
             status = await db.quota_status(
                 self.bot.db,
                 guild_id=interaction.guild_id,
@@ -39,24 +40,19 @@ class QuotaCog(commands.Cog):
             active = await db.count_active(
                 self.bot.db, guild_id=interaction.guild_id, user_id=interaction.user.id
             )
-            where = "in direct messages" if interaction.guild_id is None else "in this server"
-            if status.limit is None:
-                why = "one of your roles is exempt" if exempt else "this server sets no daily limit"
-                lines = [f"You can make as many images as you like {where}: {why}."]
-                lines.append(f"Used today: **{status.used}**.")
-            else:
-                left = f"**{status.remaining}** of **{status.limit}**"
-                lines = [
-                    f"You have {left} images left today {where}.",
-                    f"Used today: **{status.used}**. "
-                    f"The count resets {render.reset_time(status.resets_at)}.",
-                ]
-            cap = config.max_queued
-            if cap:
-                lines.append(f"Waiting or being made now: **{active}** (at most {cap} at once).")
-            elif active:
-                lines.append(f"Waiting or being made now: **{active}**.")
-            await errors.send_ephemeral(interaction, "\n".join(lines))
+            queue = await guilds.queue_limit(config)
+            text = render.quota_text(
+                in_dms=interaction.guild_id is None,
+                used=status.used,
+                limit=status.limit,
+                remaining=status.remaining,
+                resets_at=status.resets_at,
+                exempt=exempt,
+                active=active,
+                queue_limit=queue.limit,
+                ceiling_binds=queue.by_ceiling,
+            )
+            await errors.send_ephemeral(interaction, text)
 
 
 async def setup(bot: ImagineBot) -> None:

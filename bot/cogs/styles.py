@@ -1,4 +1,7 @@
-"""/styles: a server's own prompt templates (Manage Server)."""
+"""/styles: a server's own prompt templates (Manage Server).
+
+Changes go through ``bot.guild_settings``, which keeps /imagine's style cache right by itself.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import db
 from bot import errors, render
 from bot.cogs._admin import ADMIN_PERMISSIONS, require_manage_guild
 from bot.errors import UserError
-from engine.contract import StyleSpec
+from bot.guild_settings import style_choices
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -51,28 +54,6 @@ def _check_text(value: str | None, limit: int, what: str) -> str:
     return cleaned
 
 
-def style_embed(style: db.Style, sample: str) -> discord.Embed:
-    spec = StyleSpec(style.name, style.template, style.negative or "")
-    origin = "built-in" if style.builtin else "this server's own"
-    embed = discord.Embed(title=f"Style: {render.shown(style.name, 64)}", colour=render.COLOR_INFO)
-    embed.description = render.shown(style.description, 200) if style.description else None
-    embed.add_field(
-        name="Template", value=f"```{render.clip(style.template, 1000)}```", inline=False
-    )
-    embed.add_field(
-        name="Negative",
-        value=render.shown(style.negative, 1000) if style.negative else "(none)",
-        inline=False,
-    )
-    embed.add_field(
-        name=f"Prompt the model reads for “{render.clip(sample, 60)}”",
-        value=render.shown(spec.apply(sample), 1000),
-        inline=False,
-    )
-    embed.set_footer(text=origin)
-    return embed
-
-
 class StylesCog(commands.Cog):
     styles = app_commands.Group(
         name="styles",
@@ -106,22 +87,19 @@ class StylesCog(commands.Cog):
             assert interaction.guild_id is not None
             cleaned = _check_name(name)
             try:
-                style = await db.add_style(
-                    self.bot.db,
+                style = await self.bot.guild_settings.add_style(
                     interaction.guild_id,
                     cleaned,
-                    _check_template(template),
-                    _check_text(negative, MAX_NEGATIVE, "negative prompt"),
-                    _check_text(description, MAX_DESCRIPTION, "description"),
+                    template=_check_template(template),
+                    negative=_check_text(negative, MAX_NEGATIVE, "negative prompt"),
+                    description=_check_text(description, MAX_DESCRIPTION, "description"),
                     created_by=interaction.user.id,
                 )
             except db.StyleExists:
-                self.bot.jobs.forget(interaction.guild_id)
                 raise UserError(
                     f"This server already has a style called “{render.shown(cleaned, 64)}”. "
                     "Use `/styles edit` to change it."
                 ) from None
-            self.bot.jobs.forget(interaction.guild_id)
             shadow = ""
             builtin = await db.get_style(self.bot.db, None, cleaned)
             if builtin is not None:
@@ -129,7 +107,7 @@ class StylesCog(commands.Cog):
             await errors.send_ephemeral(
                 interaction,
                 f"Added the style “{render.shown(style.name, 64)}”.{shadow}",
-                embed=style_embed(style, SAMPLE_PROMPT),
+                embed=render.style_embed(style, SAMPLE_PROMPT),
             )
 
     @styles.command(name="edit", description="Change one of this server's styles")
@@ -152,8 +130,7 @@ class StylesCog(commands.Cog):
             if template is None and negative is None and description is None:
                 raise UserError("Tell me what to change: a template, negative or description.")
             try:
-                style = await db.edit_style(
-                    self.bot.db,
+                style = await self.bot.guild_settings.edit_style(
                     interaction.guild_id,
                     name,
                     template=_check_template(template) if template is not None else None,
@@ -168,11 +145,10 @@ class StylesCog(commands.Cog):
                 raise UserError(
                     _not_own(name, await db.get_style(self.bot.db, None, name))
                 ) from None
-            self.bot.jobs.forget(interaction.guild_id)
             await errors.send_ephemeral(
                 interaction,
                 f"Updated the style “{render.shown(style.name, 64)}”.",
-                embed=style_embed(style, SAMPLE_PROMPT),
+                embed=render.style_embed(style, SAMPLE_PROMPT),
             )
 
     @styles.command(name="remove", description="Remove one of this server's styles")
@@ -180,8 +156,7 @@ class StylesCog(commands.Cog):
     async def remove(self, interaction: discord.Interaction[ImagineBot], name: str) -> None:
         async with errors.replying(interaction):
             assert interaction.guild_id is not None
-            removed = await db.remove_style(self.bot.db, interaction.guild_id, name)
-            self.bot.jobs.forget(interaction.guild_id)
+            removed = await self.bot.guild_settings.remove_style(interaction.guild_id, name)
             if not removed:
                 raise UserError(_not_own(name, await db.get_style(self.bot.db, None, name)))
             await errors.send_ephemeral(
@@ -191,25 +166,8 @@ class StylesCog(commands.Cog):
     @styles.command(name="list", description="Every style members can pick here")
     async def list_(self, interaction: discord.Interaction[ImagineBot]) -> None:
         async with errors.replying(interaction):
-            styles = await self.bot.jobs.styles(interaction.guild_id)
-            own = [s for s in styles if not s.builtin]
-            builtin = [s for s in styles if s.builtin]
-            embed = discord.Embed(title="Styles", colour=render.COLOR_INFO)
-
-            def lines(rows: list[db.Style]) -> str:
-                out = []
-                for s in rows:
-                    desc = f" — {render.shown(s.description, 80)}" if s.description else ""
-                    out.append(f"**{render.shown(s.name, 32)}**{desc}")
-                return (
-                    render.clip("\n".join(out), 1024)
-                    if out
-                    else "(none yet: add one with `/styles add`)"
-                )
-
-            embed.add_field(name=f"This server's own ({len(own)})", value=lines(own), inline=False)
-            embed.add_field(name=f"Built-in ({len(builtin)})", value=lines(builtin), inline=False)
-            await errors.send_ephemeral(interaction, embed=embed)
+            styles = await self.bot.guild_settings.styles(interaction.guild_id)
+            await errors.send_ephemeral(interaction, embed=render.styles_list_embed(styles))
 
     @styles.command(name="preview", description="Show what the model reads with a style")
     @app_commands.describe(
@@ -225,32 +183,21 @@ class StylesCog(commands.Cog):
                     f"There is no style called “{render.shown(name.strip(), 64)}” here."
                 )
             sample = (prompt or "").strip() or SAMPLE_PROMPT
-            await errors.send_ephemeral(interaction, embed=style_embed(style, sample))
+            await errors.send_ephemeral(interaction, embed=render.style_embed(style, sample))
 
     @edit.autocomplete("name")
     @remove.autocomplete("name")
     async def own_style_autocomplete(
         self, interaction: discord.Interaction[ImagineBot], current: str
     ) -> list[app_commands.Choice[str]]:
-        styles = await self.bot.jobs.styles(interaction.guild_id)
-        needle = current.strip().casefold()
-        return [
-            app_commands.Choice(name=s.name[:100], value=s.name[:100])
-            for s in styles
-            if not s.builtin and needle in s.name_key
-        ][:25]
+        styles = await self.bot.guild_settings.styles(interaction.guild_id)
+        return style_choices(styles, current, own_only=True)
 
     @preview.autocomplete("name")
     async def any_style_autocomplete(
         self, interaction: discord.Interaction[ImagineBot], current: str
     ) -> list[app_commands.Choice[str]]:
-        styles = await self.bot.jobs.styles(interaction.guild_id)
-        needle = current.strip().casefold()
-        return [
-            app_commands.Choice(name=s.name[:100], value=s.name[:100])
-            for s in styles
-            if needle in s.name_key
-        ][:25]
+        return style_choices(await self.bot.guild_settings.styles(interaction.guild_id), current)
 
 
 def _clear(value: str, limit: int, what: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 import simcord
 from discord import app_commands
 
-from tests.bot.conftest import Harness, attachment_bytes, png_parameters
+from tests.bot.harness import Harness, attachment_bytes, png_parameters
 
 
 def fields(embed: discord.Embed) -> dict[str, str]:
@@ -107,7 +107,7 @@ async def test_admin_commands_are_denied_to_members(
     errors = harness.env.errors
     assert errors and isinstance(errors[-1], app_commands.MissingPermissions)
     assert await harness.rows() == []
-    config = await harness.bot.jobs.guild_config(harness.guild.id)
+    config = await harness.bot.guild_settings.config(harness.guild.id)
     assert config.daily_quota == 25 and config.blocked_words == ()
 
 
@@ -120,9 +120,10 @@ async def test_limits(harness: Harness) -> None:
 
     updated = await admin.slash(harness.channel, "limits set", daily_quota=1, max_queued=0)
     after = fields(updated.response.embeds[0])
-    assert (
-        after["Daily quota"] == "1 per member per day"
-        and after["Waiting or running at once"] == "no limit"
+    # No cap of the server's own: the engine's ceiling is what applies, and the embed says so.
+    assert after["Daily quota"] == "1 per member per day"
+    assert after["Waiting or running at once"] == (
+        "no limit\nAt most 25 per member: the bot-wide ceiling."
     )
     empty = await admin.slash(harness.channel, "limits set")
     assert "Give a `daily_quota`" in empty.response.content
@@ -143,13 +144,13 @@ async def test_limits(harness: Harness) -> None:
 
     other = harness.guild.create_text_channel("gallery")
     await admin.slash(harness.channel, "limits channels add", channel=other)
-    config = await harness.bot.jobs.guild_config(harness.guild.id)
+    config = await harness.bot.guild_settings.config(harness.guild.id)
     assert config.allowed_channels == (other.id,)
     cleared = await admin.slash(harness.channel, "limits channels remove", channel=other)
     assert "works in every channel again" in cleared.response.content
     await admin.slash(harness.channel, "limits channels add", channel=other)
     await admin.slash(harness.channel, "limits channels clear")
-    assert (await harness.bot.jobs.guild_config(harness.guild.id)).allowed_channels == ()
+    assert (await harness.bot.guild_settings.config(harness.guild.id)).allowed_channels == ()
 
     reset = await admin.slash(harness.channel, "limits reset")
     assert fields(reset.response.embeds[0])["Daily quota"] == "25 per member per day (bot default)"

@@ -24,7 +24,7 @@ from bot.app import ImagineBot
 from bot.health import HealthServer
 from bot.logsetup import REDACTED, RedactSecrets
 from bot.settings import BotSettings
-from tests.bot.conftest import Harness
+from tests.bot.harness import Harness
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.Gabcde.fake-token-value-for-tests-only-0123456789"
@@ -102,7 +102,7 @@ def test_redaction_filter_hides_the_token_everywhere() -> None:
 
 def test_bot_package_never_imports_torch() -> None:
     code = (
-        "import sys, bot, bot.app, bot.jobs, bot.views, bot.health, bot.__main__\n"
+        "import sys, bot, bot.app, bot.imagine, bot.views, bot.health, bot.__main__\n"
         "import bot.cogs.imagine, bot.cogs.history, bot.cogs.styles, bot.cogs.admin\n"
         "import bot.cogs.quota, bot.cogs.status\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.bot.conftest import Harness, attachment_bytes, png_parameters
+from tests.bot.harness import Harness, attachment_bytes, png_parameters
 
 USERS = 20
 JOBS_EACH = 2

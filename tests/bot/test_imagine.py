@@ -14,7 +14,7 @@ from PIL import Image
 import db
 from bot import metrics
 from engine.presets import MAX_PROMPT_CHARS, image_size
-from tests.bot.conftest import Harness, attachment_bytes, png_parameters
+from tests.bot.harness import Harness, attachment_bytes, png_parameters
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -103,7 +103,7 @@ async def test_imagine_answers_shows_progress_then_the_image(harness: Harness) -
 
 @pytest.mark.parametrize("settings_overrides", [{"default_mode": "standard"}])
 async def test_defaults_and_random_seed(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="bot.jobs")
+    caplog.set_level(logging.INFO, logger="bot.imagine.service")
     bob = harness.member("bob")
     result = await bob.slash(harness.channel, "imagine", prompt="  a cat  ")
     await harness.wait_jobs()

@@ -1,0 +1,169 @@
+"""How a job ends: the image uploaded, or the failure told; always the row, the metric and
+the message together.
+
+``Finisher.end`` is the one end-of-job path. An image delivered, an engine failure, a cancel, an
+upload Discord refused, a reply nobody could see and a job a restart could not resume all go
+through it: the row is recorded (done, or failed/cancelled with the quota unit refunded exactly
+once), the ``imagine_jobs_total`` outcome is counted, and the member is shown the ending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+import db
+from bot import metrics, render, views
+from bot.delivery import MessageGone, StatusMessage, fit_to_limit
+from bot.imagine.job import Job, Outcome, utcnow
+from engine.contract import FailureKind, JobFailed, JobResult
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+logger = logging.getLogger(__name__)
+
+Show = Callable[[str], Awaitable[Any]]
+
+
+def shows_on(target: StatusMessage) -> Show:
+    """A job's message becomes the text of its ending: no image, no buttons left to press."""
+
+    async def show(text: str) -> None:
+        await target.edit(content=text, embed=None, attachments=[], view=None)
+
+    return show
+
+
+class Finisher:
+    """Ends jobs: ``deliver`` for a result, ``end`` for every outcome."""
+
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    @property
+    def db(self) -> db.Database:
+        assert self.bot.db is not None
+        return self.bot.db
+
+    async def deliver(self, job: Job, result: JobResult) -> str:
+        """Write the result down, upload the image, then end the job as done.
+
+        The row holds the whole result *before* the upload (status ``delivering``): a crash in
+        the middle of it leaves the next start everything it needs without reading anything
+        back from Discord but the message's buttons.
+        """
+        if job.reporter is not None:
+            await job.reporter.close()
+        fields = db.JobResultFields(
+            seed=result.seed,
+            width=result.width,
+            height=result.height,
+            steps=result.steps,
+            true_cfg_scale=result.true_cfg_scale,
+            mode_used=str(result.mode),
+            model=result.model,
+            queued_s=result.queued_s,
+            run_s=result.run_s,
+            worker=result.worker,
+            note=result.note,
+        )
+        row = await db.record_result(self.db, job.key, fields, now=utcnow())
+        if row.finished:
+            # Exactly once: a finished row was delivered (or ended) already.
+            logger.info("job %s already %s; not posting it again", job.key, row.status)
+            return str(row.status)
+        requester = job.requester or self.bot.get_user(job.user_id)
+        if requester is None:  # a job resumed after a restart: only its id is known
+            with contextlib.suppress(discord.HTTPException):
+                requester = await self.bot.fetch_user(job.user_id)
+
+        async def make_file(limit: int) -> tuple[discord.File, str | None]:
+            stem = f"imagine-{result.seed}"
+            data, filename, note = await asyncio.to_thread(fit_to_limit, result.png, limit, stem)
+            return discord.File(io.BytesIO(data), filename=filename), note
+
+        def embed_for(filename: str, note: str | None) -> discord.Embed:
+            return render.result_embed(
+                result,
+                requester=requester,
+                requester_id=job.user_id,
+                filename=filename,
+                conversion_note=note,
+                negative_prompt=job.negative,
+            )
+
+        try:
+            message_id = await job.target.deliver(
+                make_file=make_file,
+                embed_for=embed_for,
+                view=views.result_view(job.key),
+                done_text=render.delivered_elsewhere_text(job.header),
+            )
+        except (discord.HTTPException, MessageGone) as exc:
+            logger.error("job %s: the image could not be delivered: %s", job.key, exc)
+            failure = JobFailed(FailureKind.ERROR, "Discord did not accept the finished image here")
+            ending = Outcome.failed(failure, error=f"could not deliver the image: {exc}")
+            await self.end_job(job, ending)
+            return "undeliverable"
+        return await self.end_job(
+            job, Outcome.delivered(message_id, run_s=result.run_s, steps=result.steps)
+        )
+
+    async def end(
+        self,
+        key: str,
+        outcome: Outcome,
+        *,
+        show: Show | None = None,
+        header: str = "",
+        requester_id: int = 0,
+    ) -> str:
+        """End a job: record it (done, or failed/cancelled with its quota unit refunded),
+        count it, and show the member its ending through ``show``. Returns the row's status.
+
+        A job the row says is done already (someone delivered it) is never turned into a
+        failure; its image is never overwritten with an error.
+        """
+        now = utcnow()
+        if outcome.status == db.GenerationStatus.DONE:
+            row = await db.complete_generation(self.db, key, message_id=outcome.message_id, now=now)
+            if row.status == db.GenerationStatus.DONE:
+                metrics.JOBS.labels("done").inc()
+                if outcome.run_s is not None:
+                    metrics.SECONDS_PER_IMAGE.observe(outcome.run_s)
+                    if outcome.steps:
+                        metrics.SECONDS_PER_STEP.observe(outcome.run_s / outcome.steps)
+            return str(row.status)
+        row = await db.fail_generation(
+            self.db,
+            key,
+            status=outcome.status,
+            error=outcome.error if outcome.error is not None else outcome.reason,
+            now=now,
+        )
+        if row.status == db.GenerationStatus.DONE:
+            return str(row.status)
+        metrics.JOBS.labels(outcome.metric or str(row.status)).inc()
+        if show is not None:
+            try:
+                await show(outcome.text(header, requester_id))
+            except (discord.HTTPException, MessageGone) as exc:
+                logger.warning("could not show how job %s ended: %s", key, exc)
+        return str(row.status)
+
+    async def end_job(self, job: Job, outcome: Outcome) -> str:
+        """``end`` for a job this process follows: its message shows the ending."""
+        return await self.end(
+            job.key,
+            outcome,
+            show=shows_on(job.target),
+            header=job.header,
+            requester_id=job.user_id,
+        )

@@ -1,0 +1,181 @@
+"""Following jobs while they wait and render: live progress edits, places in line, and the
+tasks that wait for each result.
+
+Engine progress arrives once per denoising step; each job's ``ProgressReporter`` turns it into
+sparse edits of its status message. When the line moves, waiting members are told their new
+place, sparingly far back in a long line (Discord's rate limit is shared by every job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import db
+from bot import metrics, render, views
+from bot.imagine.job import Job, utcnow
+from bot.progress import ProgressReporter
+from engine.contract import ImageBackend, Progress, ProgressCallback
+
+logger = logging.getLogger(__name__)
+
+# At shutdown, how long a job that is already delivering (or reporting its failure) may take to
+# finish: cutting it off mid-upload would leave the row unfinished, and the next start would
+# have to look for the image before it could end the job.
+FINISH_GRACE_S = 20.0
+
+
+class Follower:
+    """The jobs this process follows, by key, and every task working for them."""
+
+    def __init__(
+        self,
+        backend: Callable[[], ImageBackend],
+        database: Callable[[], db.Database],
+        *,
+        interval_s: float,
+    ) -> None:
+        self._backend = backend
+        self._database = database
+        self._interval_s = interval_s
+        self.jobs: dict[str, Job] = {}
+        # Progress that arrived before the job's status message existed.
+        self._early: dict[str, Progress] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], *, context: contextvars.Context | None = None
+    ) -> asyncio.Task[Any]:
+        """A task this follower owns: kept alive until done, cancelled at ``close``."""
+        loop = asyncio.get_running_loop()
+        task = (
+            loop.create_task(coro, context=context)
+            if context is not None
+            else loop.create_task(coro)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def owners(self) -> dict[str, int]:
+        """Requester of every job this process follows, by job key."""
+        return {key: job.user_id for key, job in self.jobs.items()}
+
+    # ------------------------------------------------------------------ progress
+    def on_progress(self, key: str) -> ProgressCallback:
+        """The engine's per-step callback for one job (cheap: it runs once per step)."""
+
+        def on_progress(progress: Progress) -> None:
+            job = self.jobs.get(key)
+            if job is None:
+                self._early[key] = progress
+                return
+            job.progress = progress
+            if not job.running:
+                job.running = True
+                self.spawn(self._mark_running(key), context=job.context)
+            if job.reporter is not None:
+                job.reporter.update(f"{job.header}\n{render.progress_line(progress)}")
+
+        return on_progress
+
+    async def _mark_running(self, key: str) -> None:
+        try:
+            await db.mark_running(self._database(), key, now=utcnow())
+        except Exception:
+            logger.exception("could not mark job %s running", key)
+        await self.refresh_positions()
+
+    def follow(
+        self,
+        job: Job,
+        run: Callable[[Job], Coroutine[Any, Any, None]],
+        *,
+        shown_text: str | None = None,
+    ) -> None:
+        """Start following ``job``: its progress edits, then ``run(job)`` until it ends.
+
+        ``shown_text`` is what its message shows already (so the first edit waits a full
+        interval instead of repeating it).
+        """
+
+        async def edit(text: str) -> None:
+            await job.target.edit(content=text, view=views.status_view(job.key))
+
+        job.reporter = ProgressReporter(edit, interval=self._interval_s, label=job.key)
+        if shown_text is not None:
+            job.reporter.mark_shown(shown_text)
+        self.jobs[job.key] = job
+        early = self._early.pop(job.key, None)
+        if early is not None:
+            self.on_progress(job.key)(early)
+        metrics.QUEUE_DEPTH.set(len(self.jobs))
+        job.task = self.spawn(run(job), context=job.context)
+
+    def release(self, key: str, *, line_moved: bool = True) -> None:
+        """Stop following a job that ended; the members behind it move up."""
+        self.jobs.pop(key, None)
+        self._early.pop(key, None)
+        metrics.QUEUE_DEPTH.set(len(self.jobs))
+        if line_moved and not self.closing:
+            self.spawn(self.refresh_positions())
+
+    def drop_early(self, key: str) -> None:
+        """Forget progress of a job that will never be followed (its message failed)."""
+        self._early.pop(key, None)
+
+    # ------------------------------------------------------------------ places in line
+    async def position(self, key: str) -> int | None:
+        try:
+            return await self._backend().position(key)
+        except Exception as exc:  # a position is a nicety; never fail a job for it
+            logger.debug("position of %s unavailable: %s", key, exc)
+            return None
+
+    async def refresh_positions(self) -> None:
+        """Tell waiting members their new place in line when the line moves."""
+        for job in list(self.jobs.values()):
+            if job.running or job.reporter is None or job.reporter.closed:
+                continue
+            position = await self.position(job.key)
+            if position is None or position == job.position:
+                continue
+            previous, job.position = job.position, position
+            # Near the front every step counts; far back, only every tenth place is worth an
+            # edit: a long line must not spend Discord's rate limit on "position 143".
+            if position <= 10 or previous is None or position // 10 != previous // 10:
+                job.reporter.update(f"{job.header}\n{render.queued_line(position)}")
+
+    # ------------------------------------------------------------------ shutdown
+    async def close(self, *, grace_s: float = FINISH_GRACE_S) -> None:
+        """Stop following jobs; their rows stay unfinished so the next start resumes them.
+
+        A job already delivering (or telling its failure) gets ``grace_s`` to finish: its row
+        is written down before the upload, but a finished job needs no search at the next start.
+        """
+        self.closing = True
+        finishing = [
+            job.task
+            for job in self.jobs.values()
+            if job.finishing and job.task is not None and not job.task.done()
+        ]
+        for job in list(self.jobs.values()):
+            if job.reporter is not None:
+                job.reporter.abandon()
+        if finishing:
+            logger.info("waiting for %d job(s) that are being delivered", len(finishing))
+            _, late = await asyncio.wait(finishing, timeout=grace_s)
+            if late:
+                logger.warning(
+                    "%d delivery(ies) did not finish in time; they resume at the next start",
+                    len(late),
+                )
+        tasks = [task for task in self._tasks if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

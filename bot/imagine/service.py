@@ -1,0 +1,365 @@
+"""The job path: reserve → submit → answer → follow → finish.
+
+/imagine, Reroll and Variations go through ``_start``; a job resumed after a restart joins at
+``submit``. Every ending (an image delivered, an engine failure, a cancel, an upload Discord
+refused, a reply nobody saw, a job that cannot be resumed) goes through ``Finisher.end``
+(``bot.imagine.finish``), so recording, refunding, counting and telling never drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+import db
+from bot import errors, metrics, render, views
+from bot.delivery import TOKEN_LIFETIME, StatusMessage, interaction_time
+from bot.errors import UserError
+from bot.imagine import policy, recovery
+from bot.imagine.ack import AckGuard
+from bot.imagine.finish import Finisher
+from bot.imagine.following import Follower
+from bot.imagine.job import Job, Outcome, follow_job, request_for, utcnow
+from bot.imagine.policy import Admitted, ImagineParams
+from engine.contract import FailureKind, JobFailed, JobHandle, JobResult, Mode
+from engine.presets import MAX_SEED
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+logger = logging.getLogger(__name__)
+
+VARIATION_COUNT = 2
+
+
+class JobService:
+    """Owns every job this bot process follows."""
+
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+        self.settings = bot.settings
+        self.guilds = bot.guild_settings
+        self.finish = Finisher(bot)
+        self.follower = Follower(
+            lambda: self.bot.backend,
+            lambda: self.db,
+            interval_s=self.settings.progress_interval_s,
+        )
+
+    @property
+    def db(self) -> db.Database:
+        assert self.bot.db is not None
+        return self.bot.db
+
+    @property
+    def backend(self) -> Any:
+        return self.bot.backend
+
+    def active_keys(self) -> list[str]:
+        return list(self.follower.jobs)
+
+    def owners(self) -> dict[str, int]:
+        """Requester of every job this process follows, by job key."""
+        return self.follower.owners()
+
+    # ------------------------------------------------------------------ entry points
+    async def imagine(self, interaction: discord.Interaction[Any], params: ImagineParams) -> None:
+        """/imagine: validate, charge, queue and answer; the job then runs on its own."""
+        async with AckGuard(interaction) as guard:
+            admitted = await policy.admit(
+                interaction,
+                self.guilds,
+                prompt=params.prompt,
+                negative=params.negative,
+                style=params.style,
+                aspect=params.aspect,
+                seed=params.seed,
+            )
+            await self._start(
+                interaction,
+                guard,
+                admitted,
+                aspect=params.aspect,
+                mode=Mode(params.mode),
+                seeds=[params.seed],
+                kind=db.GenerationKind.IMAGINE,
+                parent_key=None,
+            )
+
+    async def reroll(self, interaction: discord.Interaction[Any], parent_key: str) -> None:
+        """Same parameters, new seed: a new generation charged to whoever clicked."""
+        await self._again(interaction, parent_key, kind=db.GenerationKind.REROLL, count=1)
+
+    async def variations(self, interaction: discord.Interaction[Any], parent_key: str) -> None:
+        """Two more seeds of the same prompt: two new generations."""
+        await self._again(
+            interaction, parent_key, kind=db.GenerationKind.VARIATION, count=VARIATION_COUNT
+        )
+
+    async def _again(
+        self, interaction: discord.Interaction[Any], parent_key: str, *, kind: str, count: int
+    ) -> None:
+        async with AckGuard(interaction) as guard:
+            parent = await db.get_generation(self.db, parent_key)
+            if parent is None:
+                raise UserError("I can't find that image any more.")
+            # Today's rules of the server where the button is clicked, not the original's.
+            admitted = await policy.admit(
+                interaction,
+                self.guilds,
+                prompt=parent.prompt,
+                negative=parent.negative_prompt,
+                style=parent.style,
+                aspect=parent.aspect,
+            )
+            await self._start(
+                interaction,
+                guard,
+                admitted,
+                aspect=parent.aspect,
+                mode=Mode(parent.mode),
+                seeds=[None] * count,
+                kind=kind,
+                parent_key=parent.job_key,
+            )
+
+    # ------------------------------------------------------------------ reserve → submit
+    async def _start(
+        self,
+        interaction: discord.Interaction[Any],
+        guard: AckGuard,
+        admitted: Admitted,
+        *,
+        aspect: str,
+        mode: Mode,
+        seeds: list[int | None],
+        kind: str,
+        parent_key: str | None,
+    ) -> None:
+        """Reserve and submit one job per seed, then post their status messages."""
+        planned: list[tuple[db.Generation, JobHandle]] = []
+        shortfall: str | None = None
+        for index, wanted_seed in enumerate(seeds, start=1):
+            key = str(interaction.id) if len(seeds) == 1 else f"{interaction.id}:{index}"
+            new = db.NewGeneration(
+                job_key=key,
+                user_id=interaction.user.id,
+                channel_id=interaction.channel_id,
+                guild_id=interaction.guild_id,
+                prompt=admitted.prompt,
+                style=admitted.style.name,
+                aspect=aspect,
+                mode=str(mode),
+                negative_prompt=admitted.negative,
+                seed=wanted_seed if wanted_seed is not None else secrets.randbelow(MAX_SEED + 1),
+                kind=kind,
+                parent_key=parent_key,
+            )
+            try:
+                started = await self._reserve_and_submit(new, admitted)
+            except UserError as refusal:
+                if not planned:
+                    raise
+                shortfall = render.partial_variations_text(refusal.message)
+                break
+            if started is None:
+                # A redelivered interaction: its job already exists and is followed elsewhere.
+                logger.info("job %s was already reserved; ignoring the repeat", key)
+                if not planned and not interaction.response.is_done():
+                    await interaction.response.defer()
+                break
+            planned.append(started)
+        for index, (row, handle) in enumerate(planned):
+            await self._announce(interaction, guard, row, handle, first=index == 0)
+        if shortfall is not None:
+            await errors.send_ephemeral(interaction, shortfall)
+
+    async def _reserve_and_submit(
+        self, new: db.NewGeneration, admitted: Admitted
+    ) -> tuple[db.Generation, JobHandle] | None:
+        """Charge and write the row, then hand the job to the backend; None for a repeat."""
+        try:
+            row, fresh = await db.reserve_generation(
+                self.db,
+                new,
+                daily_quota=admitted.daily_quota,
+                max_queued=admitted.queue.limit,
+                reset_hour=self.settings.quota_reset_hour,
+                now=utcnow(),
+            )
+        except (db.QuotaExceeded, db.TooManyQueued) as exc:
+            metrics.JOBS.labels("refused").inc()
+            raise UserError(policy.refusal(exc, admitted.queue)) from None
+        if not fresh:
+            return None
+        try:
+            handle = await self.submit(row, admitted.style)
+        except JobFailed as failure:
+            await self.finish.end(row.job_key, Outcome.failed(failure, metric="refused"))
+            raise UserError(failure.user_message) from None
+        return row, handle
+
+    async def submit(self, row: db.Generation, style: db.Style) -> JobHandle:
+        """Hand a job row to the backend (a new job, or one resumed after a restart)."""
+        request = request_for(row, style, deadline_s=self.settings.job_deadline_s)
+        return await self.backend.submit(request, self.follower.on_progress(row.job_key))
+
+    async def _announce(
+        self,
+        interaction: discord.Interaction[Any],
+        guard: AckGuard,
+        row: db.Generation,
+        handle: JobHandle,
+        *,
+        first: bool,
+    ) -> None:
+        """Post a job's status message (the answer itself, or a followup) and follow it."""
+        key = row.job_key
+        position = await self.follower.position(key)
+        text = f"{render.header_of(row)}\n{render.queued_line(position)}"
+        followup: discord.WebhookMessage | None = None
+        try:
+            if first:
+                message_id = await guard.respond(text, views.status_view(key))
+            else:
+                followup = await interaction.followup.send(
+                    text,
+                    view=views.status_view(key),
+                    allowed_mentions=errors.NO_MENTIONS,
+                    wait=True,
+                )
+                message_id = followup.id
+        except discord.HTTPException as exc:
+            # Most likely the 3-second window passed (10062): nobody can see this job.
+            logger.warning("could not post the status message of job %s: %s", key, exc)
+            self.follower.drop_early(key)
+            await self.backend.cancel(key)
+            failure = JobFailed(FailureKind.ERROR, "Discord did not accept the reply in time.")
+            await self.finish.end(key, Outcome.failed(failure))
+            return
+        await db.set_message(
+            self.db,
+            key,
+            message_id=message_id,
+            channel_id=interaction.channel_id,
+            interaction_token=interaction.token,
+        )
+        created = interaction_time(str(interaction.id)) or utcnow()
+        target = StatusMessage(
+            self.bot,
+            requester_id=row.user_id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            message_id=message_id,
+            interaction=interaction,
+            followup=followup,
+            token_expires_at=created + TOKEN_LIFETIME,
+            upload_limit=interaction.filesize_limit,
+        )
+        job = follow_job(
+            row,
+            target=target,
+            handle=handle,
+            requested_at=guard.started,
+            requester=interaction.user,
+            position=position,
+        )
+        self.follower.follow(job, self.run, shown_text=text)
+
+    # ------------------------------------------------------------------ the job's life
+    async def run(self, job: Job) -> None:
+        """Wait for the engine's answer, then deliver the image or tell the failure."""
+        outcome = "failed"
+        result: JobResult | None = None
+        try:
+            try:
+                result = await job.handle.result()
+            except JobFailed as failure:
+                job.finishing = True
+                if job.reporter is not None:
+                    await job.reporter.close()
+                ending = Outcome.failed(failure, cancelled_by=job.cancelled_by)
+                outcome = await self.finish.end_job(job, ending)
+                return
+            job.finishing = True
+            outcome = await self.finish.deliver(job, result)
+        except asyncio.CancelledError:
+            # Shutting down: the row stays unfinished and the next start resumes it.
+            outcome = "interrupted"
+            if job.reporter is not None:
+                job.reporter.abandon()
+            raise
+        except Exception:
+            logger.exception("job %s crashed in the bot", job.key)
+            failure = JobFailed(
+                FailureKind.ERROR, "Something went wrong while delivering the image."
+            )
+            try:
+                outcome = await self.finish.end_job(job, Outcome.failed(failure))
+            except Exception:  # the database itself is failing; the next start resumes it
+                logger.exception("job %s could not be ended either", job.key)
+        finally:
+            self.follower.release(job.key, line_moved=outcome != "interrupted")
+            logger.info(
+                "job %s kind=%s user=%s guild=%s outcome=%s queued_s=%.2f run_s=%.2f total_s=%.2f",
+                job.key,
+                job.kind,
+                job.user_id,
+                job.guild_id,
+                outcome,
+                result.queued_s if result else 0.0,
+                result.run_s if result else 0.0,
+                time.perf_counter() - job.requested_at,
+            )
+
+    # ------------------------------------------------------------------ the Cancel button
+    async def cancel(self, interaction: discord.Interaction[Any], key: str) -> None:
+        """Stop a waiting or rendering job (who may: ``views.CancelButton`` checks it)."""
+        row = await db.get_generation(self.db, key)
+        if row is None:
+            raise UserError("I can't find that image any more.")
+        if row.finished:
+            raise UserError("This generation has already finished.")
+        job = self.follower.jobs.get(key)
+        if job is not None:
+            job.cancelled_by = interaction.user.id
+            if not await self.backend.cancel(key):
+                raise UserError("It's too late to cancel: the image is being delivered.")
+            await errors.send_ephemeral(
+                interaction, "Cancelled. It won't count against the daily quota."
+            )
+            return
+        # Nobody in this process follows the job (the backend lost it, or it was never
+        # resumed): make sure the backend drops it, then end it here.
+        await self.backend.cancel(key)
+
+        async def show(text: str) -> None:
+            await interaction.response.edit_message(
+                content=text, view=None, allowed_mentions=errors.NO_MENTIONS
+            )
+
+        status = await self.finish.end(
+            key,
+            Outcome.cancelled(interaction.user.id),
+            show=show,
+            header=render.header_of(row),
+            requester_id=row.user_id,
+        )
+        if status == db.GenerationStatus.DONE:
+            raise UserError("It's too late to cancel: the image was already delivered.")
+        if not interaction.response.is_done():  # the message could not be edited
+            await errors.send_ephemeral(interaction, "Cancelled.")
+
+    # ------------------------------------------------------------------ restarts
+    async def recover(self) -> None:
+        """Resume what a previous run left unfinished (see ``bot.imagine.recovery``)."""
+        await recovery.recover(self)
+
+    async def close(self) -> None:
+        """Stop following jobs; their rows stay unfinished so the next start resumes them."""
+        await self.follower.close()

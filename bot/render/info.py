@@ -1,0 +1,164 @@
+"""Informational answers: /history pages, /quota, and the engine's /status."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import discord
+
+from bot.render.text import (
+    COLOR_FAIL,
+    COLOR_INFO,
+    clip,
+    jump_url,
+    reset_time,
+    seconds,
+    shown,
+    timestamp,
+)
+from engine.contract import EngineStatus
+
+STATUS_ICONS = {
+    "queued": "⏳",
+    "running": "🖌️",
+    "delivering": "📤",
+    "done": "✅",
+    "failed": "❌",
+    "cancelled": "🚫",
+}
+# Statuses whose message is worth a jump link (the image, or the job still in progress).
+_LINKED = ("done", "queued", "running", "delivering")
+
+
+def history_embed(
+    rows: Sequence[Any],
+    *,
+    target_name: str,
+    page: int,
+    pages: int,
+    total: int,
+) -> discord.Embed:
+    embed = discord.Embed(title=f"Generations by {clip(target_name, 200)}", colour=COLOR_INFO)
+    if not rows:
+        embed.description = "No generations yet. Try `/imagine`!"
+        return embed
+    lines = []
+    for row in rows:
+        seed = row.seed_used if row.seed_used is not None else row.seed
+        link = jump_url(row.guild_id, row.channel_id, row.message_id)
+        jump = f" · [jump]({link})" if link and row.status in _LINKED else ""
+        lines.append(
+            f"{STATUS_ICONS.get(row.status, '•')} **{shown(row.prompt, 120)}**\n"
+            f"-# {shown(row.style, 64)} · seed {seed if seed is not None else '?'} · {row.status}"
+            f" · {timestamp(row.created_at)}{jump}"
+        )
+    embed.description = "\n".join(lines)
+    embed.set_footer(text=f"Page {page} of {pages} · {total} in all")
+    return embed
+
+
+def quota_text(
+    *,
+    in_dms: bool,
+    used: int,
+    limit: int | None,
+    remaining: int | None,
+    resets_at: dt.datetime,
+    exempt: bool,
+    active: int,
+    queue_limit: int | None,
+    ceiling_binds: bool,
+) -> str:
+    """/quota: images left today, when the count resets, and the images waiting now.
+
+    ``queue_limit`` is the cap that applies to this member (the server's, or the bot-wide
+    ceiling where ``ceiling_binds``); None when there is none.
+    """
+    where = "in direct messages" if in_dms else "in this server"
+    if limit is None:
+        why = "one of your roles is exempt" if exempt else "this server sets no daily limit"
+        lines = [
+            f"You can make as many images as you like {where}: {why}.",
+            f"Used today: **{used}**.",
+        ]
+    else:
+        lines = [
+            f"You have **{remaining}** of **{limit}** images left today {where}.",
+            f"Used today: **{used}**. The count resets {reset_time(resets_at)}.",
+        ]
+    if queue_limit:
+        ceiling = ": the bot-wide ceiling" if ceiling_binds else ""
+        lines.append(
+            f"Waiting or being made now: **{active}** (at most {queue_limit} at once{ceiling})."
+        )
+    elif active:
+        lines.append(f"Waiting or being made now: **{active}**.")
+    return "\n".join(lines)
+
+
+def status_embed(
+    status: EngineStatus | None,
+    *,
+    uptime_s: float,
+    latency_ms: float | None,
+    error: str | None = None,
+    owners: dict[str, int] | None = None,
+) -> discord.Embed:
+    """``owners`` maps job ids this bot follows to their requesters, so "Running" can say
+    whose image it is instead of an opaque id."""
+    embed = discord.Embed(title="Image engine status", colour=COLOR_INFO)
+    if status is None:
+        embed.colour = COLOR_FAIL
+        embed.description = (
+            f"The image engine did not answer: {clip(error or 'unknown error', 500)}"
+        )
+        embed.add_field(name="Bot uptime", value=seconds(uptime_s), inline=True)
+        return embed
+    state = "ready" if status.ready else "not ready"
+    embed.description = f"**{status.backend}** backend, {state}."
+    embed.add_field(name="Queue", value=f"{status.queue_length} waiting", inline=True)
+    owners = owners or {}
+    running = (
+        ", ".join(
+            f"an image for <@{owners[job]}>" if job in owners else f"job `{job}`"
+            for job in status.running
+        )
+        if status.running
+        else "nothing"
+    )
+    embed.add_field(name="Running", value=clip(running, 1000), inline=True)
+    embed.add_field(name="Model", value=clip(status.model, 1000), inline=False)
+    embed.add_field(name="Memory mode", value=status.memory_mode, inline=True)
+    embed.add_field(name="GPU", value=clip(status.gpu, 200), inline=True)
+    per_step = status.mean_sec_per_step
+    embed.add_field(
+        name="Mean time per step",
+        value=f"{per_step:.3f} s" if per_step is not None else "no images yet",
+        inline=True,
+    )
+    embed.add_field(
+        name="Fast mode",
+        value="available" if status.fast_available else "unavailable (uses standard)",
+        inline=True,
+    )
+    embed.add_field(name="Bot uptime", value=seconds(uptime_s), inline=True)
+    if latency_ms is not None:
+        embed.add_field(name="Gateway latency", value=f"{latency_ms:.0f} ms", inline=True)
+    if status.workers:
+        lines = []
+        for worker in status.workers[:10]:
+            job = f"running `{worker.current_job}`" if worker.current_job else "idle"
+            lines.append(
+                f"**{clip(worker.name, 60)}** · {clip(worker.gpu, 60)} · {worker.memory_mode} · "
+                f"{job} · {worker.jobs_done} done"
+            )
+        if len(status.workers) > 10:
+            lines.append(f"… and {len(status.workers) - 10} more")
+        embed.add_field(
+            name=f"Workers ({len(status.workers)})", value="\n".join(lines), inline=False
+        )
+    if status.note:
+        embed.add_field(name="Note", value=clip(status.note, 1000), inline=False)
+    return embed
