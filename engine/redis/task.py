@@ -93,6 +93,10 @@ class WorkerJobs:
             log_skipped("the job stream", exc)
             self.metrics.outcome("invalid")
             return failure(FailureKind.ERROR, UNREADABLE_JOB_MESSAGE)
+        except JobFailed as exc:  # readable, but bad input (e.g. a source image that is not one)
+            logger.info("job refused: %s", exc)
+            self.metrics.outcome("invalid")
+            return ResultEnvelope.failure(exc).model_dump(mode="json")
         job_id = job.job_id
         picked_at = time.time()
         self.metrics.ack_latency.observe(max(0.0, picked_at - message.dispatched_at))

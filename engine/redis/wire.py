@@ -84,7 +84,8 @@ class JobMessage(_Message):
         )
 
     def job(self) -> JobRequest:
-        """The request inside, or ``WireError`` when it is not a ``JobRequest``."""
+        """The request inside, or ``WireError`` when it is not a ``JobRequest`` (a request
+        that is one but carries bad input raises ``JobFailed(INVALID)``, as it would anywhere)."""
         try:
             return JobRequest.from_dict(self.request)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:

@@ -100,23 +100,31 @@ async def test_job_messages_of_another_version_or_shape_are_skipped_by_the_worke
         request("v99"), submitted_at=time.time(), dispatched_at=time.time(), attempt=1
     )
     await cluster.kick("v99", {**newer.model_dump(mode="json"), "v": 99})
+    # A readable job with bad input inside: refused with the reason, nothing rendered.
+    bad = newer.model_dump(mode="json")
+    bad["request"] = {**bad["request"], "job_id": "bad-img", "init_image": "%%%", "strength": 0.5}
+    await cluster.kick("bad-img", bad)
 
     broker = cluster.backend._broker
     assert broker is not None
 
     async def answered() -> bool:
-        return bool(await cluster.redis.exists(keys.result("v99")))
+        return await cluster.redis.exists(keys.result("v99"), keys.result("bad-img")) == 2
 
-    await eventually(answered, "the newer job to be answered")
+    await eventually(answered, "the unreadable jobs to be answered")
     outcome = parse_result((await broker.result_backend.get_result("v99")).return_value)
     assert isinstance(outcome, JobFailed)
     assert outcome.kind == FailureKind.ERROR
     assert outcome.user_message == UNREADABLE_JOB_MESSAGE
+    refused = parse_result((await broker.result_backend.get_result("bad-img")).return_value)
+    assert isinstance(refused, JobFailed)
+    assert refused.kind == FailureKind.INVALID
+    assert refused.user_message == "The source image could not be decoded."
 
     # The worker is still taking jobs: the next one is delivered, with its progress.
     await assert_next_job_delivered_with_progress(cluster, "u2")
     assert cluster.worker.jobs_done == 1  # the bad messages rendered nothing
-    assert b'imagine_worker_jobs_total{outcome="invalid"} 1.0' in cluster.worker.metrics.render()
+    assert b'imagine_worker_jobs_total{outcome="invalid"} 2.0' in cluster.worker.metrics.render()
     assert "wire version 99 (this side speaks 1)" in skipped(caplog, "the job stream")
     log = caplog.text
     assert "is not a job message; skipped" in log
