@@ -1,7 +1,7 @@
 """Scale-out over Redis: the bot-side ``RedisBackend`` and what ``python -m engine.worker`` uses.
 
-One module per concern, each importable on its own (none of them imports torch, the bot
-imports this package):
+One module per concern, each importable on its own (none of them imports torch: the bot
+imports this package; ``engine.worker`` is the process that runs ``task``):
 
 * ``settings`` — ``RemoteSettings`` (``IMAGINE_REDIS_*`` and friends), ``redact_url``;
 * ``keys`` — every Redis key, channel and the taskiq task name, in one place;
@@ -11,7 +11,9 @@ imports this package):
 * ``broker`` — the taskiq broker, result backend and middleware both sides configure alike;
 * ``presence`` — heartbeats: read by the bot for ``/status``, written by workers with leases;
 * ``ledger`` — a worker's per-job bookkeeping (duplicates, attempts, claims, cancel flags);
-* ``backend`` — ``RedisBackend``, the ``ImageBackend`` of the bot;
+* ``task`` — the worker's taskiq task: one job message in, one result envelope out;
+* ``backend`` — ``RedisBackend``, the ``ImageBackend`` of the bot, and ``loops``, its
+  dispatcher, events and reconcile loops;
 * ``cli`` — ``python -m engine.remote status|generate`` for operators.
 
 This ``__init__`` imports nothing, so importing one part never drags in the others.
