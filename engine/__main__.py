@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny", help="write a tiny random Qwen-Image pipeline (no download)")
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--edit",
+        action="store_true",
+        help="write the tiny QwenImageEditPlusPipeline (for IMAGINE_EDIT_MODEL) instead; its "
+        "text encoder and VAE are the text-to-image build's of the same seed",
+    )
 
     gen = sub.add_parser("generate", help="render one image")
     gen.add_argument("prompt")
@@ -50,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "tiny":
-        from engine.tiny import build_tiny_pipeline
+        from engine.tiny import build_tiny_edit_pipeline, build_tiny_pipeline
 
+        if args.edit:
+            path = build_tiny_edit_pipeline(args.dir, seed=args.seed)
+            print(f"wrote a tiny random Qwen-Image-Edit pipeline to {path}")
+            return 0
         path = build_tiny_pipeline(args.dir, seed=args.seed)
         print(f"wrote a tiny random Qwen-Image pipeline to {path}")
         return 0

@@ -78,6 +78,13 @@ MAX_INIT_IMAGE_PIXELS = 4096 * 4096
 # generations.job_key is a String(32); a parent id is one of those keys.
 MAX_JOB_ID_CHARS = 32
 _IMG2IMG_FIELDS = ("init_image", "strength", "parent_job_id")
+# Edits (/edit): up to three input images, each a normalised RGB PNG (bot.uploads keeps them at
+# most ~2 megapixels, so well under this cap); they travel with the job, through Redis too.
+MAX_EDIT_IMAGES = 3
+MAX_EDIT_IMAGE_BYTES = 8 * 2**20
+# What a worker can run (WorkerInfo.capabilities) and what a job needs (JobRequest.needs).
+CAPABILITY_GENERATE = "generate"
+CAPABILITY_EDIT = "edit"
 
 
 def _b64encode(data: bytes | None) -> str | None:
@@ -114,6 +121,14 @@ class JobRequest:
     init_image: bytes | None = None
     strength: float | None = None
     parent_job_id: str | None = None
+    # Editing (/edit): the input images, first the one to edit; the prompt is the instruction.
+    # Empty for every other job (whose dict then carries no such key).
+    edit_images: tuple[bytes, ...] = ()
+
+    @property
+    def needs(self) -> str:
+        """The capability a worker must have to run this job."""
+        return CAPABILITY_EDIT if self.edit_images else CAPABILITY_GENERATE
 
     def validate(self) -> None:
         """Refuse inconsistent image-to-image fields with ``JobFailed(INVALID)``.
@@ -147,6 +162,24 @@ class JobRequest:
             or not 0 < len(self.parent_job_id) <= MAX_JOB_ID_CHARS
         ):
             raise JobFailed(FailureKind.INVALID, "The parent job id is not valid.")
+        self._validate_edit_images()
+
+    def _validate_edit_images(self) -> None:
+        images = self.edit_images
+        if not isinstance(images, tuple):
+            raise JobFailed(FailureKind.INVALID, "The edit images are not valid.")
+        if len(images) > MAX_EDIT_IMAGES:
+            raise JobFailed(FailureKind.INVALID, f"An edit takes at most {MAX_EDIT_IMAGES} images.")
+        if images and self.init_image is not None:
+            raise JobFailed(FailureKind.INVALID, "An edit cannot also be a variation.")
+        for image in images:
+            if not isinstance(image, bytes) or not image:
+                raise JobFailed(FailureKind.INVALID, "An edit image is empty.")
+            if len(image) > MAX_EDIT_IMAGE_BYTES:
+                raise JobFailed(
+                    FailureKind.INVALID,
+                    f"An edit image is larger than {MAX_EDIT_IMAGE_BYTES // 2**20} MB.",
+                )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -157,6 +190,10 @@ class JobRequest:
         for key in _IMG2IMG_FIELDS:
             if data[key] is None:
                 del data[key]
+        if self.edit_images:
+            data["edit_images"] = [_b64encode(image) for image in self.edit_images]
+        else:
+            del data["edit_images"]
         return data
 
     @classmethod
@@ -165,6 +202,13 @@ class JobRequest:
         fields["style"] = StyleSpec(**fields.get("style") or {})
         fields["mode"] = Mode(fields.get("mode", Mode.STANDARD))
         fields["init_image"] = _b64decode(fields.get("init_image"), "source image")
+        if "edit_images" in fields:
+            images = fields["edit_images"]
+            if not isinstance(images, list | tuple) or len(images) > MAX_EDIT_IMAGES:
+                raise JobFailed(FailureKind.INVALID, "The edit images are not valid.")
+            fields["edit_images"] = tuple(
+                _b64decode(image, "edit image") or b"" for image in images
+            )
         return cls(**fields)
 
 
@@ -255,6 +299,8 @@ class WorkerInfo:
     current_job: str | None = None
     last_seen: float = 0.0
     jobs_done: int = 0
+    # What the worker can run: "generate" (text-to-image, variations) and "edit" (/edit).
+    capabilities: tuple[str, ...] = (CAPABILITY_GENERATE,)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -276,6 +322,9 @@ class EngineStatus:
     # to their server's /limits max_queued first; this is what applies above that, or where a
     # server set no limit. None: the backend has none.
     queued_ceiling_per_user: int | None = None
+    # The models on the accelerator now (text-to-image, edit); an idle one that waits in host
+    # memory is not listed.
+    resident_models: tuple[str, ...] = ()
 
 
 ProgressCallback = Callable[[Progress], None]

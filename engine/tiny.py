@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -66,7 +67,10 @@ _CORPUS = [
     "photorealistic, anime, digital art, oil painting, 3d render, ultra HD, 4K",
     "0123456789 the quick brown fox jumps over the lazy dog",
 ]
+# Qwen's chat tokens, then its vision tokens: the edit pipeline's processor expands
+# <|image_pad|> into one token per merged image patch, and the text encoder's config names them.
 _SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+_VISION_SPECIAL = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
 def _train_tokenizer(out_dir: Path) -> None:
@@ -78,7 +82,7 @@ def _train_tokenizer(out_dir: Path) -> None:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=600,
-        special_tokens=_SPECIAL,
+        special_tokens=_SPECIAL + _VISION_SPECIAL,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -98,9 +102,36 @@ def _train_tokenizer(out_dir: Path) -> None:
             qwen_tok = Qwen2Tokenizer(
                 vocab_file=vocab_file, merges_file=merges_file, unk_token=None, **kwargs
             )
-        qwen_tok.add_special_tokens({"additional_special_tokens": _SPECIAL[1:]})
+        qwen_tok.add_special_tokens({"additional_special_tokens": _SPECIAL[1:] + _VISION_SPECIAL})
         qwen_tok.model_max_length = 2048
         qwen_tok.save_pretrained(out_dir)
+
+
+TINY_TEXT_HIDDEN = 32
+
+
+def tiny_transformer(**overrides: object) -> object:
+    """A random ``QwenImageTransformer2DModel`` with the real block structure, shrunk.
+
+    The text width must match the tiny encoder's hidden size, and ``axes_dims_rope`` must sum
+    to ``attention_head_dim``. The edit checkpoint passes ``zero_cond_t=True`` like
+    Qwen-Image-Edit-2511's transformer config.
+    """
+    from diffusers import QwenImageTransformer2DModel
+
+    config: dict[str, object] = {
+        "patch_size": 2,
+        "in_channels": 64,
+        "out_channels": 16,
+        "num_layers": 2,
+        "attention_head_dim": 16,
+        "num_attention_heads": 2,
+        "joint_attention_dim": TINY_TEXT_HIDDEN,
+        "guidance_embeds": False,
+        "axes_dims_rope": (8, 4, 4),
+    }
+    config.update(overrides)
+    return QwenImageTransformer2DModel(**config)
 
 
 def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
@@ -110,7 +141,6 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
         QwenImagePipeline,
-        QwenImageTransformer2DModel,
     )
     from transformers import (
         AutoTokenizer,
@@ -126,20 +156,8 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
     vocab = len(tokenizer)
 
     torch.manual_seed(seed)
-    hidden = 32
-    # Same block structure as the real 60-layer model, shrunk: the text width must match
-    # the encoder's hidden size, and axes_dims_rope must sum to attention_head_dim.
-    transformer = QwenImageTransformer2DModel(
-        patch_size=2,
-        in_channels=64,
-        out_channels=16,
-        num_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=hidden,
-        guidance_embeds=False,
-        axes_dims_rope=(8, 4, 4),
-    )
+    hidden = TINY_TEXT_HIDDEN
+    transformer = tiny_transformer()
     # 16 latent channels and an 8x spatial factor, like the real VAE, at a fraction of the width.
     vae = AutoencoderKLQwenImage(
         base_dim=16,
@@ -175,11 +193,11 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
         },
         hidden_size=hidden,
         vocab_size=vocab,
-        vision_start_token_id=vocab - 1,
-        vision_end_token_id=vocab - 1,
-        vision_token_id=vocab - 1,
-        image_token_id=vocab - 1,
-        video_token_id=vocab - 1,
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        vision_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
         bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
@@ -232,3 +250,64 @@ def tiny_defaults(model_path: str | Path) -> dict[str, object] | None:
     if not marker.is_file():
         return None
     return json.loads(marker.read_text())
+
+
+# The tiny edit checkpoint: its transformer comes from another seed, everything else is the
+# text-to-image checkpoint's (same code, same seed, so byte-identical files).
+TINY_EDIT_SEED_OFFSET = 1000
+# Image areas the tiny edit model runs at (diffusers' module constants are 384² and 1024²; see
+# engine.edit.processor) and the tiny vision tower's pixel bounds (a 56² image is 16 patches of
+# 14², merged 2×2 into 4 vision tokens).
+TINY_EDIT_CONDITION_AREA = 64 * 64
+TINY_EDIT_VAE_AREA = 64 * 64
+TINY_VISION_PIXELS = (28 * 28, 56 * 56)
+
+
+def build_tiny_edit_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random ``QwenImageEditPlusPipeline`` to ``out_dir`` and return the path.
+
+    Real diffusers format, loaded by the same ``from_pretrained`` code as
+    ``Qwen/Qwen-Image-Edit-2511``: a ``processor/`` folder (the tokenizer plus a
+    ``Qwen2VLImageProcessor``, assembled offline) feeds the tiny Qwen2.5-VL encoder's vision
+    tower. ``text_encoder/``, ``vae/``, ``tokenizer/`` and ``scheduler/`` are written by
+    ``build_tiny_pipeline(seed)`` itself, so they are byte-identical to a text-to-image build of
+    the same seed (the engine then shares those modules); the transformer differs (another seed,
+    ``zero_cond_t`` like 2511's).
+    """
+    import torch
+    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+
+    from engine.edit.processor import (
+        STOCK_PROCESSOR_CLASS,
+        ImageOnlyQwen2VLProcessor,
+        save_processor,
+    )
+
+    out = build_tiny_pipeline(out_dir, seed=seed)
+    torch.manual_seed(seed + TINY_EDIT_SEED_OFFSET)
+    transformer = tiny_transformer(zero_cond_t=True)
+    shutil.rmtree(out / "transformer")
+    transformer.save_pretrained(out / "transformer")  # type: ignore[attr-defined]
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    min_pixels, max_pixels = TINY_VISION_PIXELS
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    processor = ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    save_processor(processor, out / "processor")
+    index_file = out / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index["_class_name"] = "QwenImageEditPlusPipeline"
+    index["processor"] = ["transformers", STOCK_PROCESSOR_CLASS]
+    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    lora = out / TINY_LORA_DIR / TINY_LORA_FILE
+    write_random_lora(transformer, lora, rank=4, seed=seed + TINY_EDIT_SEED_OFFSET)
+    marker = {
+        "tiny": True,
+        "edit": True,
+        "max_side": TINY_MAX_SIDE,
+        "seed": seed,
+        "edit_condition_area": TINY_EDIT_CONDITION_AREA,
+        "edit_vae_area": TINY_EDIT_VAE_AREA,
+    }
+    (out / TINY_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    logger.info("wrote tiny random Qwen-Image-Edit pipeline to %s", out)
+    return out

@@ -1,0 +1,369 @@
+"""``EditGenerator``: Qwen-Image-Edit (``QwenImageEditPlusPipeline``) next to the loaded
+text-to-image pipeline, sharing its text encoder and VAE when they are the same weights.
+
+The recommended call follows the Qwen-Image-Edit-2511 model card's Quick Start (also the
+QwenLM/Qwen-Image README): ``true_cfg_scale=4.0``, ``negative_prompt=" "``,
+``num_inference_steps=40``, ``guidance_scale=1.0`` (ignored by this non-distilled transformer,
+so it is not passed), images as a list of up to three. Quality mode runs diffusers' default of
+50 steps; fast mode needs an edit Lightning LoRA (``IMAGINE_EDIT_LIGHTNING_LORA``, e.g.
+``lightx2v/Qwen-Image-Edit-2511-Lightning``, 4 steps, no CFG, the Lightning scheduler shift) and
+otherwise falls back to the standard call, logged and noted on the result.
+
+Output size: the first image's aspect ratio at diffusers' 1024² target area (multiples of 32).
+diffusers 0.42.1 alone would take the ratio of the *last* image (``image[-1].size``); here the
+first image is the one being edited and the others are references, so the size is passed
+explicitly.
+
+Like ``ImageGenerator``, one thread calls ``generate``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from engine.contract import (
+    MAX_EDIT_IMAGES,
+    FailureKind,
+    JobFailed,
+    JobRequest,
+    JobResult,
+    Mode,
+)
+from engine.edit.images import decode_edit_image, edit_output_size
+from engine.edit.processor import edit_image_sizes, load_processor
+from engine.edit.sharing import same_weights
+from engine.edit.swap import TransformerSwap, choose_residency, module_bytes
+from engine.pipeline import (
+    LIGHTNING_SCHEDULER_OVERRIDES,
+    PROGRESS_SYNC_INTERVAL_S,
+    EngineUnavailable,
+    ImageGenerator,
+    StepCallback,
+    StopCheck,
+    is_oom,
+    png_with_parameters,
+)
+from engine.presets import MAX_SEED, NEUTRAL_NEGATIVE
+from engine.settings import EngineSettings, MemoryMode
+from engine.tiny import tiny_defaults
+
+logger = logging.getLogger(__name__)
+
+EDIT_LORA_ADAPTER = "edit-lightning"
+# Components that may be the text-to-image pipeline's own modules.
+SHARABLE = ("text_encoder", "vae")
+# Model card (Qwen-Image-Edit-2511 Quick Start): 40 steps, true CFG 4.0 with the negative " ".
+EDIT_STEPS = {Mode.QUALITY: 50, Mode.STANDARD: 40}
+EDIT_TRUE_CFG = 4.0
+
+
+class EditUnavailable(RuntimeError):
+    """Editing is off or cannot run here; the message says why, in words a user can read."""
+
+
+class EditGenerator:
+    """The loaded edit pipeline, what it shares with text-to-image, and where its transformer is."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        base: ImageGenerator,
+        *,
+        settings: EngineSettings,
+        model_name: str,
+        shared: dict[str, str],
+        swap: TransformerSwap | None,
+        fast_available: bool,
+        condition_area: int | None = None,
+        vae_area: int | None = None,
+    ) -> None:
+        self.pipe = pipe
+        self.base = base
+        self.settings = settings
+        self.model_name = model_name
+        # component -> why it is (or is not) the text-to-image pipeline's module
+        self.shared = shared
+        self.swap = swap
+        self.fast_available = fast_available
+        self.condition_area = condition_area
+        self.vae_area = vae_area
+        self.max_side = base.max_side
+        self._base_scheduler = pipe.scheduler
+        self._fast_scheduler = None
+        if fast_available:
+            self._fast_scheduler = type(pipe.scheduler).from_config(
+                {**dict(pipe.scheduler.config), **LIGHTNING_SCHEDULER_OVERRIDES}
+            )
+        self._lora_active: bool | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, base: ImageGenerator, settings: EngineSettings | None = None) -> EditGenerator:
+        """Load ``settings.edit_model`` next to ``base``. Raises ``EditUnavailable`` when editing
+        is off (empty setting) and ``EngineUnavailable`` for the real model on a CPU."""
+        from diffusers import QwenImageEditPlusPipeline
+
+        settings = settings or base.settings
+        source = settings.edit_model.strip()
+        if not source:
+            raise EditUnavailable("Image editing is turned off on this server.")
+        tiny = tiny_defaults(source) if Path(source).is_dir() else None
+        if base.device.type == "cpu" and tiny is None and not settings.allow_cpu:
+            raise EngineUnavailable(
+                f"No usable CUDA GPU found, so the edit model {source!r} (20B parameters) will "
+                "not be loaded. For a dry run, build `python -m engine tiny DIR --edit` and set "
+                "IMAGINE_EDIT_MODEL=DIR."
+            )
+        cache_dir = str(settings.hf_cache_dir) if settings.hf_cache_dir else None
+        resident = base.memory_mode == MemoryMode.RESIDENT
+        shared: dict[str, str] = {}
+        components: dict[str, Any] = {}
+        for name in SHARABLE:
+            if not resident:
+                shared[name] = f"not shared: memory mode {base.memory_mode} offloads each pipeline"
+                continue
+            same, why = same_weights(base.model_name, source, name, cache_dir)
+            if same:
+                components[name] = getattr(base.pipe, name)
+            shared[name] = ("shared: " if same else "separate copy: ") + why
+            logger.info("edit %s: %s", name, shared[name])
+        started = time.perf_counter()
+        components["processor"] = load_processor(source, cache_dir)
+        pipe = QwenImageEditPlusPipeline.from_pretrained(
+            source, dtype=base.dtype, cache_dir=cache_dir, **components
+        )
+        pipe.set_progress_bar_config(disable=True)
+        fast_available = cls._load_lightning(pipe, settings)
+        swap = cls._place(pipe, base, source, components)
+        logger.info("loaded edit model %s in %.1fs", source, time.perf_counter() - started)
+        return cls(
+            pipe,
+            base,
+            settings=settings,
+            model_name=source,
+            shared=shared,
+            swap=swap,
+            fast_available=fast_available,
+            condition_area=(tiny or {}).get("edit_condition_area"),
+            vae_area=(tiny or {}).get("edit_vae_area"),
+        )
+
+    @staticmethod
+    def _load_lightning(pipe: Any, settings: EngineSettings) -> bool:
+        """The edit Lightning LoRA for fast edits; without one, fast edits run standard."""
+        lora, weight_name = (
+            settings.edit_lightning_lora.strip(),
+            settings.edit_lightning_weight_name,
+        )
+        if not lora:
+            logger.warning(
+                "fast edits unavailable: IMAGINE_EDIT_LIGHTNING_LORA is not set; fast edit "
+                "requests will run the standard edit call"
+            )
+            return False
+        try:
+            pipe.load_lora_weights(lora, weight_name=weight_name, adapter_name=EDIT_LORA_ADAPTER)
+        except Exception as exc:
+            logger.warning(
+                "fast edits unavailable: could not load the edit Lightning LoRA %s/%s (%s); "
+                "fast edit requests will run the standard edit call",
+                lora,
+                weight_name,
+                exc.__class__.__name__ + ": " + str(exc).splitlines()[0][:200],
+            )
+            return False
+        logger.info("edit Lightning LoRA loaded from %s (%s)", lora, weight_name)
+        return True
+
+    @staticmethod
+    def _place(
+        pipe: Any, base: ImageGenerator, source: str, shared: dict[str, Any]
+    ) -> TransformerSwap | None:
+        """Put the edit pipeline's own modules where they run; the shared ones stay put."""
+        device = base.device
+        if base.memory_mode != MemoryMode.RESIDENT:
+            logger.info("edit pipeline: model CPU offload (memory mode %s)", base.memory_mode)
+            pipe.enable_model_cpu_offload(device=device)
+            return None
+        for name in SHARABLE:
+            if name not in shared:
+                getattr(pipe, name).to(device)
+        free = None
+        if device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(device)
+        keep_all, why = choose_residency(device, free, module_bytes(pipe.transformer))
+        logger.info("edit transformer placement: %s", why)
+        swap = TransformerSwap(device, keep_all=keep_all)
+        swap.add(base.model_name, base.pipe.transformer, on_device=True)
+        if keep_all:
+            pipe.transformer.to(device)
+        swap.add(source, pipe.transformer, on_device=keep_all)
+        return swap
+
+    # --------------------------------------------------------------- residency
+    def resident_models(self) -> tuple[str, ...]:
+        """The models whose transformer is on the accelerator now (for ``/status``)."""
+        return self.swap.resident() if self.swap is not None else ()
+
+    def ensure_resident(self, request: JobRequest) -> float:
+        """Swap in the transformer ``request`` needs (before any job, edit or not, runs on the
+        GPU thread); returns the seconds the swap took."""
+        if self.swap is None:
+            return 0.0
+        return self.swap.activate(self.model_name if request.edit_images else self.base.model_name)
+
+    def info(self) -> dict[str, object]:
+        return {
+            "edit_model": self.model_name,
+            "edit_fast_available": self.fast_available,
+            "shared": dict(self.shared),
+            "resident_models": list(self.resident_models()),
+        }
+
+    # --------------------------------------------------------------- generation
+    def _set_mode(self, fast: bool) -> None:
+        if not self.fast_available or self._lora_active is fast:
+            return
+        if fast:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters([EDIT_LORA_ADAPTER], adapter_weights=[1.0])
+        else:
+            self.pipe.disable_lora()
+        self.pipe.scheduler = self._fast_scheduler if fast else self._base_scheduler
+        self._lora_active = fast
+
+    def plan(self, request: JobRequest, images: list[Image.Image]) -> dict[str, Any]:
+        """Every parameter this edit runs with (also what goes into the PNG's text chunks)."""
+        request.validate()
+        if not images or len(images) > MAX_EDIT_IMAGES:
+            raise JobFailed(FailureKind.INVALID, f"An edit takes one to {MAX_EDIT_IMAGES} images.")
+        mode, note = request.mode, None
+        if mode == Mode.FAST and not self.fast_available:
+            mode = Mode.STANDARD
+            note = "Fast edits are unavailable on this server, so the standard edit ran."
+        fast = mode == Mode.FAST
+        steps = self.settings.edit_lightning_steps if fast else EDIT_STEPS[mode]
+        cfg = 1.0 if fast else EDIT_TRUE_CFG
+        negative = (request.negative_prompt or "").strip() or NEUTRAL_NEGATIVE
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        if not 0 <= seed <= MAX_SEED:
+            raise JobFailed(FailureKind.INVALID, f"Seed must be between 0 and {MAX_SEED}.")
+        width, height = edit_output_size(images[0].width, images[0].height, self.max_side)
+        hashes = [hashlib.sha256(data).hexdigest() for data in request.edit_images]
+        divisor = math.gcd(width, height)
+        return {
+            "instruction": request.prompt,
+            "input_images": ",".join(hashes),
+            "negative_prompt": negative if cfg > 1 else "",
+            "seed": seed,
+            "steps": steps,
+            "true_cfg_scale": cfg,
+            "width": width,
+            "height": height,
+            "size": f"{width}x{height}",
+            "aspect": f"{width // divisor}:{height // divisor}",
+            "mode": str(mode),
+            "requested_mode": str(request.mode),
+            "model": self.model_name,
+            "note": note,
+        }
+
+    def generate(
+        self,
+        request: JobRequest,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> JobResult:
+        """Edit the request's images. Raises ``JobFailed`` for bad input, OOM, cancel, deadline."""
+        request.validate()
+        images = [decode_edit_image(data) for data in request.edit_images]
+        plan = self.plan(request, images)
+        deadline_s = request.deadline_s or self.settings.job_timeout_s
+        started = time.perf_counter()
+        deadline = started + deadline_s
+        stopped: list[FailureKind] = []
+        last_sync = started
+        sync = torch.cuda.synchronize if self.base.device.type == "cuda" else None
+
+        def step_end(pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            nonlocal last_sync
+            step, total = index + 1, plan["steps"]
+            now = time.perf_counter()
+            if on_step is not None and (
+                sync is None or step in (1, total) or now - last_sync >= PROGRESS_SYNC_INTERVAL_S
+            ):
+                if sync is not None:
+                    sync()
+                now = last_sync = time.perf_counter()
+                on_step(step, total, now - started, (now - started) / step)
+            reason = should_stop() if should_stop is not None else None
+            if reason is None and now > deadline:
+                reason = FailureKind.TIMEOUT
+            if reason is not None and not stopped:
+                stopped.append(reason)
+                pipe._interrupt = True  # diffusers skips the remaining steps
+            return kwargs
+
+        self.ensure_resident(request)
+        self._set_mode(plan["mode"] == Mode.FAST)
+        try:
+            with edit_image_sizes(self.condition_area, self.vae_area), torch.inference_mode():
+                output = self.pipe(
+                    image=images,
+                    prompt=plan["instruction"],
+                    negative_prompt=plan["negative_prompt"] or None,
+                    true_cfg_scale=plan["true_cfg_scale"],
+                    width=plan["width"],
+                    height=plan["height"],
+                    num_inference_steps=plan["steps"],
+                    max_sequence_length=self.settings.max_sequence_length,
+                    generator=torch.Generator(device="cpu").manual_seed(plan["seed"]),
+                    callback_on_step_end=step_end,
+                    output_type="pil",
+                )
+        except Exception as exc:
+            if is_oom(exc):
+                self.base.free_memory()
+                logger.warning("edit %s: GPU out of memory (%s)", request.job_id, plan["size"])
+                raise JobFailed(
+                    FailureKind.OOM,
+                    "The GPU ran out of memory for this edit. Try again in a moment, or use "
+                    "fewer or smaller images.",
+                ) from exc
+            raise
+        if stopped:
+            if stopped[0] == FailureKind.TIMEOUT:
+                raise JobFailed(
+                    FailureKind.TIMEOUT, f"The edit took longer than {deadline_s:.0f} s."
+                )
+            raise JobFailed(stopped[0], "The edit was cancelled.")
+        image = output.images[0]
+        png = png_with_parameters(image, {k: v for k, v in plan.items() if v is not None})
+        return JobResult(
+            job_id=request.job_id,
+            png=png,
+            width=image.width,
+            height=image.height,
+            seed=plan["seed"],
+            steps=plan["steps"],
+            true_cfg_scale=plan["true_cfg_scale"],
+            mode=Mode(plan["mode"]),
+            requested_mode=request.mode,
+            style="none",
+            prompt=request.prompt,
+            full_prompt=plan["instruction"],
+            negative_prompt=plan["negative_prompt"],
+            aspect=plan["aspect"],
+            model=self.model_name,
+            run_s=time.perf_counter() - started,
+            note=plan["note"],
+        )

@@ -1,0 +1,166 @@
+"""Two 20B transformers, one accelerator: keep both resident when they fit, else swap.
+
+The text-to-image and the edit pipeline share their text encoder and VAE (``engine.edit.sharing``)
+but each has its own ~41 GB bf16 transformer. On a card with room for both (an H200) both stay on
+the GPU and nothing ever moves. Otherwise the idle transformer waits in pinned host memory and
+``activate`` swaps it in when a job needs it: pinned buffers make the copies asynchronous DMA at
+full PCIe / NVLink-C2C speed instead of pageable copies, and they are allocated once and reused,
+so a swap allocates no host memory. The queue groups jobs by model so swaps stay rare.
+
+On a CPU there is nothing to move (host and device are the same memory): ``TransformerSwap`` then
+only keeps the bookkeeping, which is what the CPU tests can check; pinning needs CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# What a 1024² edit with three input images needs beyond the weights (activations, VAE tiles).
+EDIT_ACTIVATIONS_GIB = 8.0
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def choose_residency(
+    device: torch.device, free_bytes: int | None, extra_bytes: int
+) -> tuple[bool, str]:
+    """Whether a second transformer of ``extra_bytes`` can stay resident next to the first.
+
+    ``free_bytes`` is the GPU's free memory with the text-to-image pipeline already loaded.
+    """
+    if device.type != "cuda" or free_bytes is None:
+        return True, f"{device.type}: both transformers stay in main memory"
+    need = extra_bytes + EDIT_ACTIVATIONS_GIB * 2**30
+    free_gib, need_gib = free_bytes / 2**30, need / 2**30
+    if free_bytes >= need:
+        return True, f"{free_gib:.0f} GiB free >= {need_gib:.0f} GiB: both transformers resident"
+    return False, (
+        f"{free_gib:.0f} GiB free < {need_gib:.0f} GiB: the idle transformer waits in pinned "
+        "host memory and is swapped in on demand"
+    )
+
+
+class TransformerSwap:
+    """Which of several transformers is on the accelerator, and the moves between them.
+
+    Not thread-safe across generators by design: the GPU thread that runs jobs is the only
+    caller of ``activate``; ``resident()`` may be read from anywhere (``/status``).
+    """
+
+    def __init__(self, device: torch.device, *, keep_all: bool) -> None:
+        self.device = device
+        self.keep_all = keep_all
+        self.host = torch.device("cpu")
+        self._pin = device.type == "cuda" and torch.cuda.is_available()
+        self._modules: dict[str, torch.nn.Module] = {}
+        self._on_device: set[str] = set()
+        # One host tensor per parameter/buffer, allocated (pinned) once and reused by every swap.
+        self._host_copies: dict[str, dict[str, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+        self.swaps = 0
+        self.last_swap_s = 0.0
+
+    def add(self, name: str, module: torch.nn.Module, *, on_device: bool) -> None:
+        """Register a transformer; ``on_device`` says where it is now (it is not moved)."""
+        self._modules[name] = module
+        if on_device:
+            self._on_device.add(name)
+        else:
+            self._to_host(name)  # pin it now: the first swap then copies at full speed
+
+    def resident(self) -> tuple[str, ...]:
+        """The names of the transformers on the accelerator now, in registration order."""
+        with self._lock:
+            return tuple(name for name in self._modules if name in self._on_device)
+
+    def is_resident(self, name: str) -> bool:
+        with self._lock:
+            return name in self._on_device
+
+    def activate(self, name: str) -> float:
+        """Make ``name``'s transformer resident, moving the others to host when they can't
+        stay; returns the seconds the swap took (0.0 when nothing moved)."""
+        if name not in self._modules:
+            raise KeyError(name)
+        if name in self._on_device:
+            return 0.0
+        started = time.perf_counter()
+        if not self.keep_all:
+            for other in [n for n in self._modules if n in self._on_device and n != name]:
+                self._to_host(other)
+        self._to_device(name)
+        if self._pin:
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - started
+        self.swaps += 1
+        self.last_swap_s = elapsed
+        logger.info("transformer %s swapped in (%.2fs); resident: %s", name, elapsed,
+                    ", ".join(self.resident()))  # fmt: skip
+        return elapsed
+
+    # ----------------------------------------------------------------- moves
+    def _tensors(self, module: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str, bool]]:
+        """Every parameter and buffer as (owner module, attribute name, is_parameter)."""
+        found: dict[str, tuple[torch.nn.Module, str, bool]] = {}
+        for prefix, sub in module.named_modules():
+            for key, value in sub._parameters.items():
+                if value is not None:
+                    found[f"{prefix}.{key}"] = (sub, key, True)
+            for key, value in sub._buffers.items():
+                if value is not None:
+                    found[f"{prefix}.{key}"] = (sub, key, False)
+        return found
+
+    def _to_host(self, name: str) -> None:
+        module = self._modules[name]
+        copies = self._host_copies.setdefault(name, {})
+        for key, (owner, attr, is_param) in self._tensors(module).items():
+            tensor = owner._parameters[attr] if is_param else owner._buffers[attr]
+            assert tensor is not None
+            host = copies.get(key)
+            if host is None or host.shape != tensor.shape or host.dtype != tensor.dtype:
+                host = torch.empty(
+                    tensor.shape, dtype=tensor.dtype, device=self.host, pin_memory=self._pin
+                )
+                copies[key] = host
+            if host.data_ptr() != tensor.data_ptr():
+                # Weights may have changed in place since the last swap (a merged LoRA), so
+                # every swap copies; the copy is asynchronous from pinned memory.
+                host.copy_(tensor.detach(), non_blocking=self._pin)
+            self._assign(owner, attr, is_param, host)
+        if self._pin:
+            torch.cuda.synchronize(self.device)
+        with self._lock:
+            self._on_device.discard(name)
+
+    def _to_device(self, name: str) -> None:
+        module = self._modules[name]
+        for owner, attr, is_param in self._tensors(module).values():
+            tensor = owner._parameters[attr] if is_param else owner._buffers[attr]
+            assert tensor is not None
+            self._assign(owner, attr, is_param, tensor.to(self.device, non_blocking=self._pin))
+        with self._lock:
+            self._on_device.add(name)
+
+    @staticmethod
+    def _assign(owner: torch.nn.Module, attr: str, is_param: bool, value: torch.Tensor) -> None:
+        if is_param:
+            param = owner._parameters[attr]
+            assert param is not None
+            param.data = value  # the Parameter object stays: optimizers/hooks keep their refs
+        else:
+            owner._buffers[attr] = value
+
+    def host_tensors(self, name: str) -> list[torch.Tensor]:
+        """The host copies of ``name``'s tensors (tests check they are pinned on CUDA)."""
+        return list(self._host_copies.get(name, {}).values())
