@@ -1,6 +1,6 @@
 """The Discord front-end of the Qwen-Image bot (no torch import anywhere in this package).
 
-``bot.create_bot(settings, engine=None, db=None)`` returns the configured, unconnected bot;
+``bot.create_bot(settings, backend=None, db=None)`` returns the configured, unconnected bot;
 ``python -m bot`` runs it.
 """
 

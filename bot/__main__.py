@@ -63,8 +63,10 @@ def main() -> int:
         secrets.append(settings.redis_url.get_secret_value())
     setup_logging(settings.log_level, secrets)
 
+    from bot import endpoints
     from bot.app import create_bot  # after logging, so import-time messages are formatted
 
+    endpoints.apply()  # TEST ONLY variables; nothing happens in production
     bot = create_bot(settings)
     try:
         asyncio.run(_serve(bot, token))

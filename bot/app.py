@@ -14,7 +14,6 @@ import warnings
 from typing import Any
 
 import discord
-import yarl
 from discord.ext import commands
 
 import db as dbmod
@@ -155,16 +154,6 @@ class ImagineBot(commands.Bot):
         await super().close()
 
 
-def _apply_test_endpoints(settings: BotSettings) -> None:
-    """TEST ONLY: point discord.py's REST and gateway at an emulator."""
-    if settings.discord_api_base:
-        discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
-        logger.warning("TEST ONLY: Discord REST base is %s", discord.http.Route.BASE)
-    if settings.discord_gateway_url:
-        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
-        logger.warning("TEST ONLY: Discord gateway is %s", settings.discord_gateway_url)
-
-
 _UNSET: Any = object()
 
 
@@ -192,5 +181,4 @@ def create_bot(
             raise TypeError("create_bot got both backend= and engine=; pass only backend=")
         backend = backend if backend is not None else engine
     settings = settings or BotSettings()
-    _apply_test_endpoints(settings)
     return ImagineBot(settings, backend=backend, database=db)

@@ -1,7 +1,10 @@
 """Bot-side settings, read from the environment (``IMAGINE_`` prefix) and ``.env``.
 
-The Discord token is a ``SecretStr`` so that no repr, log line or validation error can print
-it; it is only ever unwrapped at the moment the bot logs in.
+How settings are read (prefix, ``.env``, unknown variables ignored) is shared with the engine
+through ``engine.settings.ImagineBaseSettings``. The Discord token is a ``SecretStr`` so that
+no repr, log line or validation error can print it; it is only ever unwrapped at the moment the
+bot logs in. The two test-only endpoints of a Discord emulator are not here: see
+``bot.endpoints``.
 """
 
 from __future__ import annotations
@@ -9,10 +12,10 @@ from __future__ import annotations
 import enum
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from db.database import DEFAULT_URL
 from engine.contract import Mode
+from engine.settings import ImagineBaseSettings
 
 TOKEN_ENV = "IMAGINE_DISCORD_TOKEN"
 
@@ -25,12 +28,8 @@ class CommandSync(enum.StrEnum):
     OFF = "off"  # leave the registered commands as they are
 
 
-class BotSettings(BaseSettings):
+class BotSettings(ImagineBaseSettings):
     """Everything the Discord side needs; the GPU side has ``engine.settings.EngineSettings``."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="IMAGINE_", env_file=".env", extra="ignore", protected_namespaces=()
-    )
 
     discord_token: SecretStr | None = Field(
         None, description="bot token from the Discord developer portal (secret)"
@@ -86,14 +85,6 @@ class BotSettings(BaseSettings):
 
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
-    # Test only: point discord.py at an emulator instead of discord.com.
-    discord_api_base: str | None = Field(
-        None, description="TEST ONLY: REST base URL, e.g. http://127.0.0.1:8999/api/v10"
-    )
-    discord_gateway_url: str | None = Field(
-        None, description="TEST ONLY: gateway websocket URL, e.g. ws://127.0.0.1:8999/gateway"
-    )
-
     @field_validator(
         "discord_token",
         "redis_url",
@@ -101,8 +92,6 @@ class BotSettings(BaseSettings):
         "gallery_secret",
         "dev_guild_id",
         "job_deadline_s",
-        "discord_api_base",
-        "discord_gateway_url",
         mode="before",
     )
     @classmethod

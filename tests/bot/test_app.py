@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import discord
@@ -19,11 +20,13 @@ import yarl
 from aiohttp import web
 from pydantic import ValidationError
 
-from bot import create_bot
+from bot import create_bot, endpoints
 from bot.app import ImagineBot
+from bot.endpoints import DiscordEndpoints
 from bot.health import HealthServer
 from bot.logsetup import REDACTED, RedactSecrets
 from bot.settings import BotSettings
+from engine.settings import ImagineBaseSettings
 from tests.bot.harness import Harness
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +40,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def test_settings_defaults_and_secrets() -> None:
+    assert issubclass(BotSettings, ImagineBaseSettings)  # one way of reading settings
     settings = BotSettings(_env_file=None, discord_token=FAKE_TOKEN)  # type: ignore[call-arg]
     assert settings.default_daily_quota == 25 and settings.default_max_queued == 3
     assert settings.quota_reset_hour == 0 and settings.progress_interval_s == 1.5
@@ -51,7 +55,29 @@ def test_settings_defaults_and_secrets() -> None:
     assert FAKE_TOKEN not in str(info.value)
 
 
-def test_create_bot_is_unconnected_and_applies_test_endpoints(
+def test_create_bot_is_unconnected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
+    base = discord.http.Route.BASE
+    bot = create_bot(BotSettings(_env_file=None))  # type: ignore[call-arg]
+    assert isinstance(bot, ImagineBot) and not bot.is_ready() and bot.user is None
+    assert bot.backend is None and bot.db is None  # built in setup_hook, not at import
+    assert base == discord.http.Route.BASE  # building a bot never moves discord.py elsewhere
+    assert bot.allowed_mentions is not None and bot.allowed_mentions.everyone is False
+    assert not bot.intents.message_content and not bot.intents.members
+
+
+def test_create_bot_takes_the_backend_and_still_accepts_engine_for_now() -> None:
+    backend: Any = object()
+    settings = BotSettings(_env_file=None)  # type: ignore[call-arg]
+    assert create_bot(settings, backend=backend).backend is backend
+    with pytest.warns(DeprecationWarning, match="backend="):
+        old = create_bot(settings, engine=backend)
+    assert old.backend is backend
+    with pytest.raises(TypeError, match="only backend="), pytest.warns(DeprecationWarning):
+        create_bot(settings, backend=backend, engine=object())  # type: ignore[arg-type]
+
+
+def test_test_only_endpoints_come_from_the_environment_not_the_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
@@ -60,19 +86,18 @@ def test_create_bot_is_unconnected_and_applies_test_endpoints(
         "DEFAULT_GATEWAY",
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY,
     )
-    settings = BotSettings(  # type: ignore[call-arg]
-        _env_file=None,
-        discord_api_base="http://127.0.0.1:9/api/v10/",
-        discord_gateway_url="ws://127.0.0.1:9/gateway",
-    )
-    bot = create_bot(settings)
-    assert isinstance(bot, ImagineBot) and not bot.is_ready() and bot.user is None
-    assert bot.backend is None and bot.db is None  # built in setup_hook, not at import
+    assert "discord_api_base" not in BotSettings.model_fields
+    assert "discord_gateway_url" not in BotSettings.model_fields
+    production = discord.http.Route.BASE
+    endpoints.apply(DiscordEndpoints(_env_file=None))  # type: ignore[call-arg]
+    assert production == discord.http.Route.BASE  # unset: nothing changes
+
+    monkeypatch.setenv("IMAGINE_DISCORD_API_BASE", "http://127.0.0.1:9/api/v10/")
+    monkeypatch.setenv("IMAGINE_DISCORD_GATEWAY_URL", "ws://127.0.0.1:9/gateway")
+    endpoints.apply()
     assert discord.http.Route.BASE == "http://127.0.0.1:9/api/v10"
     gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
     assert gateway == yarl.URL("ws://127.0.0.1:9/gateway")
-    assert bot.allowed_mentions is not None and bot.allowed_mentions.everyone is False
-    assert not bot.intents.message_content and not bot.intents.members
 
 
 def test_redaction_filter_hides_the_token_everywhere() -> None:

@@ -16,7 +16,8 @@ from PIL import Image
 from sqlalchemy import select
 
 import db as dbmod
-from bot import create_bot
+from bot import create_bot, endpoints
+from bot.endpoints import DiscordEndpoints
 from bot.settings import BotSettings
 from engine.queue import LocalEngine
 from engine.settings import EngineSettings
@@ -67,8 +68,9 @@ class Rig:
     """Everything a scenario needs to run the project bot against the emulator.
 
     The bot is the production object from ``bot.create_bot``; the only differences from
-    ``python -m bot`` are the test-only endpoint settings, a temp SQLite file, the tiny model on
-    the CPU, no health server, and a shorter wait for guild data before ``on_ready``.
+    ``python -m bot`` are the test-only endpoints (``bot.endpoints``), a temp SQLite file, the
+    tiny model on the CPU, no health server, and a shorter wait for guild data before
+    ``on_ready``.
     """
 
     def __init__(self, emulator: Any, workdir: Path, model_dir: Path) -> None:
@@ -82,8 +84,6 @@ class Rig:
         values: dict[str, Any] = {
             "discord_token": self.emulator.token,
             "database_url": self.database_url,
-            "discord_api_base": self.emulator.api_base,
-            "discord_gateway_url": self.emulator.gateway_url,
             "command_sync": "global",
             "health_port": 0,
             "progress_interval_s": 0.5,
@@ -108,14 +108,33 @@ class Rig:
         self.engines.append(engine)
         return engine
 
+    def point_at_emulator(self) -> None:
+        """What ``python -m bot`` does with the TEST ONLY endpoint variables."""
+        endpoints.apply(
+            DiscordEndpoints(
+                _env_file=None,  # type: ignore[call-arg]
+                discord_api_base=self.emulator.api_base,
+                discord_gateway_url=self.emulator.gateway_url,
+            )
+        )
+
     @contextlib.asynccontextmanager
     async def bot(
-        self, *, settings: Any = None, engine: Any = None, close_engine: bool = True
+        self,
+        *,
+        settings: Any = None,
+        backend: Any = None,
+        engine: Any = None,
+        close_engine: bool = True,
     ) -> AsyncIterator[Any]:
-        """Run ``bot.create_bot(settings, engine=…)`` until the block ends, then stop it the way
-        a SIGTERM does (``bot.close()``) and close the engine, as a process exit would."""
+        """Run ``bot.create_bot(settings, backend=…)`` until the block ends, then stop it the
+        way a SIGTERM does (``bot.close()``) and close the backend, as a process exit would.
+
+        ``engine=`` is the same as ``backend=`` (the name the scenarios have used so far)."""
+        engine = backend if backend is not None else engine
         engine = engine if engine is not None else self.engine()
-        client = create_bot(settings or self.settings(), engine=engine)
+        self.point_at_emulator()
+        client = create_bot(settings or self.settings(), backend=engine)
         # Only shortens discord.py's wait for more GUILD_CREATEs before on_ready (2 s by default).
         client._connection.guild_ready_timeout = 0.05
         try:

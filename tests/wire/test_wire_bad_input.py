@@ -61,7 +61,7 @@ async def wire(
     # No quota in the way: every acceptable prompt must reach the engine and come back.
     bot_settings = rig.settings(default_daily_quota=0, default_max_queued=0)
     try:
-        async with rig.bot(settings=bot_settings, engine=rig.engine()):
+        async with rig.bot(settings=bot_settings, backend=rig.engine()):
             yield Wire(rig, errors)
     finally:
         await rig.close()

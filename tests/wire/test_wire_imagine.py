@@ -1,6 +1,6 @@
 """/imagine on the wire: the project bot, unmodified, against what Discord does to bots.
 
-Each test runs ``bot.create_bot(settings, engine=LocalEngine(tiny model))`` connected to the
+Each test runs ``bot.create_bot(settings, backend=LocalEngine(tiny model))`` connected to the
 emulator through the test-only endpoint settings, and checks what the member would see
 (messages, edits, the PNG's bytes, buttons) and what the database says.
 """
@@ -20,7 +20,7 @@ EDIT_ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
 async def test_imagine_round_trip_with_progress_image_and_buttons(rig: Rig) -> None:
     emu = rig.emulator
     alice = emu.add_user("alice")
-    async with rig.bot(engine=rig.engine(step_delay_s=0.06)):
+    async with rig.bot(backend=rig.engine(step_delay_s=0.06)):
         interaction = await emu.slash(
             alice, "imagine", prompt="a red fox in the snow", aspect="3:4", mode="standard"
         )
@@ -79,7 +79,7 @@ async def test_rate_limit_or_server_error_on_an_edit_is_retried(
     user = emu.add_user()
     # A progress edit is JSON; the final edit is the multipart upload of the image.
     emu.fail_next("PATCH", EDIT_ORIGINAL, status=status, multipart=which == "final")
-    async with rig.bot(engine=rig.engine(step_delay_s=0.15)):
+    async with rig.bot(backend=rig.engine(step_delay_s=0.15)):
         interaction = await emu.slash(user, "imagine", prompt="a lighthouse at dusk")
         message = await delivered(emu, interaction)
         ledger = await settled(rig.database_url, interaction)
@@ -104,7 +104,7 @@ async def test_image_outlives_a_dead_interaction_token(rig: Rig, code: int) -> N
     names them, and the status message says where it went."""
     emu = rig.emulator
     bob = emu.add_user("bob")
-    async with rig.bot(engine=rig.engine(step_delay_s=0.15)):
+    async with rig.bot(backend=rig.engine(step_delay_s=0.15)):
         interaction = await emu.slash(bob, "imagine", prompt="a castle on a hill")
         await emu.wait_acked(interaction)
         emu.expire_interaction(interaction, code=code)
@@ -136,7 +136,7 @@ async def test_gateway_drop_in_the_middle_of_a_job(rig: Rig, how: str) -> None:
     member runs /imagine while the bot is reconnecting: both images arrive, once each."""
     emu = rig.emulator
     first_user, second_user = emu.add_user(), emu.add_user()
-    async with rig.bot(engine=rig.engine(step_delay_s=0.15)):
+    async with rig.bot(backend=rig.engine(step_delay_s=0.15)):
         first = await emu.slash(first_user, "imagine", prompt="a red fox")
         await emu.wait_acked(first)
         await emu.wait_until(
@@ -166,7 +166,7 @@ async def test_a_failed_job_is_refunded_and_its_requester_told(rig: Rig, how: st
     emu = rig.emulator
     carol, dave = emu.add_user("carol"), emu.add_user("dave")
     settings = rig.settings(job_deadline_s=0.6 if how == "deadline" else 600.0)
-    async with rig.bot(settings=settings, engine=rig.engine(step_delay_s=0.3)):
+    async with rig.bot(settings=settings, backend=rig.engine(step_delay_s=0.3)):
         first = await emu.wait_acked(await emu.slash(carol, "imagine", prompt="slow one"))
         second = await emu.wait_acked(await emu.slash(dave, "imagine", prompt="waiting one"))
         if how == "cancel-button":

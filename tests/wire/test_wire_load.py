@@ -32,7 +32,7 @@ async def test_hundred_interactions_in_one_second(
     emu = rig.emulator
     members = [emu.add_user(f"load{n}") for n in range(MEMBERS)]
     settings = rig.settings(default_daily_quota=DAILY_QUOTA, default_max_queued=0)
-    async with rig.bot(settings=settings, engine=rig.engine()):
+    async with rig.bot(settings=settings, backend=rig.engine()):
         interactions: list[Interaction] = []
         loop = asyncio.get_running_loop()
         start = loop.time()

@@ -65,7 +65,7 @@ async def test_restart_with_jobs_queued_and_running(rig: Rig, tokens: str) -> No
     emu = rig.emulator
     members = [emu.add_user(f"member{n}") for n in range(3)]
     earlier = emu.add_user("earlier")
-    async with rig.bot(engine=rig.engine(step_delay_s=0.25)):
+    async with rig.bot(backend=rig.engine(step_delay_s=0.25)):
         before = await emu.slash(earlier, "imagine", prompt="made before the restart")
         old_image = await delivered(emu, before)
         await settled(rig.database_url, before)
@@ -80,7 +80,7 @@ async def test_restart_with_jobs_queued_and_running(rig: Rig, tokens: str) -> No
     if tokens == "dead":  # the bot was down for more than 15 minutes
         for job in jobs:
             emu.expire_interaction(job)
-    async with rig.bot(engine=rig.engine()):
+    async with rig.bot(backend=rig.engine()):
         for job in jobs:
             await delivered(emu, job)
         # A button on a message from before the restart.
@@ -111,7 +111,7 @@ async def test_restart_refunds_and_tells_what_it_cannot_resume(rig: Rig) -> None
     the others are delivered."""
     emu = rig.emulator
     runner, twice = emu.add_user("runner"), emu.add_user("twice")
-    async with rig.bot(engine=rig.engine(step_delay_s=0.25)):
+    async with rig.bot(backend=rig.engine(step_delay_s=0.25)):
         running = await emu.wait_acked(await emu.slash(runner, "imagine", prompt="running"))
         first = await emu.wait_acked(await emu.slash(twice, "imagine", prompt="first of two"))
         second = await emu.wait_acked(await emu.slash(twice, "imagine", prompt="second of two"))
@@ -120,7 +120,7 @@ async def test_restart_refunds_and_tells_what_it_cannot_resume(rig: Rig) -> None
     stopped = await read_ledger(rig.database_url)
     assert [stopped.row(j).status for j in jobs] == ["running", "queued", "queued"]
 
-    async with rig.bot(engine=rig.engine(step_delay_s=0.1, max_queued_per_user=1)):
+    async with rig.bot(backend=rig.engine(step_delay_s=0.1, queued_ceiling_per_user=1)):
         ledger = await settled(rig.database_url, *jobs)
         for job in (running, first):
             await delivered(emu, job)
@@ -138,10 +138,10 @@ async def test_stop_while_the_image_is_in_flight(rig: Rig) -> None:
     emu = rig.emulator
     member = emu.add_user()
     emu.hold_next("PATCH", EDIT_ORIGINAL, 3.0, multipart=True)
-    async with rig.bot(engine=rig.engine(step_delay_s=0.05)):
+    async with rig.bot(backend=rig.engine(step_delay_s=0.05)):
         job = await emu.slash(member, "imagine", prompt="a slow network")
         await delivered(emu, job)  # applied by Discord; the answer is still on its way
-    async with rig.bot(engine=rig.engine()):
+    async with rig.bot(backend=rig.engine()):
         ledger = await settled(rig.database_url, job)
     outcomes = assert_every_job_accounted_for(emu, ledger, [job])
     assert outcomes["delivered"] == [job]
@@ -223,7 +223,7 @@ async def test_crash_kill_9_with_jobs_queued_and_running(rig: Rig, tmp_path: Pat
     stopped = await read_ledger(rig.database_url)
     assert [stopped.row(j).status for j in jobs] == ["running", "queued", "queued"]
 
-    async with rig.bot(engine=rig.engine()):
+    async with rig.bot(backend=rig.engine()):
         for job in jobs:
             await delivered(emu, job)
         reroll = await emu.wait_acked(await emu.click(earlier, old_image, label="Reroll"))
@@ -245,7 +245,7 @@ async def test_crash_while_the_image_is_in_flight(rig: Rig, tmp_path: Path) -> N
         await delivered(emu, job, within=60.0)  # applied; the answer is still on its way
         process.kill()
         await process.wait()
-    async with rig.bot(engine=rig.engine()):
+    async with rig.bot(backend=rig.engine()):
         ledger = await settled(rig.database_url, job)
         await asyncio.sleep(1.0)  # room for a second delivery, were one coming
     outcomes = assert_every_job_accounted_for(emu, ledger, [job])
