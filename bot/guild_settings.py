@@ -23,6 +23,7 @@ from discord import app_commands
 import db
 from bot import render
 from bot.settings import BotSettings
+from db import gallery as gallery_db
 from engine.contract import EngineStatus
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,14 @@ class GuildSettings:
         """Follow the bot's default quota and queued cap again."""
         try:
             return await db.reset_guild_limits(self.db, guild_id, **self._defaults())
+        finally:
+            self._forget(guild_id)
+
+    async def set_gallery_public(self, guild_id: int, public: bool) -> bool:
+        """Let members see the server's whole web gallery (or only their own images again);
+        returns whether it changed. The gallery reads the switch on every page."""
+        try:
+            return await gallery_db.set_gallery_public(self.db, guild_id, public)
         finally:
             self._forget(guild_id)
 

@@ -15,6 +15,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot import metrics
+from bot.web import mount_gallery
+from bot.web.wiring import deps_for
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -45,6 +47,8 @@ class HealthServer:
         app = web.Application()
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
+        # The web gallery shares this server (one port): /gallery/<signed link>/...
+        mount_gallery(app, deps_for(self.bot))
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._port)

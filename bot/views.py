@@ -21,6 +21,7 @@ import discord
 
 import db
 from bot import errors, render
+from bot.web.answer import GalleryButton
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -306,6 +307,8 @@ async def history_page(
     view = discord.ui.View(timeout=None)
     view.add_item(HistoryButton(viewer_id, target_id, page - 1, "p", disabled=page <= 1))
     view.add_item(HistoryButton(viewer_id, target_id, page + 1, "n", disabled=page >= pages))
+    if bot.settings.health_port:  # the web gallery lives on that server
+        view.add_item(GalleryButton())
     return embed, view
 
 

@@ -8,4 +8,5 @@ EXTENSIONS: tuple[str, ...] = (
     "bot.cogs.status",
     "bot.cogs.styles",
     "bot.cogs.admin",
+    "bot.cogs.gallery",
 )

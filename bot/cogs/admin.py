@@ -6,7 +6,7 @@ Every change goes through ``bot.guild_settings`` (``bot.guild_settings.GuildSett
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
@@ -96,6 +96,23 @@ class AdminCog(commands.Cog):
         assert interaction.guild_id is not None
         config = await self.bot.guild_settings.reset_limits(interaction.guild_id)
         await self._show(interaction, "Back to the bot's defaults.", config)
+
+    @limits.command(name="gallery", description="Let members see every image made here in /gallery")
+    @app_commands.describe(
+        state="on: members see everyone's images in /gallery; off (default): only their own"
+    )
+    async def gallery(
+        self, interaction: discord.Interaction[ImagineBot], state: Literal["on", "off"]
+    ) -> None:
+        assert interaction.guild_id is not None
+        public = state == "on"
+        changed = await self.bot.guild_settings.set_gallery_public(interaction.guild_id, public)
+        now = "now" if changed else "already"
+        if public:
+            text = f"Members {now} see every image made here in /gallery."
+        else:
+            text = f"Members {now} see only their own images in /gallery (admins see all)."
+        await errors.send_ephemeral(interaction, text)
 
     @exempt.command(name="add", description="Members with this role have no daily quota")
     async def exempt_add(

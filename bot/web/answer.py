@@ -1,0 +1,85 @@
+"""The Discord side of a gallery link: what /gallery and the Gallery button under /history
+answer (ephemerally: the link is a credential).
+
+The link is signed for the member who asked and the server they asked in (their DMs when asked
+there), and records whether they could manage the server at that moment; see ``bot.web.auth``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import errors
+from bot.web.wiring import links_for
+from db import gallery as gallery_db
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+GALLERY_OFF = (
+    "The web gallery is off on this bot: its web server is turned off "
+    "(IMAGINE_HEALTH_PORT=0). Ask the bot's operator."
+)
+
+
+async def gallery_answer(
+    interaction: discord.Interaction[ImagineBot],
+) -> tuple[str, discord.ui.View]:
+    """The ephemeral text and link button for the member who asked, where they asked."""
+    bot = interaction.client
+    if not bot.settings.health_port:
+        raise errors.UserError(GALLERY_OFF)
+    guild_id = interaction.guild_id
+    admin = guild_id is not None and interaction.permissions.manage_guild
+    links = links_for(bot)
+    url = links.url(guild_id=guild_id, user_id=interaction.user.id, admin=admin)
+    hours = max(1, round(links.ttl_s / 3600))
+    if guild_id is None:
+        what = "your images from our direct messages"
+    elif admin:
+        what = "every image made in this server (you can delete any of them)"
+    elif bot.db is not None and await gallery_db.gallery_public(bot.db, guild_id):
+        what = "every image made in this server"
+    else:
+        what = "your images from this server (its admins keep the whole gallery private)"
+    text = (
+        f"Your gallery link shows {what}. It works for {hours} h and only for you: "
+        "don't share it.\n<" + url + ">"
+    )
+    view = discord.ui.View(timeout=None)
+    view.add_item(discord.ui.Button(label="Open gallery", url=url, emoji="🖼️"))
+    return text, view
+
+
+class GalleryButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:gallery"):
+    """The Gallery button under /history: answers with a fresh link for whoever clicks it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Gallery",
+                emoji="🖼️",
+                style=discord.ButtonStyle.secondary,
+                custom_id="imagine:gallery",
+            )
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Button[Any],
+        match: re.Match[str],
+    ) -> GalleryButton:
+        return cls()
+
+    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        try:
+            async with errors.replying(interaction):
+                text, view = await gallery_answer(interaction)
+                await errors.send_ephemeral(interaction, text, view=view)
+        except Exception as exc:
+            await errors.handle(interaction, exc)

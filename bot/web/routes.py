@@ -1,0 +1,307 @@
+"""The gallery's pages and files. Every route starts from the link's token; the grant it
+carries decides everything (see ``bot.web.pages`` for the rules).
+
+Files are served by image id only: the id selects a database row of the link's server, the row
+gives a sha256, and the store turns that sha256 into its own path. Nothing from the request ever
+becomes part of a file path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import aiohttp_jinja2
+from aiohttp import web
+from yarl import URL
+
+import db
+from bot.web import pages
+from bot.web.app import CSS_VERSION, DEPS, STATIC_DIR, GalleryDeps
+from bot.web.auth import BadLink, Grant
+from bot.web.security import forbidden, plain_page
+from db import gallery
+
+logger = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 200
+# Content-addressed files never change: a browser may keep them as long as it likes.
+FILE_CACHE = "private, max-age=31536000, immutable"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+GrantedHandler = Callable[[web.Request, Grant, GalleryDeps], Awaitable[web.StreamResponse]]
+
+
+def _database(deps: GalleryDeps) -> db.Database:
+    database = deps.database()
+    if database is None:
+        raise web.HTTPServiceUnavailable(reason="The bot is still starting.")
+    return database
+
+
+def granted(handler: GrantedHandler) -> Handler:
+    """Check the link before anything else: a bad, forged or expired one gets a plain 403."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        deps = request.app[DEPS]
+        try:
+            grant = deps.signer.load(request.match_info["token"])
+        except BadLink:
+            return forbidden()
+        return await handler(request, grant, deps)
+
+    return wrapper
+
+
+async def _see_all(deps: GalleryDeps, grant: Grant) -> bool:
+    if grant.admin:
+        return True
+    return await gallery.gallery_public(_database(deps), grant.guild_id)
+
+
+def _scope_name(deps: GalleryDeps, grant: Grant) -> str:
+    if grant.guild_id is None:
+        return "Direct messages"
+    return deps.guild_name(grant.guild_id) or "This server"
+
+
+def _query(request: web.Request) -> str:
+    return request.query.get("q", "")[:MAX_QUERY_CHARS]
+
+
+def _base_context(
+    request: web.Request, grant: Grant, deps: GalleryDeps, urls: pages.Urls, *, see_all: bool
+) -> dict[str, object]:
+    css = request.app.router["css"].url_for().with_query(v=request.app[CSS_VERSION])
+    return {
+        "css_url": str(css),
+        "scope_name": _scope_name(deps, grant),
+        "home_url": urls.index(),
+        "mine_url": urls.member(grant.user_id),
+        "see_all": see_all and grant.guild_id is not None,
+        "admin": grant.admin,
+        "expires": pages.when(_expiry(grant)),
+        "q": _query(request),
+    }
+
+
+def _expiry(grant: Grant) -> dt.datetime:
+    return dt.datetime.fromtimestamp(grant.expires, dt.UTC)
+
+
+async def _grid(
+    request: web.Request,
+    grant: Grant,
+    deps: GalleryDeps,
+    *,
+    member: int | None,
+    heading: str,
+    see_all: bool,
+) -> web.Response:
+    urls = pages.Urls(request, request.match_info["token"])
+    q = _query(request)
+    page = await gallery.list_gallery(
+        _database(deps),
+        guild_id=grant.guild_id,
+        user_id=member,
+        search=q,
+        before=request.query.get("before"),
+        limit=deps.page_size,
+    )
+    cards = [pages.card(e, urls, grant, deps.names, see_all=see_all) for e in page.entries]
+    base = urls.member(member) if member is not None else urls.index()
+    next_url = None
+    if page.next_cursor:
+        query = {"q": q, "before": page.next_cursor} if q else {"before": page.next_cursor}
+        next_url = str(URL(base).with_query(query))
+    context = _base_context(request, grant, deps, urls, see_all=see_all) | {
+        "heading": heading,
+        "cards": cards,
+        "search_action": base,
+        "next_url": next_url,
+        "notice": "Image deleted." if request.query.get("deleted") == "1" else "",
+        "searching": bool(gallery.search_terms(q)),
+    }
+    return aiohttp_jinja2.render_template("gallery.html", request, context)
+
+
+@granted
+async def index(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.StreamResponse:
+    """The server's gallery where the viewer may see it, else the viewer's own images."""
+    see_all = await _see_all(deps, grant)
+    if grant.guild_id is None:
+        heading = "Your images in direct messages"
+    elif see_all:
+        heading = f"{_scope_name(deps, grant)}: every image"
+    else:
+        heading = "Your images here"
+    member = None if see_all else grant.user_id
+    return await _grid(request, grant, deps, member=member, heading=heading, see_all=see_all)
+
+
+@granted
+async def member(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.StreamResponse:
+    user_id = int(request.match_info["user_id"])
+    see_all = await _see_all(deps, grant)
+    if not pages.may_view_member(user_id, grant, see_all=see_all):
+        return forbidden("This server's gallery is private: you can see your own images only.")
+    if user_id == grant.user_id:
+        heading = "Your images"
+    else:
+        heading = f"Images by {pages.member_label(deps.names, grant.guild_id, user_id)}"
+    return await _grid(request, grant, deps, member=user_id, heading=heading, see_all=see_all)
+
+
+async def _visible_entry(
+    request: web.Request, grant: Grant, deps: GalleryDeps, *, see_all: bool | None = None
+) -> gallery.GalleryEntry | web.Response:
+    entry = await gallery.get_entry(_database(deps), int(request.match_info["image_id"]))
+    if entry is None:
+        return plain_page(404, "404 Not Found", "There is no such image (it may be deleted).")
+    if see_all is None:
+        see_all = await _see_all(deps, grant)
+    if not pages.may_view(entry.image, grant, see_all=see_all):
+        return forbidden("This image is not visible through this link.")
+    return entry
+
+
+@granted
+async def image(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.StreamResponse:
+    see_all = await _see_all(deps, grant)
+    found = await _visible_entry(request, grant, deps, see_all=see_all)
+    if isinstance(found, web.Response):
+        return found
+    database = _database(deps)
+    img, generation = found.image, found.generation
+    urls = pages.Urls(request, request.match_info["token"])
+    parents = await gallery.lineage(database, generation)
+    variations = await gallery.children(database, generation)
+    context = _base_context(request, grant, deps, urls, see_all=see_all) | {
+        "title": pages.clip(generation.prompt, 60),
+        "full_url": urls.full(img.id),
+        "download_url": urls.full(img.id, download=True),
+        "width": img.width,
+        "height": img.height,
+        "alt": pages.clip(generation.prompt, 300),
+        "member": pages.member_label(deps.names, img.guild_id, img.user_id),
+        "member_url": (
+            urls.member(img.user_id)
+            if pages.may_view_member(img.user_id, grant, see_all=see_all)
+            else None
+        ),
+        "parameters": pages.parameters(generation, img),
+        "command": pages.imagine_command(generation),
+        "parents": [pages.relative(p, urls, grant, see_all=see_all) for p in parents],
+        "variations": [pages.relative(c, urls, grant, see_all=see_all) for c in variations],
+        "can_delete": pages.may_delete(img, grant),
+        "delete_url": urls.delete(img.id),
+        "csrf": deps.signer.csrf_token(request.match_info["token"]),
+        "search_action": urls.index(),
+    }
+    return aiohttp_jinja2.render_template("image.html", request, context)
+
+
+async def _send_file(
+    request: web.Request, grant: Grant, deps: GalleryDeps, *, thumb: bool
+) -> web.StreamResponse:
+    found = await _visible_entry(request, grant, deps)
+    if isinstance(found, web.Response):
+        return found
+    files = deps.files()
+    path = None
+    if files is not None:
+        sha = found.image.sha256
+        path = files.thumb_path(sha) if thumb else files.png_path(sha)
+    if path is None or not path.is_file():
+        return plain_page(404, "404 Not Found", "This image's file is no longer stored.")
+    response = web.FileResponse(path)
+    response.content_type = "image/webp" if thumb else "image/png"
+    response.headers["Cache-Control"] = FILE_CACHE
+    if not thumb and request.query.get("download") == "1":
+        name = f"imagine-{found.generation.job_key}.png"
+        response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+@granted
+async def thumb(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.StreamResponse:
+    return await _send_file(request, grant, deps, thumb=True)
+
+
+@granted
+async def full(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.StreamResponse:
+    return await _send_file(request, grant, deps, thumb=False)
+
+
+def _same_origin(request: web.Request) -> bool:
+    """A browser's Origin on a POST must name this site (behind a proxy: forward the Host
+    header). Our pages send ``Referrer-Policy: no-referrer``, under which browsers send
+    ``Origin: null`` for their own forms, so "null" and no Origin pass: the CSRF token is the
+    real check, this only turns away a form posted from a page of another site."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin == "null":
+        return True
+    return urlsplit(origin).netloc == request.host
+
+
+@granted
+async def delete(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.StreamResponse:
+    """Delete an image (its owner, or an admin): POST with the link's CSRF token only."""
+    form = await request.post()
+    csrf = form.get("csrf")
+    if not isinstance(csrf, str) or not deps.signer.check_csrf(request.match_info["token"], csrf):
+        return forbidden("This form is out of date or did not come from the gallery.")
+    if not _same_origin(request):
+        return forbidden("This form did not come from the gallery.")
+    found = await _visible_entry(request, grant, deps)
+    if isinstance(found, web.Response):
+        return found
+    if not pages.may_delete(found.image, grant):
+        return forbidden("Only the member who made this image, or an admin, can delete it.")
+    if form.get("confirm") != "yes":
+        return plain_page(400, "400 Bad Request", "Tick the box to confirm, then delete again.")
+    unreferenced = await db.delete_image(_database(deps), found.generation.job_key)
+    files = deps.files()
+    if unreferenced is not None and files is not None:
+        try:
+            await asyncio.to_thread(files.delete, unreferenced)
+        except Exception:  # the row is gone; a file left behind is only disk space
+            logger.exception("deleting the files of image %s failed", found.image.id)
+    logger.info(
+        "gallery: image %s of user %s deleted by %s%s",
+        found.image.id,
+        found.image.user_id,
+        grant.user_id,
+        " (admin)" if grant.admin else "",
+    )
+    location = pages.Urls(request, request.match_info["token"]).index(deleted="1")
+    return web.Response(status=303, headers={"Location": location})
+
+
+async def to_index(request: web.Request) -> web.StreamResponse:
+    location = request.app.router["index"].url_for(token=request.match_info["token"])
+    return web.Response(status=308, headers={"Location": str(location)})
+
+
+async def css(request: web.Request) -> web.StreamResponse:
+    response = web.FileResponse(STATIC_DIR / "gallery.css")
+    response.content_type = "text/css"
+    response.headers["Cache-Control"] = "public, max-age=86400"
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    token = r"{token:[A-Za-z0-9_.\-]{1,512}}"
+    app.router.add_get("/static/gallery.css", css, name="css")
+    app.router.add_get(f"/{token}", to_index)
+    app.router.add_get(f"/{token}/", index, name="index")
+    app.router.add_get(f"/{token}/u/{{user_id:[0-9]{{1,20}}}}", member, name="member")
+    app.router.add_get(f"/{token}/i/{{image_id:[0-9]{{1,18}}}}", image, name="image")
+    app.router.add_get(f"/{token}/t/{{image_id:[0-9]{{1,18}}}}.webp", thumb, name="thumb")
+    app.router.add_get(f"/{token}/f/{{image_id:[0-9]{{1,18}}}}.png", full, name="full")
+    app.router.add_post(f"/{token}/i/{{image_id:[0-9]{{1,18}}}}/delete", delete, name="delete")

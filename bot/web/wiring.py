@@ -1,0 +1,62 @@
+"""The gallery inside the running bot: its links, its database and store, its member names.
+
+The bot is the one process that holds the database and the image store, with the in-process
+engine and with Redis workers alike, so the gallery needs nothing of the image backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from bot.web.app import GalleryDeps
+from bot.web.files import ImageFiles
+from bot.web.links import GalleryLinks
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+logger = logging.getLogger(__name__)
+
+_ATTRIBUTE = "gallery_links"
+
+
+def links_for(bot: ImagineBot) -> GalleryLinks:
+    """The bot's one ``GalleryLinks`` (made on first use: reading or creating the key touches
+    the data folder, which a bot with the web server off never needs)."""
+    links: GalleryLinks | None = getattr(bot, _ATTRIBUTE, None)
+    if links is None:
+        links = GalleryLinks.from_settings(bot.settings)
+        setattr(bot, _ATTRIBUTE, links)
+    return links
+
+
+def _store(bot: ImagineBot) -> ImageFiles | None:
+    """The bot's image store (``bot.store``, a ``bot.store.ImageStore``), if it keeps images."""
+    store: ImageFiles | None = getattr(bot, "store", None)
+    return store
+
+
+def deps_for(bot: ImagineBot) -> GalleryDeps:
+    """What the gallery pages read, from the bot: names come from Discord's cache only (a page
+    view never makes a Discord API call)."""
+
+    def names(guild_id: int | None, user_id: int) -> str | None:
+        guild = bot.get_guild(guild_id) if guild_id is not None else None
+        member = guild.get_member(user_id) if guild is not None else None
+        if member is not None:
+            return member.display_name
+        user = bot.get_user(user_id)
+        return user.display_name if user is not None else None
+
+    def guild_name(guild_id: int) -> str | None:
+        guild = bot.get_guild(guild_id)
+        return guild.name if guild is not None else None
+
+    return GalleryDeps(
+        database=lambda: bot.db,
+        files=lambda: _store(bot),
+        signer=links_for(bot).signer,
+        names=names,
+        guild_name=guild_name,
+    )

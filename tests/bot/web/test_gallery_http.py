@@ -1,0 +1,243 @@
+"""The gallery over plain HTTP: security headers on every answer, the rate limit, forms that
+only POST with the link's CSRF token, files by id only, DM links, paging, tokens."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bot.web.auth import BadLink, LinkSigner, load_or_create_secret
+from bot.web.security import TokenBucket, client_address
+from tests.bot.web.harness import ALICE, BOB, CAROL, GUILD, GalleryServer, Seeded
+
+pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+class Answer:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.body = body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def fetch(
+    url: str,
+    *,
+    method: str | None = None,
+    form: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    method = method or ("POST" if form is not None else "GET")
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with _opener.open(request, timeout=30) as response:
+            return Answer(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as error:
+        return Answer(error.code, dict(error.headers), error.read())
+
+
+def token_of(link: str) -> str:
+    return link.rstrip("/").rsplit("/", 1)[1]
+
+
+def test_every_answer_carries_the_security_headers(
+    gallery: GalleryServer, thirty: list[Seeded]
+) -> None:
+    link = gallery.link(admin=True)
+    image_id = thirty[0].image_id
+    for url in (
+        link,
+        link + f"i/{image_id}",
+        link + f"t/{image_id}.webp",
+        link + f"f/{image_id}.png",
+        link + "i/999999",
+        gallery.link(ttl_s=-1),
+        link + "u/not-a-number",
+    ):
+        answer = fetch(url)
+        csp = answer.headers["content-security-policy"]
+        for directive in (
+            "default-src 'none'",
+            "img-src 'self'",
+            "style-src 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ):
+            assert directive in csp, (url, csp)
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+    # No page refers to anything outside this server.
+    page = fetch(link + f"i/{image_id}").text
+    assert not re.search(r"""(src|href|action)="(https?:)?//""", page)
+
+
+def test_files_come_by_id_with_the_right_type_and_nothing_else(
+    gallery: GalleryServer, thirty: list[Seeded]
+) -> None:
+    link = gallery.link(admin=True)
+    image_id = thirty[0].image_id
+    thumb = fetch(link + f"t/{image_id}.webp")
+    assert thumb.status == 200 and thumb.headers["content-type"] == "image/webp"
+    assert thumb.body[:4] == b"RIFF" and thumb.body[8:12] == b"WEBP"
+    full = fetch(link + f"f/{image_id}.png?download=1")
+    assert full.headers["content-type"] == "image/png"
+    assert full.headers["content-disposition"].startswith("attachment;")
+    assert full.body[:8] == b"\x89PNG\r\n\x1a\n"
+    css = fetch(f"{gallery.base_url}/gallery/static/gallery.css")
+    assert css.status == 200 and css.headers["content-type"].startswith("text/css")
+    for probe in (
+        "t/../../gallery.db",
+        "t/%2e%2e%2fgallery.db",
+        f"t/{image_id}.png",
+        "f/-1.png",
+        "f/1e3.png",
+        "static/../gallery.db",
+    ):
+        assert fetch(link + probe).status == 404, probe
+    assert fetch(link + "i/999999").status == 404
+
+
+def test_deleting_needs_post_the_csrf_token_and_a_same_site_origin(
+    gallery: GalleryServer, thirty: list[Seeded]
+) -> None:
+    target = gallery.add("a doodle to keep", user_id=ALICE)
+    link = gallery.link(user_id=ALICE)
+    url = link + f"i/{target.image_id}/delete"
+    csrf = gallery.signer.csrf_token(token_of(link))
+    assert fetch(url).status == 405
+    assert fetch(url, form={"confirm": "yes"}).status == 403
+    assert fetch(url, form={"csrf": "0" * 64, "confirm": "yes"}).status == 403
+    # Another link's token (even Alice's own other link) does not fit this one.
+    other = gallery.signer.csrf_token(token_of(gallery.link(user_id=ALICE, ttl_s=7200)))
+    assert fetch(url, form={"csrf": other, "confirm": "yes"}).status == 403
+    evil = {"Origin": "https://evil.example"}
+    assert fetch(url, form={"csrf": csrf, "confirm": "yes"}, headers=evil).status == 403
+    assert fetch(url, form={"csrf": csrf}).status == 400  # the confirmation box
+    assert gallery.exists(target.image_id)
+    done = fetch(url, form={"csrf": csrf, "confirm": "yes"}, headers={"Origin": "null"})
+    assert done.status == 303 and done.headers["location"].endswith("/?deleted=1")
+    assert not gallery.exists(target.image_id)
+    assert fetch(url, form={"csrf": csrf, "confirm": "yes"}).status == 404
+
+
+def test_a_dm_link_shows_only_that_members_dm_images(
+    gallery: GalleryServer, thirty: list[Seeded]
+) -> None:
+    mine = gallery.add("a private sketch in DMs", user_id=CAROL, guild_id=None)
+    theirs = gallery.add("someone else's DM sketch", user_id=BOB, guild_id=None)
+    link = gallery.link(user_id=CAROL, guild_id=None, admin=True)  # no admin in DMs
+    page = fetch(link).text
+    assert "Your images in direct messages" in page
+    assert "a private sketch in DMs" in page
+    assert "someone else&#39;s DM sketch" not in page and "DM sketch" not in page
+    assert "a lighthouse" not in page  # nothing of any server
+    assert fetch(link + f"i/{mine.image_id}").status == 200
+    assert fetch(link + f"i/{theirs.image_id}").status == 403
+    assert fetch(link + f"i/{thirty[0].image_id}").status == 403
+    assert fetch(link + f"u/{BOB}").status == 403
+    assert 'form class="delete"' in fetch(link + f"i/{mine.image_id}").text
+
+
+def test_pages_of_fifty_link_to_older_images(tmp_path: Path) -> None:
+    server = GalleryServer(tmp_path).start()
+    try:
+        for n in range(53):
+            server.add(f"picture number {n}", size=(32, 32))
+        link = server.link(admin=True)
+        first = fetch(link).text
+        assert first.count('class="card"') == 50
+        older = re.search(r'<a rel="next" href="([^"]+)"', first)
+        assert older is not None
+        second = fetch(server.base_url + older.group(1).replace("&amp;", "&")).text
+        assert second.count('class="card"') == 3
+        assert "picture number 0" in second and "picture number 52" not in second
+        assert 'rel="next"' not in second
+        # Searching keeps the words on the next page.
+        found = fetch(link + "?q=picture").text
+        nxt = re.search(r'<a rel="next" href="([^"]+)"', found)
+        assert nxt is not None and "q=picture" in nxt.group(1)
+    finally:
+        server.stop()
+
+
+def test_a_flood_from_one_address_gets_429(tmp_path: Path) -> None:
+    server = GalleryServer(tmp_path, rate_per_s=0.5, burst=5).start()
+    try:
+        link = server.link()
+        statuses = [fetch(link).status for _ in range(8)]
+        assert statuses[:5] == [200] * 5
+        assert set(statuses[5:]) == {429}
+        limited = fetch(link)
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.headers["content-security-policy"].startswith("default-src 'none'")
+    finally:
+        server.stop()
+
+
+def test_token_bucket_refills_and_forgets_the_oldest_addresses() -> None:
+    now = [0.0]
+    bucket = TokenBucket(2.0, 3, clock=lambda: now[0], max_tracked=2)
+    assert [bucket.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take("a") == pytest.approx(0.5)
+    now[0] += 0.5
+    assert bucket.take("a") == 0.0
+    bucket.take("b")
+    bucket.take("c")  # "a" is the least recently seen: forgotten, so it starts full again
+    assert [bucket.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+
+
+def test_forwarded_addresses_count_only_from_a_local_proxy() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    def request(peer: str, forwarded: str | None) -> str:
+        headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+        req = make_mocked_request("GET", "/", headers=headers)
+        req._transport_peername = (peer, 1234)  # type: ignore[attr-defined]
+        return client_address(req.clone(remote=peer))
+
+    assert request("127.0.0.1", "203.0.113.9") == "203.0.113.9"
+    assert request("127.0.0.1", "1.1.1.1, 203.0.113.9") == "203.0.113.9"
+    assert request("198.51.100.7", "203.0.113.9") == "198.51.100.7"
+    assert request("198.51.100.7", None) == "198.51.100.7"
+
+
+def test_links_are_signed_bound_and_expire(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    signer = LinkSigner(b"k" * 32, clock=lambda: now[0])
+    token = signer.sign(guild_id=GUILD, user_id=ALICE, admin=True, ttl_s=60)
+    grant = signer.load(token)
+    assert (grant.guild_id, grant.user_id, grant.admin) == (GUILD, ALICE, True)
+    dm = signer.load(signer.sign(guild_id=None, user_id=ALICE, admin=True, ttl_s=60))
+    assert dm.guild_id is None and dm.admin is False
+    with pytest.raises(BadLink):
+        LinkSigner(b"x" * 32).load(token)  # another key
+    with pytest.raises(BadLink):
+        signer.load(token + "x")
+    with pytest.raises(BadLink):
+        signer.load("")
+    now[0] += 61
+    with pytest.raises(BadLink):
+        signer.load(token)
+    # The generated key is kept (owner-only) and reused after a restart.
+    path = tmp_path / "data" / "gallery_secret"
+    key = load_or_create_secret(path)
+    assert load_or_create_secret(path) == key and len(key) >= 32
+    assert path.stat().st_mode & 0o077 == 0
