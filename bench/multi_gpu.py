@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="no FP8")
     parser.add_argument(
-        "--cases", default=None, help="comma list of: stock, one, anomaly, cfg, graphs, sequence"
+        "--cases",
+        default=None,
+        help="comma list of: stock, stock-fast, one, one-fast, anomaly, cfg, graphs, sequence",
     )
     args = parser.parse_args(argv)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -185,10 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     gpu.sync(device)
     record("build", seconds=round(time.perf_counter() - started, 2))
 
-    if rank == 0 and want("stock"):  # stock diffusers on one GPU; the others wait
+    if rank == 0:  # stock diffusers on one GPU; the others wait
         guarded = gpu.guarded(record, "stock")
-        guarded(lambda: gpu.run_stock(record, pipe, device, "stock_quality", big, 50, cfg=True))
-        guarded(lambda: gpu.run_stock(record, pipe, device, "stock_8steps", big, 8, cfg=False))
+        if want("stock"):
+            guarded(lambda: gpu.run_stock(record, pipe, device, "stock_quality", big, 50, cfg=True))
+        if want("stock") or want("stock-fast"):
+            guarded(lambda: gpu.run_stock(record, pipe, device, "stock_8steps", big, 8, cfg=False))
     dist.barrier(group=channel.group)
 
     # ---- the engine on every rank: one LoRA file (rank 0 writes it), same weights everywhere
@@ -267,9 +271,11 @@ def run_cases(
         png = timed_image(record, local, local, device, case, mode, side, warm, gpus=1)
         one[key or f"{mode}:{side}"] = png
 
-    if want("one"):
+    if want("one") or want("one-fast"):
         guarded(lambda: forward("engine-1gpu"))
+    if want("one"):
         guarded(lambda: one_gpu("engine_1gpu", "quality", big, 2))
+    if want("one") or want("one-fast"):
         guarded(lambda: one_gpu("engine_1gpu", "fast", big, None))
     if want("anomaly"):  # standard 1024² right after fast, then quality, then standard again
         guarded(lambda: one_gpu("engine_1gpu", "standard", small, 2, "standard-a"))
@@ -291,10 +297,14 @@ def run_cases(
         guarded(lambda: two_gpu("engine_2gpu", "quality", big, 2, graphs=True))
         guarded(lambda: engine.configure("graphs", False))
     sequence = want("sequence") and device.type == "cuda" and not tiny
-    if sequence and guarded(lambda: engine.configure("sequence")):
-        guarded(lambda: two_gpu("engine_2gpu_ulysses", "fast", big, None, graphs=False))
+    if sequence and guarded(lambda: engine.configure("sequence", False)):
+        case = "engine_2gpu_ulysses"
+        guarded(lambda: two_gpu(case, "fast", big, None, graphs=False, fullgraph=False))
         guarded(lambda: engine.configure("graphs", True))
-        guarded(lambda: two_gpu("engine_2gpu_ulysses", "fast", big, None, graphs=True))
+        guarded(lambda: two_gpu(case, "fast", big, None, graphs=True, fullgraph=False))
+        if not engine.broken and guarded(lambda: engine.configure("sequence", True)):
+            guarded(lambda: engine.configure("graphs", True))
+            guarded(lambda: two_gpu(case, "fast", big, None, graphs=True, fullgraph=True))
 
 
 if __name__ == "__main__":

@@ -96,3 +96,23 @@ def test_gpu_lists_are_checked(text: str) -> None:
     with pytest.raises(EngineUnavailable):
         parallel.parse_gpus(text)
     assert parallel.parse_gpus(" 0, 1 ") == [0, 1] and parallel.parse_gpus("") == []
+
+
+def test_sequence_shares_are_worked_out_from_the_shapes() -> None:
+    """Ulysses asks for every rank's share at each attention; each rank answers it locally."""
+    import torch
+
+    from engine.parallel.sequence import LocalSizes, split_sizes
+
+    assert split_sizes(6889, 2) == [3445, 3444] and split_sizes(40, 2) == [20, 20]
+    seen = []
+    sizes = LocalSizes(lambda **kw: seen.append(kw), rank=1, world=2)
+    sizes(hidden_states=torch.empty(1, 6889, 4), encoder_hidden_states=torch.empty(1, 41, 4))
+    assert seen and sizes.table == {
+        3444 + 20: [3445 + 21, 3444 + 20],  # the joint attention: text share + image share
+        3444: [3445, 3444],
+        20: [21, 20],
+    }
+    # One local length with two different answers is not guessed: the collective decides.
+    sizes(hidden_states=torch.empty(1, 8, 4), encoder_hidden_states=torch.empty(1, 9, 4))
+    assert 4 not in sizes.table and sizes.table == {8: [9, 8]}

@@ -1,0 +1,197 @@
+"""Rank 0's ``ImageGenerator`` facade and the followers' loop (see ``engine.parallel``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+from typing import Any
+
+import torch.distributed as dist
+
+from engine.contract import FailureKind, JobFailed, JobRequest, JobResult
+from engine.parallel.cfg import CfgSplit
+from engine.parallel.channels import Channel
+from engine.parallel.sequence import SETUPS
+from engine.pipeline import ImageGenerator, StepCallback, StopCheck
+
+logger = logging.getLogger(__name__)
+
+
+class ParallelGenerator:
+    """Rank 0: the ``ImageGenerator`` interface, running CFG images on two GPUs."""
+
+    def __init__(
+        self,
+        local: ImageGenerator,
+        channel: Channel,
+        *,
+        devices: list[str],
+        processes: list[multiprocessing.process.BaseProcess] | None = None,
+    ) -> None:
+        self.local = local
+        self.channel = channel
+        self.devices = devices
+        self.processes = processes or []
+        self.split = CfgSplit(local.pipe.transformer, rank=0)
+        self.broken: str | None = None
+        self.parallel_images = 0
+        # Sequence parallelism (bench/multi_gpu.py): every image on every rank, the sequence
+        # split inside each forward.
+        self.sequence = False
+
+    def configure(self, name: str, *args: Any) -> None:
+        """Run one of ``SETUPS`` on every rank (rank 0 last)."""
+        self.channel.send(("setup", name, args))
+        SETUPS[name](self.local, *args)
+        if name == "sequence":
+            self.sequence = True
+
+    def __getattr__(self, name: str) -> Any:  # device, settings, pipe, fast_available, ...
+        if name == "local":
+            raise AttributeError(name)
+        return getattr(self.local, name)
+
+    def plan(self, request: JobRequest) -> dict[str, Any]:
+        return self.local.plan(request)
+
+    def info(self) -> dict[str, object]:
+        info = dict(self.local.info())
+        info["gpus"] = list(self.devices)
+        info["parallel"] = "none: " + self.broken if self.broken else "cfg"
+        return info
+
+    def free_memory(self) -> None:
+        self.local.free_memory()
+
+    def warmup(self) -> None:
+        """One short image per path, the CFG one on every rank (each compiles its own)."""
+        from engine.contract import Mode
+
+        for mode in [Mode.STANDARD] + ([Mode.FAST] if self.local.fast_available else []):
+            request = JobRequest(job_id=f"warmup-{mode}", user_id=0, prompt="warm up", seed=0)
+            request = dataclasses.replace(request, mode=mode)
+            steps = self.local.settings.lightning_steps if mode == Mode.FAST else 2
+            self._warm_once(request, steps)
+
+    def _warm_once(self, request: JobRequest, steps: int) -> None:
+        plan = {**self.local.plan(request), "steps": steps}
+        self.generate(request, plan=plan)
+
+    def generate(
+        self,
+        request: JobRequest,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+        plan: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> JobResult:
+        """Render one image; a CFG image on two GPUs. Bad input fails here, before any rank
+        is told about it."""
+        if plan is None:
+            plan = self.local.plan(request)
+        cfg = plan["true_cfg_scale"] > 1 and bool(plan["negative_prompt"])
+        if self.broken or not (cfg or self.sequence):
+            return self.local.generate(request, on_step, should_stop, plan=plan, **extra)
+        split = cfg and not self.sequence
+        try:
+            self.channel.send(("generate", request, plan, split))
+        except Exception as exc:
+            self._give_up(f"followers unreachable ({exc.__class__.__name__})")
+            return self.local.generate(request, on_step, should_stop, plan=plan, **extra)
+
+        def agree(reason: FailureKind | None) -> FailureKind | None:
+            self.channel.send(("stop", reason))
+            return reason
+
+        if split:
+            self.split.begin()
+        self.local.agree_stop = agree
+        try:
+            result = self.local.generate(request, on_step, should_stop, plan=plan, **extra)
+        except JobFailed as exc:
+            if exc.kind == FailureKind.OOM:  # raised mid-step: the ranks are out of step
+                self._give_up("out of memory during a parallel image")
+            raise
+        except Exception as exc:
+            self._give_up(f"{exc.__class__.__name__} during a parallel image")
+            raise
+        finally:
+            self.split.end()
+            self.local.agree_stop = None
+        self.parallel_images += 1
+        return result
+
+    def _give_up(self, why: str) -> None:
+        logger.error("multi-GPU group given up (%s): rank 0 continues alone", why)
+        self.broken = why
+        self._end_followers()
+
+    def _end_followers(self) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(10)
+        self.channel.close()
+
+    def close(self) -> None:
+        """Tell the followers to exit and wait for them."""
+        if not self.broken:
+            try:
+                self.channel.send(("exit",))
+            except Exception:  # already gone
+                logger.info("followers already gone at close")
+        for process in self.processes:
+            process.join(30)
+        self._end_followers()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- followers
+def follow(local: ImageGenerator, channel: Channel, rank: int) -> None:
+    """Ranks > 0: run rank 0's CFG images in lockstep until told to exit (or rank 0 is
+    gone)."""
+    split = CfgSplit(local.pipe.transformer, rank=rank)
+
+    def agree(_own: FailureKind | None) -> FailureKind | None:
+        kind, reason = channel.recv()
+        if kind != "stop":
+            raise RuntimeError(f"follower expected a stop decision, got {kind!r}")
+        return reason
+
+    while True:
+        try:
+            message = channel.recv()
+        except (EOFError, OSError, RuntimeError):
+            logger.info("rank %d: rank 0 is gone; exiting", rank)
+            return
+        kind = message[0]
+        if kind == "exit":
+            return
+        if kind == "attention":
+            local.pipe.transformer.set_attention_backend(message[1])
+            continue
+        if kind == "setup":
+            SETUPS[message[1]](local, *message[2])
+            continue
+        if kind != "generate":
+            raise RuntimeError(f"rank {rank}: unknown message {kind!r}")
+        _, request, plan, split_cfg = message
+        if split_cfg:
+            split.begin()
+        local.agree_stop = agree
+        try:
+            local.generate(request, plan=plan)
+        except JobFailed as exc:  # cancel or deadline, decided by rank 0 for every rank
+            logger.info("rank %d: job %s stopped (%s)", rank, request.job_id, exc.kind)
+        finally:
+            split.end()
+            local.agree_stop = None
+
+
+def attention_choice(generator: ImageGenerator) -> str | None:
+    for name in generator.optimizations:
+        if name.startswith("attention:"):
+            return name.split(":", 1)[1]
+    return None

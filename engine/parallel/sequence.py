@@ -1,0 +1,154 @@
+"""Sequence parallelism and CUDA-graph setups, run on every rank (see ``engine.parallel``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from engine.pipeline import ImageGenerator
+
+logger = logging.getLogger(__name__)
+
+
+def set_graphs(generator: ImageGenerator, enabled: bool) -> None:
+    """Whole-forward CUDA graphs on or off (``engine.cudagraph``), beneath the CFG split."""
+    from engine import cudagraph
+
+    transformer = generator.pipe.transformer
+    split = getattr(transformer, "_imagine_cfg_split", None)
+    if split is not None:  # wrap the forward the split calls
+        if not isinstance(split._stock, cudagraph.GraphedForward):
+            split._stock = cudagraph.GraphedForward(split._stock)
+        graphed = split._stock
+    else:
+        graphed = cudagraph.install(transformer)
+    graphed.clear()  # graphs captured before a change of setup would replay the old one
+    graphed.enabled = enabled
+
+
+def split_sizes(total: int, world: int) -> list[int]:
+    """Each rank's share of ``total`` tokens as ``tensor_split`` cuts them (first ones longer)."""
+    base, extra = divmod(total, world)
+    return [base + (1 if rank < extra else 0) for rank in range(world)]
+
+
+class LocalSizes:
+    """Every rank's share of the sequence, worked out from the shapes of the call.
+
+    diffusers' "anything" Ulysses asks the other ranks for their local lengths at every
+    attention (an all_gather, then ``.item()``): a host sync per layer, which CUDA graph capture
+    refuses and which breaks the compiled graph. Every rank can compute the answer itself: the
+    image and the text tokens are each cut with ``tensor_split``, and the joint attention sees
+    a rank's text share plus its image share. This wraps the transformer's forward to note the
+    shapes, and answers the size questions from them; a size it cannot tell apart (two
+    different answers for one local length) still goes through the collective.
+    """
+
+    def __init__(self, forward: Callable[..., Any], rank: int, world: int) -> None:
+        self.forward = forward
+        self.rank = rank
+        self.world = world
+        self.table: dict[int, list[int]] = {}
+        self.answered = 0
+        self.asked_peers = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        hidden, text = kwargs.get("hidden_states"), kwargs.get("encoder_hidden_states")
+        table: dict[int, list[int]] = {}
+        if hidden is not None and text is not None:
+            image = split_sizes(hidden.shape[1], self.world)
+            words = split_sizes(text.shape[1], self.world)
+            joint = [a + b for a, b in zip(image, words, strict=True)]
+            clashes = set()
+            for sizes in (joint, image, words):
+                key = sizes[self.rank]
+                if table.get(key, sizes) != sizes:
+                    clashes.add(key)
+                table[key] = sizes
+            for key in clashes:
+                del table[key]
+        self.table = table
+        return self.forward(*args, **kwargs)
+
+    def gather(self, size: int, group: Any) -> list[int]:
+        sizes = self.table.get(size)
+        if sizes is None or dist.get_world_size(group=group) != self.world:
+            self.asked_peers += 1
+            return _STOCK_GATHER[0](size, group)
+        self.answered += 1
+        return list(sizes)
+
+
+_ACTIVE: list[LocalSizes] = []
+_STOCK_GATHER: list[Callable[..., list[int]]] = []
+
+
+def _gather_size(size: int, group: Any) -> list[int]:
+    if _ACTIVE:
+        return _ACTIVE[0].gather(size, group)
+    return _STOCK_GATHER[0](size, group)
+
+
+def _install_size_answers(sizes: LocalSizes) -> None:
+    """Route diffusers' size all_gather (every module that imported it) to ``sizes``."""
+    import importlib
+
+    names = (
+        "diffusers.models._modeling_parallel",
+        "diffusers.models.attention_dispatch",
+        "diffusers.hooks.context_parallel",
+    )
+    for name in names:
+        module = importlib.import_module(name)
+        current = getattr(module, "gather_size_by_comm", None)
+        if current is None:
+            continue
+        if current is not _gather_size:
+            if not _STOCK_GATHER:
+                _STOCK_GATHER.append(current)
+            module.gather_size_by_comm = _gather_size
+    _ACTIVE[:] = [sizes]
+
+
+def enable_sequence_parallel(generator: ImageGenerator, fullgraph: bool = False) -> None:
+    """Ulysses sequence parallelism over every rank (diffusers' context parallelism).
+
+    The image at 1328² has 6889 tokens, which does not split evenly, hence diffusers'
+    ``ulysses_anything``, with the local sizes answered by ``LocalSizes`` instead of a host
+    sync. The blocks are compiled again (``fullgraph`` if asked) since the attention changed.
+    Calling it again only recompiles.
+    """
+    from diffusers import ContextParallelConfig
+
+    from engine import optimize
+
+    transformer = generator.pipe.transformer
+    compiled = "compile" in generator.optimizations
+    if compiled:
+        optimize.uncompile_transformer(transformer)
+        torch._dynamo.reset()
+    if getattr(transformer, "_parallel_config", None) is None:
+        world = dist.get_world_size()
+        config = ContextParallelConfig(ulysses_degree=world, ulysses_anything=True)
+        transformer.enable_parallelism(config=config)
+        sizes = LocalSizes(transformer.forward, dist.get_rank(), world)
+        split = getattr(transformer, "_imagine_cfg_split", None)
+        if split is not None:  # under the CFG split (inactive in this mode), over the rest
+            sizes.forward = split._stock
+            split._stock = sizes
+        else:
+            transformer.forward = sizes
+        _install_size_answers(sizes)
+    if compiled:
+        optimize.compile_transformer(transformer, fullgraph=fullgraph)
+    logger.info("Ulysses sequence parallelism over %d ranks", dist.get_world_size())
+
+
+SETUPS: dict[str, Callable[..., None]] = {
+    "graphs": set_graphs,
+    "sequence": enable_sequence_parallel,
+}
