@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # GPU hosts keep whatever CUDA build pip chooses for them.
 TORCH_CPU_SPEC ?= torch==2.13.0
 
-.PHONY: run test lint format venv tiny worker clean
+.PHONY: run test lint format venv tiny worker clean chromium screenshots
 
 venv: $(STAMP)
 
@@ -42,8 +42,24 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: lint
+test: lint chromium
 	$(PY) -m pytest
+
+# The web gallery's browser tests drive Debian's chromium through Playwright (never a downloaded
+# browser): installed here when missing and we are root, else we say what to run.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the gallery's browser tests"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "chromium is missing: run 'sudo apt-get install -y chromium' (the gallery's browser tests need it)"; \
+		exit 1; \
+	fi
+
+# Regenerate docs/img/*.png (the README's gallery screenshots) from the browser tests.
+screenshots: $(STAMP) chromium
+	IMAGINE_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/bot/web/test_gallery_browser.py -k "thumbnails_that_load or every_parameter"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -20,6 +20,7 @@ from aiohttp import web
 
 import db
 from bot.web.auth import LinkSigner
+from bot.web.cards import CardCache
 from bot.web.files import ImageFiles
 from bot.web.links import MOUNT
 from bot.web.pages import NameLookup
@@ -47,6 +48,7 @@ class GalleryDeps:
     names: NameLookup = _no_names
     guild_name: Callable[[int], str | None] = lambda guild_id: None
     page_size: int = PAGE_SIZE
+    cards: CardCache = dataclasses.field(default_factory=CardCache)
 
 
 DEPS = web.AppKey("gallery_deps", GalleryDeps)

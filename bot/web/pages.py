@@ -20,9 +20,9 @@ from aiohttp import web
 
 import db
 from bot.web.auth import Grant
+from bot.web.cards import CARD_SIDE
 from db.gallery import ChainLink, GalleryEntry
 
-THUMB_SIDE = 384  # the store's WebP thumbnails fit in this square
 CAPTION_CHARS = 120
 NameLookup = Callable[[int | None, int], str | None]
 
@@ -58,8 +58,8 @@ def when(stamp: dt.datetime | None) -> str:
 
 
 def thumb_size(width: int, height: int) -> tuple[int, int]:
-    """The thumbnail's pixel size, for width/height attributes (no layout shift on load)."""
-    scale = min(1.0, THUMB_SIDE / max(width, height, 1))
+    """The card thumbnail's pixel size, for width/height attributes (no layout shift)."""
+    scale = min(1.0, CARD_SIDE / max(width, height, 1))
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 

@@ -213,16 +213,24 @@ async def _send_file(
     if isinstance(found, web.Response):
         return found
     files = deps.files()
-    path = None
-    if files is not None:
-        sha = found.image.sha256
-        path = files.thumb_path(sha) if thumb else files.png_path(sha)
-    if path is None or not path.is_file():
-        return plain_page(404, "404 Not Found", "This image's file is no longer stored.")
+    gone = plain_page(404, "404 Not Found", "This image's file is no longer stored.")
+    if files is None:
+        return gone
+    sha = found.image.sha256
+    if thumb:
+        card = await deps.cards.get(sha, files.thumb_path(sha))
+        if card is None:
+            return gone
+        return web.Response(
+            body=card, content_type="image/webp", headers={"Cache-Control": FILE_CACHE}
+        )
+    path = files.png_path(sha)
+    if not path.is_file():
+        return gone
     response = web.FileResponse(path)
-    response.content_type = "image/webp" if thumb else "image/png"
+    response.content_type = "image/png"
     response.headers["Cache-Control"] = FILE_CACHE
-    if not thumb and request.query.get("download") == "1":
+    if request.query.get("download") == "1":
         name = f"imagine-{found.generation.job_key}.png"
         response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
