@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from tests.bot.web.harness import GalleryServer, Seeded, seed_gallery
 
@@ -25,6 +26,8 @@ CHROMIUM_HINT = (
 def chromium_path() -> str:
     explicit = os.environ.get("IMAGINE_CHROMIUM")
     if explicit:
+        if not Path(explicit).exists():
+            pytest.fail(f"IMAGINE_CHROMIUM={explicit} does not exist: {CHROMIUM_HINT}")
         return explicit
     for name in ("chromium", "chromium-browser"):
         found = shutil.which(name)
@@ -33,20 +36,24 @@ def chromium_path() -> str:
     pytest.fail(f"no Chromium found: {CHROMIUM_HINT}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the whole session (starting one costs about a second)."""
-    from playwright.sync_api import sync_playwright
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def browser() -> AsyncIterator[Any]:
+    """One headless Chromium for the whole session (starting one costs about a second).
+
+    Playwright's async API on the session's event loop: its sync API would keep an event loop
+    running in the main thread for as long as the browser lives, and every asyncio test after
+    it would fail. Browser tests therefore run on the session loop
+    (``pytest.mark.asyncio(loop_scope="session")``).
+    """
+    from playwright.async_api import async_playwright
 
     executable = chromium_path()
-    if not Path(executable).exists():
-        pytest.fail(f"{executable} does not exist: {CHROMIUM_HINT}", pytrace=False)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=executable, headless=True)
         try:
             yield browser
         finally:
-            browser.close()
+            await browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -64,23 +71,23 @@ def thirty(gallery: GalleryServer) -> list[Seeded]:
     return seed_gallery(gallery, 30)
 
 
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+@pytest_asyncio.fixture(loop_scope="session")
+async def page(browser: Any) -> AsyncIterator[Any]:
     """A fresh browser tab (own cookies and cache); ``page.dialogs`` lists any alert() seen."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    tab = context.new_page()
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = await context.new_page()
     dialogs: list[str] = []
 
-    def on_dialog(dialog: Any) -> None:
+    async def on_dialog(dialog: Any) -> None:
         dialogs.append(dialog.message)
-        dialog.dismiss()
+        await dialog.dismiss()
 
     tab.on("dialog", on_dialog)
     tab.dialogs = dialogs
     try:
         yield tab
     finally:
-        context.close()
+        await context.close()
 
 
 def screenshot_dir(tmp_path: Path) -> Path:
