@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import subprocess
@@ -39,6 +40,10 @@ import torch.distributed as dist  # noqa: E402
 from bench import gpu  # noqa: E402  (sets the offline environment first)
 
 logger = logging.getLogger("bench.multi")
+
+# "graphs" and "sequence" (every image Ulysses-split) are experiments of run 5 and 6; ask for
+# them by name, without "product".
+DEFAULT_CASES = "stock,one,anomaly,breakdown,cfg,product"
 
 
 def card_info(device: torch.device, world: int) -> dict[str, Any]:
@@ -87,16 +92,21 @@ def timed_image(
     mode: str,
     side: int,
     warm_steps: int | None,
+    prompt: str | None = None,
     **extra: Any,
 ) -> bytes:
-    """A warm-up image (same mode and size) then the timed one, through ``generate``."""
+    """A warm-up image (same mode and size; ``warm_steps`` 0: none) then the timed one,
+    through ``generate``."""
     local.max_side = side  # IMAGINE_MAX_SIDE: 1:1 at exactly side x side
     request = gpu.engine_request(mode)
+    if prompt is not None:
+        request = dataclasses.replace(request, prompt=prompt)
     plan = generator.plan(request)
     if plan["width"] != side:
         raise RuntimeError(f"engine planned {plan['size']} for {side}")
     before = dynamo_counts()
-    generator._warm_once(request, warm_steps or plan["steps"])
+    if warm_steps != 0:
+        generator._warm_once(request, warm_steps or plan["steps"])
     out: dict[str, Any] = {}
     with gpu.peak_memory(device, out):
         result = generator.generate(request)
@@ -119,6 +129,55 @@ def timed_image(
     return result.png
 
 
+def timed_warmup(record: gpu.Recorder, engine: Any, device: torch.device) -> None:
+    started = time.perf_counter()
+    engine.warmup()
+    gpu.sync(device)
+    record("warmup_2gpu", seconds=round(time.perf_counter() - started, 2))
+
+
+KERNEL_KINDS = (
+    ("attention", ("flash", "fmha", "attention", "cudnn", "sdpa")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "sm90")),
+    ("fused elementwise (triton)", ("triton",)),
+    ("communication", ("nccl",)),
+)
+
+
+def forward_breakdown(
+    record: gpu.Recorder, local: Any, inputs: dict, device: torch.device, side: int
+) -> None:
+    """Where one compiled forward's GPU time goes, by kernel kind (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    local._set_mode(False)
+    transformer = local.pipe.transformer
+    with torch.inference_mode():
+        transformer(**inputs)
+        gpu.sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            transformer(**inputs)
+            gpu.sync(device)
+    kinds: dict[str, float] = {}
+    kernels = []
+    for event in prof.key_averages():
+        micros = float(getattr(event, "self_device_time_total", 0) or 0)
+        if micros <= 0:
+            continue
+        name = event.key.lower()
+        kind = next((k for k, keys in KERNEL_KINDS if any(w in name for w in keys)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + micros / 1000
+        kernels.append((micros / 1000, event.key[:90], event.count))
+    kernels.sort(reverse=True)
+    record(
+        "forward_breakdown",
+        size=f"{side}x{side}",
+        gpu_ms=round(sum(kinds.values()), 2),
+        ms_by_kind={k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+        top_kernels=[[round(ms, 2), name, count] for ms, name, count in kernels[:15]],
+    )
+
+
 def load_tiny(path: Path, device: torch.device, dtype: torch.dtype) -> Any:
     from diffusers import QwenImagePipeline
 
@@ -138,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cases",
         default=None,
-        help="comma list of: stock, stock-fast, one, one-fast, anomaly, cfg, graphs, sequence",
+        help="comma list of: stock, stock-fast, one, one-fast, anomaly, breakdown, cfg, "
+        "graphs, product, sequence",
     )
     args = parser.parse_args(argv)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -147,10 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s rank{rank} %(name)s: %(message)s",
         stream=sys.stdout,
     )
-    selected = set(args.cases.split(",")) if args.cases else None
+    selected = set((args.cases or DEFAULT_CASES).split(","))
 
     def want(name: str) -> bool:
-        return selected is None or name in selected
+        return name in selected
 
     from engine import parallel
     from engine.pipeline import ImageGenerator
@@ -282,9 +342,16 @@ def run_cases(
         guarded(lambda: one_gpu("engine_1gpu", "quality", small, 2))
         guarded(lambda: one_gpu("engine_1gpu", "standard", small, 2, "standard-b"))
 
-    def two_gpu(case: str, mode: str, side: int, warm: int | None, **extra: Any) -> None:
-        png = timed_image(record, engine, local, device, case, mode, side, warm, gpus=2, **extra)
-        reference = one.get(f"{mode}:{side}")
+    if want("breakdown") and device.type == "cuda":
+        guarded(lambda: forward_breakdown(record, local, inputs, device, big))
+
+    def two_gpu(
+        case: str, mode: str, side: int, warm: int | None, prompt: str | None = None, **extra: Any
+    ) -> None:
+        png = timed_image(
+            record, engine, local, device, case, mode, side, warm, prompt, gpus=2, **extra
+        )
+        reference = one.get(f"{mode}:{side}") if prompt is None else None
         if reference is not None:
             record(f"{case}_vs_1gpu", mode=mode, **pixel_difference(png, reference), **extra)
 
@@ -296,6 +363,17 @@ def run_cases(
         guarded(lambda: one_gpu("engine_1gpu_graphs", "fast", big, None, "fast-graphs"))
         guarded(lambda: two_gpu("engine_2gpu", "quality", big, 2, graphs=True))
         guarded(lambda: engine.configure("graphs", False))
+    product = want("product") and device.type == "cuda" and not tiny
+    if product and guarded(lambda: engine.configure("fast-sequence")):
+        # What IMAGINE_GPUS=0,1 runs: CFG-parallel for CFG modes, Ulysses in graphs for fast.
+        case = "engine_2gpu_product"
+        guarded(lambda: timed_warmup(record, engine, device))
+        guarded(lambda: two_gpu(case, "quality", big, 2))
+        guarded(lambda: two_gpu(case, "fast", big, None))
+        longer = gpu.PROMPT + ", in the style of an old master, with a frozen lake behind"
+        guarded(lambda: two_gpu(case, "fast", big, 0, prompt=longer, first_of_its_length=True))
+        guarded(lambda: two_gpu(case, "fast", big, 0, prompt=longer, first_of_its_length=False))
+        guarded(lambda: two_gpu(case, "quality", big, 0, after="fast"))
     sequence = want("sequence") and device.type == "cuda" and not tiny
     if sequence and guarded(lambda: engine.configure("sequence", False)):
         case = "engine_2gpu_ulysses"

@@ -7,9 +7,9 @@ at once. Each call copies its latents, text embeddings and timestep into fixed i
 replays the graph of that shape and hands back a copy of the output.
 
 A graph is kept per input shape (image size and prompt length), at most ``MAX_GRAPHS`` of them,
-least recently used first out; a new shape costs ``WARM_CALLS`` + 1 ordinary forwards to
-capture. Calls the graphs don't cover (a text mask, ControlNet, gradients, the CPU) run the
-ordinary forward.
+least recently used first out; a new shape costs ``WARM_CALLS`` ordinary forwards and one
+captured one (``WARM_CALLS_FIRST`` for the very first shape). Calls the graphs don't cover (a
+text mask, ControlNet, gradients, the CPU) run the ordinary forward.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 MAX_GRAPHS = 8
-WARM_CALLS = 2
+# Ordinary forwards before a capture: the first capture needs the lazy set-up (compiled
+# kernels, library handles) done; later shapes only need their own compiled variant.
+WARM_CALLS_FIRST = 2
+WARM_CALLS = 1
 _TENSORS = ("hidden_states", "encoder_hidden_states", "timestep")
 _UNSUPPORTED = (
     "encoder_hidden_states_mask",
@@ -97,7 +100,7 @@ class GraphedForward:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up off the default stream, as capture needs
-            for _ in range(WARM_CALLS):
+            for _ in range(WARM_CALLS if self.captures else WARM_CALLS_FIRST):
                 self.forward(**call)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult
 from engine.parallel.cfg import CfgSplit
 from engine.parallel.channels import Channel
-from engine.parallel.sequence import SETUPS
+from engine.parallel.sequence import SETUPS, fast_sequence
 from engine.pipeline import ImageGenerator, StepCallback, StopCheck
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,11 @@ class ParallelGenerator:
     def info(self) -> dict[str, object]:
         info = dict(self.local.info())
         info["gpus"] = list(self.devices)
-        info["parallel"] = "none: " + self.broken if self.broken else "cfg"
+        if self.broken:
+            info["parallel"] = "none: " + self.broken
+        else:
+            fast = " + ulysses for fast" if fast_sequence(self.local) is not None else ""
+            info["parallel"] = "cfg" + fast
         return info
 
     def free_memory(self) -> None:
@@ -90,12 +94,11 @@ class ParallelGenerator:
         is told about it."""
         if plan is None:
             plan = self.local.plan(request)
-        cfg = plan["true_cfg_scale"] > 1 and bool(plan["negative_prompt"])
-        if self.broken or not (cfg or self.sequence):
+        how = self._how(plan)
+        if how is None:
             return self.local.generate(request, on_step, should_stop, plan=plan, **extra)
-        split = cfg and not self.sequence
         try:
-            self.channel.send(("generate", request, plan, split))
+            self.channel.send(("generate", request, plan, how))
         except Exception as exc:
             self._give_up(f"followers unreachable ({exc.__class__.__name__})")
             return self.local.generate(request, on_step, should_stop, plan=plan, **extra)
@@ -104,8 +107,7 @@ class ParallelGenerator:
             self.channel.send(("stop", reason))
             return reason
 
-        if split:
-            self.split.begin()
+        arrange(self.local, self.split, how)
         self.local.agree_stop = agree
         try:
             result = self.local.generate(request, on_step, should_stop, plan=plan, **extra)
@@ -122,9 +124,29 @@ class ParallelGenerator:
         self.parallel_images += 1
         return result
 
+    def _how(self, plan: dict[str, Any]) -> str | None:
+        """How the ranks share this image: "cfg" (one CFG branch each), "seq" (fast mode's
+        forwards split along the sequence), "all" (every forward split: bench only), or None
+        (rank 0 alone)."""
+        if self.broken:
+            return None
+        if self.sequence:
+            return "all"
+        if plan["true_cfg_scale"] > 1 and bool(plan["negative_prompt"]):
+            return "cfg"
+        if fast_sequence(self.local) is not None:
+            return "seq"
+        return None
+
     def _give_up(self, why: str) -> None:
         logger.error("multi-GPU group given up (%s): rank 0 continues alone", why)
         self.broken = why
+        sequence = fast_sequence(self.local)
+        if sequence is not None:
+            try:
+                sequence.off()
+            except Exception:
+                logger.exception("could not switch sequence parallelism off")
         self._end_followers()
 
     def _end_followers(self) -> None:
@@ -177,9 +199,8 @@ def follow(local: ImageGenerator, channel: Channel, rank: int) -> None:
             continue
         if kind != "generate":
             raise RuntimeError(f"rank {rank}: unknown message {kind!r}")
-        _, request, plan, split_cfg = message
-        if split_cfg:
-            split.begin()
+        _, request, plan, how = message
+        arrange(local, split, how)
         local.agree_stop = agree
         try:
             local.generate(request, plan=plan)
@@ -195,3 +216,12 @@ def attention_choice(generator: ImageGenerator) -> str | None:
         if name.startswith("attention:"):
             return name.split(":", 1)[1]
     return None
+
+
+def arrange(local: ImageGenerator, split: CfgSplit, how: str) -> None:
+    """Set this rank up for one image shared the ``how`` way (see ``ParallelGenerator._how``)."""
+    sequence = fast_sequence(local)
+    if sequence is not None:
+        sequence.on() if how == "seq" else sequence.off()
+    if how == "cfg":
+        split.begin()

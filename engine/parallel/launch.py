@@ -114,8 +114,15 @@ def load(settings: EngineSettings, gpus: list[int] | None = None) -> ParallelGen
         if dist.is_initialized():
             dist.destroy_process_group()
         raise
-    logger.info("one image across %s (CFG-parallel)", ", ".join(devices))
-    return ParallelGenerator(local, channel, devices=devices, processes=processes)
+    generator = ParallelGenerator(local, channel, devices=devices, processes=processes)
+    if devices[0].startswith("cuda") and local.fast_available:
+        try:  # fast mode has no CFG to split: Ulysses in CUDA graphs instead
+            generator.configure("fast-sequence")
+        except BaseException:
+            generator.close()
+            raise
+    logger.info("one image across %s: %s", ", ".join(devices), generator.info()["parallel"])
+    return generator
 
 
 def _await_followers(

@@ -148,7 +148,102 @@ def enable_sequence_parallel(generator: ImageGenerator, fullgraph: bool = False)
     logger.info("Ulysses sequence parallelism over %d ranks", dist.get_world_size())
 
 
+class FastSequence:
+    """Ulysses for fast mode only, CFG-parallel for the rest: sequence parallelism and the CUDA
+    graphs are switched on for each fast image and off for each CFG image.
+
+    Fast mode has no second forward to give the other GPU, so each forward is split along the
+    sequence instead; split over two GPUs a forward is too short for the host to keep both GPUs
+    fed, so it runs as a CUDA graph (one per image size and prompt length, captured on first
+    use). diffusers' context-parallel hooks stay registered (registering them again would hand
+    the compiler new functions, hence a recompile, at every switch); they and the attention
+    processors consult ``active``, so the compiler keeps one variant per setting. The blocks
+    are compiled without ``fullgraph``: the Ulysses attention breaks the graph.
+    """
+
+    def __init__(self, generator: ImageGenerator) -> None:
+        from diffusers import ContextParallelConfig
+        from diffusers.hooks.context_parallel import (
+            ContextParallelGatherHook,
+            ContextParallelSplitHook,
+        )
+
+        from engine import cudagraph, optimize
+
+        transformer = generator.pipe.transformer
+        compiled = "compile" in generator.optimizations
+        if compiled:
+            optimize.uncompile_transformer(transformer)
+            torch._dynamo.reset()
+        world = dist.get_world_size()
+        transformer.enable_parallelism(
+            config=ContextParallelConfig(ulysses_degree=world, ulysses_anything=True)
+        )
+        self.active = True
+        self.config = transformer._parallel_config
+        self.processors = [
+            m.processor
+            for m in transformer.modules()
+            if getattr(getattr(m, "processor", None), "_parallel_config", None) is self.config
+        ]
+        hooks = (ContextParallelSplitHook, ContextParallelGatherHook)
+        for module in transformer.modules():
+            registry = module.__dict__.get("_diffusers_hook")
+            for hook in registry.hooks.values() if registry is not None else ():
+                if isinstance(hook, hooks):
+                    self._gate(hook.fn_ref)
+        self.sizes = LocalSizes(transformer.forward, dist.get_rank(), world)
+        self.graphs = cudagraph.GraphedForward(self.sizes)
+        split = getattr(transformer, "_imagine_cfg_split", None)
+        if split is not None:  # beneath the CFG split, which is inactive for fast images
+            self.sizes.forward = split._stock
+            split._stock = self.graphs
+        else:
+            transformer.forward = self.graphs
+        _install_size_answers(self.sizes)
+        self.off()
+        if compiled:
+            optimize.compile_transformer(transformer, fullgraph=False)
+        transformer._imagine_fast_sequence = self
+
+    def _gate(self, fn_ref: Any) -> None:
+        pre, post = fn_ref.pre_forward, fn_ref.post_forward
+
+        def pre_forward(module: Any, *args: Any, **kwargs: Any) -> Any:
+            return pre(module, *args, **kwargs) if self.active else (args, kwargs)
+
+        def post_forward(module: Any, output: Any) -> Any:
+            return post(module, output) if self.active else output
+
+        fn_ref.pre_forward, fn_ref.post_forward = pre_forward, post_forward
+
+    def on(self) -> None:
+        self._set(True)
+
+    def off(self) -> None:
+        self._set(False)
+
+    def _set(self, active: bool) -> None:
+        if active == self.active:
+            return
+        for processor in self.processors:
+            processor._parallel_config = self.config if active else None
+        self.graphs.enabled = active
+        self.active = active
+
+
+def enable_fast_sequence(generator: ImageGenerator) -> None:
+    """Set up ``FastSequence`` on this rank (every rank runs it, rank 0 last)."""
+    FastSequence(generator)
+    logger.info("fast mode: Ulysses over %d ranks in CUDA graphs", dist.get_world_size())
+
+
+def fast_sequence(generator: ImageGenerator) -> FastSequence | None:
+    return getattr(generator.pipe.transformer, "_imagine_fast_sequence", None)
+
+
 SETUPS: dict[str, Callable[..., None]] = {
     "graphs": set_graphs,
     "sequence": enable_sequence_parallel,
+    "fast-sequence": enable_fast_sequence,
 }
