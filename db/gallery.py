@@ -33,6 +33,8 @@ MAX_PAGE = 100
 MAX_TERMS = 8
 MAX_TERM_CHARS = 40
 MAX_CHAIN = 25
+# SQLite integers are 64-bit signed: a larger number from a URL would fail to bind.
+MAX_ID = 2**63 - 1
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CURSOR = re.compile(r"^(?P<us>[0-9]{1,20})-(?P<id>[0-9]{1,19})$")
 
@@ -96,7 +98,8 @@ def parse_cursor(cursor: str | None) -> tuple[dt.datetime, int] | None:
         stamp = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=int(match["us"]))
     except OverflowError:
         return None
-    return stamp, int(match["id"])
+    image_id = int(match["id"])
+    return (stamp, image_id) if image_id <= MAX_ID else None
 
 
 def _scope(guild_id: int | None, user_id: int | None) -> list[Any]:

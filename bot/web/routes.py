@@ -147,6 +147,8 @@ async def index(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.St
 @granted
 async def member(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.StreamResponse:
     user_id = int(request.match_info["user_id"])
+    if user_id > gallery.MAX_ID:
+        return plain_page(404, "404 Not Found", "There is no such member.")
     see_all = await _see_all(deps, grant)
     if not pages.may_view_member(user_id, grant, see_all=see_all):
         return forbidden("This server's gallery is private: you can see your own images only.")

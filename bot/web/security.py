@@ -13,6 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from html import escape
 
 from aiohttp import web
 
@@ -44,8 +45,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def plain_page(status: int, title: str, text: str) -> web.Response:
     """A tiny self-contained HTML error page (no template: it must work when nothing else does)."""
-    from html import escape
-
     body = (
         "<!doctype html><html lang=en><meta charset=utf-8>"
         f"<title>{escape(title)}</title><h1>{escape(title)}</h1><p>{escape(text)}</p></html>"

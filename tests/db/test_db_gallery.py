@@ -101,7 +101,7 @@ async def test_pages_walk_back_without_overlap_and_bad_cursors_start_over(
             break
     assert sizes == [3, 3, 1]
     assert seen == [f"image {n}" for n in reversed(range(7))]
-    for junk in ("", "x", "1-", "-1", "9" * 30 + "-1", "1-2; DROP TABLE images"):
+    for junk in ("", "x", "1-", "-1", "9" * 30 + "-1", "1-" + "9" * 19, "1-2; DROP TABLE images"):
         page = await g.list_gallery(database, guild_id=GUILD, before=junk, limit=3)
         assert prompts(page)[0] == "image 6"
 

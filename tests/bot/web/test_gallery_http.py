@@ -110,6 +110,9 @@ def test_files_come_by_id_with_the_right_type_and_nothing_else(
         "f/-1.png",
         "f/1e3.png",
         "static/../gallery.db",
+        "u/99999999999999999999",
+        "u/9999999999999999999",
+        "i/9999999999999999999",
     ):
         assert fetch(link + probe).status == 404, probe
     assert fetch(link + "i/999999").status == 404
