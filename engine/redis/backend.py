@@ -169,6 +169,7 @@ class RedisBackend(JobRouting):
             job = RemoteJob(request, loop.create_future(), on_progress, time.time())
             job.state = "running" if claim else "dispatched"
             job.worker = claim.decode(errors="replace") if claim else None
+            self._extend_deadline(job)
             self._jobs[job_id] = job
             self._in_flight[job_id] = job
             logger.info("job %s is already with the workers; following it", job_id)

@@ -17,6 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from taskiq import AckableMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.acks import parse_acknowledge_type
 from taskiq.message import TaskiqMessage
 from taskiq.serializers import JSONSerializer
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
@@ -24,7 +25,7 @@ from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 from engine.redis.connection import REDIS_DOWN, cancelling, connection_kwargs, retry_forever
 from engine.redis.keys import RedisKeys
 from engine.redis.settings import RemoteSettings
-from engine.redis.wire import DoneEvent
+from engine.redis.wire import DoneEvent, brief
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,11 @@ class ResilientStreamBroker(RedisStreamBroker):
     * one entry per read or reclaim, so a worker holds only the job it is about to run;
     * a Redis restart does not end the worker: the loop waits with backoff and declares the
       consumer group again (a Redis that lost its data has none);
-    * an entry that is not a taskiq message (no ``data`` field) is acknowledged and skipped
-      instead of ending the loop;
+    * an entry this worker cannot run (no ``data`` field, not a taskiq message, another task,
+      labels taskiq would choke on after taking it) is logged once, acknowledged and skipped:
+      it never ends the loop, and never stays pending to come back to the next worker;
+    * an acknowledged entry is deleted (XDEL): the stream holds the jobs in progress, not the
+      prompts of every job ever made;
     * ``closing`` ends the loop within one read; redis-py can swallow a cancellation that lands
       mid-read, so shutdown must not depend on cancellation alone;
     * acks are retried until they land, so a finished job is not redelivered merely because
@@ -100,12 +104,14 @@ class ResilientStreamBroker(RedisStreamBroker):
                         entries = await self._next_entries(redis, stream, group, consumer)
                         delay = 0.2
                         for entry_id, fields in entries:
-                            ack = self._durable(self._ack_generator(entry_id, stream))
+                            ack = self._durable(self._ack_and_delete(entry_id, stream))
                             data = fields.get(b"data")
-                            if data is None:
+                            problem = self._unrunnable(data)
+                            if problem is not None:
                                 logger.warning(
-                                    "stream entry %s is not a job message; skipped",
-                                    entry_id.decode(errors="replace"),
+                                    "skipped stream entry %s: %s",
+                                    entry_id.decode(errors="replace")[:40],
+                                    problem,
                                 )
                                 await ack()
                                 continue
@@ -119,6 +125,30 @@ class ResilientStreamBroker(RedisStreamBroker):
                 delay = min(delay * 2, 5.0)
                 with contextlib.suppress(*REDIS_DOWN):
                     await self._declare_consumer_group()
+            except Exception:  # a bug, or a reply this code did not expect: go on reading
+                if cancelling():
+                    raise
+                logger.exception("job stream read failed; reading again in %.1fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _unrunnable(self, data: bytes | None) -> str | None:
+        """Why taskiq could not run this entry here, or None. Checked before taskiq sees it:
+        taskiq logs a bad message whole (a huge one floods the log) and raises on bad labels
+        after it took the entry, leaving it pending to come back to every worker in turn."""
+        if data is None:
+            return "no data field (not a taskiq message)"
+        try:
+            message = self.formatter.loads(message=data)
+            message.parse_labels()
+            if self.find_task(message.task_name) is None:
+                return f"task {message.task_name[:60]!r} is not run by this worker"
+            ack_type = message.labels.get("ack_type")
+            if ack_type is not None:
+                parse_acknowledge_type(ack_type)
+        except Exception as exc:
+            return f"not a taskiq message this worker can run ({brief(exc)})"
+        return None
 
     async def _next_entries(
         self, redis: Redis, stream: str, group: str, consumer: str
@@ -138,6 +168,18 @@ class ResilientStreamBroker(RedisStreamBroker):
             return entries
         fetched = await redis.xreadgroup(group, consumer, {stream: ">"}, count=1, block=self.block)
         return [e for _stream, batch in fetched or [] for e in batch]
+
+    def _ack_and_delete(self, entry_id: bytes, stream: str) -> Callable[[], Awaitable[None]]:
+        """Acknowledge and delete in one step: nothing is left behind for the stream cap."""
+
+        async def ack() -> None:
+            async with Redis(connection_pool=self.connection_pool) as redis:
+                pipe = redis.pipeline(transaction=True)
+                pipe.xack(stream, self.consumer_group_name, entry_id)
+                pipe.xdel(stream, entry_id)
+                await pipe.execute()
+
+        return ack
 
     @staticmethod
     def _durable(ack: Callable[[], Awaitable[None] | None]) -> Callable[[], Awaitable[None]]:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ from engine.redis.presence import read_workers
 from engine.redis.settings import RemoteSettings
 from engine.redis.wire import (
     DoneEvent,
+    Event,
     Heartbeat,
     JobMessage,
     Marker,
@@ -38,24 +40,33 @@ from engine.redis.wire import (
     StartedEvent,
     WireError,
     WorkerEvent,
+    brief,
     log_skipped,
     parse_event,
     parse_result,
 )
+from engine.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
+
+NO_ANSWER_MESSAGE = (
+    "No GPU worker answered for this image in time, so it was given up — nothing was charged. "
+    "Please try again."
+)
 
 
 def parse_outcome(job_id: str, result: TaskiqResult[Any]) -> JobResult | JobFailed:
     """What a worker stored for a job; an unreadable result fails the job with a plain message
     (the member is refunded) instead of leaving it waiting forever."""
     if result.is_err:
-        logger.error("job %s: worker stored an error result: %s", job_id, result.error)
+        logger.error(
+            "job %s: worker stored an error result: %s", job_id, brief(result.error or "no details")
+        )
         return JobFailed(FailureKind.ERROR, ERROR_MESSAGE)
     try:
         return parse_result(result.return_value)
-    except WireError as exc:
-        logger.error("job %s: unreadable result (%s)", job_id, exc)
+    except Exception as exc:  # WireError, or anything a hostile value makes the parser raise
+        logger.error("job %s: unreadable result (%s)", job_id, brief(exc))
         return JobFailed(FailureKind.ERROR, ERROR_MESSAGE)
 
 
@@ -70,12 +81,16 @@ class RemoteJob:
     worker: str | None = None
     attempt: int = 0
     completing: bool = False
+    # The bot's own deadline for an answer (monotonic): the GPU deadline plus a margin, from
+    # the hand-over or the latest start. Past it the job fails plainly and frees its slot.
+    answer_by: float = math.inf
 
 
 class JobRouting:
     """The state and loops that carry jobs between the bot's queue and the workers."""
 
     settings: RemoteSettings
+    engine_settings: EngineSettings
     keys: RedisKeys
     _waiting: FairQueue[RemoteJob]
     _jobs: dict[str, RemoteJob]  # every job this process follows, by id
@@ -119,6 +134,11 @@ class JobRouting:
         self._workers = workers
         self._workers_read_at = now
         return workers
+
+    def _extend_deadline(self, job: RemoteJob) -> None:
+        """Give the job a fresh answer window: its GPU deadline plus ``answer_margin_s``."""
+        budget = job.request.deadline_s or self.engine_settings.job_timeout_s
+        job.answer_by = time.monotonic() + budget + self.settings.answer_margin_s
 
     def _free_slots(self) -> int:
         return sum(w.capacity for w in self._workers) - len(self._in_flight)
@@ -188,6 +208,7 @@ class JobRouting:
         )
         if job.state == "dispatching":
             job.state = "dispatched"
+        self._extend_deadline(job)
         logger.info("job %s handed to the workers (attempt %d)", job_id, job.attempt)
 
     async def _events_loop(self) -> None:
@@ -205,21 +226,34 @@ class JobRouting:
                 while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        self._on_event(message["data"])
+                        self._on_event_safely(message.get("data"))
             except REDIS_DOWN as exc:
                 self._set_redis_ok(False, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except Exception:  # a bug must not silence progress and completions until restart
+                logger.exception("events loop error; resubscribing")
+                await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(*REDIS_DOWN, RuntimeError):
                     await pubsub.aclose()
 
-    def _on_event(self, data: bytes) -> None:
+    def _on_event_safely(self, data: Any) -> None:
+        """Handle one event; whatever it holds, the events loop goes on with the next one."""
         try:
             event = parse_event(data)
         except WireError as exc:
             log_skipped("worker events", exc)
             return
+        except Exception as exc:  # not even bytes, or a parser failure: skipped all the same
+            log_skipped("worker events", WireError(brief(exc)))
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            logger.exception("worker event %s not handled", type(event).__name__)
+
+    def _on_event(self, event: Event) -> None:
         if isinstance(event, WorkerEvent):
             self._workers_read_at = 0.0
             self._poke()
@@ -227,6 +261,8 @@ class JobRouting:
         job = self._in_flight.get(event.job_id)
         if job is None:
             return
+        if isinstance(event, StartedEvent):
+            self._extend_deadline(job)  # a (re)delivered copy started: its GPU budget is new
         if isinstance(event, StartedEvent | ProgressEvent):
             job.state = "running"
             job.worker = event.worker or job.worker
@@ -244,34 +280,78 @@ class JobRouting:
         interval = min(1.0, self.settings.heartbeat_s)
         while not self._closing:
             await asyncio.sleep(interval)
-            jobs = [j for j in self._in_flight.values() if j.state in ("dispatched", "running")]
-            if not jobs or self._redis is None:
-                continue
             try:
-                pipe = self._redis.pipeline(transaction=False)
-                for job in jobs:
-                    job_id = job.request.job_id
-                    pipe.exists(self.keys.result(job_id))
-                    pipe.exists(self.keys.marker(job_id), self.keys.claim(job_id))
-                flags = await pipe.execute()
-                self._set_redis_ok(True)
-            except REDIS_DOWN as exc:
-                self._set_redis_ok(False, exc)
-                continue
-            for index, job in enumerate(jobs):
-                has_result, known = flags[2 * index], flags[2 * index + 1]
-                if has_result:
-                    await self._complete(job.request.job_id)
-                elif not known and job.request.job_id in self._in_flight:
-                    logger.warning(
-                        "job %s vanished from Redis (restarted without persistence?); sending "
-                        "it again",
-                        job.request.job_id,
-                    )
-                    job.state = "dispatching"
-                    self._poke()
+                await self._give_up_overdue()
+                await self._reconcile()
+            except Exception:  # a bug here must not leave finished jobs unanswered for good
+                logger.exception("reconcile loop error")
+
+    async def _give_up_overdue(self) -> None:
+        """Fail the jobs that are past the bot's answer deadline and free their slots."""
+        now = time.monotonic()
+        for job in list(self._in_flight.values()):
+            overdue = now > job.answer_by and not job.completing
+            if overdue and job.state in ("dispatched", "running"):
+                await self._give_up(job)
+
+    async def _give_up(self, job: RemoteJob) -> None:
+        job_id = job.request.job_id
+        job.completing = True
+        logger.warning(
+            "job %s: no answer %.0fs past its GPU deadline (%s on %s); failing it",
+            job_id,
+            self.settings.answer_margin_s,
+            job.state,
+            job.worker or "no worker yet",
+        )
+        self._in_flight.pop(job_id, None)
+        self._jobs.pop(job_id, None)
+        settle(job.future, JobFailed(FailureKind.TIMEOUT, NO_ANSWER_MESSAGE))
+        self._poke()
+        if self._redis is None:
+            return
+        try:
+            # A worker that still has it stops at its next step; one that takes it later skips.
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(self.keys.cancel(job_id), b"1", ex=self.settings.result_ttl_s)
+            pipe.set(self.keys.done(job_id), b"1", ex=self.settings.result_ttl_s)
+            pipe.delete(self.keys.marker(job_id))
+            pipe.expire(self.keys.result(job_id), self.settings.result_keep_s)
+            await pipe.execute()
+        except REDIS_DOWN as exc:
+            logger.info("job %s: could not flag it as given up (%s)", job_id, exc)
+
+    async def _reconcile(self) -> None:
+        jobs = [j for j in self._in_flight.values() if j.state in ("dispatched", "running")]
+        if not jobs or self._redis is None:
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for job in jobs:
+                job_id = job.request.job_id
+                pipe.exists(self.keys.result(job_id))
+                pipe.exists(self.keys.marker(job_id), self.keys.claim(job_id))
+            flags = await pipe.execute()
+            self._set_redis_ok(True)
+        except REDIS_DOWN as exc:
+            self._set_redis_ok(False, exc)
+            return
+        for index, job in enumerate(jobs):
+            has_result, known = flags[2 * index], flags[2 * index + 1]
+            if has_result:
+                await self._complete(job.request.job_id)
+            elif not known and job.request.job_id in self._in_flight:
+                logger.warning(
+                    "job %s vanished from Redis (restarted without persistence?); sending it again",
+                    job.request.job_id,
+                )
+                job.state = "dispatching"
+                self._poke()
 
     async def _complete(self, job_id: str) -> None:
+        """Read the stored outcome and answer the job. Whatever Redis holds there, the job is
+        answered once: a result that is no taskiq result, one taskiq refuses to rebuild, or one
+        nested too deep fails it with a plain message (the member is refunded)."""
         job = self._in_flight.get(job_id)
         if job is None or job.completing:
             return
@@ -280,7 +360,6 @@ class JobRouting:
         outcome: JobResult | JobFailed
         try:
             result = await self._broker.result_backend.get_result(job_id)
-            outcome = parse_outcome(job_id, result)
         except ResultIsMissingError:
             job.completing = False
             return
@@ -288,9 +367,11 @@ class JobRouting:
             job.completing = False
             self._set_redis_ok(False, exc)
             return
-        except ValueError as exc:  # not even a taskiq result: fail it, do not wait forever
-            logger.error("job %s: unreadable result (%s)", job_id, exc)
+        except Exception as exc:  # ValueError, taskiq's SecurityError, RecursionError...
+            logger.error("job %s: unreadable result (%s)", job_id, brief(exc))
             outcome = JobFailed(FailureKind.ERROR, ERROR_MESSAGE)
+        else:
+            outcome = parse_outcome(job_id, result)
         self._in_flight.pop(job_id, None)
         self._jobs.pop(job_id, None)
         settle(job.future, outcome)

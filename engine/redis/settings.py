@@ -44,6 +44,11 @@ class RemoteSettings(ImagineBaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="deliveries of one job before it is failed instead of retried"
     )
+    answer_margin_s: float = Field(
+        180.0,
+        gt=0,
+        description="(bot) a job with no answer this long after its GPU deadline is failed",
+    )
     stream_maxlen: int = Field(10_000, ge=100, description="trim the job stream to about this")
     connect_timeout_s: float = Field(2.0, gt=0)
     worker_name: str | None = Field(

@@ -216,6 +216,8 @@ def _document(data: bytes | str | dict[str, Any]) -> dict[str, Any]:
             data = json.loads(data)
         except (ValueError, UnicodeDecodeError):
             raise WireError("not JSON") from None
+        except RecursionError:  # "[[[[..." deeper than the parser goes: no message of ours
+            raise WireError("JSON too deeply nested") from None
     if not isinstance(data, dict):
         raise WireError(f"not a JSON object but {type(data).__name__}")
     version = data.get("v")
@@ -267,17 +269,29 @@ def parse_job(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[JobMessage
 
 # --------------------------------------------------------------------------------- skipping
 _SKIP_LOG_EVERY_S = 60.0
+_REASON_MAX = 200
 _skip_logged: dict[tuple[str, str], float] = {}
 
 
+def brief(exc: BaseException | str, limit: int = _REASON_MAX) -> str:
+    """One short line about an error: a reason can quote what was read, which may be huge."""
+    text = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def log_skipped(where: str, exc: WireError) -> None:
-    """Log a message that was skipped: each distinct reason at most once a minute per place,
-    so a stream of bad messages (an old worker during an upgrade) cannot flood the log."""
-    key = (where, str(exc))
+    """Log a message that was skipped, once: each one is one record, so none goes unseen and
+    none is counted twice. Only the first of each reason per place and minute is a warning;
+    the repeats are debug records, so a stream of bad messages (an old worker during an
+    upgrade) cannot flood the log."""
+    reason = brief(exc)  # a reason can quote the message (a bad tag): not all of it
+    key = (where, reason)
     now = time.monotonic()
+    level = logging.WARNING
     if now - _skip_logged.get(key, -_SKIP_LOG_EVERY_S) < _SKIP_LOG_EVERY_S:
-        return
-    if len(_skip_logged) > 256:
-        _skip_logged.clear()
-    _skip_logged[key] = now
-    logger.warning("skipped an unreadable message in %s: %s", where, exc)
+        level = logging.DEBUG
+    else:
+        if len(_skip_logged) > 256:
+            _skip_logged.clear()
+        _skip_logged[key] = now
+    logger.log(level, "skipped an unreadable message in %s: %s", where, reason)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import io
-import json
 import os
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
+from engine.redis.loops import RemoteJob
 from engine.redis.presence import read_workers
 from engine.redis.wire import DoneEvent, Heartbeat, StartedEvent, WorkerState, parse_event
 from engine.remote import UNAVAILABLE_MESSAGE, RedisBackend, RedisKeys, RemoteSettings
@@ -185,6 +185,16 @@ class Bot:
         self.keys = keys
         self.stored: collections.Counter[str] = collections.Counter()
         self.started: list[tuple[str, str]] = []
+        # Job ids in the order the backend wrote them to the stream (acknowledged entries are
+        # deleted from it, so the stream itself no longer tells).
+        self.handed_out: list[str] = []
+        kick = backend._kick
+
+        async def recording_kick(job: RemoteJob) -> None:
+            await kick(job)
+            self.handed_out.append(job.request.job_id)
+
+        backend._kick = recording_kick  # type: ignore[method-assign]
 
     async def listen(self) -> None:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
@@ -247,9 +257,8 @@ async def assert_stream_settled(bot: Bot) -> None:
 
 
 async def dispatch_order(bot: Bot, prefix: str) -> list[str]:
-    """Job ids in the order the bot handed them to the broker (the stream keeps them)."""
-    entries = await bot.redis.xrange(bot.keys.stream)
-    ids = [json.loads(fields[b"data"])["task_id"] for _id, fields in entries]
+    """Job ids in the order the bot handed them to the broker (first hand-over of each)."""
+    ids = list(dict.fromkeys(bot.handed_out))
     return [i for i in ids if i.startswith(prefix)]
 
 
