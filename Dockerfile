@@ -56,6 +56,9 @@ VOLUME ["/data"]
 
 # ---------------------------------------------------------------- a remote GPU worker
 FROM runtime AS worker
+# /metrics (when IMAGINE_WORKER_METRICS_PORT is set) must listen on the container's interface to
+# be published (-p 127.0.0.1:9100:9100); outside a container the worker keeps 127.0.0.1.
+ENV IMAGINE_WORKER_METRICS_ADDR=0.0.0.0
 # Healthy while the worker's heartbeat to Redis is fresh (it writes a file at every beat); the
 # long start period covers the first model download and load.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=900s --retries=3 \

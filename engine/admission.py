@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from engine.contract import FailureKind, JobFailed, JobResult
 from engine.settings import EngineSettings
@@ -88,3 +89,15 @@ def settle_threadsafe(
         loop.call_soon_threadsafe(settle, future, outcome)
     except RuntimeError:  # the submitting loop is closed: nobody is waiting any more
         logger.debug("job %s finished after its event loop closed", job_id)
+
+
+def free_memory_after_crash(generator: Any) -> None:
+    """Release what a crashed job left on the GPU; if that fails too, log it and go on: the
+    thread (or worker) that called this must live to answer the next job."""
+    free = getattr(generator, "free_memory", None)
+    if free is None:
+        return
+    try:
+        free()
+    except Exception:
+        logger.exception("freeing GPU memory after a crash failed too")

@@ -87,7 +87,7 @@ class WorkerMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> Any:
         """Start the /metrics HTTP server on a daemon thread; returns the server (or None)."""
         if not port:
             return None

@@ -22,6 +22,7 @@ from engine.admission import (
     SHUT_DOWN_MESSAGE,
     FutureHandle,
     admit,
+    free_memory_after_crash,
     settle_threadsafe,
 )
 from engine.contract import (
@@ -37,6 +38,12 @@ from engine.fairqueue import FairQueue
 from engine.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
+
+GPU_STOPPED_MESSAGE = (
+    "The image engine stopped after an unexpected error, so this image was not made — nothing "
+    "was charged."
+)
+GPU_STOPPED_NOTE = "The GPU thread stopped after an unexpected error; restart the bot."
 
 
 @dataclasses.dataclass(eq=False)
@@ -66,6 +73,7 @@ class LocalEngine:
         self._running: _Job | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._dead = False  # the GPU thread ended without being asked to
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
         self._info: dict[str, object] = {}
 
@@ -110,7 +118,9 @@ class LocalEngine:
             existing = self._jobs.get(request.job_id)
             if existing is not None:
                 return FutureHandle(request.job_id, existing.future)
-            if self._thread is None or self._stopping:
+            if not self._alive():
+                if self._dead:
+                    raise JobFailed(FailureKind.UNAVAILABLE, GPU_STOPPED_MESSAGE)
                 raise JobFailed(FailureKind.UNAVAILABLE, NOT_RUNNING_MESSAGE)
             mine = self._waiting.count_for(request.user_id) + int(
                 self._running is not None and self._running.request.user_id == request.user_id
@@ -148,9 +158,11 @@ class LocalEngine:
             running = (self._running.request.job_id,) if self._running is not None else ()
             queue_length = len(self._waiting)
             times = list(self._step_times)
+            alive = self._alive()
         return EngineStatus(
             backend="local",
-            ready=self._thread is not None and not self._stopping,
+            ready=alive,
+            note=GPU_STOPPED_NOTE if self._dead else None,
             model=str(self._info.get("model", self.settings.model)),
             memory_mode=str(self._info.get("memory_mode", self.settings.memory_mode)),
             gpu=str(self._info.get("gpu", "unknown")),
@@ -162,25 +174,47 @@ class LocalEngine:
         )
 
     # ------------------------------------------------------------------ GPU thread
+    def _alive(self) -> bool:
+        """Jobs are taken only while the GPU thread runs: a dead one would never answer."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not self._stopping and not self._dead
+
     def _run(self) -> None:
-        while True:
-            with self._lock:
-                while not self._stopping and len(self._waiting) == 0:
-                    self._lock.wait()
-                if self._stopping:
-                    return
-                item = self._waiting.pop()
-                assert item is not None
-                job = item[1]
-                job.started_at = time.perf_counter()
-                self._running = job
-            try:
-                outcome: JobResult | JobFailed = self._execute(job)
-            finally:
+        job: _Job | None = None
+        try:
+            while True:
                 with self._lock:
-                    self._running = None
-                    self._jobs.pop(job.request.job_id, None)
-            self._resolve(job, outcome)
+                    while not self._stopping and len(self._waiting) == 0:
+                        self._lock.wait()
+                    if self._stopping:
+                        return
+                    item = self._waiting.pop()
+                    assert item is not None
+                    job = item[1]
+                    job.started_at = time.perf_counter()
+                    self._running = job
+                try:
+                    outcome: JobResult | JobFailed = self._execute(job)
+                finally:
+                    with self._lock:
+                        self._running = None
+                        self._jobs.pop(job.request.job_id, None)
+                self._resolve(job, outcome)
+                job = None
+        except BaseException:  # what ``_execute`` cannot catch: SystemExit, a bug here
+            logger.critical("the GPU thread stopped; failing every job", exc_info=True)
+            self._thread_died(job)
+
+    def _thread_died(self, running: _Job | None) -> None:
+        """Answer every job this engine holds (the bot refunds them) and refuse new ones."""
+        with self._lock:
+            self._dead = True
+            jobs = [running] if running is not None else []
+            while (item := self._waiting.pop()) is not None:
+                jobs.append(item[1])
+            self._jobs.clear()
+        for job in jobs:
+            self._resolve(job, JobFailed(FailureKind.UNAVAILABLE, GPU_STOPPED_MESSAGE))
 
     def _execute(self, job: _Job) -> JobResult | JobFailed:
         request = job.request
@@ -201,8 +235,7 @@ class LocalEngine:
             return exc
         except Exception:
             logger.exception("job %s crashed", request.job_id)
-            if hasattr(self._generator, "free_memory"):
-                self._generator.free_memory()
+            free_memory_after_crash(self._generator)
             return JobFailed(FailureKind.ERROR, ERROR_MESSAGE)
         if result.steps:
             self._step_times.append(result.run_s / max(1, result.steps))

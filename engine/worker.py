@@ -42,6 +42,7 @@ from taskiq.receiver import Receiver
 from engine.metrics import WorkerMetrics
 from engine.redis.broker import JobEventsMiddleware, ResilientStreamBroker, make_broker
 from engine.redis.connection import REDIS_DOWN, make_redis, retry_forever
+from engine.redis.health import check_health, health_file_path, remove_health, write_health
 from engine.redis.keys import TASK_NAME, RedisKeys
 from engine.redis.ledger import JobLedger
 from engine.redis.presence import Presence
@@ -96,6 +97,15 @@ class Worker(WorkerJobs):
         self._stop: asyncio.Event | None = None
         self._events: asyncio.Queue[str] | None = None
         self._redis_down = False
+        self._crashes = 0  # jobs that crashed in a row
+        self._crashed_out = False
+        self.health_file = health_file_path(self.remote, self.name)
+        self._health_warned = False
+
+    @property
+    def exit_code(self) -> int:
+        """1 after crashes in a row (so a supervisor restarts the process), else 0."""
+        return 1 if self._crashed_out else 0
 
     # ---------------------------------------------------------------- lifecycle
     def request_stop(self) -> None:
@@ -156,6 +166,7 @@ class Worker(WorkerJobs):
             await receiver.listen(self._stop)
         finally:
             self.state = WorkerState.STOPPING
+            remove_health(self.health_file)
             await self._presence.leave(self.name)
             for task in background:
                 task.cancel()
@@ -217,6 +228,7 @@ class Worker(WorkerJobs):
         while True:
             try:
                 await self._presence.beat(self.heartbeat())
+                self._write_health()
                 if self._broker is not None:
                     await self._presence.renew_leases(self.current_job)
                     with contextlib.suppress(*REDIS_DOWN):
@@ -233,6 +245,19 @@ class Worker(WorkerJobs):
                 if self._broker is not None:
                     self._broker.hold_reclaim()
             await asyncio.sleep(self.remote.heartbeat_s)
+
+    def _write_health(self) -> None:
+        """The Docker health check reads this file: rewritten after every heartbeat that
+        reached Redis, so a worker that hangs or lost Redis turns unhealthy."""
+        if self._stop is not None and self._stop.is_set() and self._crashed_out:
+            return
+        try:
+            write_health(self.health_file, self.name, str(self.state))
+            self._health_warned = False
+        except OSError as exc:
+            if not self._health_warned:
+                logger.warning("cannot write the health file %s: %s", self.health_file, exc)
+                self._health_warned = True
 
     # --------------------------------------------------------------- job events
     def _emit(self, event: str) -> None:
@@ -258,7 +283,21 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--name", help="name shown in /status (default: host and GPU)")
     parser.add_argument("--log-level", default=os.environ.get("IMAGINE_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--healthcheck",
+        action="store_true",
+        help="exit 0 while this host's worker writes its heartbeat file (Docker HEALTHCHECK), "
+        "1 otherwise",
+    )
     return parser.parse_args(argv)
+
+
+def healthcheck(remote: RemoteSettings, name: str | None) -> int:
+    """``--healthcheck``: is the worker of this container alive? Prints why, for docker inspect."""
+    path = health_file_path(remote, name or remote.worker_name or default_worker_name())
+    healthy, why = check_health(path, remote.heartbeat_s)
+    print(why)
+    return 0 if healthy else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         logger.error("bad settings: %s", exc)
         return 2
+    if args.healthcheck:
+        return healthcheck(remote, args.name)
     if not remote.redis_url:
         logger.error("IMAGINE_REDIS_URL is not set: a worker takes its jobs from Redis")
         return 2
@@ -309,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     except EngineUnavailable as exc:
         logger.error("%s", exc)
         return 2
-    return 0
+    return worker.exit_code
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, model_validator
@@ -57,7 +58,21 @@ class RemoteSettings(ImagineBaseSettings):
     worker_metrics_port: int = Field(
         0, ge=0, le=65535, description="serve Prometheus /metrics on this port (0 = off)"
     )
-    worker_metrics_addr: str = Field("0.0.0.0", description="address of the metrics server")
+    worker_metrics_addr: str = Field(
+        "127.0.0.1",
+        description="address of the metrics server (the worker Docker image sets 0.0.0.0)",
+    )
+    worker_max_crashes: int = Field(
+        3,
+        ge=1,
+        description="a worker whose jobs crash this many times in a row exits, so that its "
+        "supervisor (Docker, systemd) restarts it with a fresh GPU context",
+    )
+    worker_health_file: Path | None = Field(
+        None,
+        description="file the worker rewrites at every heartbeat (Docker health check); "
+        "default: imagine-worker-<name>.alive in the system temp dir",
+    )
 
     @model_validator(mode="after")
     def _timings(self) -> RemoteSettings:

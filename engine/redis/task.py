@@ -19,7 +19,7 @@ from typing import Any
 
 from taskiq.exceptions import NoResultError
 
-from engine.admission import CANCELLED_MESSAGE, ERROR_MESSAGE
+from engine.admission import CANCELLED_MESSAGE, ERROR_MESSAGE, free_memory_after_crash
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult
 from engine.metrics import WorkerMetrics
 from engine.redis.ledger import JobLedger
@@ -63,6 +63,12 @@ class WorkerJobs:
     _gpu: ThreadPoolExecutor
     _ledger: JobLedger | None
     _stop: asyncio.Event | None
+    _crashes: int
+    _crashed_out: bool
+
+    def request_stop(self) -> None:
+        """Finish the current job, take no new one, then exit (the worker process does it)."""
+        raise NotImplementedError
 
     def _emit(self, event: str) -> None:
         """Queue an event for the bot (the worker process publishes it)."""
@@ -130,6 +136,19 @@ class WorkerJobs:
             return failure(FailureKind.CANCELLED, CANCELLED_MESSAGE)
         return await self._render(job, message, picked_at)
 
+    def _count_crash(self) -> None:
+        """After ``IMAGINE_WORKER_MAX_CRASHES`` crashes in a row the GPU is likely in a bad state
+        that only a new process clears: stop (this job's answer is saved first) and exit 1."""
+        self._crashes += 1
+        limit = self.remote.worker_max_crashes
+        if self._crashes >= limit and not self._crashed_out:
+            logger.error(
+                "%d jobs crashed in a row; exiting so that the supervisor restarts this worker",
+                self._crashes,
+            )
+            self._crashed_out = True
+            self.request_stop()
+
     async def _render(self, job: JobRequest, message: JobMessage, picked_at: float) -> Envelope:
         assert self._ledger is not None
         job_id = job.job_id
@@ -170,6 +189,7 @@ class WorkerJobs:
                 self._gpu, functools.partial(self.generator.generate, job, on_step, should_stop)
             )
         except JobFailed as exc:
+            self._crashes = 0  # the GPU answered (OOM, cancel, deadline): it still works
             if superseded:
                 self.metrics.outcome("duplicate")
                 raise NoResultError from None
@@ -178,9 +198,9 @@ class WorkerJobs:
             return ResultEnvelope.failure(exc).model_dump(mode="json")
         except Exception:
             logger.exception("job %s crashed", job_id)
-            if hasattr(self.generator, "free_memory"):
-                self.generator.free_memory()
+            free_memory_after_crash(self.generator)
             self.metrics.outcome("error")
+            self._count_crash()
             return failure(FailureKind.ERROR, ERROR_MESSAGE)
         finally:
             watcher.cancel()
@@ -189,6 +209,7 @@ class WorkerJobs:
             self.state = WorkerState.STOPPING if stopping else WorkerState.IDLE
             self.metrics.busy.set(0)
             await self._beat_quietly()
+        self._crashes = 0
         self.jobs_done += 1
         self.metrics.image_seconds.observe(result.run_s)
         if result.steps:

@@ -11,7 +11,7 @@ import torch
 from engine.admission import ceiling_message
 from engine.contract import FailureKind, JobFailed, JobRequest, Mode, Progress
 from engine.pipeline import ImageGenerator
-from engine.queue import LocalEngine
+from engine.queue import GPU_STOPPED_MESSAGE, GPU_STOPPED_NOTE, LocalEngine
 from engine.settings import DEFAULT_QUEUED_CEILING_PER_USER, EngineSettings
 from tests.engine.harness import GatedGenerator, wait_started
 
@@ -213,4 +213,74 @@ async def test_the_engine_ceiling_sits_above_a_server_limit_of_ten_and_binds_at_
         assert (await local.status()).queued_ceiling_per_user == 25
     finally:
         gated.release()
+        await local.close()
+
+
+class BrokenGenerator(GatedGenerator):
+    """A generator whose jobs crash, and whose clean-up after a crash crashes too (a CUDA
+    context in a bad state does this)."""
+
+    def __init__(self, inner: ImageGenerator, error: BaseException | None = None) -> None:
+        super().__init__(inner)
+        self.error = error
+        self.broken: set[str] = set()
+
+    def generate(self, request: JobRequest, on_step: Any = None, should_stop: Any = None) -> Any:
+        if request.job_id in self.broken:
+            self.order.append(request.job_id)
+            raise self.error or RuntimeError("CUDA error: an illegal memory access")
+        return super().generate(request, on_step, should_stop)
+
+    def free_memory(self) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access (while freeing)")
+
+
+async def test_a_crash_whose_clean_up_crashes_too_fails_only_that_job(
+    generator: ImageGenerator, tiny_settings: EngineSettings
+) -> None:
+    """Finding 4: the crash handler's own failure killed the GPU thread; /healthz said 200."""
+    broken = BrokenGenerator(generator)
+    broken.broken.add("crash")
+    local = LocalEngine(tiny_settings, broken)
+    await local.start()
+    try:
+        with pytest.raises(JobFailed) as failure:
+            await (await local.submit(job("crash", 1))).result()
+        assert failure.value.kind == FailureKind.ERROR
+        assert (await (await local.submit(job("after", 1))).result()).job_id == "after"
+        assert (await local.status()).ready is True
+    finally:
+        await local.close()
+
+
+async def test_when_the_gpu_thread_dies_every_job_is_failed_and_status_says_so(
+    generator: ImageGenerator, tiny_settings: EngineSettings
+) -> None:
+    """Finding 4: a dead GPU thread kept accepting jobs that were never answered."""
+    # Something no ``except Exception`` catches (a library calling sys.exit) ends the thread.
+    broken = BrokenGenerator(generator, SystemExit(3))
+    broken.broken.add("fatal")
+    broken.hold["blocker"] = threading.Event()
+    local = LocalEngine(tiny_settings, broken)
+    await local.start()
+    try:
+        blocker = await local.submit(job("blocker", 1))
+        await wait_started(broken, "blocker")
+        fatal = await local.submit(job("fatal", 2))
+        waiting = await local.submit(job("waiting", 3))
+        broken.hold["blocker"].set()
+        await blocker.result()
+        for handle in (fatal, waiting):  # the member is told, so the bot refunds
+            with pytest.raises(JobFailed) as failure:
+                await handle.result()
+            assert failure.value.kind == FailureKind.UNAVAILABLE
+            assert failure.value.user_message == GPU_STOPPED_MESSAGE
+        status = await local.status()
+        assert status.ready is False
+        assert status.note == GPU_STOPPED_NOTE
+        with pytest.raises(JobFailed) as refused:
+            await local.submit(job("late", 4))
+        assert refused.value.kind == FailureKind.UNAVAILABLE
+    finally:
+        broken.release()
         await local.close()
