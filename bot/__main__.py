@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from bot.logsetup import setup_logging
 from bot.settings import TOKEN_ENV, BotSettings
+from engine.settings import describe_settings_error
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -46,8 +47,8 @@ def main() -> int:
     try:
         settings = BotSettings()
     except ValidationError as exc:
-        # pydantic never echoes SecretStr values, so this cannot print the token.
-        print(f"error: invalid settings (check .env and the environment):\n{exc}", file=sys.stderr)
+        # By variable and message only: pydantic's own text quotes inputs (a piece of the token).
+        print(describe_settings_error(exc), file=sys.stderr)
         return 2
     if settings.discord_token is None:
         print(

@@ -66,13 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote a tiny random Qwen-Image pipeline to {path}")
         return 0
 
-    from engine.pipeline import EngineUnavailable, ImageGenerator
-    from engine.settings import EngineSettings
+    from engine.settings import EngineSettings, load_settings
 
     overrides: dict[str, object] = {"warmup": False}
     if args.model:
         overrides["model"] = args.model
-    settings = EngineSettings(**overrides)
+    try:  # before torch is imported: a typo in .env answers at once
+        settings = load_settings(EngineSettings, **overrides)
+    except SystemExit as exc:  # the error is printed, by variable, without any value
+        return int(exc.code or 2)
+
+    from engine.pipeline import EngineUnavailable, ImageGenerator
+
     started = time.perf_counter()
     try:
         generator = ImageGenerator.load(settings)

@@ -8,10 +8,12 @@ bot imports this module.
 from __future__ import annotations
 
 import enum
+import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.contract import Mode
@@ -123,3 +125,68 @@ class EngineSettings(ImagineBaseSettings):
         if "max_queued_per_user" in values:
             values.setdefault("queued_ceiling_per_user", values.pop("max_queued_per_user"))
         super().__init__(**values)
+
+
+# ---------------------------------------------------------------------- errors at start-up
+S = TypeVar("S", bound=BaseSettings)
+
+# Field names whose values are secrets, or may hold one (a URL with a password).
+_SECRET_NAME = re.compile(r"token|secret|password|passwd|key|url|dsn", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """What went wrong, by environment variable and message only, for a terminal or a log.
+
+    pydantic's own text quotes each input (``input_value=...``) and, for a rule across fields,
+    all of them: a piece of the Discord token or the Redis password would reach the screen and
+    the logs. Here no input is printed, and any secret-looking input a rule's message quotes is
+    blanked out.
+    """
+    lines = ["error: invalid settings (check .env and the environment):"]
+    for error in exc.errors(include_url=False):
+        secrets = _secret_inputs(error.get("loc", ()), error.get("input"))
+        message = _scrub(str(error.get("msg", "invalid")), secrets)
+        lines.append(f"  {_variable(error.get('loc', ()))}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(cls: type[S], **values: Any) -> S:
+    """``cls(**values)``, or the error described as above on stderr and exit status 2: the one
+    way every entry point (bot, worker, ``python -m engine``, ``python -m engine.remote``)
+    starts from its settings."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        print(describe_settings_error(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """``("heartbeat_s",)`` -> ``IMAGINE_HEARTBEAT_S``; an alias is already the variable."""
+    if not loc:
+        return "settings"
+    head, *rest = (str(part) for part in loc)
+    prefix = str(ImagineBaseSettings.model_config.get("env_prefix", ""))
+    name = head.upper() if head.upper().startswith(prefix) else prefix + head.upper()
+    return ".".join([name, *rest])
+
+
+def _secret_inputs(loc: tuple[int | str, ...], value: Any) -> list[str]:
+    """The inputs of secret-looking fields: those of a rule across fields, or the field's own."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _SECRET_NAME.search(str(key)) and item is not None:
+                secret = item.get_secret_value() if hasattr(item, "get_secret_value") else item
+                found.append(str(secret))
+    elif loc and _SECRET_NAME.search(str(loc[0])) and isinstance(value, str):
+        found.append(value)
+    return [secret for secret in found if len(secret) >= 3]
+
+
+def _scrub(message: str, secrets: list[str]) -> str:
+    """The message with each secret, and any password inside a URL, replaced by ``***``."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return _URL_PASSWORD.sub(r"\1***@", message)

@@ -49,7 +49,7 @@ from engine.redis.presence import Presence
 from engine.redis.settings import RemoteSettings, redact_url
 from engine.redis.task import WorkerJobs
 from engine.redis.wire import Heartbeat, WorkerEvent, WorkerState
-from engine.settings import EngineSettings
+from engine.settings import EngineSettings, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -309,16 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("taskiq.receiver.receiver", "taskiq.process-manager"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        remote = RemoteSettings()
-    except ValueError as exc:
-        logger.error("bad settings: %s", exc)
-        return 2
-    if args.healthcheck:
-        return healthcheck(remote, args.name)
+        remote = load_settings(RemoteSettings)
+        if args.healthcheck:
+            return healthcheck(remote, args.name)
+        engine = load_settings(EngineSettings)
+    except SystemExit as exc:  # the error is printed, by variable, without any value
+        return int(exc.code or 2)
     if not remote.redis_url:
         logger.error("IMAGINE_REDIS_URL is not set: a worker takes its jobs from Redis")
         return 2
-    worker = Worker(remote, EngineSettings(), name=args.name)
+    worker = Worker(remote, engine, name=args.name)
     try:
         worker.metrics.serve(remote.worker_metrics_port, remote.worker_metrics_addr)
     except OSError as exc:

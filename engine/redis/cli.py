@@ -19,6 +19,7 @@ from engine.contract import EngineStatus, JobFailed, JobRequest, Mode, Progress
 from engine.presets import ASPECTS, BUILTIN_STYLES, DEFAULT_ASPECT, DEFAULT_STYLE
 from engine.redis.backend import RedisBackend
 from engine.redis.settings import RemoteSettings
+from engine.settings import EngineSettings, load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,8 +67,10 @@ def _print_status(status: EngineStatus) -> None:
         )
 
 
-async def _cli(args: argparse.Namespace) -> int:
-    backend = RedisBackend()
+async def _cli(
+    args: argparse.Namespace, settings: RemoteSettings, engine_settings: EngineSettings
+) -> int:
+    backend = RedisBackend(settings, engine_settings)
     await backend.start()
     try:
         if args.command == "status":
@@ -121,11 +124,15 @@ async def _cli(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    settings = RemoteSettings()
+    try:
+        settings = load_settings(RemoteSettings)
+        engine_settings = load_settings(EngineSettings)
+    except SystemExit as exc:  # the error is printed, by variable, without any value
+        return int(exc.code or 2)
     if not settings.redis_url:
         print("error: set IMAGINE_REDIS_URL (e.g. redis://127.0.0.1:6379/0)")
         return 2
-    return asyncio.run(_cli(args))
+    return asyncio.run(_cli(args, settings, engine_settings))
 
 
 if __name__ == "__main__":

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError, model_validator
 
 from engine.redis.settings import RemoteSettings
-from engine.settings import DEFAULT_QUEUED_CEILING_PER_USER, EngineSettings, ImagineBaseSettings
+from engine.settings import (
+    DEFAULT_QUEUED_CEILING_PER_USER,
+    EngineSettings,
+    ImagineBaseSettings,
+    describe_settings_error,
+    load_settings,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -54,3 +64,95 @@ def test_a_ceiling_below_one_is_refused(clean_env: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("IMAGINE_QUEUED_CEILING_PER_USER", "0")
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         EngineSettings()
+
+
+SECRETS = ("abc.SECRET.xyz", "hunter2")
+# Every entry point that reads settings at start, and a value each of them refuses.
+ENTRY_POINTS = {
+    "worker": (["engine.worker"], {"IMAGINE_HEARTBEAT_S": "-1"}, "IMAGINE_HEARTBEAT_S"),
+    "worker-timings": (
+        ["engine.worker"],
+        {"IMAGINE_REDELIVER_AFTER_S": "1"},  # a rule across fields: its input is every value
+        "IMAGINE_REDELIVER_AFTER_S",
+    ),
+    "remote": (["engine.remote", "status"], {"IMAGINE_HEARTBEAT_S": "-1"}, "IMAGINE_HEARTBEAT_S"),
+    "engine": (
+        ["engine", "generate", "x", "--out", "x.png"],
+        {"IMAGINE_JOB_TIMEOUT_S": "-1"},
+        "IMAGINE_JOB_TIMEOUT_S",
+    ),
+    "worker-engine": (
+        ["engine.worker"],
+        {"IMAGINE_QUEUED_CEILING_PER_USER": "0"},
+        "IMAGINE_QUEUED_CEILING_PER_USER",
+    ),
+    "bot": (["bot"], {"IMAGINE_COMMAND_SYNC": "guild"}, "IMAGINE_DEV_GUILD_ID"),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_a_settings_error_names_the_variable_and_prints_no_value(
+    entry: str, tmp_path: Path
+) -> None:
+    """Finding 10: pydantic's error text quotes the input, here a piece of the token."""
+    module, bad, variable = ENTRY_POINTS[entry]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGINE_")}
+    env.update(
+        {
+            "IMAGINE_DISCORD_TOKEN": "abc.SECRET.xyz",
+            "IMAGINE_REDIS_URL": "redis://:hunter2@h/0",
+            "PYTHONPATH": str(ROOT),
+            **bad,
+        }
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", *module],
+        env=env,
+        cwd=tmp_path,  # no .env here
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output
+    assert "invalid settings" in output and variable in output
+    assert "input_value" not in output
+    for secret in SECRETS:
+        for fragment in (secret, secret[:6], secret[-6:]):
+            assert fragment not in output
+
+
+def test_settings_errors_are_described_by_variable_and_message_only(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IMAGINE_REDIS_URL", "redis://:hunter2@h/0")
+    monkeypatch.setenv("IMAGINE_DISCORD_TOKEN", "abc.SECRET.xyz")
+    monkeypatch.setenv("IMAGINE_HEARTBEAT_S", "soon")
+    monkeypatch.setenv("IMAGINE_WORKER_METRICS_PORT", "70000")
+    with pytest.raises(ValidationError) as caught:
+        RemoteSettings()
+    assert describe_settings_error(caught.value).splitlines() == [
+        "error: invalid settings (check .env and the environment):",
+        "  IMAGINE_HEARTBEAT_S: Input should be a valid number, unable to parse string as a number",
+        "  IMAGINE_WORKER_METRICS_PORT: Input should be less than or equal to 65535",
+    ]
+    # A rule's own message could quote a secret: secret-looking inputs are blanked out of it.
+    with pytest.raises(SystemExit) as exited:
+        load_settings(Leaky)
+    assert exited.value.code == 2
+    printed = capsys.readouterr().err
+    assert "settings: Value error, cannot reach *** as token ***" in printed
+    assert "hunter2" not in printed and "SECRET" not in printed
+
+
+class Leaky(ImagineBaseSettings):
+    """Settings whose rule quotes what it read (as a careless validator might)."""
+
+    redis_url: str | None = None
+    discord_token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _quote(self) -> Leaky:
+        token = self.discord_token.get_secret_value() if self.discord_token else ""
+        raise ValueError(f"cannot reach {self.redis_url} as token {token}")
