@@ -9,17 +9,17 @@ STAMP := $(VENV)/.installed
 # GPU hosts keep whatever CUDA build pip chooses for them.
 TORCH_CPU_SPEC ?= torch==2.13.0
 
-.PHONY: run test lint format venv tiny worker clean chromium screenshots
+.PHONY: run test lint format venv tiny worker clean chromium screenshots lock
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then \
 		echo "no NVIDIA GPU found: installing the CPU build of torch ($(TORCH_CPU_SPEC))"; \
 		$(PY) -m pip install -q "$(TORCH_CPU_SPEC)"; \
 	fi
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -60,6 +60,38 @@ chromium:
 # Regenerate docs/img/*.png (the README's gallery screenshots) from the browser tests.
 screenshots: $(STAMP) chromium
 	IMAGINE_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/bot/web/test_gallery_browser.py -k "thumbnails_that_load or every_parameter"
+
+# constraints.txt: this venv's versions (where `make test` passed) of every package the project
+# and its dev extra need, torch and what only torch needs left out (pip picks the torch build
+# for each host). Run after changing pyproject.toml, then `make test`.
+define LOCK_PY
+import importlib.metadata as md, re
+from packaging.requirements import Requirement
+def norm(name): return re.sub(r"[-_.]+", "-", name).lower()
+dists = {norm(d.metadata["Name"]): d for d in md.distributions()}
+wanted = {}
+todo = [("qwen-imagine-bot", {"dev"})]
+while todo:
+    name, extras = todo.pop()
+    for line in dists[name].requires or []:
+        req = Requirement(line)
+        if req.marker and not any(req.marker.evaluate({"extra": e}) for e in extras or {""}):
+            continue
+        key, new = norm(req.name), set(req.extras)
+        if key == "torch" or key not in dists or (key in wanted and new <= wanted[key]):
+            continue
+        wanted[key] = wanted.get(key, set()) | new
+        todo.append((key, wanted[key]))
+wanted.pop("qwen-imagine-bot", None)
+pins = [f"{dists[k].metadata['Name']}=={dists[k].version}" for k in sorted(wanted)]
+header = [line for line in open("constraints.txt").read().splitlines() if line.startswith("#")]
+open("constraints.txt", "w").write("\n".join(header + pins) + "\n")
+print(f"constraints.txt: {len(pins)} pinned packages (torch left to pip)")
+endef
+export LOCK_PY
+
+lock: $(STAMP)
+	$(PY) -c "$$LOCK_PY"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
