@@ -24,6 +24,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
 from engine.img2img import Img2ImgView, img2img_plan, load_init_image
+from engine.pnginfo import a1111_parameters
 from engine.presets import (
     ASPECTS,
     MAX_SEED,
@@ -112,9 +113,12 @@ def choose_memory_mode(
 
 
 def png_with_parameters(image: Image.Image, parameters: dict[str, Any]) -> bytes:
-    """PNG bytes whose text chunks hold every parameter needed to reproduce the image."""
+    """PNG bytes whose text chunks hold every parameter needed to reproduce the image: one
+    chunk per key, all of them as JSON (``parameters_json``), and ``parameters`` in the format
+    A1111 / Civitai "PNG Info" readers show (``engine.pnginfo``)."""
     texts = [(key, str(value)) for key, value in parameters.items()]
-    texts.append(("parameters", json.dumps(parameters, ensure_ascii=False, sort_keys=True)))
+    texts.append(("parameters", a1111_parameters(parameters)))
+    texts.append(("parameters_json", json.dumps(parameters, ensure_ascii=False, sort_keys=True)))
     try:  # multi-threaded encoder (Pillow's took ~0.5 s of the GPU thread per 1328² image)
         from engine.optimize import encode_png
     except ImportError:

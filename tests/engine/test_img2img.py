@@ -111,7 +111,7 @@ def test_the_png_records_the_parent_job_and_the_strength(
     assert text["parent_job_id"] == "parent-1"
     assert float(text["strength"]) == 0.35
     assert text["steps"] == "11" and text["schedule_steps"] == "30"
-    parameters = json.loads(text["parameters"])
+    parameters = json.loads(text["parameters_json"])
     assert parameters["parent_job_id"] == "parent-1" and parameters["strength"] == 0.35
     # A plain image records neither.
     assert "strength" not in Image.open(io.BytesIO(source.png)).text

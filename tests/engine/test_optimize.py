@@ -183,7 +183,7 @@ def test_png_encoder_is_lossless_and_keeps_text(mode: str) -> None:
     assert back.mode == expected.mode and back.size == image.size
     assert np.array_equal(np.asarray(back), np.asarray(expected))
     assert back.text["prompt"] == params["prompt"] and back.text["seed"] == "7"
-    assert json.loads(back.text["parameters"]) == params
+    assert json.loads(back.text["parameters_json"]) == params
     reference = io.BytesIO()
     expected.save(reference, format="PNG", compress_level=6)
     assert len(data) < 1.5 * reference.tell()

@@ -91,7 +91,7 @@ def test_png_carries_every_parameter_and_is_reproducible(generator: ImageGenerat
     assert text["prompt"] == "a red fox" and text["seed"] == "7"
     for key in ("negative_prompt", "style", "steps", "true_cfg_scale", "size", "mode", "model"):
         assert key in text
-    assert json.loads(text["parameters"])["seed"] == 7
+    assert json.loads(text["parameters_json"])["seed"] == 7
 
 
 def test_seed_is_drawn_when_missing_and_reported(generator: ImageGenerator) -> None:

@@ -107,4 +107,4 @@ def png_parameters(png: bytes) -> dict[str, Any]:
     """The generation parameters the PNG carries in its text chunk."""
     image = Image.open(io.BytesIO(png))
     image.load()
-    return json.loads(image.text["parameters"])
+    return json.loads(image.text["parameters_json"])
