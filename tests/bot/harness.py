@@ -301,11 +301,11 @@ async def drain(bot: ImagineBot, engine: ExternalEngine, env: simcord.Env) -> No
 
 
 def png_parameters(data: bytes) -> dict[str, Any]:
-    """Decode a PNG and return the generation parameters in its text chunk."""
+    """Decode a PNG and return the generation parameters in its JSON text chunk."""
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         assert image.format == "PNG"
-        return json.loads(image.text["parameters"])
+        return json.loads(image.text["parameters_json"])
 
 
 async def attachment_bytes(message: discord.Message) -> bytes:
