@@ -166,8 +166,24 @@ class ParallelGenerator:
         for process in self.processes:
             process.join(30)
         self._end_followers()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_group(self.local)
+
+
+def leave_group(local: ImageGenerator) -> None:
+    """Leave the process group at shutdown.
+
+    Seen on two H200s (run 7): once NCCL collectives had been captured in CUDA graphs, the
+    ranks did not get past shutdown. Then the graphs are dropped and the group is left to the
+    process's exit instead of being destroyed.
+    """
+    if not dist.is_initialized():
+        return
+    sequence = fast_sequence(local)
+    if sequence is not None and sequence.graphs.captures:
+        sequence.graphs.clear()
+        logger.info("process group left to the process's exit (CUDA graphs used it)")
+        return
+    dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------- followers

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from engine.parallel.channels import PipeChannel, init_group
-from engine.parallel.group import ParallelGenerator, attention_choice, follow
+from engine.parallel.group import ParallelGenerator, attention_choice, follow, leave_group
 from engine.pipeline import EngineUnavailable, ImageGenerator
 from engine.settings import EngineSettings
 
@@ -70,8 +70,9 @@ def _follower_main(
     except Exception:
         logger.exception("rank %d failed; leaving the group", rank)
         os._exit(1)  # rank 0 notices the closed pipe and continues alone
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_group(local)
+    logging.shutdown()
+    os._exit(0)  # nothing left to flush; NCCL's teardown is not waited for
 
 
 def _free_port() -> int:
