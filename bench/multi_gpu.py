@@ -314,6 +314,8 @@ def finish(code: int) -> int:
         sys.stdout.flush()
         logging.shutdown()
         os._exit(code)
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return code
 
 
