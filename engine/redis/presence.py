@@ -52,21 +52,33 @@ DEAD_CONSUMER_IDLE_MS = 3_600_000
 ROSTER_KEEP_S = 86_400
 
 
+# Unreadable heartbeats already logged (key -> hash of the value): the bot re-reads heartbeats
+# every few seconds, and one bad value is one finding, not one log line per read.
+_reported: dict[str, int] = {}
+
+
 async def read_workers(redis: Redis, keys: RedisKeys, ttl_s: float) -> list[Heartbeat]:
-    """Heartbeats of the workers alive now, oldest first; unreadable ones are skipped."""
+    """Heartbeats of the workers alive now, oldest first; unreadable ones are skipped (and
+    logged once per value)."""
     now = time.time()
     names = await redis.zrangebyscore(keys.workers, now - ttl_s, "+inf")
     if not names:
         return []
-    raw = await redis.mget([keys.worker(n.decode(errors="replace")) for n in names])
+    worker_keys = [keys.worker(n.decode(errors="replace")) for n in names]
+    raw = await redis.mget(worker_keys)
     workers = []
-    for blob in raw:
+    for key, blob in zip(worker_keys, raw, strict=True):
         if not blob:
             continue
         try:
             workers.append(parse_heartbeat(blob))
         except WireError as exc:
-            log_skipped("worker heartbeats", exc)
+            digest = hash(blob)
+            if _reported.get(key) != digest:
+                if len(_reported) > 1024:
+                    _reported.clear()
+                _reported[key] = digest
+                log_skipped("worker heartbeats", exc)
     return workers
 
 
