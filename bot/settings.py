@@ -66,7 +66,9 @@ class BotSettings(ImagineBaseSettings):
     )
     history_page_size: int = Field(5, ge=1, le=10, description="generations per /history page")
 
-    health_host: str = Field("0.0.0.0", description="bind address of /healthz and /metrics")
+    # Loopback outside Docker: /metrics and the gallery are not for the whole network. The
+    # Docker image sets 0.0.0.0 inside the container, where the published port decides.
+    health_host: str = Field("127.0.0.1", description="bind address of /healthz and /metrics")
     health_port: int = Field(8080, ge=0, le=65535, description="0 turns the server off")
 
     # The web gallery is served by the health server (same host and port, under /gallery).

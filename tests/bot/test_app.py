@@ -44,7 +44,7 @@ def test_settings_defaults_and_secrets() -> None:
     settings = BotSettings(_env_file=None, discord_token=FAKE_TOKEN)  # type: ignore[call-arg]
     assert settings.default_daily_quota == 25 and settings.default_max_queued == 3
     assert settings.quota_reset_hour == 0 and settings.progress_interval_s == 1.5
-    assert settings.health_port == 8080 and settings.health_host == "0.0.0.0"
+    assert settings.health_port == 8080 and settings.health_host == "127.0.0.1"
     assert FAKE_TOKEN not in repr(settings) and FAKE_TOKEN not in str(settings.model_dump())
     blank = BotSettings(_env_file=None, discord_token="  ")  # type: ignore[call-arg]
     assert blank.discord_token is None
