@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from bot.app import ImagineBot
 
 ASPECT_CHOICES = [app_commands.Choice(name=a.label, value=a.key) for a in ASPECTS.values()]
+# Discord stops over-long text in the box itself (max_length in the synced payload), so a member
+# never loses a long prompt to a refusal after sending it; policy.check_prompt still checks,
+# because a crafted interaction can carry anything.
+PromptText = app_commands.Range[str, 1, MAX_PROMPT_CHARS]
 MODE_CHOICES = [
     app_commands.Choice(name=render.clip(f"{mode}: {preset.description}", 100), value=str(mode))
     for mode, preset in MODES.items()
@@ -43,10 +47,10 @@ class ImagineCog(commands.Cog):
     async def imagine(
         self,
         interaction: discord.Interaction[ImagineBot],
-        prompt: str,
+        prompt: PromptText,
         style: str | None = None,
         aspect: str = DEFAULT_ASPECT,
-        negative: str | None = None,
+        negative: PromptText | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         mode: str | None = None,
     ) -> None:

@@ -138,6 +138,10 @@ async def test_bad_input_is_refused_privately_and_costs_nothing(harness: Harness
     carol = harness.member("carol")
     await _refused(harness, carol, "Your prompt is empty", prompt="   \n  ")
     await _refused(harness, carol, "Your prompt is empty", prompt="\u200b\u200d \ufeff")
+    # Discord's own max_length stops this in the client (test_command_limits); a crafted
+    # interaction gets past it, and the bot still refuses it.
+    for option in harness.env.backend.find_command("imagine", None)["options"]:
+        option.pop("max_length", None)
     content = await _refused(
         harness, carol, "the limit is 1,500", prompt="x" * (MAX_PROMPT_CHARS + 1)
     )
