@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import functools
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,17 +20,66 @@ from db.queries.common import utcnow
 MAX_BLOCKED_WORD = 100
 
 
+# Letters of other alphabets that look like Latin ones, folded to them before matching, so a
+# blocked word written with a Cyrillic "а" or a Greek "ο" is still the word. Upper and lower
+# case are listed separately because they resemble different Latin letters (Cyrillic "В" is a
+# "B", its lower case "в" is not a "b"). NFKC already folds fullwidth and mathematical letters.
+_CONFUSABLES = str.maketrans(
+    # Cyrillic
+    "АаВЕеКкМНһОоРрСсТУуҮүХхЅѕІіЇїЈјӀӏԁԛԜԝ"
+    # Greek
+    "ΑαΒΕΖΗΙιΚκΜΝνΟοΡρΤΥυΧχϲϹϳ"
+    # Latin look-alikes
+    "ɡɑıȷʏ",
+    "AaBEeKkMHhOoPpCcTYyYyXxSsIiIiJjIldqWwAaBEZHIiKkMNvOoPpTYuXxcCjgaijy",
+)
+# Invisible characters that are not format characters (category Cf): variation selectors, the
+# combining grapheme joiner, Mongolian free variation selectors and the Hangul fillers.
+_INVISIBLE = frozenset(
+    [
+        0x034F,
+        0x115F,
+        0x1160,
+        0x180B,
+        0x180C,
+        0x180D,
+        0x3164,
+        0xFFA0,
+        *range(0xFE00, 0xFE10),
+        *range(0xE0100, 0xE01F0),
+    ]
+)
+_SPACES = re.compile(r"\s+")
+
+
+def fold_for_matching(text: str) -> str:
+    """``text`` as blocked words are matched against it: compatibility forms folded (NFKC),
+    invisible characters (zero-width spaces and joiners, soft hyphens, variation selectors)
+    dropped, look-alike letters of other alphabets folded to Latin, case folded, and runs of
+    white space made one space. Applied to the prompt and to the blocked words alike."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(
+        ch for ch in text if unicodedata.category(ch) != "Cf" and ord(ch) not in _INVISIBLE
+    )
+    return _SPACES.sub(" ", text.translate(_CONFUSABLES).casefold()).strip()
+
+
 @functools.lru_cache(maxsize=4096)
-def _blocked_pattern(word: str) -> re.Pattern[str]:
+def _blocked_pattern(word: str) -> re.Pattern[str] | None:
     # Whole words only, so blocking "ass" does not refuse "class"; phrases match as a whole.
-    return re.compile(rf"(?<!\w){re.escape(word.casefold())}(?!\w)")
+    folded = fold_for_matching(word)
+    if not folded:
+        return None
+    return re.compile(rf"(?<!\w){re.escape(folded)}(?!\w)")
 
 
 def find_blocked(text: str, words: Iterable[str]) -> str | None:
-    """The first of ``words`` that ``text`` contains as a whole word or phrase, any case."""
-    folded = text.casefold()
+    """The first of ``words`` that ``text`` contains as a whole word or phrase, any case, also
+    when disguised (see ``fold_for_matching``); the word comes back as the admin wrote it."""
+    folded = fold_for_matching(text)
     for word in words:
-        if word and _blocked_pattern(word).search(folded):
+        pattern = _blocked_pattern(word) if word else None
+        if pattern is not None and pattern.search(folded):
             return word
     return None
 
