@@ -100,6 +100,7 @@ class Worker(WorkerJobs):
         self._crashes = 0  # jobs that crashed in a row
         self._crashed_out = False
         self.health_file = health_file_path(self.remote, self.name)
+        self._leaving = False
         self._health_warned = False
 
     @property
@@ -166,6 +167,7 @@ class Worker(WorkerJobs):
             await receiver.listen(self._stop)
         finally:
             self.state = WorkerState.STOPPING
+            self._leaving = True  # no heartbeat rewrites the health file from here on
             remove_health(self.health_file)
             await self._presence.leave(self.name)
             for task in background:
@@ -249,7 +251,7 @@ class Worker(WorkerJobs):
     def _write_health(self) -> None:
         """The Docker health check reads this file: rewritten after every heartbeat that
         reached Redis, so a worker that hangs or lost Redis turns unhealthy."""
-        if self._stop is not None and self._stop.is_set() and self._crashed_out:
+        if self._leaving or self._crashed_out:
             return
         try:
             write_health(self.health_file, self.name, str(self.state))
