@@ -41,6 +41,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     TORCHINDUCTOR_CACHE_DIR=/data/compile-cache \
     IMAGINE_DATABASE_URL=sqlite+aiosqlite:////data/imagine.db \
     IMAGINE_DATA_DIR=/data \
+    IMAGINE_IMAGE_DIR=/data/images \
     IMAGINE_HEALTH_HOST=0.0.0.0 \
     IMAGINE_HEALTH_PORT=8080
 RUN apt-get update \

@@ -21,8 +21,10 @@ from bot import errors, views
 from bot.cogs import EXTENSIONS
 from bot.guild_settings import GuildSettings
 from bot.health import HealthServer
+from bot.images import ImageKeeper
 from bot.imagine import JobService, style_description
 from bot.settings import BotSettings, CommandSync
+from bot.store import ImageStore
 from engine.contract import EngineStatus, ImageBackend
 from engine.presets import BUILTIN_STYLES
 
@@ -68,6 +70,15 @@ class ImagineBot(commands.Bot):
         self.guild_settings = GuildSettings(self._database, settings, self._engine_status)
         self.jobs: JobService | None = None
         self.health: HealthServer | None = None
+        # Every delivered image is kept here (the Vary buttons, the web gallery); the store
+        # touches the disk only when an image is written, read or swept.
+        self.store: ImageStore | None = ImageStore(
+            settings.image_dir,
+            max_age_days=settings.image_max_age_days or None,
+            max_total_mb=settings.image_max_total_mb or None,
+        )
+        self.images = ImageKeeper(lambda: self.store, self._database)
+        self._sweeper: asyncio.Task[None] | None = None
         self.started_at = discord.utils.utcnow()
         self._recovery: asyncio.Task[None] | None = None
         self._services_closed = False
@@ -106,6 +117,9 @@ class ImagineBot(commands.Bot):
             await self.load_extension(extension)
         self.add_dynamic_items(*views.DYNAMIC_ITEMS)
         self._recovery = asyncio.create_task(self.jobs.recover(), name="imagine-recovery")
+        self._sweeper = asyncio.create_task(
+            self.images.sweep_forever(settings.image_sweep_interval_s), name="imagine-retention"
+        )
         await self.sync_commands()
 
     async def sync_commands(self) -> None:
@@ -134,9 +148,10 @@ class ImagineBot(commands.Bot):
         if self._services_closed:
             return
         self._services_closed = True
-        if self._recovery is not None and not self._recovery.done():
-            self._recovery.cancel()
-            await asyncio.gather(self._recovery, return_exceptions=True)
+        for task in (self._recovery, self._sweeper):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.jobs is not None:
             await self.jobs.close()
         if self.health is not None:

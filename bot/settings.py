@@ -10,6 +10,7 @@ bot logs in. The two test-only endpoints of a Discord emulator are not here: see
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -33,6 +34,11 @@ class BotSettings(ImagineBaseSettings):
 
     discord_token: SecretStr | None = Field(
         None, description="bot token from the Discord developer portal (secret)"
+    )
+    application_id: int | None = Field(
+        None,
+        description="the application id for `python -m bot invite` (empty: asked of Discord "
+        "with the token)",
     )
     database_url: str = Field(DEFAULT_URL, description="SQLAlchemy async URL of the database")
     redis_url: SecretStr | None = Field(
@@ -85,6 +91,21 @@ class BotSettings(ImagineBaseSettings):
         86_400, ge=60, le=30 * 86_400, description="seconds a /gallery link stays valid"
     )
 
+    # The image store (bot.store): every delivered image, for the Vary and Remix buttons and
+    # the web gallery. The Docker image sets /data/images (inside its volume).
+    image_dir: Path = Field(
+        Path("data/images"), description="folder of the image store (PNGs and WebP thumbnails)"
+    )
+    image_max_age_days: float = Field(
+        0, ge=0, description="delete stored images older than this many days (0: keep forever)"
+    )
+    image_max_total_mb: float = Field(
+        0, ge=0, description="keep the stored images under this many MB, oldest first (0: no cap)"
+    )
+    image_sweep_interval_s: float = Field(
+        3600, ge=1, description="how often retention looks for images to delete"
+    )
+
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @field_validator(
@@ -93,6 +114,7 @@ class BotSettings(ImagineBaseSettings):
         "public_url",
         "gallery_secret",
         "dev_guild_id",
+        "application_id",
         "job_deadline_s",
         mode="before",
     )

@@ -134,3 +134,9 @@ def test_constraints_pin_every_dependency() -> None:
 
 def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_image_store_resolves_inside_the_data_volume(container_env: dict[str, str]) -> None:
+    settings = BotSettings()
+    assert settings.image_dir.is_absolute(), settings.image_dir
+    assert Path("/data") in settings.image_dir.parents, settings.image_dir

@@ -276,6 +276,7 @@ class Harness:
 def bot_settings(tmp_path: Path, **overrides: Any) -> BotSettings:
     values: dict[str, Any] = {
         "database_url": f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}",
+        "image_dir": tmp_path / "images",
         "health_port": 0,
         "command_sync": "global",
         # 8 steps instead of 30 keeps the suite quick on a CPU; tests that care pick a mode.

@@ -84,6 +84,7 @@ class Rig:
         values: dict[str, Any] = {
             "discord_token": self.emulator.token,
             "database_url": self.database_url,
+            "image_dir": self.workdir / "images",
             "command_sync": "global",
             "health_port": 0,
             "progress_interval_s": 0.5,

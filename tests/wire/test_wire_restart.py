@@ -162,6 +162,7 @@ async def bot_process(
         **{k: v for k, v in os.environ.items() if not k.startswith("IMAGINE_")},
         "IMAGINE_DISCORD_TOKEN": emu.token,
         "IMAGINE_DATABASE_URL": rig.database_url,
+        "IMAGINE_IMAGE_DIR": str(rig.workdir / "images"),
         "IMAGINE_DISCORD_API_BASE": emu.api_base,
         "IMAGINE_DISCORD_GATEWAY_URL": emu.gateway_url,
         "IMAGINE_HEALTH_PORT": "0",

@@ -1,0 +1,232 @@
+"""The bot's kept images: the image store (``bot.store``, files) and its rows (``db.images``)
+working together.
+
+``ImageKeeper`` is the one place that writes either: a delivered image is kept (``keep``), a
+variation reads its parent's PNG back (``read``), the Delete button and a member's erase
+remove files once no row references them, and retention sweeps delete the oldest files and
+forget their rows. Every file operation runs in a thread (``asyncio.to_thread``): the store is
+blocking disk I/O.
+
+Keeping an image is best effort: a full or read-only disk never stops a delivery. The failure
+is logged once per reason and remembered (``problem``) for ``/status``; the image simply has no
+stored copy, and its Vary buttons say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+import db
+from bot.store import ImageGone, ImageStore, StoredImage, StoreError, SweepResult
+
+logger = logging.getLogger(__name__)
+
+
+class NotStored(LookupError):
+    """A job has no stored image (never kept, deleted, erased, or swept by retention)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreReport:
+    """What ``/status`` shows about the image store."""
+
+    images: int
+    total_bytes: int
+    problem: str | None = None
+    problem_at: float | None = None  # Unix time
+
+
+class ImageKeeper:
+    """Keeps delivered images and answers for them; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Callable[[], ImageStore | None],
+        database: Callable[[], db.Database],
+    ) -> None:
+        self._store = store
+        self._database = database
+        self._problem: str | None = None
+        self._problem_at: float | None = None
+        self._lock = asyncio.Lock()  # one sweep at a time
+
+    @property
+    def store(self) -> ImageStore | None:
+        return self._store()
+
+    @property
+    def db(self) -> db.Database:
+        return self._database()
+
+    # ------------------------------------------------------------------ problems
+    def _trouble(self, what: str, exc: BaseException) -> None:
+        reason = str(exc) or exc.__class__.__name__
+        if reason != self._problem:
+            logger.error("image store: %s: %s", what, reason)
+        else:
+            logger.debug("image store: %s again: %s", what, reason)
+        self._problem, self._problem_at = reason, time.time()
+
+    def _fine(self) -> None:
+        if self._problem is not None:
+            logger.info("image store: writing works again")
+        self._problem = self._problem_at = None
+
+    @property
+    def problem(self) -> str | None:
+        """The latest failure to keep an image, or None once one was kept again."""
+        return self._problem
+
+    async def report(self) -> StoreReport | None:
+        """Counts and the latest failure, for ``/status``; None when no store is configured."""
+        if self.store is None:
+            return None
+        try:
+            images, total = await db.image_totals(self.db)
+        except Exception as exc:
+            logger.warning("image store totals unavailable: %s", exc)
+            images, total = 0, 0
+        return StoreReport(images, total, self._problem, self._problem_at)
+
+    # ------------------------------------------------------------------ keeping
+    async def keep(
+        self, *, job_key: str, user_id: int, guild_id: int | None, png: bytes
+    ) -> StoredImage | None:
+        """Store a delivered image and record it for its job; never raises (see module doc)."""
+        store = self.store
+        if store is None:
+            return None
+        try:
+            stored = await asyncio.to_thread(store.put, png)
+        except StoreError as exc:
+            self._trouble(f"job {job_key}'s image was not kept", exc)
+            return None
+        except Exception as exc:  # a bug must not cost the member their image
+            logger.exception("image store: job %s's image was not kept", job_key)
+            self._trouble(f"job {job_key}'s image was not kept", exc)
+            return None
+        try:
+            _, replaced = await db.add_image(
+                self.db,
+                job_key=job_key,
+                sha256=stored.sha256,
+                size=stored.size,
+                width=stored.width,
+                height=stored.height,
+                thumb_size=stored.thumb_size,
+                user_id=user_id,
+                guild_id=guild_id,
+            )
+        except Exception as exc:
+            # The file stays; the next retention sweep removes it if nothing ever names it.
+            self._trouble(f"job {job_key}'s image was not recorded", exc)
+            return None
+        self._fine()
+        if replaced is not None:
+            await self._delete_files([replaced])
+        await self._enforce_size_cap(store)
+        return stored
+
+    async def _enforce_size_cap(self, store: ImageStore) -> None:
+        """Sweep at once when the size cap is passed (the periodic sweep covers the age)."""
+        if store.max_total_bytes is None:
+            return
+        try:
+            _, total = await db.image_totals(self.db)
+        except Exception as exc:
+            logger.warning("image store totals unavailable: %s", exc)
+            return
+        if total > store.max_total_bytes:
+            await self.sweep()
+
+    # ------------------------------------------------------------------ reading
+    async def read(self, job_key: str) -> bytes:
+        """The PNG of a job's stored image; ``NotStored`` when there is none any more.
+
+        A disk that cannot be read counts as "not stored" for the member (nothing is charged),
+        and is logged and shown in ``/status`` like a failed write.
+        """
+        store = self.store
+        if store is None:
+            raise NotStored(job_key)
+        record = await db.get_image(self.db, job_key)
+        if record is None:
+            raise NotStored(job_key)
+        try:
+            return await asyncio.to_thread(store.read_png, record.sha256)
+        except ImageGone:
+            raise NotStored(job_key) from None
+        except StoreError as exc:
+            self._trouble(f"job {job_key}'s image could not be read", exc)
+            raise NotStored(job_key) from exc
+
+    async def has(self, job_key: str) -> bool:
+        """Whether a job's image is stored (its row and its file)."""
+        store = self.store
+        if store is None:
+            return False
+        record = await db.get_image(self.db, job_key)
+        if record is None:
+            return False
+        return await asyncio.to_thread(store.exists, record.sha256)
+
+    # ------------------------------------------------------------------ removing
+    async def _delete_files(self, sha256s: list[str] | tuple[str, ...]) -> int:
+        """Delete files no row references any more; returns how many went."""
+        store = self.store
+        if store is None or not sha256s:
+            return 0
+        deleted = 0
+        for sha256 in sha256s:
+            try:
+                await asyncio.to_thread(store.delete, sha256)
+                deleted += 1
+            except StoreError as exc:
+                # The sweep finds it later: it is no longer referenced by any row.
+                self._trouble("a file could not be deleted", exc)
+        return deleted
+
+    async def forget(self, job_key: str) -> bool:
+        """The Delete button: drop a job's stored image (the file goes when no other job shares
+        it). Returns whether there was one."""
+        record = await db.get_image(self.db, job_key)
+        if record is None:
+            return False
+        sha256 = await db.delete_image(self.db, job_key)
+        if sha256 is not None:
+            await self._delete_files([sha256])
+        return True
+
+    async def erase_user(self, user_id: int) -> db.ErasedUser:
+        """A member's erase command: their history rows and stored images, files included."""
+        erased = await db.erase_user(self.db, user_id)
+        await self._delete_files(erased.unreferenced)
+        return erased
+
+    # ------------------------------------------------------------------ retention
+    async def sweep(self) -> SweepResult | None:
+        """Retention: delete the files past the age or size limit, then forget their rows."""
+        store = self.store
+        if store is None or (store.max_age_s is None and store.max_total_bytes is None):
+            return None
+        async with self._lock:
+            result = await asyncio.to_thread(store.sweep)
+            if result.deleted:
+                await db.forget_images(self.db, result.deleted)
+            return result
+
+    async def sweep_forever(self, interval_s: float) -> None:
+        """Sweep now and then every ``interval_s`` until cancelled; a failed sweep is logged and
+        the next one tries again."""
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("image retention sweep failed")
+            await asyncio.sleep(interval_s)
