@@ -99,7 +99,10 @@ class GenerationKind(enum.StrEnum):
 
     IMAGINE = "imagine"
     REROLL = "reroll"
+    # Vary (Subtle/Strong): img2img from the parent's stored image (``strength`` set); without a
+    # strength, the old Variations button (new seeds of the same prompt).
     VARIATION = "variation"
+    REMIX = "remix"  # a strong variation with the prompt edited in the Remix form
 
 
 class Base(DeclarativeBase):
