@@ -25,6 +25,7 @@ SHUT_DOWN_MESSAGE = "The image engine shut down."
 NOT_RUNNING_MESSAGE = "The image engine is not running."
 QUEUE_FULL_MESSAGE = "The queue is full right now; try again in a minute."
 ERROR_MESSAGE = "Something went wrong while generating; it has been logged."
+EDIT_OFF_MESSAGE = "Image editing is turned off on this server."
 
 
 def ceiling_message(count: int) -> str:

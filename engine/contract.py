@@ -325,6 +325,9 @@ class EngineStatus:
     # The models on the accelerator now (text-to-image, edit); an idle one that waits in host
     # memory is not listed.
     resident_models: tuple[str, ...] = ()
+    # What this backend can run now ("generate", "edit"): on the Redis path, what at least one
+    # ready worker can run. The bot refuses /edit before charging when "edit" is missing.
+    capabilities: tuple[str, ...] = (CAPABILITY_GENERATE,)
 
 
 ProgressCallback = Callable[[Progress], None]

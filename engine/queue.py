@@ -3,6 +3,11 @@
 diffusers pipelines are not thread-safe (two concurrent calls on one QwenImagePipeline fail with
 "index out of bounds"), so a single daemon thread runs every job. The asyncio side submits jobs
 and awaits futures; progress and results cross back with ``call_soon_threadsafe``.
+
+With editing on (``IMAGINE_EDIT_MODEL``), the generator is ``engine.edit.Generators``: both
+models behind one ``generate``. When their two transformers cannot both stay on the GPU, the
+waiting line serves jobs of the model already resident first, within ``FairQueue``'s bound (no
+job is jumped more than three times), so a mix of /imagine and /edit swaps rarely.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from engine.admission import (
     CANCELLED_MESSAGE,
+    EDIT_OFF_MESSAGE,
     ERROR_MESSAGE,
     NOT_RUNNING_MESSAGE,
     SHUT_DOWN_MESSAGE,
@@ -26,6 +32,7 @@ from engine.admission import (
     settle_threadsafe,
 )
 from engine.contract import (
+    CAPABILITY_GENERATE,
     EngineStatus,
     FailureKind,
     JobFailed,
@@ -82,9 +89,9 @@ class LocalEngine:
         if self._thread is not None:
             return
         if self._generator is None:
-            from engine.pipeline import ImageGenerator  # torch import happens here, not in bot/
+            from engine.edit import Generators  # torch import happens here, not in bot/
 
-            self._generator = await asyncio.to_thread(ImageGenerator.load, self.settings)
+            self._generator = await asyncio.to_thread(Generators.load, self.settings)
         if self.settings.warmup and hasattr(self._generator, "warmup"):
             await asyncio.to_thread(self._generator.warmup)
         self._info = dict(self._generator.info())
@@ -125,10 +132,12 @@ class LocalEngine:
             mine = self._waiting.count_for(request.user_id) + int(
                 self._running is not None and self._running.request.user_id == request.user_id
             )
+            if request.needs not in self._capabilities():
+                raise JobFailed(FailureKind.UNAVAILABLE, self._edit_off_message())
             admit(self.settings, users_jobs=mine, waiting=len(self._waiting))
             job = _Job(request, loop, loop.create_future(), on_progress, time.perf_counter())
             self._jobs[request.job_id] = job
-            self._waiting.push(request.user_id, request.job_id, job)
+            self._waiting.push(request.user_id, request.job_id, job, group=request.needs)
             self._lock.notify_all()
         return FutureHandle(request.job_id, job.future)
 
@@ -171,7 +180,30 @@ class LocalEngine:
             mean_sec_per_step=sum(times) / len(times) if times else None,
             fast_available=bool(self._info.get("fast_available", False)),
             queued_ceiling_per_user=self.settings.queued_ceiling_per_user,
+            resident_models=self._resident_models(),
+            capabilities=self._capabilities(),
         )
+
+    # ------------------------------------------------------------------ models
+    def _capabilities(self) -> tuple[str, ...]:
+        """What the loaded generator runs (a plain text-to-image generator: only that)."""
+        capabilities = getattr(self._generator, "capabilities", None)
+        return tuple(capabilities()) if callable(capabilities) else (CAPABILITY_GENERATE,)
+
+    def _edit_off_message(self) -> str:
+        return str(getattr(self._generator, "edit_off", None) or EDIT_OFF_MESSAGE)
+
+    def _resident_models(self) -> tuple[str, ...]:
+        resident = getattr(self._generator, "resident_models", None)
+        if callable(resident):
+            return tuple(resident())
+        model = self._info.get("model")
+        return (str(model),) if model else ()
+
+    def _preferred_group(self) -> str | None:
+        """The model on the GPU now when only one fits (jobs of it go first, bounded)."""
+        active = getattr(self._generator, "active_group", None)
+        return active() if callable(active) else None
 
     # ------------------------------------------------------------------ GPU thread
     def _alive(self) -> bool:
@@ -188,7 +220,7 @@ class LocalEngine:
                         self._lock.wait()
                     if self._stopping:
                         return
-                    item = self._waiting.pop()
+                    item = self._waiting.pop(prefer=self._preferred_group())
                     assert item is not None
                     job = item[1]
                     job.started_at = time.perf_counter()

@@ -19,3 +19,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from engine.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_edit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random QwenImageEditPlusPipeline whose text encoder and VAE files are the tiny
+    text-to-image pipeline's (about 3 s, once); its edit Lightning LoRA is inside it."""
+    from engine.tiny import build_tiny_edit_pipeline
+
+    return build_tiny_edit_pipeline(tmp_path_factory.mktemp("tiny-edit"), seed=0)

@@ -29,14 +29,14 @@ from engine.edit import generator as edit_module
 from engine.edit.sharing import file_sha256, same_weights
 from engine.pipeline import ImageGenerator
 from engine.settings import EngineSettings
-from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE, build_tiny_edit_pipeline
+from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE
 
 STEPS = 2  # the real 40 steps cost ~10 s on a CPU; the step count is a setting of the plan
 
 
 @pytest.fixture(scope="module")
-def edit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_edit_pipeline(tmp_path_factory.mktemp("tiny-edit"), seed=0)
+def edit_dir(tiny_edit_dir: Path) -> Path:
+    return tiny_edit_dir  # built once per session (tests/conftest.py)
 
 
 def edit_settings(base: EngineSettings, edit_dir: Path, **overrides: Any) -> EngineSettings:
