@@ -1,4 +1,7 @@
-"""``python -m bot``: read the settings, set up logging, build the bot and run it."""
+"""``python -m bot``: read the settings, set up logging, build the bot and run it.
+
+``python -m bot invite`` prints the URL that adds the bot to a server instead (``bot.invite``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+import aiohttp
 import discord
 from pydantic import ValidationError
 
@@ -43,12 +47,83 @@ def _stop(bot: ImagineBot, sig: signal.Signals) -> None:
     task.add_done_callback(_closing.discard)
 
 
-def main() -> int:
+USAGE = """usage: python -m bot [invite]
+
+  (no command)  run the bot
+  invite        print the URL that adds this bot to a server
+"""
+
+
+def _settings() -> BotSettings | None:
     try:
-        settings = BotSettings()
+        return BotSettings()
     except ValidationError as exc:
         # By variable and message only: pydantic's own text quotes inputs (a piece of the token).
         print(describe_settings_error(exc), file=sys.stderr)
+        return None
+
+
+def _secrets(settings: BotSettings) -> list[str]:
+    secrets = [settings.discord_token.get_secret_value()] if settings.discord_token else []
+    if settings.redis_url is not None:
+        secrets.append(settings.redis_url.get_secret_value())
+    return secrets
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args in (["-h"], ["--help"]):
+        print(USAGE, end="")
+        return 0
+    if args == ["invite"]:
+        return invite()
+    if args:
+        print(f"error: unknown command {' '.join(args)!r}\n{USAGE}", end="", file=sys.stderr)
+        return 2
+    return run()
+
+
+def invite() -> int:
+    """Print the invite URL; the application id comes from the settings or from Discord."""
+    settings = _settings()
+    if settings is None:
+        return 2
+    from bot.invite import fetch_application_id, invite_url
+
+    if settings.application_id is not None:
+        print(invite_url(settings.application_id))
+        return 0
+    if settings.discord_token is None:
+        print(
+            f"error: set {TOKEN_ENV} (the application id is then asked of Discord) or "
+            "IMAGINE_APPLICATION_ID (General Information → Application ID in the developer "
+            "portal) in .env or the environment.",
+            file=sys.stderr,
+        )
+        return 2
+    setup_logging(settings.log_level, _secrets(settings))
+    from bot import endpoints
+
+    endpoints.apply()  # TEST ONLY variables; nothing happens in production
+    try:
+        application_id = asyncio.run(
+            fetch_application_id(settings.discord_token.get_secret_value())
+        )
+    except discord.LoginFailure:
+        logger.error(
+            "Discord rejected the token in %s; copy it again from the developer portal", TOKEN_ENV
+        )
+        return 1
+    except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+        logger.error("could not ask Discord for the application id: %s", exc)
+        return 1
+    print(invite_url(application_id))
+    return 0
+
+
+def run() -> int:
+    settings = _settings()
+    if settings is None:
         return 2
     if settings.discord_token is None:
         print(
@@ -59,18 +134,21 @@ def main() -> int:
         )
         return 2
     token = settings.discord_token.get_secret_value()
-    secrets = [token]
-    if settings.redis_url is not None:
-        secrets.append(settings.redis_url.get_secret_value())
-    setup_logging(settings.log_level, secrets)
+    setup_logging(settings.log_level, _secrets(settings))
 
     from bot import endpoints
-    from bot.app import create_bot  # after logging, so import-time messages are formatted
+    from bot.app import backend_settings, create_bot  # after logging, so import-time messages are formatted
 
     endpoints.apply()  # TEST ONLY variables; nothing happens in production
-    bot = create_bot(settings)
     try:
+        # The backend's own settings (engine, Redis) are read here: their errors must be
+        # described like the bot's, never with pydantic's quoted inputs (a Redis password).
+        backend_settings(settings)
+        bot = create_bot(settings)
         asyncio.run(_serve(bot, token))
+    except ValidationError as exc:
+        print(describe_settings_error(exc), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 0
     except discord.LoginFailure:
