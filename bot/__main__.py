@@ -137,7 +137,9 @@ def run() -> int:
     setup_logging(settings.log_level, _secrets(settings))
 
     from bot import endpoints
-    from bot.app import backend_settings, create_bot  # after logging, so import-time messages are formatted
+
+    # After logging, so import-time messages are formatted.
+    from bot.app import backend_settings, create_bot
 
     endpoints.apply()  # TEST ONLY variables; nothing happens in production
     try:

@@ -31,16 +31,29 @@ from engine.presets import BUILTIN_STYLES
 logger = logging.getLogger(__name__)
 
 
-def build_backend(settings: BotSettings) -> ImageBackend:
-    """The image backend the settings ask for: Redis workers, else the in-process GPU thread."""
+def backend_settings(settings: BotSettings) -> Any:
+    """The settings of the backend the bot will build, read now: ``python -m bot`` calls this
+    before it contacts Discord, so a bad engine or Redis value stops the start with a plain
+    message instead of after login."""
     if settings.redis_url is not None:
-        from engine.remote import RedisBackend, RemoteSettings  # no torch on this path
+        from engine.remote import RemoteSettings  # no torch on this path
 
-        return RedisBackend(RemoteSettings(redis_url=settings.redis_url.get_secret_value()))
-    from engine.queue import LocalEngine  # torch loads only when the engine starts
+        return RemoteSettings(redis_url=settings.redis_url.get_secret_value())
     from engine.settings import EngineSettings
 
-    return LocalEngine(EngineSettings())
+    return EngineSettings()
+
+
+def build_backend(settings: BotSettings) -> ImageBackend:
+    """The image backend the settings ask for: Redis workers, else the in-process GPU thread."""
+    chosen = backend_settings(settings)
+    if settings.redis_url is not None:
+        from engine.remote import RedisBackend
+
+        return RedisBackend(chosen)
+    from engine.queue import LocalEngine  # torch loads only when the engine starts
+
+    return LocalEngine(chosen)
 
 
 class ImagineBot(commands.Bot):

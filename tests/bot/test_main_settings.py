@@ -1,0 +1,39 @@
+"""``python -m bot`` with a bad backend setting: a plain error by variable, never a secret."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.bot.test_app import FAKE_TOKEN, REPO, clean_env
+
+
+def test_a_bad_redis_setting_names_the_variable_and_no_secret(tmp_path: Path) -> None:
+    # The bot's own settings are fine; the Redis path's are not (heartbeat must be > 0). They
+    # are read when the backend is built, after the bot's: pydantic would quote every input of
+    # the failing model, the Redis URL's password included.
+    done = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        env=clean_env(
+            PYTHONPATH=str(REPO),
+            IMAGINE_DISCORD_TOKEN=FAKE_TOKEN,
+            IMAGINE_REDIS_URL="redis://:hunter2-redis-password@127.0.0.1:1/0",
+            IMAGINE_HEARTBEAT_S="-1",
+            IMAGINE_HEALTH_PORT="0",
+            # Should a regression reach the login, it must stay on this machine.
+            IMAGINE_DISCORD_API_BASE="http://127.0.0.1:9/api/v10",
+            IMAGINE_DISCORD_GATEWAY_URL="ws://127.0.0.1:9/gateway",
+            IMAGINE_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "IMAGINE_HEARTBEAT_S" in output
+    assert "hunter2" not in output
+    assert FAKE_TOKEN not in output and FAKE_TOKEN.split(".")[-1] not in output
+    assert "Traceback" not in output
