@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import inspect
 import logging
 import threading
 import time
@@ -66,6 +67,21 @@ class _Job:
 
 # The handle of this backend is the shared one; the old name stays importable.
 LocalHandle = FutureHandle
+
+
+def preview_kwargs(generator: Any, on_preview: Any) -> dict[str, Any]:
+    """``{"on_preview": on_preview}`` when ``generator.generate`` takes it (``ImageGenerator``
+    and the wrappers that pass keywords on), else nothing: a generator without previews (a
+    test double, a pipeline that draws none) keeps working unchanged."""
+    if on_preview is None:
+        return {}
+    try:
+        parameters = inspect.signature(generator.generate).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    if any(p.name == "on_preview" or p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return {"on_preview": on_preview}
+    return {}
 
 
 class LocalEngine:
@@ -257,11 +273,19 @@ class LocalEngine:
                 progress = Progress(request.job_id, step, total, elapsed, per_step)
                 job.loop.call_soon_threadsafe(self._emit, job, progress)
 
+        def on_preview(step: int, total: int, elapsed: float, per_step: float, jpeg: bytes) -> None:
+            if job.on_progress is not None:
+                progress = Progress(request.job_id, step, total, elapsed, per_step, preview=jpeg)
+                job.loop.call_soon_threadsafe(self._emit, job, progress)
+
         def should_stop() -> FailureKind | None:
             return FailureKind.CANCELLED if job.cancel_requested.is_set() else None
 
+        extra = preview_kwargs(self._generator, on_preview if job.on_progress else None)
         try:
-            result = self._generator.generate(request, on_step=on_step, should_stop=should_stop)
+            result = self._generator.generate(
+                request, on_step=on_step, should_stop=should_stop, **extra
+            )
         except JobFailed as exc:
             logger.info("job %s failed: %s", request.job_id, exc)
             return exc
