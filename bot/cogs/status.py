@@ -41,12 +41,25 @@ class StatusCog(commands.Cog):
         try:
             snapshot = await asyncio.wait_for(self.bot.backend.status(), STATUS_TIMEOUT_S)
             embed = render.status_embed(
-                snapshot, uptime_s=uptime, latency_ms=latency, owners=self.bot.jobs.owners()
+                snapshot, uptime_s=uptime, latency_ms=latency, owners=self._owners(interaction)
             )
         except Exception as exc:  # a broken backend is exactly what /status must report
             logger.warning("backend status failed: %s", exc)
             embed = render.status_embed(None, uptime_s=uptime, latency_ms=latency, error=str(exc))
         await errors.send_ephemeral(interaction, embed=embed)
+
+    def _owners(self, interaction: discord.Interaction[ImagineBot]) -> dict[str, int]:
+        """Requesters of the jobs this member may see named: this server's, or in a DM only
+        the member's own. Whose image runs in another server is none of their business."""
+        if self.bot.jobs is None:
+            return {}
+        guild_id = interaction.guild_id
+        return {
+            key: job.user_id
+            for key, job in self.bot.jobs.follower.jobs.items()
+            if job.guild_id == guild_id
+            and (guild_id is not None or job.user_id == interaction.user.id)
+        }
 
 
 async def setup(bot: ImagineBot) -> None:

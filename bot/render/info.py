@@ -13,6 +13,7 @@ from bot.render.text import (
     COLOR_INFO,
     clip,
     jump_url,
+    model_name,
     reset_time,
     seconds,
     shown,
@@ -106,8 +107,9 @@ def status_embed(
     error: str | None = None,
     owners: dict[str, int] | None = None,
 ) -> discord.Embed:
-    """``owners`` maps job ids this bot follows to their requesters, so "Running" can say
-    whose image it is instead of an opaque id."""
+    """``owners`` maps the running jobs of *this* server (or this member's DM) to their
+    requesters, so "Running" can say whose image it is; any other job is "from elsewhere",
+    never a member of another server. The model shows as a name, never a path."""
     embed = discord.Embed(title="Image engine status", colour=COLOR_INFO)
     if status is None:
         embed.colour = COLOR_FAIL
@@ -122,14 +124,14 @@ def status_embed(
     owners = owners or {}
     running = (
         ", ".join(
-            f"an image for <@{owners[job]}>" if job in owners else f"job `{job}`"
+            f"an image for <@{owners[job]}>" if job in owners else "an image from elsewhere"
             for job in status.running
         )
         if status.running
         else "nothing"
     )
     embed.add_field(name="Running", value=clip(running, 1000), inline=True)
-    embed.add_field(name="Model", value=clip(status.model, 1000), inline=False)
+    embed.add_field(name="Model", value=model_name(status.model), inline=False)
     embed.add_field(name="Memory mode", value=status.memory_mode, inline=True)
     embed.add_field(name="GPU", value=clip(status.gpu, 200), inline=True)
     per_step = status.mean_sec_per_step

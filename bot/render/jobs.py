@@ -14,6 +14,7 @@ from bot.render.text import (
     aspect_label,
     clip,
     megabytes,
+    model_name,
     progress_bar,
     reset_time,
     shown,
@@ -121,7 +122,8 @@ def result_embed(
         embed.add_field(name="Note", value=clip(result.note, 1000), inline=False)
     if conversion_note:
         embed.add_field(name="File", value=conversion_note, inline=False)
-    footer = result.model if not result.worker else f"{result.model} · {result.worker}"
+    model = model_name(result.model)
+    footer = model if not result.worker else f"{model} · {result.worker}"
     embed.set_footer(text=clip(footer, 200))
     embed.set_image(url=f"attachment://{filename}")
     return embed
@@ -154,7 +156,7 @@ def details_embed(row: Any) -> discord.Embed:
         value=f"{seconds_text(row.run_s)} on the GPU, {seconds_text(row.queued_s)} in line",
         inline=False,
     )
-    model = row.model or "?"
+    model = model_name(row.model) if row.model else "?"
     if row.worker:
         model += f" (worker {row.worker})"
     embed.add_field(name="Model", value=clip(model, 1000), inline=False)
