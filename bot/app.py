@@ -156,6 +156,11 @@ class ImagineBot(commands.Bot):
             "connected as %s (%s) in %d server(s)", user, user.id if user else "?", len(self.guilds)
         )
 
+    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        """Forms (modals) are answered from their custom id, so one opened before a restart
+        still works after it; buttons and commands are dispatched by discord.py itself."""
+        await views.handle_remix_form(interaction)
+
     async def close_services(self) -> None:
         """Stop following jobs (they stay resumable), then close what this bot opened."""
         if self._services_closed:

@@ -247,8 +247,11 @@ class StatusMessage:
         )
         if self.message_id is not None and not self.gone:
             try:
-                await self._partial().edit(
-                    content=done_text, view=None, allowed_mentions=discord.AllowedMentions.none()
+                await self._partial().edit(  # no preview left on it either
+                    content=done_text,
+                    attachments=[],
+                    view=None,
+                    allowed_mentions=discord.AllowedMentions.none(),
                 )
             except (discord.HTTPException, MessageGone) as exc:
                 logger.info("could not update the old status message %s: %s", self.message_id, exc)

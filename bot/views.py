@@ -21,6 +21,7 @@ import discord
 
 import db
 from bot import errors, render
+from bot.imagine import variations
 from bot.web.answer import GalleryButton
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class _JobButton(_Guarded):
     button_style: ClassVar[discord.ButtonStyle] = discord.ButtonStyle.secondary
     moderator_permission: ClassVar[str | None] = None
     denied: ClassVar[str] = ""
+    button_row: ClassVar[int | None] = None  # its row under the image (None: the next free)
 
     def __init__(self, job_key: str) -> None:
         button: discord.ui.Button[Any] = discord.ui.Button(
@@ -95,6 +97,7 @@ class _JobButton(_Guarded):
             emoji=self.emoji,
             style=self.button_style,
             custom_id=f"imagine:{self.action}:{job_key}",
+            row=self.button_row,
         )
         super().__init__(button)  # type: ignore[call-arg]
         self.job_key = job_key
@@ -125,6 +128,7 @@ class RerollButton(
     label = "Reroll"
     emoji = "🎲"
     button_style = discord.ButtonStyle.primary
+    button_row = 0
 
     async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
         await interaction.client.jobs.reroll(interaction, self.job_key)
@@ -133,6 +137,9 @@ class RerollButton(
 class VariationsButton(
     _JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:vary:{_KEY}"
 ):
+    """Images posted before the Vary buttons carry this one (no stored image): two new seeds
+    of the same prompt, as it always did. New images get Vary (Subtle/Strong) instead."""
+
     action = "vary"
     label = "Variations"
     emoji = "🔀"
@@ -141,12 +148,57 @@ class VariationsButton(
         await interaction.client.jobs.variations(interaction, self.job_key)
 
 
+class VarySubtleButton(
+    _JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:subtle:{_KEY}"
+):
+    """Image-to-image from the stored image at ``VARY_SUBTLE_STRENGTH``, new seed."""
+
+    action = "subtle"
+    label = "Vary (Subtle)"
+    emoji = "🪶"
+    button_row = 0
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        await interaction.client.jobs.vary(interaction, self.job_key, strong=False)
+
+
+class VaryStrongButton(
+    _JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:strong:{_KEY}"
+):
+    """Image-to-image from the stored image at ``VARY_STRONG_STRENGTH``, new seed."""
+
+    action = "strong"
+    label = "Vary (Strong)"
+    emoji = "🌀"
+    button_row = 0
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        await interaction.client.jobs.vary(interaction, self.job_key, strong=True)
+
+
+class RemixButton(
+    _JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:remix:{_KEY}"
+):
+    """Opens the Remix form (prompt and negative, pre-filled); its answer is a strong variation
+    with the edited text (``handle_remix_form``)."""
+
+    action = "remix"
+    label = "Remix"
+    emoji = "🎨"
+    button_row = 0
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        prompt, negative = await variations.open_remix(interaction.client, self.job_key)
+        await interaction.response.send_modal(remix_form(self.job_key, prompt, negative))
+
+
 class DetailsButton(
     _JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:details:{_KEY}"
 ):
     action = "details"
     label = "Details"
     emoji = "ℹ️"
+    button_row = 1
 
     async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
         row = await job_row(interaction, self.job_key)
@@ -162,6 +214,7 @@ class DeleteButton(
     button_style = discord.ButtonStyle.danger
     moderator_permission = "manage_messages"
     denied = "Only the person who asked for this image or a moderator can delete it."
+    button_row = 1
 
     async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
         await interaction.response.defer()
@@ -172,6 +225,8 @@ class DeleteButton(
                 raise
             await interaction.message.delete()
         await db.set_message(interaction.client.db, self.job_key, message_id=None)
+        # The stored copy goes too (the file itself once no other job shares its bytes).
+        await interaction.client.images.forget(self.job_key)
         logger.info("job %s: image deleted by user %s", self.job_key, interaction.user.id)
 
 
@@ -196,12 +251,107 @@ def status_view(job_key: str) -> discord.ui.View:
     return view
 
 
+RESULT_BUTTONS: tuple[type[_JobButton], ...] = (
+    RerollButton,
+    VarySubtleButton,
+    VaryStrongButton,
+    RemixButton,
+    DetailsButton,
+    DeleteButton,
+)
+
+
 def result_view(job_key: str) -> discord.ui.View:
-    """The buttons under a finished image."""
+    """The buttons under a finished image: making more on the first row, the rest below."""
     view = discord.ui.View(timeout=None)
-    for cls in (RerollButton, VariationsButton, DetailsButton, DeleteButton):
-        view.add_item(cls(job_key))
+    for cls in RESULT_BUTTONS:
+        view.add_item(cls(job_key))  # type: ignore[arg-type]
     return view
+
+
+# --------------------------------------------------------------------------- the Remix form
+
+REMIX_FORM = re.compile(rf"imagine:remixed:{_KEY}")
+REMIX_PROMPT = "prompt"
+REMIX_NEGATIVE = "negative"
+# Discord's own limit on a text input; the prompt rules themselves are policy's (the same
+# answers as /imagine), so the form does not cut anything short on its own.
+TEXT_INPUT_MAX = 4000
+
+
+def remix_form(job_key: str, prompt: str, negative: str | None) -> discord.ui.Modal:
+    """The Remix form, pre-filled with the image's prompt and negative prompt.
+
+    It is answered by ``handle_remix_form`` from its custom id alone (not by an object kept in
+    memory), so a form opened before a restart still works when it is sent after it.
+    """
+    modal = discord.ui.Modal(title="Remix this image", custom_id=f"imagine:remixed:{job_key}")
+    modal.add_item(
+        discord.ui.TextInput(
+            label="Prompt",
+            custom_id=REMIX_PROMPT,
+            style=discord.TextStyle.paragraph,
+            default=prompt[:TEXT_INPUT_MAX],
+            required=False,
+            max_length=TEXT_INPUT_MAX,
+        )
+    )
+    modal.add_item(
+        discord.ui.TextInput(
+            label="Negative prompt (what to keep out)",
+            custom_id=REMIX_NEGATIVE,
+            style=discord.TextStyle.paragraph,
+            default=(negative or "")[:TEXT_INPUT_MAX] or None,
+            required=False,
+            max_length=TEXT_INPUT_MAX,
+        )
+    )
+    modal.stop()  # nothing kept in memory: see the docstring
+    return modal
+
+
+def form_values(data: Any) -> dict[str, str]:
+    """The text inputs of a submitted form by custom id (any layout: rows or labels)."""
+    values: dict[str, str] = {}
+
+    def walk(items: Any) -> None:
+        if not isinstance(items, list):
+            return
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            custom_id, value = item.get("custom_id"), item.get("value")
+            if isinstance(custom_id, str) and isinstance(value, str):
+                values[custom_id] = value
+            walk(item.get("components"))
+            if isinstance(item.get("component"), dict):
+                walk([item["component"]])
+
+    walk((data or {}).get("components") if isinstance(data, dict) else None)
+    return values
+
+
+async def handle_remix_form(interaction: discord.Interaction[ImagineBot]) -> bool:
+    """Answer a submitted Remix form; False when the interaction is not one."""
+    if interaction.type != discord.InteractionType.modal_submit:
+        return False
+    data = interaction.data if isinstance(interaction.data, dict) else {}
+    custom_id = data.get("custom_id")
+    match = REMIX_FORM.fullmatch(custom_id) if isinstance(custom_id, str) else None
+    if match is None:
+        return False
+    values = form_values(data)
+    try:
+        async with errors.replying(interaction):
+            await interaction.client.jobs.remix(
+                interaction,
+                match["key"],
+                prompt=values.get(REMIX_PROMPT, ""),
+                negative=values.get(REMIX_NEGATIVE) or None,
+            )
+    except Exception as exc:
+        await errors.handle(interaction, exc)
+    return True
 
 
 # --------------------------------------------------------------------------- history
@@ -315,6 +465,9 @@ async def history_page(
 DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     RerollButton,
     VariationsButton,
+    VarySubtleButton,
+    VaryStrongButton,
+    RemixButton,
     DetailsButton,
     DeleteButton,
     CancelButton,

@@ -59,8 +59,7 @@ class Finisher:
         the middle of it leaves the next start everything it needs without reading anything
         back from Discord but the message's buttons.
         """
-        if job.reporter is not None:
-            await job.reporter.close()
+        await job.stop_progress()
         fields = db.JobResultFields(
             seed=result.seed,
             width=result.width,
@@ -79,6 +78,23 @@ class Finisher:
             # Exactly once: a finished row was delivered (or ended) already.
             logger.info("job %s already %s; not posting it again", job.key, row.status)
             return str(row.status)
+        # The image is kept while it uploads: a full disk never delays or stops the delivery.
+        keeping = asyncio.create_task(
+            self.bot.images.keep(
+                job_key=job.key, user_id=job.user_id, guild_id=job.guild_id, png=result.png
+            ),
+            name=f"keep-{job.key}",
+        )
+        try:
+            return await self._upload(job, result, keeping)
+        finally:
+            # keep() never raises. A shutdown that cuts the upload short lets it finish.
+            if not keeping.done():
+                await asyncio.shield(keeping)
+
+    async def _upload(self, job: Job, result: JobResult, keeping: asyncio.Task[Any]) -> str:
+        """Put the image in the job's message (or a reply), then end the job as done once the
+        image is also kept (so a done job's Vary buttons find it)."""
         requester = job.requester or self.bot.get_user(job.user_id)
         if requester is None:  # a job resumed after a restart: only its id is known
             with contextlib.suppress(discord.HTTPException):
@@ -111,7 +127,10 @@ class Finisher:
             failure = JobFailed(FailureKind.ERROR, "Discord did not accept the finished image here")
             ending = Outcome.failed(failure, error=f"could not deliver the image: {exc}")
             await self.end_job(job, ending)
+            await asyncio.shield(keeping)
+            await self.bot.images.forget(job.key)  # nobody saw it: nothing to vary
             return "undeliverable"
+        await asyncio.shield(keeping)
         return await self.end_job(
             job, Outcome.delivered(message_id, run_s=result.run_s, steps=result.steps)
         )

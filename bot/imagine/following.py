@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import io
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+import discord
 
 import db
 from bot import metrics, render, views
@@ -21,6 +24,22 @@ from bot.progress import ProgressReporter
 from engine.contract import ImageBackend, Progress, ProgressCallback
 
 logger = logging.getLogger(__name__)
+
+# A preview is a small JPEG or WebP (at most 256 px on its long side, a few KB); anything larger,
+# or not one of those, is not attached (through Redis it came from outside this process).
+MAX_PREVIEW_BYTES = 64 * 1024
+
+
+def preview_name(data: bytes) -> str | None:
+    """The attachment name for a preview, or None when it is not a small JPEG or WebP."""
+    if len(data) > MAX_PREVIEW_BYTES:
+        return None
+    if data.startswith(b"\xff\xd8\xff"):
+        return "preview.jpg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "preview.webp"
+    return None
+
 
 # At shutdown, how long a job that is already delivering (or reporting its failure) may take to
 # finish: cutting it off mid-upload would leave the row unfinished, and the next start would
@@ -75,6 +94,8 @@ class Follower:
                 self._early[key] = progress
                 return
             job.progress = progress
+            if progress.preview is not None and preview_name(progress.preview) is not None:
+                job.preview = progress.preview  # the next edit shows the newest one
             if not job.running:
                 job.running = True
                 self.spawn(self._mark_running(key), context=job.context)
@@ -104,7 +125,27 @@ class Follower:
         """
 
         async def edit(text: str) -> None:
-            await job.target.edit(content=text, view=views.status_view(job.key))
+            preview, job.preview = job.preview, None
+            if preview is None:
+                await job.target.edit(content=text, view=views.status_view(job.key))
+                return
+            # At most one preview per edit, replacing the one before. The upload runs as its
+            # own task so that the final image can abandon it (Job.stop_progress) rather than
+            # wait for it; the final edit replaces every attachment anyway.
+            file = discord.File(io.BytesIO(preview), filename=preview_name(preview) or "")
+            upload = asyncio.ensure_future(
+                job.target.edit(content=text, view=views.status_view(job.key), attachments=[file])
+            )
+            job.preview_upload = upload
+            try:
+                await upload
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                logger.debug("job %s: preview upload abandoned for the final image", job.key)
+            finally:
+                job.preview_upload = None
 
         job.reporter = ProgressReporter(edit, interval=self._interval_s, label=job.key)
         if shown_text is not None:

@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import dataclasses
 import datetime as dt
+from typing import Any
 
 import discord
 
@@ -50,6 +51,18 @@ class Job:
     position: int | None = None
     finishing: bool = False  # the engine answered; delivery or the failure notice is under way
     task: asyncio.Task[None] | None = None
+    # The newest preview of the image forming, not shown yet, and the edit uploading one.
+    preview: bytes | None = None
+    preview_upload: asyncio.Future[Any] | None = None
+
+    async def stop_progress(self) -> None:
+        """No progress edit after this: a preview upload in flight is abandoned (the final
+        image must not wait for it; the final edit replaces every attachment), and a text edit
+        on the wire is waited for (cut off, it could still land after the final edit)."""
+        if self.preview_upload is not None and not self.preview_upload.done():
+            self.preview_upload.cancel()
+        if self.reporter is not None:
+            await self.reporter.close()
 
 
 def follow_job(
@@ -78,8 +91,25 @@ def follow_job(
     )
 
 
-def request_for(row: db.Generation, style: db.Style, *, deadline_s: float | None) -> JobRequest:
-    """What the engine renders for a job row: the same for a new job and a resumed one."""
+def request_for(
+    row: db.Generation,
+    style: db.Style,
+    *,
+    deadline_s: float | None,
+    init_image: bytes | None = None,
+) -> JobRequest:
+    """What the engine renders for a job row: the same for a new job and a resumed one.
+
+    A variation (a row with a ``strength``) is image-to-image from ``init_image``, its parent's
+    stored PNG; the engine writes the parent job and the strength into the new PNG.
+    """
+    variation: dict[str, Any] = {}
+    if row.strength is not None:
+        variation = {
+            "init_image": init_image,
+            "strength": row.strength,
+            "parent_job_id": row.parent_key,
+        }
     return JobRequest(
         job_id=row.job_key,
         user_id=row.user_id,
@@ -90,6 +120,7 @@ def request_for(row: db.Generation, style: db.Style, *, deadline_s: float | None
         seed=row.seed,
         mode=Mode(row.mode),
         deadline_s=deadline_s,
+        **variation,
     )
 
 

@@ -20,7 +20,7 @@ import db
 from bot import errors, metrics, render, views
 from bot.delivery import TOKEN_LIFETIME, StatusMessage, interaction_time
 from bot.errors import UserError
-from bot.imagine import policy, recovery
+from bot.imagine import policy, recovery, variations
 from bot.imagine.ack import AckGuard
 from bot.imagine.finish import Finisher
 from bot.imagine.following import Follower
@@ -101,6 +101,23 @@ class JobService:
             interaction, parent_key, kind=db.GenerationKind.VARIATION, count=VARIATION_COUNT
         )
 
+    async def vary(
+        self, interaction: discord.Interaction[Any], parent_key: str, *, strong: bool
+    ) -> None:
+        """Vary (Subtle / Strong): image-to-image from the stored image, new seed."""
+        await variations.vary(self, interaction, parent_key, strong=strong)
+
+    async def remix(
+        self,
+        interaction: discord.Interaction[Any],
+        parent_key: str,
+        *,
+        prompt: str,
+        negative: str | None,
+    ) -> None:
+        """The Remix form was sent: a strong variation with the edited prompt."""
+        await variations.remix(self, interaction, parent_key, prompt=prompt, negative=negative)
+
     async def _again(
         self, interaction: discord.Interaction[Any], parent_key: str, *, kind: str, count: int
     ) -> None:
@@ -140,8 +157,12 @@ class JobService:
         seeds: list[int | None],
         kind: str,
         parent_key: str | None,
+        strength: float | None = None,
+        init_image: bytes | None = None,
     ) -> None:
-        """Reserve and submit one job per seed, then post their status messages."""
+        """Reserve and submit one job per seed, then post their status messages.
+
+        A variation (``strength``) renders from ``init_image``, its parent's stored PNG."""
         planned: list[tuple[db.Generation, JobHandle]] = []
         shortfall: str | None = None
         for index, wanted_seed in enumerate(seeds, start=1):
@@ -159,9 +180,10 @@ class JobService:
                 seed=wanted_seed if wanted_seed is not None else secrets.randbelow(MAX_SEED + 1),
                 kind=kind,
                 parent_key=parent_key,
+                strength=strength,
             )
             try:
-                started = await self._reserve_and_submit(new, admitted)
+                started = await self._reserve_and_submit(new, admitted, init_image)
             except UserError as refusal:
                 if not planned:
                     raise
@@ -180,7 +202,7 @@ class JobService:
             await errors.send_ephemeral(interaction, shortfall)
 
     async def _reserve_and_submit(
-        self, new: db.NewGeneration, admitted: Admitted
+        self, new: db.NewGeneration, admitted: Admitted, init_image: bytes | None = None
     ) -> tuple[db.Generation, JobHandle] | None:
         """Charge and write the row, then hand the job to the backend; None for a repeat."""
         try:
@@ -198,15 +220,25 @@ class JobService:
         if not fresh:
             return None
         try:
-            handle = await self.submit(row, admitted.style)
+            handle = await self.submit(row, admitted.style, init_image=init_image)
         except JobFailed as failure:
             await self.finish.end(row.job_key, Outcome.failed(failure, metric="refused"))
             raise UserError(failure.user_message) from None
         return row, handle
 
-    async def submit(self, row: db.Generation, style: db.Style) -> JobHandle:
-        """Hand a job row to the backend (a new job, or one resumed after a restart)."""
-        request = request_for(row, style, deadline_s=self.settings.job_deadline_s)
+    async def submit(
+        self, row: db.Generation, style: db.Style, *, init_image: bytes | None = None
+    ) -> JobHandle:
+        """Hand a job row to the backend (a new job, or one resumed after a restart).
+
+        A variation resumed after a restart reads its parent's image from the store again;
+        ``JobFailed`` when it is gone (the caller refunds the job and says so).
+        """
+        if row.strength is not None and init_image is None:
+            init_image = await variations.parent_png(self.bot, row.parent_key)
+        request = request_for(
+            row, style, deadline_s=self.settings.job_deadline_s, init_image=init_image
+        )
         return await self.backend.submit(request, self.follower.on_progress(row.job_key))
 
     async def _announce(
@@ -281,8 +313,7 @@ class JobService:
                 result = await job.handle.result()
             except JobFailed as failure:
                 job.finishing = True
-                if job.reporter is not None:
-                    await job.reporter.close()
+                await job.stop_progress()
                 ending = Outcome.failed(failure, cancelled_by=job.cancelled_by)
                 outcome = await self.finish.end_job(job, ending)
                 return
@@ -330,9 +361,10 @@ class JobService:
             job.cancelled_by = interaction.user.id
             if not await self.backend.cancel(key):
                 raise UserError("It's too late to cancel: the image is being delivered.")
-            await errors.send_ephemeral(
-                interaction, "Cancelled. It won't count against the daily quota."
-            )
+            # One answer: the click is acknowledged silently and the job's own ending turns
+            # its message into "Cancelled" (and says the unit came back); no private
+            # "Cancelled" besides it.
+            await interaction.response.defer()
             return
         # Nobody in this process follows the job (the backend lost it, or it was never
         # resumed): make sure the backend drops it, then end it here.

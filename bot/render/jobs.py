@@ -69,10 +69,17 @@ FAILURE_LEADS: dict[FailureKind, str] = {
 
 
 def failure_text(header: str, kind: FailureKind, message: str, refunded: bool) -> str:
-    """The status message after a failure: plain words, no buttons, never a stack trace."""
+    """The status message after a failure: plain words, no buttons, never a stack trace.
+
+    A detail that opens with the kind's own lead ("The GPU ran out of memory for this image.")
+    becomes the lead itself, so the message says it once.
+    """
     lead = FAILURE_LEADS.get(kind, "The generation failed")
     refund = " It did not count against your daily quota." if refunded else ""
     detail = message.strip()
+    if detail.casefold().startswith(lead.casefold()):
+        first, _, rest = detail.partition(". ")
+        lead, detail = first.rstrip(".!? "), rest.strip()
     if detail and not detail.endswith((".", "!", "?")):
         detail += "."
     return f"{header}\n❌ **{lead}.** {detail}{refund}"
@@ -229,3 +236,17 @@ def too_many_queued_text(queued: int, limit: int, *, ceiling: bool) -> str:
 
 def partial_variations_text(reason: str) -> str:
     return f"Only one variation was started: {reason}"
+
+
+def image_gone_text() -> str:
+    """Vary or Remix on an image the store no longer has (retention, Delete, an erase)."""
+    return (
+        "This image is no longer stored (old images are cleared to save space), so it can't "
+        "be varied or remixed. Nothing was charged. **Reroll** still makes a new image of the "
+        "same prompt."
+    )
+
+
+def source_gone_reason() -> str:
+    """Why a variation resumed after a restart could not run: its source image went meanwhile."""
+    return "the image it varies is no longer stored"

@@ -15,7 +15,10 @@ import db
 from bot import create_bot
 from bot.app import ImagineBot
 from engine.queue import LocalEngine
+from engine.settings import EngineSettings
 from tests.bot.harness import ExternalEngine, Harness, bot_settings, drain, tiny_engine
+
+PREVIEW_INTERVAL_S = EngineSettings.model_fields["preview_interval_s"].default
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +32,13 @@ def local_engine(tiny_model_dir: Path) -> Iterator[LocalEngine]:
 
 @pytest.fixture
 def engine(local_engine: LocalEngine) -> Iterator[ExternalEngine]:
-    local_engine.settings.test_step_delay_s = 0.0
+    settings = local_engine.settings
+    settings.test_step_delay_s = 0.0
+    settings.preview_interval_s = PREVIEW_INTERVAL_S
     wrapper = ExternalEngine(local_engine)
     yield wrapper
-    local_engine.settings.test_step_delay_s = 0.0
+    settings.test_step_delay_s = 0.0
+    settings.preview_interval_s = PREVIEW_INTERVAL_S
 
 
 @pytest.fixture

@@ -312,3 +312,20 @@ def png_parameters(data: bytes) -> dict[str, Any]:
 async def attachment_bytes(message: discord.Message) -> bytes:
     assert len(message.attachments) == 1, f"expected one attachment, got {message.attachments}"
     return await message.attachments[0].read()
+
+
+async def post_old_buttons(harness: Harness, *custom_ids: str) -> discord.Message:
+    """A message with buttons exactly as an earlier version of the bot posted them (raw JSON:
+    nothing of today's views is involved)."""
+    buttons = [
+        {"type": 2, "style": 2, "label": custom_id.split(":")[1], "custom_id": custom_id}
+        for custom_id in custom_ids
+    ]
+    payload = {"content": "posted by an earlier version", "components": []}
+    payload["components"] = [{"type": 1, "components": buttons}]
+    route = discord.http.Route(
+        "POST", "/channels/{channel_id}/messages", channel_id=harness.channel.id
+    )
+    data = await harness.bot.http.request(route, json=payload)
+    await harness.env.settle(timeout=30)
+    return harness.message(int(data["id"]))

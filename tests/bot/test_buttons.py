@@ -10,7 +10,9 @@ import discord
 import pytest
 
 import db
-from tests.bot.harness import Harness, attachment_bytes, png_parameters
+from tests.bot.harness import Harness, attachment_bytes, png_parameters, post_old_buttons
+
+RESULT_BUTTONS = ["Reroll", "Vary (Subtle)", "Vary (Strong)", "Remix", "Details", "Delete"]
 
 
 def button_labels(message: discord.Message) -> list[str]:
@@ -57,10 +59,18 @@ async def test_reroll_is_a_new_generation_charged_to_the_clicker(harness: Harnes
     assert (await harness.quota(bob)).used == 1 and (await harness.quota(alice)).used == 1
 
 
+async def old_variations_button(harness: Harness, message: discord.Message) -> discord.Message:
+    """The Variations button as images posted before the Vary buttons carry it."""
+    row = next(r for r in await harness.rows() if r.message_id == message.id)
+    return await post_old_buttons(harness, f"imagine:vary:{row.job_key}")
+
+
 async def test_variations_make_two_more_images(harness: Harness) -> None:
+    """The Variations button of images posted before Vary existed: two more seeds."""
     alice = harness.member("alice")
     original = await finished_image(harness, alice, prompt="a paper boat", seed=3)
-    click = await alice.click(original, label="Variations")
+    old = await old_variations_button(harness, original)
+    click = await alice.click(old, label="vary")
     await harness.wait_jobs()
     rows = await harness.rows()
     assert len(rows) == 3
@@ -68,13 +78,15 @@ async def test_variations_make_two_more_images(harness: Harness) -> None:
     click_key = first.job_key.split(":")[0]
     assert (first.job_key, second.job_key) == (f"{click_key}:1", f"{click_key}:2")
     assert {first.kind, second.kind} == {"variation"} and first.parent_key == rows[0].job_key
+    assert first.strength is None and second.strength is None  # new seeds, not img2img
     assert len({rows[0].seed_used, first.seed_used, second.seed_used}) == 3
     messages = [click.response, *click.followups]
     assert len(messages) == 2
     for message, row in zip(messages, (first, second), strict=True):
         current = harness.message(message.id)
         assert png_parameters(await attachment_bytes(current))["seed"] == row.seed_used
-        assert button_labels(current) == ["Reroll", "Variations", "Details", "Delete"]
+        assert button_labels(current) == RESULT_BUTTONS
+        assert "parent_job_id" not in png_parameters(await attachment_bytes(current))
     assert (await harness.quota(alice)).used == 3
 
 
@@ -82,7 +94,7 @@ async def test_variations_stop_at_the_quota(harness: Harness) -> None:
     alice = harness.member("alice")
     await harness.admin.slash(harness.channel, "limits set", daily_quota=2)
     original = await finished_image(harness, alice, prompt="a paper boat")
-    click = await alice.click(original, label="Variations")
+    click = await alice.click(await old_variations_button(harness, original), label="vary")
     await harness.wait_jobs()
     assert len(await harness.rows()) == 2
     (note,) = click.followups
@@ -255,7 +267,7 @@ async def test_image_after_the_token_expired_arrives_as_a_reply(harness: Harness
     assert reply.content == f"<@{alice.id}>, your image is ready."
     assert [m.id for m in reply.mentions] == [alice.id] and not reply.mention_everyone
     assert png_parameters(await attachment_bytes(reply))["seed"] == 8
-    assert button_labels(reply) == ["Reroll", "Variations", "Details", "Delete"]
+    assert button_labels(reply) == RESULT_BUTTONS
     status = harness.message(result.response.id)
     assert "the image is in the reply below" in status.content
     late_webhook_calls = [

@@ -13,7 +13,7 @@ import pytest
 import db
 from bot import render
 from engine.presets import image_size
-from tests.bot.harness import Harness, attachment_bytes, png_parameters
+from tests.bot.harness import Harness, attachment_bytes, png_parameters, post_old_buttons
 
 # Today's custom id formats (bot/views.py before the restructure), written out literally: the
 # messages already posted in servers carry exactly these, and must keep working.
@@ -105,23 +105,6 @@ async def test_recovery_reads_the_row_not_the_wording(
     assert len([m for m in harness.channel.history() if m.attachments]) == 1
     assert png_parameters(await attachment_bytes(harness.message(image.id)))["seed"] == 6
     assert (await harness.quota(alice)).used == 1
-
-
-async def post_old_buttons(harness: Harness, *custom_ids: str) -> discord.Message:
-    """A message with buttons exactly as an earlier version of the bot posted them (raw JSON:
-    nothing of today's views is involved)."""
-    buttons = [
-        {"type": 2, "style": 2, "label": custom_id.split(":")[1], "custom_id": custom_id}
-        for custom_id in custom_ids
-    ]
-    payload = {"content": "posted by an earlier version", "components": []}
-    payload["components"] = [{"type": 1, "components": buttons}]
-    route = discord.http.Route(
-        "POST", "/channels/{channel_id}/messages", channel_id=harness.channel.id
-    )
-    data = await harness.bot.http.request(route, json=payload)
-    await harness.env.settle(timeout=30)
-    return harness.message(int(data["id"]))
 
 
 async def test_buttons_with_todays_custom_ids_keep_working(harness: Harness) -> None:
