@@ -82,7 +82,10 @@ def failure_text(header: str, kind: FailureKind, message: str, refunded: bool) -
         lead, detail = first.rstrip(".!? "), rest.strip()
     if detail and not detail.endswith((".", "!", "?")):
         detail += "."
-    return f"{header}\n❌ **{lead}.** {detail}{refund}"
+    parts = [f"❌ **{lead}.**", detail]
+    if refunded:
+        parts.append("It did not count against your daily quota.")
+    return f"{header}\n" + " ".join(part for part in parts if part)
 
 
 def cancelled_text(header: str, by_user_id: int | None, requester_id: int, refunded: bool) -> str:
