@@ -64,6 +64,7 @@ class Follower:
         # Progress that arrived before the job's status message existed.
         self._early: dict[str, Progress] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._refresh_pending = False
         self.closing = False
 
     def spawn(
@@ -156,6 +157,23 @@ class Follower:
             self.on_progress(job.key)(early)
         metrics.QUEUE_DEPTH.set(len(self.jobs))
         job.task = self.spawn(run(job), context=job.context)
+        if len(self.jobs) > 1:
+            # The fair queue may have put this job ahead of others (a newcomer's first image
+            # goes before a member's later ones): their places change too.
+            self._refresh_soon()
+
+    def _refresh_soon(self) -> None:
+        """One refresh of the places in line for a burst of new jobs, not one per job."""
+        if self._refresh_pending or self.closing:
+            return
+        self._refresh_pending = True
+
+        async def refresh() -> None:
+            await asyncio.sleep(0)  # the other jobs of the same burst join first
+            self._refresh_pending = False
+            await self.refresh_positions()
+
+        self.spawn(refresh())
 
     def release(self, key: str, *, line_moved: bool = True) -> None:
         """Stop following a job that ended; the members behind it move up."""
