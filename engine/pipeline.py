@@ -139,6 +139,19 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def load_generator(settings: EngineSettings) -> Any:
+    """The engine's generator: ``ImageGenerator.load``, or with several GPUs in
+    ``IMAGINE_GPUS`` the ``engine.parallel`` facade that runs each image across them."""
+    gpus = [g.strip() for g in (getattr(settings, "gpus", "") or "").split(",") if g.strip()]
+    if len(gpus) > 1:
+        from engine import parallel
+
+        return parallel.load(settings)
+    if len(gpus) == 1 and not settings.device.startswith("cpu"):
+        settings = settings.model_copy(update={"device": f"cuda:{gpus[0]}"})
+    return ImageGenerator.load(settings)
+
+
 class ImageGenerator:
     """A loaded Qwen-Image pipeline plus everything decided at load time."""
 

@@ -87,9 +87,9 @@ class Generators:
         ``IMAGINE_EDIT_MODEL`` is set. An edit model that cannot load leaves the engine
         running text-to-image only, logged; it never stops the engine."""
         if base is None:
-            from engine.pipeline import ImageGenerator
+            from engine.pipeline import load_generator  # IMAGINE_GPUS: engine.parallel
 
-            base = ImageGenerator.load(settings)
+            base = load_generator(settings)
         if not settings.edit_model.strip():
             logger.info("image editing is off (IMAGINE_EDIT_MODEL is empty)")
             return cls(base, None, edit_off=EDIT_OFF_MESSAGE)

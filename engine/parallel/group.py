@@ -47,8 +47,8 @@ class ParallelGenerator:
         if name == "sequence":
             self.sequence = True
 
-    def __getattr__(self, name: str) -> Any:  # device, settings, pipe, fast_available, ...
-        if name == "local":
+    def __getattr__(self, name: str) -> Any:  # device, settings, fast_available, ...
+        if name in ("local", "pipe"):  # no single pipeline: callers that need one say so
             raise AttributeError(name)
         return getattr(self.local, name)
 
