@@ -18,6 +18,11 @@ Deadlines and cancellation act inside the pipeline's step callback (``should_sto
 nobody waits for any more frees the GPU at the next step instead of running to the end. A job
 message this version cannot read (``engine.redis.wire``) is failed with a plain message and the
 worker takes the next one.
+
+A worker loads the edit model too when ``IMAGINE_EDIT_MODEL`` is set (``engine.edit``). Its
+heartbeat then announces the capability ``edit`` and it also reads the edit job stream; a
+worker without it never reads that stream, so it never takes an edit job
+(``engine.redis.keys.RedisKeys.stream_for``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from redis.asyncio import Redis
 from taskiq.acks import AcknowledgeType
 from taskiq.receiver import Receiver
 
+from engine.contract import CAPABILITY_GENERATE
 from engine.metrics import WorkerMetrics
 from engine.redis.broker import JobEventsMiddleware, ResilientStreamBroker, make_broker
 from engine.redis.connection import REDIS_DOWN, make_redis, retry_forever
@@ -86,6 +92,8 @@ class Worker(WorkerJobs):
         self.state = WorkerState.STARTING
         self.current_job: str | None = None
         self.jobs_done = 0
+        # Announced once the models are loaded; until then the worker takes no job at all.
+        self.capabilities: tuple[str, ...] = (CAPABILITY_GENERATE,)
         self.started_at = time.time()
         self._sec_per_step: float | None = None
         self._info: dict[str, Any] = {}
@@ -134,8 +142,12 @@ class Worker(WorkerJobs):
             if self._stop.is_set():
                 return
             self._info = dict(self.generator.info())
+            self.capabilities = self._capabilities()
+            self._presence.streams = self.keys.streams_for(self.capabilities)
             self.metrics.describe({"name": self.name, **self._info})
-            broker = make_broker(self.remote, self.keys, consumer_name=self.consumer)
+            broker = make_broker(
+                self.remote, self.keys, consumer_name=self.consumer, capabilities=self.capabilities
+            )
             broker.is_worker_process = True
             broker.add_middlewares(JobEventsMiddleware(self._redis, self.keys, self.name))
             broker.register_task(self._task_function(), task_name=TASK_NAME)
@@ -147,11 +159,12 @@ class Worker(WorkerJobs):
             await self._beat_quietly()
             self._emit(WorkerEvent(worker=self.name, state=self.state).dumps())
             logger.info(
-                "worker %s ready on %s (%s, %s) — jobs from %s",
+                "worker %s ready on %s (%s, %s; runs %s) — jobs from %s",
                 self.name,
                 self._info.get("gpu"),
                 self._info.get("memory_mode"),
                 self._info.get("model"),
+                ", ".join(self.capabilities),
                 redact_url(str(self.remote.redis_url)),
             )
             receiver = Receiver(
@@ -191,12 +204,26 @@ class Worker(WorkerJobs):
         await self._beat_quietly()  # capacity 0 at once: the bot sends nothing more here
 
     def _load(self) -> Any:
-        from engine.pipeline import ImageGenerator  # torch is imported here, not at import time
+        from engine.edit import Generators  # torch is imported here, not at import time
 
-        generator = ImageGenerator.load(self.engine)
+        generator = Generators.load(self.engine)
         if self.engine.warmup and hasattr(generator, "warmup"):
             generator.warmup()
         return generator
+
+    def _resident_models(self) -> list[str]:
+        """The models on this worker's GPU now (they change when a swap happens)."""
+        resident = getattr(self.generator, "resident_models", None)
+        if callable(resident):
+            return [str(m) for m in resident()]
+        model = self._info.get("model")
+        return [str(model)] if model else []
+
+    def _capabilities(self) -> tuple[str, ...]:
+        """What the loaded generator runs (a plain text-to-image generator: only that)."""
+        capabilities = getattr(self.generator, "capabilities", None)
+        found = tuple(capabilities()) if callable(capabilities) else ()
+        return found or (CAPABILITY_GENERATE,)
 
     # --------------------------------------------------------------- heartbeats
     def heartbeat(self) -> Heartbeat:
@@ -218,6 +245,8 @@ class Worker(WorkerJobs):
             sec_per_step=self._sec_per_step,
             started_at=self.started_at,
             last_seen=time.time(),
+            capabilities=list(self.capabilities),
+            resident_models=self._resident_models(),
         )
 
     async def _beat_quietly(self) -> None:

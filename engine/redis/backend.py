@@ -31,7 +31,15 @@ import time
 from redis.asyncio import Redis
 
 from engine.admission import CANCELLED_MESSAGE, SHUT_DOWN_MESSAGE, FutureHandle, admit, settle
-from engine.contract import EngineStatus, FailureKind, JobFailed, JobRequest, ProgressCallback
+from engine.contract import (
+    CAPABILITY_EDIT,
+    CAPABILITY_GENERATE,
+    EngineStatus,
+    FailureKind,
+    JobFailed,
+    JobRequest,
+    ProgressCallback,
+)
 from engine.fairqueue import FairQueue
 from engine.redis.broker import ResilientStreamBroker, make_broker
 from engine.redis.connection import REDIS_DOWN, make_redis
@@ -47,6 +55,9 @@ UNAVAILABLE_MESSAGE = (
     "Image workers are unavailable right now — nothing was charged. Please try again in a minute."
 )
 REDIS_DOWN_NOTE = "Redis is unreachable: new images are refused until it is back."
+NO_EDIT_WORKER_MESSAGE = (
+    "No worker can edit right now — nothing was charged. Please try again later."
+)
 
 
 class RedisBackend(JobRouting):
@@ -82,8 +93,11 @@ class RedisBackend(JobRouting):
         if self._started:
             return
         self._redis = make_redis(self.settings)
-        self._broker = make_broker(
-            self.settings, self.keys, consumer_name=f"bot-{socket.gethostname()}"
+        self._broker = make_broker(  # every capability: each job stream's group exists
+            self.settings,
+            self.keys,
+            consumer_name=f"bot-{socket.gethostname()}",
+            capabilities=(CAPABILITY_GENERATE, CAPABILITY_EDIT),
         )
         self._wake = asyncio.Event()
         self._closing = False
@@ -180,6 +194,11 @@ class RedisBackend(JobRouting):
         if not workers and time.time() - self._last_worker_seen > self.settings.worker_grace_s:
             logger.warning("job %s refused: no image worker is online", job_id)
             raise JobFailed(FailureKind.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+        if request.needs == CAPABILITY_EDIT and not any(
+            w.state.ready and w.can(CAPABILITY_EDIT) for w in workers
+        ):
+            logger.warning("job %s refused: no edit-capable worker is online", job_id)
+            raise JobFailed(FailureKind.UNAVAILABLE, NO_EDIT_WORKER_MESSAGE)
         mine = self._waiting.count_for(request.user_id) + sum(
             1 for j in self._in_flight.values() if j.request.user_id == request.user_id
         )
@@ -190,7 +209,7 @@ class RedisBackend(JobRouting):
                 await redis.delete(keys.done(job_id))
         job = RemoteJob(request, loop.create_future(), on_progress, time.time())
         self._jobs[job_id] = job
-        self._waiting.push(request.user_id, job_id, job)
+        self._waiting.push(request.user_id, job_id, job, group=request.needs)
         self._poke()
         return FutureHandle(job_id, job.future)
 
@@ -258,4 +277,8 @@ class RedisBackend(JobRouting):
             workers=tuple(w.info() for w in workers),
             note=note,
             queued_ceiling_per_user=self.engine_settings.queued_ceiling_per_user,
+            resident_models=tuple(dict.fromkeys(m for w in ready for m in w.resident_models)),
+            capabilities=tuple(
+                c for c in (CAPABILITY_GENERATE, CAPABILITY_EDIT) if any(w.can(c) for w in ready)
+            ),
         )

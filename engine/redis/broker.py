@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from typing import Any
 
 from redis.asyncio import Redis
@@ -22,6 +22,7 @@ from taskiq.message import TaskiqMessage
 from taskiq.serializers import JSONSerializer
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
+from engine.contract import CAPABILITY_GENERATE
 from engine.redis.connection import REDIS_DOWN, cancelling, connection_kwargs, retry_forever
 from engine.redis.keys import RedisKeys
 from engine.redis.settings import RemoteSettings
@@ -83,11 +84,20 @@ class ResilientStreamBroker(RedisStreamBroker):
     * ``closing`` ends the loop within one read; redis-py can swallow a cancellation that lands
       mid-read, so shutdown must not depend on cancellation alone;
     * acks are retried until they land, so a finished job is not redelivered merely because
-      Redis blinked at the wrong moment.
+      Redis blinked at the wrong moment;
+    * several streams (one per capability, ``RedisKeys.stream_for``: an edit-capable worker
+      also reads the edit stream) are read one entry at a time, the first stream first, so a
+      worker never holds a second job while it runs one; it then waits for news on all of
+      them with a plain ``XREAD`` that takes nothing.
     """
 
     closing = False
     _reclaim_from = 0.0
+
+    @property
+    def streams(self) -> list[str]:
+        """The streams this broker reads: the additional ones (rarer capabilities) first."""
+        return [*self.additional_streams, self.queue_name]
 
     def hold_reclaim(self) -> None:
         """After a Redis outage every entry looks idle, live workers' too: reclaim nothing for
@@ -96,14 +106,14 @@ class ResilientStreamBroker(RedisStreamBroker):
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:  # type: ignore[override]
         delay = 0.2
-        stream, group, consumer = self.queue_name, self.consumer_group_name, self.consumer_name
+        group, consumer = self.consumer_group_name, self.consumer_name
         while not self.closing:
             try:
                 async with Redis(connection_pool=self.connection_pool) as redis:
                     while not self.closing:
-                        entries = await self._next_entries(redis, stream, group, consumer)
+                        entries = await self._next_entries(redis, group, consumer)
                         delay = 0.2
-                        for entry_id, fields in entries:
+                        for stream, entry_id, fields in entries:
                             ack = self._durable(self._ack_and_delete(entry_id, stream))
                             data = fields.get(b"data")
                             problem = self._unrunnable(data)
@@ -151,23 +161,54 @@ class ResilientStreamBroker(RedisStreamBroker):
         return None
 
     async def _next_entries(
-        self, redis: Redis, stream: str, group: str, consumer: str
-    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """One abandoned entry to take over, else one new entry (or none after ``block``)."""
-        entries = []
+        self, redis: Redis, group: str, consumer: str
+    ) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        """One abandoned entry to take over, else one new entry (or none after ``block``),
+        each with the stream it came from."""
+        streams = self.streams
         if time.monotonic() >= self._reclaim_from:
-            _next, claimed, *_deleted = await redis.xautoclaim(
-                stream, group, consumer, min_idle_time=self.idle_timeout, count=1
+            for stream in streams:
+                _next, claimed, *_deleted = await redis.xautoclaim(
+                    stream, group, consumer, min_idle_time=self.idle_timeout, count=1
+                )
+                entries = [(stream, i, m) for i, m in claimed if m]  # trimmed ones: None
+                if entries:
+                    logger.warning(
+                        "taking over stream entry %s: its worker stopped answering",
+                        entries[0][1].decode(errors="replace"),
+                    )
+                    return entries
+        if len(streams) == 1:
+            fetched = await redis.xreadgroup(
+                group, consumer, {streams[0]: ">"}, count=1, block=self.block
             )
-            entries = [(i, m) for i, m in claimed if m]  # trimmed ones: None
-        if entries:
-            logger.warning(
-                "taking over stream entry %s: its worker stopped answering",
-                entries[0][0].decode(errors="replace"),
-            )
-            return entries
-        fetched = await redis.xreadgroup(group, consumer, {stream: ">"}, count=1, block=self.block)
-        return [e for _stream, batch in fetched or [] for e in batch]
+            return [(streams[0], i, m) for _s, batch in fetched or [] for i, m in batch]
+        # COUNT is per stream: one blocking read of two streams could take two jobs at once
+        # (one would wait behind the other on this worker while another worker idles). So:
+        # note where each stream ends, take at most one entry without blocking, then wait
+        # (taking nothing) for anything added after the noted ends, which includes an entry
+        # added between the two steps.
+        ends = await self._stream_ends(redis, streams)
+        for stream in streams:
+            fetched = await redis.xreadgroup(group, consumer, {stream: ">"}, count=1)
+            entries = [(stream, i, m) for _s, batch in fetched or [] for i, m in batch]
+            if entries:
+                return entries
+        await redis.xread(ends, count=1, block=self.block)
+        return []
+
+    @staticmethod
+    async def _stream_ends(redis: Redis, streams: list[str]) -> dict[str, str | bytes]:
+        """The last ID each stream generated ("$" for a stream that does not exist yet)."""
+        pipe = redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xinfo_stream(stream)
+        infos = await pipe.execute(raise_on_error=False)
+        ends: dict[str, str | bytes] = {}
+        for stream, info in zip(streams, infos, strict=True):
+            last = info.get("last-generated-id") if isinstance(info, dict) else None
+            ends[stream] = last if last else "$"
+        return ends
 
     def _ack_and_delete(self, entry_id: bytes, stream: str) -> Callable[[], Awaitable[None]]:
         """Acknowledge and delete in one step: nothing is left behind for the stream cap."""
@@ -214,12 +255,18 @@ class JobEventsMiddleware(TaskiqMiddleware):
 
 
 def make_broker(
-    settings: RemoteSettings, keys: RedisKeys, consumer_name: str | None = None
+    settings: RemoteSettings,
+    keys: RedisKeys,
+    consumer_name: str | None = None,
+    capabilities: Collection[str] = (CAPABILITY_GENERATE,),
 ) -> ResilientStreamBroker:
     """The one taskiq broker configuration both sides use.
 
     One message per read and one per reclaim: a worker takes only the job it is about to run,
-    so a job never waits behind a busy worker while another one is idle.
+    so a job never waits behind a busy worker while another one is idle. ``capabilities``
+    chooses the streams: a worker reads those of what it can run; the bot passes every
+    capability so each stream's consumer group exists, and kicks each job to the stream of
+    what it needs (the ``queue_name`` label, which taskiq-redis's ``kick`` honours).
     """
     if not settings.redis_url:
         raise ValueError("IMAGINE_REDIS_URL is not set")
@@ -237,6 +284,9 @@ def make_broker(
         approximate=True,
         idle_timeout=int(settings.redeliver_after_s * 1000),
         unacknowledged_batch_size=1,
+        additional_streams={
+            stream: ">" for stream in keys.streams_for(capabilities) if stream != keys.stream
+        },
         **{**connection_kwargs(settings), "socket_timeout": 10.0},
     )
     return broker.with_result_backend(DurableResultBackend(settings, keys))

@@ -5,6 +5,17 @@ The background half of the bot-side backend (``engine.redis.backend`` holds the 
 free, the events loop turns worker events into progress callbacks and completions, and the
 reconcile loop catches what pub/sub missed (and jobs a data-losing Redis forgot). An event or
 result this version cannot read is logged and skipped: no loop ends because of a message.
+
+Routing by capability. Each job goes to the stream of what it needs (``RedisKeys.stream_for``:
+text-to-image to the main stream, edits to the edit stream) and only workers that can run it
+read that stream, so a worker without the edit model never takes an edit job: Redis itself
+enforces it, whoever dispatches. The dispatcher keeps the accounting honest on top: it hands
+out an edit job only while an edit-capable worker has a free slot (a slot is not free while a
+job it took runs there), and otherwise lets text-to-image jobs behind it go first
+(``FairQueue.pop(only=...)``), so an edit waiting for the one edit worker never holds back
+images other workers could make. This is simpler than assigning jobs to named workers (no
+reassignment when a worker dies: the stream's own redelivery still works) and needs nothing
+new on the worker side but reading one more stream.
 """
 
 from __future__ import annotations
@@ -23,7 +34,15 @@ from taskiq.kicker import AsyncKicker
 from taskiq_redis.exceptions import ResultIsMissingError
 
 from engine.admission import ERROR_MESSAGE, settle
-from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, ProgressCallback
+from engine.contract import (
+    CAPABILITY_EDIT,
+    CAPABILITY_GENERATE,
+    FailureKind,
+    JobFailed,
+    JobRequest,
+    JobResult,
+    ProgressCallback,
+)
 from engine.fairqueue import FairQueue
 from engine.redis.broker import ResilientStreamBroker
 from engine.redis.connection import REDIS_DOWN
@@ -143,6 +162,18 @@ class JobRouting:
     def _free_slots(self) -> int:
         return sum(w.capacity for w in self._workers) - len(self._in_flight)
 
+    def _free_slots_for(self, capability: str) -> int:
+        """Free slots of the workers that can run ``capability``: their capacity, less the
+        jobs that need it and the jobs known to run on one of them."""
+        capable = {w.name for w in self._workers if w.can(capability)}
+        taken = sum(
+            1
+            for j in self._in_flight.values()
+            if j.request.needs == capability or (j.worker is not None and j.worker in capable)
+        )
+        capacity = sum(w.capacity for w in self._workers if w.name in capable)
+        return min(capacity - taken, self._free_slots())
+
     async def _dispatch_loop(self) -> None:
         assert self._wake is not None
         delay = 0.2
@@ -173,7 +204,12 @@ class JobRouting:
         await self._refresh_workers(max_age=0.0)
         self._set_redis_ok(True)
         while self._free_slots() > 0:
-            item = self._waiting.pop()
+            # An edit goes out only while an edit-capable worker is free; the jobs behind it
+            # that any worker can run go first meanwhile.
+            only = None
+            if self._free_slots_for(CAPABILITY_EDIT) <= 0:
+                only = (CAPABILITY_GENERATE,)
+            item = self._waiting.pop(only=only)
             if item is None:
                 return
             job_id, job = item
@@ -192,7 +228,10 @@ class JobRouting:
             dispatched_at=time.time(),
             attempt=job.attempt + 1,
         )
-        kicker: AsyncKicker[Any, Any] = AsyncKicker(TASK_NAME, self._broker, {})
+        labels: dict[str, Any] = {}
+        if job.request.needs != CAPABILITY_GENERATE:  # to the stream only capable workers read
+            labels["queue_name"] = self.keys.stream_for(job.request.needs)
+        kicker: AsyncKicker[Any, Any] = AsyncKicker(TASK_NAME, self._broker, labels)
         await kicker.with_task_id(job_id).kiq(message.model_dump(mode="json"))
         job.attempt += 1
         # After the XADD: if the bot dies in between, a re-submit sends it again and the

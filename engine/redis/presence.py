@@ -14,6 +14,7 @@ import logging
 import time
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from engine.redis.connection import REDIS_DOWN
 from engine.redis.keys import RedisKeys
@@ -29,19 +30,24 @@ from engine.redis.wire import (
 
 logger = logging.getLogger(__name__)
 
-# Renew, in one atomic step, the idle time of every stream entry this worker holds (so it is
-# not redelivered while it runs) and the job claim, if it is still ours.
+# Renew, in one atomic step, the idle time of every stream entry this worker holds in each of
+# its streams (KEYS[1..ARGV[4]], so none is redelivered while it runs) and the job claim
+# (the key after the streams), if it is still ours.
 RENEW_LEASES = """
-local ok, pending = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], '-', '+', 10, ARGV[2])
+local streams = tonumber(ARGV[4])
 local renewed = 0
-if ok then
-  for _, entry in ipairs(pending) do
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, entry[1], 'JUSTID')
-    renewed = renewed + 1
+for i = 1, streams do
+  local ok, pending = pcall(redis.call, 'XPENDING', KEYS[i], ARGV[1], '-', '+', 10, ARGV[2])
+  if ok then
+    for _, entry in ipairs(pending) do
+      redis.call('XCLAIM', KEYS[i], ARGV[1], ARGV[2], 0, entry[1], 'JUSTID')
+      renewed = renewed + 1
+    end
   end
 end
-if KEYS[2] and redis.call('GET', KEYS[2]) == ARGV[2] then
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local claim = KEYS[streams + 1]
+if claim and redis.call('GET', claim) == ARGV[2] then
+  redis.call('PEXPIRE', claim, ARGV[3])
 end
 return renewed
 """
@@ -86,12 +92,19 @@ class Presence:
     """A worker's side of the heartbeats: beat, renew leases, leave."""
 
     def __init__(
-        self, redis: Redis, keys: RedisKeys, settings: RemoteSettings, consumer: str
+        self,
+        redis: Redis,
+        keys: RedisKeys,
+        settings: RemoteSettings,
+        consumer: str,
+        streams: list[str] | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.settings = settings
         self.consumer = consumer
+        # The job streams this worker reads (one per capability it has).
+        self.streams = streams or [keys.stream]
 
     async def beat(self, heartbeat: Heartbeat) -> None:
         """Write the heartbeat; raises when Redis is down (the caller decides what that means)."""
@@ -104,8 +117,9 @@ class Presence:
 
     async def renew_leases(self, job_id: str | None) -> int:
         """Keep this worker's stream entries and its claim on ``job_id`` from expiring."""
-        claim = self.keys.claim(job_id) if job_id else None
-        keys = [self.keys.stream, claim] if claim else [self.keys.stream]
+        keys = list(self.streams)
+        if job_id:
+            keys.append(self.keys.claim(job_id))
         renewed = await self.redis.eval(
             RENEW_LEASES,
             len(keys),
@@ -113,15 +127,23 @@ class Presence:
             self.keys.group,
             self.consumer,
             int(self.settings.claim_ttl_s * 1000),
+            len(self.streams),
         )
         return int(renewed)
 
     async def queue_depth(self) -> int | None:
-        """Jobs in the stream not yet finished (unread plus in progress), all workers."""
-        for group in await self.redis.xinfo_groups(self.keys.stream):
-            if group["name"].decode() == self.keys.group:
-                return int(group.get("lag") or 0) + int(group["pending"])
-        return None
+        """Jobs in this worker's streams not yet finished (unread plus in progress), all
+        workers."""
+        depth: int | None = None
+        for stream in self.streams:
+            try:
+                groups = await self.redis.xinfo_groups(stream)
+            except ResponseError:  # no such stream yet (nobody sent an edit so far)
+                continue
+            for group in groups:
+                if group["name"].decode() == self.keys.group:
+                    depth = (depth or 0) + int(group.get("lag") or 0) + int(group["pending"])
+        return depth
 
     async def announce(self, name: str, state: WorkerState) -> None:
         """Tell the bot at once that this worker came or went (it also polls heartbeats)."""
@@ -134,18 +156,23 @@ class Presence:
             await self.redis.delete(self.keys.worker(self.consumer))
             await self.redis.zrem(self.keys.workers, self.consumer)
             await self.announce(name, WorkerState.GONE)
-            pending = await self.redis.xpending_range(
-                self.keys.stream, self.keys.group, "-", "+", 1, consumername=self.consumer
-            )
-            if not pending:
-                await self.redis.xgroup_delconsumer(
-                    self.keys.stream, self.keys.group, self.consumer
-                )
+            for stream in self.streams:
+                with contextlib.suppress(ResponseError):
+                    pending = await self.redis.xpending_range(
+                        stream, self.keys.group, "-", "+", 1, consumername=self.consumer
+                    )
+                    if not pending:
+                        await self.redis.xgroup_delconsumer(stream, self.keys.group, self.consumer)
 
     async def forget_dead_consumers(self) -> None:
         """Consumers of exited workers pile up in the group; drop those holding no job."""
         with contextlib.suppress(*REDIS_DOWN):
-            for consumer in await self.redis.xinfo_consumers(self.keys.stream, self.keys.group):
-                name = consumer["name"].decode()
-                if consumer["pending"] == 0 and consumer["idle"] > DEAD_CONSUMER_IDLE_MS:
-                    await self.redis.xgroup_delconsumer(self.keys.stream, self.keys.group, name)
+            for stream in self.streams:
+                try:
+                    consumers = await self.redis.xinfo_consumers(stream, self.keys.group)
+                except ResponseError:  # the stream or its group does not exist (yet)
+                    continue
+                for consumer in consumers:
+                    name = consumer["name"].decode()
+                    if consumer["pending"] == 0 and consumer["idle"] > DEAD_CONSUMER_IDLE_MS:
+                        await self.redis.xgroup_delconsumer(stream, self.keys.group, name)

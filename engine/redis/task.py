@@ -41,6 +41,8 @@ UNREADABLE_JOB_MESSAGE = (
     "The GPU worker could not read this request (bot and workers on different versions?)."
 )
 
+NOT_CAPABLE_MESSAGE = "No GPU worker that can run this kind of job took it; nothing was charged."
+
 Envelope = dict[str, Any]  # a ResultEnvelope as taskiq stores it
 
 
@@ -55,6 +57,7 @@ class WorkerJobs:
     remote: RemoteSettings
     name: str
     generator: Any
+    capabilities: tuple[str, ...]
     metrics: WorkerMetrics
     state: WorkerState
     current_job: str | None
@@ -106,6 +109,12 @@ class WorkerJobs:
         job_id = job.job_id
         picked_at = time.time()
         self.metrics.ack_latency.observe(max(0.0, picked_at - message.dispatched_at))
+        if job.needs not in self.capabilities:
+            # Only a job put on the wrong stream by hand (or an old bot) gets here: say so
+            # instead of failing inside the pipeline.
+            logger.warning("job %s needs %r, which this worker cannot run", job_id, job.needs)
+            self.metrics.outcome("invalid")
+            return failure(FailureKind.UNAVAILABLE, NOT_CAPABLE_MESSAGE)
 
         if picked_at - message.dispatched_at > self.remote.result_ttl_s:
             # Only a consumer group rebuilt by hand replays entries this old; nobody waits.

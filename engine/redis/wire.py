@@ -27,7 +27,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from engine.contract import JobFailed, JobRequest, JobResult, Progress, WorkerInfo
+from engine.contract import (
+    CAPABILITY_GENERATE,
+    JobFailed,
+    JobRequest,
+    JobResult,
+    Progress,
+    WorkerInfo,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +78,9 @@ class JobMessage(_Message):
     submitted_at: float  # when the member asked (wall clock), for the queue time
     dispatched_at: float  # when the bot handed it to the broker (ack latency, stale entries)
     attempt: int = Field(ge=1)
+    # The capability a worker needs to run it (JobRequest.needs); it also chose the stream the
+    # job went to. Absent in messages of older bots: text-to-image.
+    needs: str = Field(CAPABILITY_GENERATE, max_length=32)
 
     @classmethod
     def of(
@@ -81,6 +91,7 @@ class JobMessage(_Message):
             submitted_at=submitted_at,
             dispatched_at=dispatched_at,
             attempt=attempt,
+            needs=request.needs,
         )
 
     def job(self) -> JobRequest:
@@ -190,6 +201,20 @@ class Heartbeat(_Message):
     sec_per_step: float | None = None
     started_at: float
     last_seen: float
+    # What it runs: "generate", plus "edit" when its edit model loaded. Absent in heartbeats
+    # of older workers: text-to-image only.
+    capabilities: list[Annotated[str, Field(max_length=32)]] = Field(
+        default_factory=lambda: [CAPABILITY_GENERATE], max_length=8
+    )
+
+    # The models whose transformer is on its GPU now (one of two when both don't fit).
+    resident_models: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list, max_length=8
+    )
+
+    def can(self, capability: str) -> bool:
+        """Whether this worker runs jobs that need ``capability``."""
+        return capability in self.capabilities
 
     def info(self) -> WorkerInfo:
         """The worker as ``/status`` shows it."""
@@ -202,6 +227,7 @@ class Heartbeat(_Message):
             current_job=self.current_job,
             last_seen=self.last_seen,
             jobs_done=self.jobs_done,
+            capabilities=tuple(self.capabilities),
         )
 
 
