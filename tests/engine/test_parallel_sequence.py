@@ -1,0 +1,87 @@
+"""Ulysses for fast mode (``engine.parallel.sequence``) on two gloo ranks of the CPU.
+
+diffusers' context parallelism wants an accelerator; the check runs it on the CPU by telling it
+there is one "device" per process. The image is 6x7 latent patches (an even share each, which
+gloo's all_gather needs) and the text 9 tokens (uneven: the joint attention's shares are 26 and
+25, answered from the shapes, never asked of the other rank).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def check(model: str, result_path: str) -> None:
+    """Runs on each rank: the forward with sequence parallelism off, on, off, on."""
+    import types
+
+    import torch
+    import torch.distributed as dist
+    from diffusers import QwenImagePipeline
+
+    from engine.parallel import CfgSplit, sequence
+
+    dist.init_process_group("gloo")
+    torch.accelerator.device_count = lambda: 1  # one "device" per process, for diffusers
+    rank = dist.get_rank()
+    pipe = QwenImagePipeline.from_pretrained(model, dtype=torch.float32)
+    transformer = pipe.transformer
+    gen = torch.Generator().manual_seed(0)
+    h, w = 6, 7
+    kwargs = {
+        "hidden_states": torch.randn(1, h * w, 64, generator=gen),
+        "encoder_hidden_states": torch.randn(1, 9, 32, generator=gen),
+        "encoder_hidden_states_mask": None,
+        "timestep": torch.full((1,), 0.5),
+        "img_shapes": [[(1, h, w)]],
+        "attention_kwargs": {},
+        "return_dict": False,
+    }
+    with torch.inference_mode():
+        reference = transformer(**kwargs)[0]
+    CfgSplit(transformer, rank)
+    fast = sequence.FastSequence(types.SimpleNamespace(pipe=pipe, optimizations=[]))
+    results = []
+    for state in ("off", "on", "off", "on"):
+        getattr(fast, state)()
+        before = fast.sizes.answered
+        with torch.inference_mode():
+            out = transformer(**kwargs)[0]
+        error = float((out - reference).abs().max())
+        results.append([state, error, fast.sizes.answered - before, fast.sizes.asked_peers])
+    Path(result_path).with_suffix(f".rank{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fast_mode_ulysses_switches_on_and_off_and_matches_one_process(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "result"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(Path(__file__).resolve()), str(tiny_model_dir), str(out),
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for rank in (0, 1):
+        results = json.loads(out.with_suffix(f".rank{rank}.json").read_text())
+        for state, error, answered, asked in results:
+            assert error < 1e-5, (rank, state, error)
+            # On: every share question answered locally (q, k, v, out per block; the gather).
+            assert (answered > 0) == (state == "on") and asked == 0
+
+
+if __name__ == "__main__":
+    check(sys.argv[1], sys.argv[2])
