@@ -103,6 +103,9 @@ class GenerationKind(enum.StrEnum):
     # strength, the old Variations button (new seeds of the same prompt).
     VARIATION = "variation"
     REMIX = "remix"  # a strong variation with the prompt edited in the Remix form
+    # /edit or an image's Edit button: Qwen-Image-Edit on stored or uploaded images (the prompt
+    # is the instruction; the inputs are image rows "<job_key>:in<n>", see bot.imagine.edit).
+    EDIT = "edit"
 
 
 class Base(DeclarativeBase):
