@@ -5,15 +5,17 @@ weights (as ``bench/gpu.py`` does), rank 0 times, the others follow rank 0 throu
 ``engine.parallel`` exactly as a deployment's follower ranks do:
 
     torchrun --nproc-per-node 2 bench/multi_gpu.py --out bench/results --compile-cache /tmp/cc
-    torchrun --nproc-per-node 2 bench/multi_gpu.py --tiny     # the same code on the CPU (gloo)
+    torchrun --standalone --nproc-per-node 2 bench/multi_gpu.py --tiny   # the CPU (gloo)
 
-Cases, in order (rank 0 records; one JSON line each, card and versions on every line):
-stock quality 1328² (50 steps, true CFG) and stock 8 steps on one GPU; the engine (FP8 and
-compile unless told otherwise) on one GPU: quality and fast at 1328², then standard/quality/
-standard at 1024² (the FP8 standard-1024² question); the engine on two GPUs (CFG-parallel)
-for quality, with the largest pixel difference to the one-GPU image; the same with whole-forward
-CUDA graphs (``engine.cudagraph``); last, fast mode with Ulysses sequence parallelism, without
-and with CUDA graphs.
+Cases (``--cases``; rank 0 records one JSON line each, card and versions on every line):
+``stock`` quality 1328² (50 steps, true CFG) and 8 steps on one GPU (``stock-fast``: 8 steps
+only); ``one`` the engine (FP8 and compile unless told otherwise) on one GPU, quality and fast
+at 1328² (``one-fast``: fast only); ``anomaly`` standard/quality/standard at 1024²;
+``breakdown`` one forward's GPU time by kernel kind; ``cfg`` quality on two GPUs
+(CFG-parallel) with the largest pixel difference to the one-GPU image; ``product`` what
+``IMAGINE_GPUS=0,1`` runs (CFG-parallel, and fast mode as Ulysses in CUDA graphs), including
+a prompt of a new length; the experiments ``graphs`` (whole-forward CUDA graphs) and
+``sequence`` (every image Ulysses-split; not together with ``product``).
 """
 
 from __future__ import annotations
