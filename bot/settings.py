@@ -71,6 +71,12 @@ class BotSettings(ImagineBaseSettings):
         "IMAGINE_JOB_TIMEOUT_S)",
     )
     history_page_size: int = Field(5, ge=1, le=10, description="generations per /history page")
+    max_upload_mb: float = Field(
+        10,
+        gt=0,
+        le=10,
+        description="largest image /edit downloads, in MB (Discord's own cap, 10 MB, is the most)",
+    )
 
     # Loopback outside Docker: /metrics and the gallery are not for the whole network. The
     # Docker image sets 0.0.0.0 inside the container, where the published port decides.

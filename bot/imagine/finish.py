@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 Show = Callable[[str], Awaitable[Any]]
 
+# Pauses between attempts to record a delivered image as done (a busy or briefly unreachable
+# database); after the last one the row waits for the next start's recovery.
+RECORD_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0, 5.0)
+
 
 def shows_on(target: StatusMessage) -> Show:
     """A job's message becomes the text of its ending: no image, no buttons left to press."""
@@ -131,9 +135,34 @@ class Finisher:
             await self.bot.images.forget(job.key)  # nobody saw it: nothing to vary
             return "undeliverable"
         await asyncio.shield(keeping)
-        return await self.end_job(
-            job, Outcome.delivered(message_id, run_s=result.run_s, steps=result.steps)
-        )
+        return await self._record_delivered(job, message_id, result)
+
+    async def _record_delivered(self, job: Job, message_id: int | None, result: JobResult) -> str:
+        """Record a delivered job as done. An image the member has is never taken back: a
+        database error here is retried, and if the database stays down the row is left as it
+        is (``delivering``, the result on it) for the next start's recovery, which finds the
+        image by its buttons and records it; never a "failed" edit or a refund."""
+        outcome = Outcome.delivered(message_id, run_s=result.run_s, steps=result.steps)
+        for attempt, delay in enumerate((*RECORD_RETRY_DELAYS_S, None), start=1):
+            try:
+                return await self.end_job(job, outcome)
+            except Exception as exc:
+                if delay is None:
+                    logger.error(
+                        "job %s: the image was delivered but could not be recorded (%s); "
+                        "the next start records it",
+                        job.key,
+                        exc,
+                    )
+                    return "delivered, not recorded"
+                logger.warning(
+                    "job %s: recording the delivered image failed (attempt %d: %s); retrying",
+                    job.key,
+                    attempt,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     async def end(
         self,

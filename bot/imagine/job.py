@@ -97,11 +97,13 @@ def request_for(
     *,
     deadline_s: float | None,
     init_image: bytes | None = None,
+    edit_images: tuple[bytes, ...] = (),
 ) -> JobRequest:
     """What the engine renders for a job row: the same for a new job and a resumed one.
 
     A variation (a row with a ``strength``) is image-to-image from ``init_image``, its parent's
-    stored PNG; the engine writes the parent job and the strength into the new PNG.
+    stored PNG; the engine writes the parent job and the strength into the new PNG. An edit
+    (``bot.imagine.edit``) carries its input images; the prompt is the instruction.
     """
     variation: dict[str, Any] = {}
     if row.strength is not None:
@@ -120,6 +122,7 @@ def request_for(
         seed=row.seed,
         mode=Mode(row.mode),
         deadline_s=deadline_s,
+        edit_images=edit_images,
         **variation,
     )
 

@@ -20,7 +20,7 @@ import db
 from bot import errors, metrics, render, views
 from bot.delivery import TOKEN_LIFETIME, StatusMessage, interaction_time
 from bot.errors import UserError
-from bot.imagine import policy, recovery, variations
+from bot.imagine import edit, policy, recovery, variations
 from bot.imagine.ack import AckGuard
 from bot.imagine.finish import Finisher
 from bot.imagine.following import Follower
@@ -93,6 +93,10 @@ class JobService:
 
     async def reroll(self, interaction: discord.Interaction[Any], parent_key: str) -> None:
         """Same parameters, new seed: a new generation charged to whoever clicked."""
+        parent = await db.get_generation(self.db, parent_key)
+        if parent is not None and parent.kind == db.GenerationKind.EDIT:
+            await edit.reroll(self, interaction, parent)  # the same edit of the same images
+            return
         await self._again(interaction, parent_key, kind=db.GenerationKind.REROLL, count=1)
 
     async def variations(self, interaction: discord.Interaction[Any], parent_key: str) -> None:
@@ -236,8 +240,15 @@ class JobService:
         """
         if row.strength is not None and init_image is None:
             init_image = await variations.parent_png(self.bot, row.parent_key)
+        edit_images: tuple[bytes, ...] = ()
+        if row.kind == db.GenerationKind.EDIT:
+            edit_images = await edit.inputs_for(self.bot, row)
         request = request_for(
-            row, style, deadline_s=self.settings.job_deadline_s, init_image=init_image
+            row,
+            style,
+            deadline_s=self.settings.job_deadline_s,
+            init_image=init_image,
+            edit_images=edit_images,
         )
         return await self.backend.submit(request, self.follower.on_progress(row.job_key))
 

@@ -65,6 +65,7 @@ __all__ = [
     "COLOR_INFO",
     "COLOR_OK",
     "FAILURE_LEADS",
+    shown_status,
     "PROMPT_PREVIEW_CHARS",
     "STATUS_ICONS",
     "aspect_label",
@@ -105,3 +106,4 @@ __all__ = [
     "timestamp",
     "too_many_queued_text",
 ]
+    "shown_status",

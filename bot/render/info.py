@@ -17,6 +17,7 @@ from bot.render.text import (
     reset_time,
     seconds,
     shown,
+    shown_status,
     timestamp,
 )
 from engine.contract import EngineStatus
@@ -50,9 +51,10 @@ def history_embed(
         seed = row.seed_used if row.seed_used is not None else row.seed
         link = jump_url(row.guild_id, row.channel_id, row.message_id)
         jump = f" · [jump]({link})" if link and row.status in _LINKED else ""
+        status = shown_status(row.status)
         lines.append(
-            f"{STATUS_ICONS.get(row.status, '•')} **{shown(row.prompt, 120)}**\n"
-            f"-# {shown(row.style, 64)} · seed {seed if seed is not None else '?'} · {row.status}"
+            f"{STATUS_ICONS.get(status, '•')} **{shown(row.prompt, 120)}**\n"
+            f"-# {shown(row.style, 64)} · seed {seed if seed is not None else '?'} · {status}"
             f" · {timestamp(row.created_at)}{jump}"
         )
     embed.description = "\n".join(lines)

@@ -18,6 +18,7 @@ from bot.render.text import (
     progress_bar,
     reset_time,
     shown,
+    shown_status,
 )
 from bot.render.text import seconds as seconds_text
 from engine.contract import FailureKind, JobResult, Progress
@@ -75,7 +76,6 @@ def failure_text(header: str, kind: FailureKind, message: str, refunded: bool) -
     becomes the lead itself, so the message says it once.
     """
     lead = FAILURE_LEADS.get(kind, "The generation failed")
-    refund = " It did not count against your daily quota." if refunded else ""
     detail = message.strip()
     if detail.casefold().startswith(lead.casefold()):
         first, _, rest = detail.partition(". ")
@@ -172,7 +172,7 @@ def details_embed(row: Any) -> discord.Embed:
     embed.add_field(name="Model", value=clip(model, 1000), inline=False)
     if row.note:
         embed.add_field(name="Note", value=clip(row.note, 1000), inline=False)
-    embed.add_field(name="Status", value=row.status, inline=True)
+    embed.add_field(name="Status", value=shown_status(row.status), inline=True)
     embed.add_field(name="Requested by", value=f"<@{row.user_id}>", inline=True)
     embed.add_field(name="Kind", value=row.kind, inline=True)
     embed.set_footer(text=f"job {row.job_key}")

@@ -69,6 +69,14 @@ def model_name(model: str | None) -> str:
     return clip(last, 100)
 
 
+def shown_status(status: str) -> str:
+    """A job's status as members read it. "delivering" is shown as "done": the result is
+    written down before the upload starts, so by the time anyone can look (Details is a button
+    on the delivered image) the image is there; only the row's last write may still be on its
+    way."""
+    return "done" if status == "delivering" else status
+
+
 def megabytes(size: int) -> str:
     return f"{size / 2**20:.1f} MB"
 

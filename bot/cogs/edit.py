@@ -1,0 +1,65 @@
+"""/edit: change an uploaded image with an instruction (Qwen-Image-Edit).
+
+The command is thin, like every cog: ``bot.imagine.edit`` checks the uploads and runs the job.
+The Edit button under finished images is ``bot.views.edit``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import errors
+from bot.cogs.imagine import MODE_CHOICES, PromptText
+from bot.imagine import edit
+from engine.contract import Mode
+from engine.presets import MAX_PROMPT_CHARS, MAX_SEED
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+
+class EditCog(commands.Cog):
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="edit", description="Change an image with an instruction")
+    @app_commands.describe(
+        image="The image to edit (PNG, JPEG, WebP or GIF)",
+        instruction=f"What to change (up to {MAX_PROMPT_CHARS:,} characters)",
+        image2="A second image to draw from (optional)",
+        image3="A third image to draw from (optional)",
+        seed=f"Repeat an edit exactly: the seed from its details (0 to {MAX_SEED})",
+        mode="Quality (slowest), standard, or fast",
+    )
+    @app_commands.choices(mode=MODE_CHOICES)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    @app_commands.allowed_installs(guilds=True, users=False)
+    async def edit(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        image: discord.Attachment,
+        instruction: PromptText,
+        image2: discord.Attachment | None = None,
+        image3: discord.Attachment | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        mode: str | None = None,
+    ) -> None:
+        attachments = [a for a in (image, image2, image3) if a is not None]
+        async with errors.replying(interaction):
+            assert self.bot.jobs is not None
+            await edit.edit_uploads(
+                self.bot.jobs,
+                interaction,
+                attachments,
+                instruction=instruction,
+                seed=seed,
+                mode=Mode(mode) if mode else self.bot.settings.default_mode,
+            )
+
+
+async def setup(bot: ImagineBot) -> None:
+    await bot.add_cog(EditCog(bot))
