@@ -57,6 +57,7 @@ from bot.render.text import (
     reset_time,
     seconds,
     shown,
+    shown_status,
     timestamp,
 )
 
@@ -65,7 +66,6 @@ __all__ = [
     "COLOR_INFO",
     "COLOR_OK",
     "FAILURE_LEADS",
-    shown_status,
     "PROMPT_PREVIEW_CHARS",
     "STATUS_ICONS",
     "aspect_label",
@@ -99,6 +99,7 @@ __all__ = [
     "resumed_text",
     "seconds",
     "shown",
+    "shown_status",
     "source_gone_reason",
     "status_embed",
     "style_embed",
@@ -106,4 +107,3 @@ __all__ = [
     "timestamp",
     "too_many_queued_text",
 ]
-    "shown_status",
