@@ -25,6 +25,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import mimetypes
 import re
 import secrets
 import struct
@@ -355,10 +356,13 @@ class Attachment:
     data: bytes
     content_type: str | None = None
     description: str | None = None
+    # What the attachment's metadata claims when it is not the truth (a crafted upload whose
+    # declared size is smaller than what the CDN serves); None: the real length.
+    declared_size: int | None = None
 
     @property
     def size(self) -> int:
-        return len(self.data)
+        return len(self.data) if self.declared_size is None else self.declared_size
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -678,6 +682,9 @@ class DiscordEmulator:
         self.dm_channels: dict[int, Channel] = {}
         self.messages: dict[int, Message] = {}
         self.interactions: dict[int, Interaction] = {}
+        # Files members attached to slash commands (attachment options), served by the CDN.
+        self.uploads: dict[int, Attachment] = {}
+        self.cdn_downloads: list[int] = []  # attachment ids the bot downloaded, in order
         self._by_token: dict[str, Interaction] = {}
         self.global_commands: list[dict[str, Any]] = []
         self.guild_commands: dict[int, list[dict[str, Any]]] = {}
@@ -1043,6 +1050,15 @@ class DiscordEmulator:
             elif otype == OPT_ROLE and isinstance(value, Role):
                 resolved.setdefault("roles", {})[str(value.id)] = value.payload()
                 value = str(value.id)
+            elif otype == OPT_ATTACHMENT and isinstance(value, Attachment | tuple):
+                upload = self.upload(*value) if isinstance(value, tuple) else value
+                self.uploads[upload.id] = upload
+                # resolved.attachments[id]: id, filename, size, url, proxy_url, content_type,
+                # width and height, as discord.py's attachment transformer reads them.
+                resolved.setdefault("attachments", {})[str(upload.id)] = upload.payload(
+                    self.base_url
+                )
+                value = str(upload.id)
             elif validate and focused != name:
                 self._check_option_value(spec, value)
             option["value"] = value
@@ -2100,8 +2116,32 @@ class DiscordEmulator:
             data["guild_id"] = str(message.guild_id)
         await self.dispatch(event, data, intent=intent)
 
+    def upload(
+        self,
+        filename: str,
+        data: bytes,
+        content_type: str | None = None,
+        *,
+        declared_size: int | None = None,
+    ) -> Attachment:
+        """A file a member attaches to a slash command (pass it, or ``(filename, data)``, as
+        the value of an attachment option). The content type is what Discord guesses from the
+        file name unless given; ``declared_size`` makes the metadata lie about the size."""
+        if content_type is None:
+            content_type = mimetypes.guess_type(filename)[0]
+        return Attachment(
+            self.ids.next(), filename, data, content_type, declared_size=declared_size
+        )
+
     async def _cdn(self, request: web.Request) -> web.Response:
         ident = int(request.match_info["attachment_id"])
+        upload = self.uploads.get(ident)
+        if upload is not None:
+            self.cdn_downloads.append(ident)
+            return web.Response(
+                body=upload.data,
+                headers={"Content-Type": upload.content_type or "application/octet-stream"},
+            )
         for message in self.messages.values():
             for attachment in message.attachments:
                 if attachment.id == ident and not message.deleted:
