@@ -76,6 +76,31 @@ POSITIVE_MAGIC = ", Ultra HD, 4K, cinematic composition."
 # model card's neutral choice.
 NEUTRAL_NEGATIVE = " "
 
+
+def model_prompts(
+    style: StyleSpec,
+    prompt: str,
+    negative: str | None,
+    *,
+    true_cfg: bool,
+    positive_magic: bool = True,
+) -> tuple[str, str]:
+    """``(prompt, negative)`` exactly as the model reads them: the style's template applied,
+    the quality suffix in the true-CFG modes, and the member's negative joined with the
+    style's (or the neutral single space). Without true CFG no negative prompt is used: "".
+
+    The one definition of this text: the engine renders from it and the bot shows it
+    (/styles preview, Details).
+    """
+    full = style.apply(prompt)
+    if not true_cfg:
+        return full, ""
+    if positive_magic:
+        full = full.rstrip(" .,") + POSITIVE_MAGIC
+    negatives = [n.strip() for n in (negative, style.negative) if n]
+    return full, ", ".join(n for n in negatives if n) or NEUTRAL_NEGATIVE
+
+
 BUILTIN_STYLES: dict[str, StyleSpec] = {
     s.name: s
     for s in (
