@@ -1,0 +1,187 @@
+"""Images from images on the full-size model: variations (img2img) and live previews.
+
+What a member pays for after the first image: Vary runs img2img from the stored PNG at a
+strength s (about s × steps denoising steps), and every progress edit may carry a preview decoded
+from the step's clean-image estimate. Random full-size weights (speed does not depend on their
+values), built and run exactly as ``bench/gpu.py`` does, through the engine's own
+``ImageGenerator`` (compile, optional FP8). One process, one GPU; JSON lines out.
+
+    python bench/img2img.py --out bench/results --fp8        # on the GPU machine (~4 min)
+    python bench/img2img.py --tiny                            # the same code on the CPU
+
+Cases at 1328² (``--tiny``: 64²): text-to-image quality with previews off and on (the preview
+cost is the difference, and the count and time of the previews made), img2img at strength 0.65
+in quality and fast modes (twice each: the first includes building the img2img pipeline), and
+fast text-to-image for reference. ``docs/PERFORMANCE.md`` states the results with the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.gpu import (  # noqa: E402  (after the path set-up above)
+    PROMPT,
+    Recorder,
+    build_full_pipeline,
+    build_tiny,
+    environment,
+    guarded,
+    lora_for,
+    peak_memory,
+    sync,
+    tiny_compile,
+)
+
+logger = logging.getLogger("bench.img2img")
+
+STRENGTH = 0.65
+
+
+def _request(mode: str, seed: int, **extra: Any) -> Any:
+    from engine.contract import JobRequest, Mode
+
+    return JobRequest(
+        job_id=f"i2i-{mode}-{seed}",
+        user_id=1,
+        prompt=PROMPT,
+        seed=seed,
+        mode=Mode(mode),
+        aspect="1:1",
+        **extra,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the model, start the engine on it, time every case; one JSON line per result."""
+    from engine.pipeline import ImageGenerator
+    from engine.settings import EngineSettings, MemoryMode
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    side = 64 if args.tiny else 1328
+    env = environment(device)
+    record = Recorder(Path(args.out) / f"{env['run']}-img2img.jsonl", env)
+    record("env", **{k: v for k, v in env.items() if k != "run"}, argv=sys.argv[1:])
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="qwen-i2i-"))
+    started = time.perf_counter()
+    pipe = (build_tiny if args.tiny else build_full_pipeline)(device, dtype, workdir)
+    sync(device)
+    record("build", seconds=round(time.perf_counter() - started, 2))
+    lora_dir, lora_file = lora_for(record, pipe.transformer, workdir, args.tiny)
+    settings = EngineSettings(
+        model="bench-random-full" if not args.tiny else str(workdir / "tiny"),
+        lightning_lora=str(lora_dir),
+        lightning_weight_name=lora_file,
+        compile=not args.no_compile,
+        fp8=args.fp8,
+        previews=True,
+        preview_interval_s=args.preview_interval,
+        compile_cache_dir=Path(args.compile_cache) if args.compile_cache else None,
+    )
+    fast = ImageGenerator._load_lightning(pipe, settings, tiny=False)
+    generator = ImageGenerator(
+        pipe,
+        settings,
+        device=device,
+        dtype=dtype,
+        memory_mode=MemoryMode.RESIDENT,
+        max_side=side,
+        fast_available=fast,
+        model_name="random full-size Qwen-Image" if not args.tiny else "tiny",
+    )
+    t0 = time.perf_counter()
+    generator._apply_speedups()
+    if args.tiny:
+        tiny_compile(generator)
+    generator.warmup()
+    sync(device)
+    record("engine_start", seconds=round(time.perf_counter() - t0, 2), fp8=args.fp8)
+
+    def timed(case: str, request: Any, previews: bool = False, **fields: Any) -> bytes:
+        made: list[int] = []
+
+        def on_preview(step: int, total: int, *_: Any) -> None:
+            made.append(step)
+
+        def on_step(*_: Any) -> None:
+            pass  # progress as the bot receives it: the engine syncs for it now and then
+
+        out: dict[str, Any] = {}
+        with peak_memory(device, out):
+            result = generator.generate(
+                request, on_step=on_step, on_preview=on_preview if previews else None
+            )
+        record(
+            case,
+            mode=str(request.mode),
+            size=f"{result.width}x{result.height}",
+            steps=result.steps,
+            run_s=round(result.run_s, 4),
+            per_step_s=round(result.run_s / max(result.steps, 1), 4),
+            previews=len(made),
+            preview_steps=made,
+            **out,
+            **fields,
+        )
+        return result.png
+
+    images: dict[str, bytes] = {}
+
+    def text_to_image() -> None:
+        generator._warm_once(_request("quality", 1), 2)
+        # Off, on, off again: the preview cost is "on" against the mean of the two "off" runs.
+        images["q"] = timed("t2i_quality_previews_off", _request("quality", 1), attempt=1)
+        timed("t2i_quality_previews_on", _request("quality", 1), previews=True)
+        timed("t2i_quality_previews_off", _request("quality", 1), attempt=2)
+        timed("t2i_fast", _request("fast", 1))
+
+    guarded(record, "t2i")(text_to_image)
+    source = images.get("q")
+    if source is None:
+        return 1
+
+    def variations() -> None:
+        for mode in ("quality", "fast"):
+            for attempt in (1, 2):
+                request = _request(
+                    mode, 2 + attempt, init_image=source, strength=STRENGTH, parent_job_id="src"
+                )
+                timed(f"i2i_{mode}", request, strength=STRENGTH, attempt=attempt)
+        # Previews on a variation too: what a member sees while Vary runs.
+        request = _request("quality", 9, init_image=source, strength=STRENGTH)
+        timed("i2i_quality_previews_on", request, previews=True, strength=STRENGTH)
+
+    guarded(record, "i2i")(variations)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--tiny", action="store_true", help="tiny random model on the CPU")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--compile-cache", default=None)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--fp8", action="store_true")
+    parser.add_argument("--preview-interval", type=float, default=1.5)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
