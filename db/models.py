@@ -205,6 +205,10 @@ class Generation(Base):
     model: Mapped[str | None] = mapped_column(String(256))
     worker: Mapped[str | None] = mapped_column(String(128))
     note: Mapped[str | None] = mapped_column(Text)
+    # What the model actually read (the engine reports it): the prompt after the style's
+    # template and the quality suffix, and the whole negative prompt ("" without true CFG).
+    model_prompt: Mapped[str | None] = mapped_column(Text)
+    model_negative: Mapped[str | None] = mapped_column(Text)
     queued_s: Mapped[float | None] = mapped_column(Float)
     run_s: Mapped[float | None] = mapped_column(Float)
 

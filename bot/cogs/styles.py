@@ -16,6 +16,7 @@ from bot import errors, render
 from bot.cogs._admin import ADMIN_PERMISSIONS, require_manage_guild
 from bot.errors import UserError
 from bot.guild_settings import style_choices
+from engine.presets import MAX_PROMPT_CHARS
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -169,12 +170,15 @@ class StylesCog(commands.Cog):
             styles = await self.bot.guild_settings.styles(interaction.guild_id)
             await errors.send_ephemeral(interaction, embed=render.styles_list_embed(styles))
 
-    @styles.command(name="preview", description="Show what the model reads with a style")
+    @styles.command(name="preview", description="Show exactly what the model reads with a style")
     @app_commands.describe(
         name="The style to preview", prompt="A sample prompt to put in the template"
     )
     async def preview(
-        self, interaction: discord.Interaction[ImagineBot], name: str, prompt: str | None = None
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        name: str,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
     ) -> None:
         async with errors.replying(interaction):
             style = await db.get_style(self.bot.db, interaction.guild_id, name)

@@ -76,6 +76,8 @@ class Finisher:
             run_s=result.run_s,
             worker=result.worker,
             note=result.note,
+            model_prompt=result.full_prompt,
+            model_negative=result.negative_prompt,
         )
         row = await db.record_result(self.db, job.key, fields, now=utcnow())
         if row.finished:

@@ -7,8 +7,10 @@ from typing import Any
 
 import discord
 
+from bot.render.jobs import model_negative_text
 from bot.render.text import COLOR_INFO, clip, shown
 from engine.contract import StyleSpec
+from engine.presets import model_prompts
 
 
 def ceiling_binds(max_queued: int, ceiling: int | None) -> bool:
@@ -68,9 +70,20 @@ def style_embed(style: Any, sample: str) -> discord.Embed:
         value=shown(style.negative, 1000) if style.negative else "(none)",
         inline=False,
     )
+    # The same text Details shows after an image (one definition: engine.presets).
+    full, negative = model_prompts(spec, sample, None, true_cfg=True)
     embed.add_field(
         name=f"Prompt the model reads for “{clip(sample, 60)}”",
-        value=shown(spec.apply(sample), 1000),
+        value=shown(full, 1000),
+        inline=False,
+    )
+    embed.add_field(
+        name="Negative prompt the model reads", value=model_negative_text(negative), inline=False
+    )
+    fast, _ = model_prompts(spec, sample, None, true_cfg=False)
+    embed.add_field(
+        name="In fast mode",
+        value=f"{shown(fast, 900)}\n-# no quality suffix and no negative prompt (no true CFG)",
         inline=False,
     )
     embed.set_footer(text=origin)

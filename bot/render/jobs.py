@@ -22,6 +22,7 @@ from bot.render.text import (
 )
 from bot.render.text import seconds as seconds_text
 from engine.contract import FailureKind, JobResult, Progress
+from engine.presets import NEUTRAL_NEGATIVE
 
 PROMPT_PREVIEW_CHARS = 300
 
@@ -139,6 +140,16 @@ def result_embed(
     return embed
 
 
+def model_negative_text(negative: str) -> str:
+    """The negative prompt the model read, as members can read it: the single space and the
+    empty one (no true CFG) say what they are instead of showing nothing."""
+    if negative == NEUTRAL_NEGATIVE:
+        return "(none — a single space, as the model card recommends)"
+    if not negative.strip():
+        return "(none: fast mode runs without true CFG, so no negative prompt is used)"
+    return shown(negative, 1000)
+
+
 def details_embed(row: Any) -> discord.Embed:
     """Every parameter of a generation (from its database row), for the Details button."""
     embed = discord.Embed(title="Generation details", colour=COLOR_INFO)
@@ -146,6 +157,16 @@ def details_embed(row: Any) -> discord.Embed:
     if row.negative_prompt:
         embed.add_field(
             name="Negative prompt", value=shown(row.negative_prompt, 1000), inline=False
+        )
+    model_prompt = getattr(row, "model_prompt", None)
+    if model_prompt is not None:
+        embed.add_field(
+            name="Prompt the model read", value=shown(model_prompt, 1000) or "(empty)", inline=False
+        )
+        embed.add_field(
+            name="Negative prompt the model read",
+            value=model_negative_text(getattr(row, "model_negative", None) or ""),
+            inline=False,
         )
     embed.add_field(name="Style", value=shown(row.style, 64), inline=True)
     size = f" · {row.width}×{row.height}" if row.width and row.height else ""

@@ -77,6 +77,9 @@ class JobResultFields:
     run_s: float
     worker: str | None = None
     note: str | None = None
+    # What the model read (``JobResult.full_prompt`` / ``negative_prompt``), for Details.
+    model_prompt: str | None = None
+    model_negative: str | None = None
 
 
 async def _by_key(session: AsyncSession, job_key: str) -> Generation | None:
@@ -207,6 +210,9 @@ def _apply_result(gen: Generation, result: JobResultFields, now: dt.datetime) ->
     gen.queued_s, gen.run_s = result.queued_s, result.run_s
     gen.worker = result.worker
     gen.note = result.note
+    if result.model_prompt is not None:
+        gen.model_prompt = result.model_prompt
+        gen.model_negative = result.model_negative
     gen.result_at = now
     if gen.started_at is None:
         gen.started_at = max(gen.created_at, now - dt.timedelta(seconds=max(0.0, result.run_s)))

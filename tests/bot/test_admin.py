@@ -46,8 +46,9 @@ async def test_styles_add_edit_preview_list_remove(harness: Harness) -> None:
     assert fields(edited.response.embeds[0])["Negative"] == "(none)"
 
     shown = await admin.slash(harness.channel, "styles preview", name="noir", prompt="a cat")
+    # Exactly what the model reads in the true-CFG modes: the quality suffix included.
     assert fields(shown.response.embeds[0])["Prompt the model reads for “a cat”"] == (
-        "a cat, film noir, high contrast"
+        "a cat, film noir, high contrast, Ultra HD, 4K, cinematic composition."
     )
 
     listing = await admin.slash(harness.channel, "styles list")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 
 import db
 from db import Database, NewGeneration, alembic_config
@@ -57,6 +57,44 @@ async def seed(
             user_id=user_id,
             guild_id=guild_id,
             now=when,
+        )
+    return key
+
+
+async def seed_old(database: Database, prompt: str) -> str:
+    """``seed`` as a bot of schema 0003 wrote it: plain SQL with the columns that schema has
+    (today's query functions read today's columns, which an old schema lacks)."""
+    key = str(next(_keys))
+    when = (NOON + dt.timedelta(minutes=next(_minutes))).replace(tzinfo=None)
+    async with database.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO generations (job_key, kind, guild_id, channel_id, user_id, prompt, "
+                "style, aspect, mode, status, charged, quota_day, created_at) VALUES (:key, "
+                "'imagine', :guild, 1, :user, :prompt, 'none', '1:1', 'fast', 'queued', 0, "
+                ":day, :when)"
+            ),
+            {
+                "key": key,
+                "guild": GUILD,
+                "user": USER,
+                "prompt": prompt,
+                "day": when.date(),
+                "when": when,
+            },
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO images (job_key, sha256, size, width, height, thumb_size, guild_id, "
+                "user_id, created_at) VALUES (:key, :sha, 100, 64, 64, 10, :guild, :user, :when)"
+            ),
+            {
+                "key": key,
+                "sha": f"{int(key):064x}"[-64:],
+                "guild": GUILD,
+                "user": USER,
+                "when": when,
+            },
         )
     return key
 
@@ -204,8 +242,8 @@ async def test_upgrading_a_database_with_rows_makes_them_searchable(tmp_path: Pa
     database = await Database.open(url, migrate=False)
     try:
         await database.migrate("0003_image_store")
-        await seed(database, "an old lighthouse")
-        await seed(database, "an old barn")
+        await seed_old(database, "an old lighthouse")
+        await seed_old(database, "an old barn")
         await database.migrate("head")
         page = await g.list_gallery(database, guild_id=GUILD, search="lighthouse")
         assert prompts(page) == ["an old lighthouse"]
@@ -229,7 +267,7 @@ async def test_upgrading_a_database_with_rows_makes_them_searchable(tmp_path: Pa
     # The old schema still takes rows (no trigger left behind pointing at a dropped table).
     database = await Database.open(url, migrate=False)
     try:
-        await seed(database, "written by the older bot")
+        await seed_old(database, "written by the older bot")
         await database.migrate("head")
         page = await g.list_gallery(database, guild_id=GUILD, search="older")
         assert prompts(page) == ["written by the older bot"]
