@@ -11,6 +11,7 @@ permissions are the tool for "nobody may use /imagine here"; 0 is what admins ty
 - ``styles``: built-in and guild styles.
 - ``quota``: quota days, charging and refunds, queued-job counts, ``/quota``.
 - ``generations``: a job's row from reservation to its end, restart recovery, history.
+- ``retention``: old finished history rows (and their stored image rows) pruned.
 """
 
 from db.queries.generations import (
@@ -46,6 +47,7 @@ from db.queries.quota import (
     quota_resets_at,
     quota_status,
 )
+from db.queries.retention import PrunedHistory, prune_history
 from db.queries.styles import (
     StyleExists,
     StyleNotFound,
@@ -63,6 +65,7 @@ __all__ = [
     "GuildConfig",
     "JobResultFields",
     "NewGeneration",
+    "PrunedHistory",
     "QuotaExceeded",
     "QuotaStatus",
     "StyleExists",
@@ -81,6 +84,7 @@ __all__ = [
     "get_style",
     "list_styles",
     "mark_running",
+    "prune_history",
     "quota_day",
     "quota_resets_at",
     "quota_status",
