@@ -38,14 +38,21 @@ class StatusCog(commands.Cog):
             latency = None
         if latency is not None and not math.isfinite(latency):
             latency = None
+        store = await self.bot.images.report()  # the image store's line (never raises)
         try:
             snapshot = await asyncio.wait_for(self.bot.backend.status(), STATUS_TIMEOUT_S)
             embed = render.status_embed(
-                snapshot, uptime_s=uptime, latency_ms=latency, owners=self._owners(interaction)
+                snapshot,
+                uptime_s=uptime,
+                latency_ms=latency,
+                owners=self._owners(interaction),
+                store=store,
             )
         except Exception as exc:  # a broken backend is exactly what /status must report
             logger.warning("backend status failed: %s", exc)
-            embed = render.status_embed(None, uptime_s=uptime, latency_ms=latency, error=str(exc))
+            embed = render.status_embed(
+                None, uptime_s=uptime, latency_ms=latency, error=str(exc), store=store
+            )
         await errors.send_ephemeral(interaction, embed=embed)
 
     def _owners(self, interaction: discord.Interaction[ImagineBot]) -> dict[str, int]:

@@ -20,7 +20,15 @@ from bot.render.admin import (
     style_embed,
     styles_list_embed,
 )
-from bot.render.info import STATUS_ICONS, history_embed, quota_text, status_embed
+from bot.render.info import (
+    STATUS_ICONS,
+    erase_kept_text,
+    erase_question_text,
+    erased_text,
+    history_embed,
+    quota_text,
+    status_embed,
+)
 from bot.render.jobs import (
     FAILURE_LEADS,
     PROMPT_PREVIEW_CHARS,
@@ -76,6 +84,9 @@ __all__ = [
     "conversion_note",
     "delivered_elsewhere_text",
     "details_embed",
+    "erase_kept_text",
+    "erase_question_text",
+    "erased_text",
     "escape",
     "failure_text",
     "header_of",

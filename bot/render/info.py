@@ -13,6 +13,7 @@ from bot.render.text import (
     COLOR_INFO,
     clip,
     jump_url,
+    megabytes,
     model_name,
     reset_time,
     seconds,
@@ -108,6 +109,7 @@ def status_embed(
     latency_ms: float | None,
     error: str | None = None,
     owners: dict[str, int] | None = None,
+    store: Any = None,
 ) -> discord.Embed:
     """``owners`` maps the running jobs of *this* server (or this member's DM) to their
     requesters, so "Running" can say whose image it is; any other job is "from elsewhere",
@@ -119,6 +121,7 @@ def status_embed(
             f"The image engine did not answer: {clip(error or 'unknown error', 500)}"
         )
         embed.add_field(name="Bot uptime", value=seconds(uptime_s), inline=True)
+        _store_field(embed, store)
         return embed
     state = "ready" if status.ready else "not ready"
     embed.description = f"**{status.backend}** backend, {state}."
@@ -165,4 +168,54 @@ def status_embed(
         )
     if status.note:
         embed.add_field(name="Note", value=clip(status.note, 1000), inline=False)
+    _store_field(embed, store)
     return embed
+
+
+def _store_field(embed: discord.Embed, store: Any) -> None:
+    """The image store's line (a ``bot.images.StoreReport``): how much it keeps, and the
+    latest failure to keep an image (a full or read-only disk), which never stops delivery."""
+    if store is None:
+        return
+    plural = "s" if store.images != 1 else ""
+    text = f"{store.images} image{plural} kept · {megabytes(store.total_bytes)}"
+    if store.problem:
+        when = ""
+        if store.problem_at is not None:
+            stamp = dt.datetime.fromtimestamp(store.problem_at, dt.UTC)
+            when = f" ({timestamp(stamp, 'R')})"
+        text += (
+            f"\n⚠️ Images are not being kept: {clip(store.problem, 200)}{when}. They are "
+            "still delivered, but cannot be varied or remixed."
+        )
+    embed.add_field(name="Image store", value=text, inline=False)
+
+
+def erase_question_text() -> str:
+    """The private question /forget-me asks before anything is erased."""
+    return (
+        "**Erase everything this bot keeps about you?**\n"
+        "Your stored images and your /history, in every server, are deleted for good; their "
+        "Vary and Remix buttons stop working. Images already posted in channels stay where they "
+        "are (delete those first with their 🗑️ button if you want them gone). Today's quota is "
+        "not given back. Images still being made are kept."
+    )
+
+
+def erase_kept_text() -> str:
+    return "Nothing was erased."
+
+
+def erased_text(generations: int, images: int, kept_active: int) -> str:
+    """What /forget-me erased."""
+    kept = (
+        f" {kept_active} image{'s' if kept_active != 1 else ''} still being made "
+        f"{'were' if kept_active != 1 else 'was'} kept; run /forget-me again once "
+        f"{'they are' if kept_active != 1 else 'it is'} done."
+        if kept_active
+        else ""
+    )
+    return (
+        f"🧹 Erased: {generations} generation{'s' if generations != 1 else ''} from your history "
+        f"and {images} stored image{'s' if images != 1 else ''}.{kept}"
+    )

@@ -73,7 +73,14 @@ async def test_imagine_answers_shows_progress_then_the_image(harness: Harness) -
 
     message = harness.message(first.id)
     assert message.content == ""
-    assert labels(message) == ["Reroll", "Variations", "Details", "Delete"]
+    assert labels(message) == [
+        "Reroll",
+        "Vary (Subtle)",
+        "Vary (Strong)",
+        "Remix",
+        "Details",
+        "Delete",
+    ]
     (embed,) = message.embeds
     assert embed.description == "a lighthouse at dusk, \\*\\*bold\\*\\* @\u200beveryone"
     fields = {f.name: f.value for f in embed.fields}

@@ -1,0 +1,102 @@
+"""Forms (Discord modals): the Remix form, pre-filled with an image's prompt and negative.
+
+A form is answered from its custom id alone (``handle_remix_form``, called for every
+interaction by ``ImagineBot.on_interaction``), never by an object kept in memory, so a form
+opened before a restart still works when it is sent after it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import errors
+from bot.views.base import KEY
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+
+REMIX_FORM = re.compile(rf"imagine:remixed:{KEY}")
+REMIX_PROMPT = "prompt"
+REMIX_NEGATIVE = "negative"
+# Discord's own limit on a text input; the prompt rules themselves are policy's (the same
+# answers as /imagine), so the form does not cut anything short on its own.
+TEXT_INPUT_MAX = 4000
+
+
+def remix_form(job_key: str, prompt: str, negative: str | None) -> discord.ui.Modal:
+    """The Remix form, pre-filled with the image's prompt and negative prompt.
+
+    It is answered by ``handle_remix_form`` from its custom id alone (not by an object kept in
+    memory), so a form opened before a restart still works when it is sent after it.
+    """
+    modal = discord.ui.Modal(title="Remix this image", custom_id=f"imagine:remixed:{job_key}")
+    modal.add_item(
+        discord.ui.TextInput(
+            label="Prompt",
+            custom_id=REMIX_PROMPT,
+            style=discord.TextStyle.paragraph,
+            default=prompt[:TEXT_INPUT_MAX],
+            required=False,
+            max_length=TEXT_INPUT_MAX,
+        )
+    )
+    modal.add_item(
+        discord.ui.TextInput(
+            label="Negative prompt (what to keep out)",
+            custom_id=REMIX_NEGATIVE,
+            style=discord.TextStyle.paragraph,
+            default=(negative or "")[:TEXT_INPUT_MAX] or None,
+            required=False,
+            max_length=TEXT_INPUT_MAX,
+        )
+    )
+    modal.stop()  # nothing kept in memory: see the docstring
+    return modal
+
+
+def form_values(data: Any) -> dict[str, str]:
+    """The text inputs of a submitted form by custom id (any layout: rows or labels)."""
+    values: dict[str, str] = {}
+
+    def walk(items: Any) -> None:
+        if not isinstance(items, list):
+            return
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            custom_id, value = item.get("custom_id"), item.get("value")
+            if isinstance(custom_id, str) and isinstance(value, str):
+                values[custom_id] = value
+            walk(item.get("components"))
+            if isinstance(item.get("component"), dict):
+                walk([item["component"]])
+
+    walk((data or {}).get("components") if isinstance(data, dict) else None)
+    return values
+
+
+async def handle_remix_form(interaction: discord.Interaction[ImagineBot]) -> bool:
+    """Answer a submitted Remix form; False when the interaction is not one."""
+    if interaction.type != discord.InteractionType.modal_submit:
+        return False
+    data = interaction.data if isinstance(interaction.data, dict) else {}
+    custom_id = data.get("custom_id")
+    match = REMIX_FORM.fullmatch(custom_id) if isinstance(custom_id, str) else None
+    if match is None:
+        return False
+    values = form_values(data)
+    try:
+        async with errors.replying(interaction):
+            await interaction.client.jobs.remix(
+                interaction,
+                match["key"],
+                prompt=values.get(REMIX_PROMPT, ""),
+                negative=values.get(REMIX_NEGATIVE) or None,
+            )
+    except Exception as exc:
+        await errors.handle(interaction, exc)
+    return True

@@ -1,0 +1,169 @@
+"""The buttons under a job's message: Cancel while it waits or renders; Reroll, Vary (Subtle),
+Vary (Strong), Remix, Details and Delete under the finished image; and the Variations button
+that images posted before the Vary buttons still carry."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+import db
+from bot import errors, render
+from bot.imagine import variations
+from bot.views.base import KEY, JobButton, job_row
+from bot.views.forms import remix_form
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+logger = logging.getLogger(__name__)
+
+
+class RerollButton(
+    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:reroll:{KEY}"
+):
+    action = "reroll"
+    label = "Reroll"
+    emoji = "🎲"
+    button_style = discord.ButtonStyle.primary
+    button_row = 0
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        await interaction.client.jobs.reroll(interaction, self.job_key)
+
+
+class VariationsButton(
+    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:vary:{KEY}"
+):
+    """Images posted before the Vary buttons carry this one (no stored image): two new seeds
+    of the same prompt, as it always did. New images get Vary (Subtle/Strong) instead."""
+
+    action = "vary"
+    label = "Variations"
+    emoji = "🔀"
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        await interaction.client.jobs.variations(interaction, self.job_key)
+
+
+class VarySubtleButton(
+    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:subtle:{KEY}"
+):
+    """Image-to-image from the stored image at ``VARY_SUBTLE_STRENGTH``, new seed."""
+
+    action = "subtle"
+    label = "Vary (Subtle)"
+    emoji = "🪶"
+    button_row = 0
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        await interaction.client.jobs.vary(interaction, self.job_key, strong=False)
+
+
+class VaryStrongButton(
+    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:strong:{KEY}"
+):
+    """Image-to-image from the stored image at ``VARY_STRONG_STRENGTH``, new seed."""
+
+    action = "strong"
+    label = "Vary (Strong)"
+    emoji = "🌀"
+    button_row = 0
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        await interaction.client.jobs.vary(interaction, self.job_key, strong=True)
+
+
+class RemixButton(
+    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:remix:{KEY}"
+):
+    """Opens the Remix form (prompt and negative, pre-filled); its answer is a strong variation
+    with the edited text (``handle_remix_form``)."""
+
+    action = "remix"
+    label = "Remix"
+    emoji = "🎨"
+    button_row = 0
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        prompt, negative = await variations.open_remix(interaction.client, self.job_key)
+        await interaction.response.send_modal(remix_form(self.job_key, prompt, negative))
+
+
+class DetailsButton(
+    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:details:{KEY}"
+):
+    action = "details"
+    label = "Details"
+    emoji = "ℹ️"
+    button_row = 1
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        row = await job_row(interaction, self.job_key)
+        await errors.send_ephemeral(interaction, embed=render.details_embed(row))
+
+
+class DeleteButton(
+    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:delete:{KEY}"
+):
+    action = "delete"
+    label = "Delete"
+    emoji = "🗑️"
+    button_style = discord.ButtonStyle.danger
+    moderator_permission = "manage_messages"
+    denied = "Only the person who asked for this image or a moderator can delete it."
+    button_row = 1
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        await interaction.response.defer()
+        try:
+            await interaction.delete_original_response()
+        except discord.HTTPException:
+            if interaction.message is None:
+                raise
+            await interaction.message.delete()
+        await db.set_message(interaction.client.db, self.job_key, message_id=None)
+        # The stored copy goes too (the file itself once no other job shares its bytes).
+        await interaction.client.images.forget(self.job_key)
+        logger.info("job %s: image deleted by user %s", self.job_key, interaction.user.id)
+
+
+class CancelButton(
+    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:cancel:{KEY}"
+):
+    action = "cancel"
+    label = "Cancel"
+    emoji = "✖️"
+    button_style = discord.ButtonStyle.danger
+    moderator_permission = "manage_guild"
+    denied = "Only the person who asked for this image or a server admin can cancel it."
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        await interaction.client.jobs.cancel(interaction, self.job_key)
+
+
+def status_view(job_key: str) -> discord.ui.View:
+    """The buttons under a status message while its job waits or runs."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_key))
+    return view
+
+
+RESULT_BUTTONS: tuple[type[JobButton], ...] = (
+    RerollButton,
+    VarySubtleButton,
+    VaryStrongButton,
+    RemixButton,
+    DetailsButton,
+    DeleteButton,
+)
+
+
+def result_view(job_key: str) -> discord.ui.View:
+    """The buttons under a finished image: making more on the first row, the rest below."""
+    view = discord.ui.View(timeout=None)
+    for cls in RESULT_BUTTONS:
+        view.add_item(cls(job_key))  # type: ignore[arg-type]
+    return view

@@ -1,0 +1,187 @@
+"""The image store as members meet it: every delivered image kept (PNG and thumbnail), Delete
+and /forget-me removing files, retention by size, a disk that cannot be written, and a
+variation interrupted by a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import discord
+
+import db
+from tests.bot.harness import Harness, attachment_bytes, png_parameters, post_old_buttons
+
+
+async def finished_image(harness: Harness, actor: Any, **options: Any) -> discord.Message:
+    result = await actor.slash(harness.channel, "imagine", **options)
+    assert result.response is not None and not result.ephemeral
+    await harness.wait_jobs()
+    message = harness.message(result.response.id)
+    assert message.attachments, message.content
+    return message
+
+
+def stored_files(harness: Harness) -> list[Path]:
+    root = Path(harness.bot.settings.image_dir)
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+async def record(harness: Harness, message: discord.Message) -> db.ImageRecord:
+    row = next(r for r in await harness.rows() if r.message_id == message.id)
+    image = await db.get_image(harness.database, row.job_key)
+    assert image is not None, f"job {row.job_key} has no stored image"
+    return image
+
+
+async def test_delivered_images_are_kept_and_delete_removes_them(harness: Harness) -> None:
+    alice = harness.member("alice")
+    image = await finished_image(harness, alice, prompt="a brass compass", seed=5)
+    kept = await record(harness, image)
+    files = stored_files(harness)
+    assert [p.name for p in files] == [f"{kept.sha256}.png", f"{kept.sha256}.webp"]
+    assert files[0].read_bytes() == await attachment_bytes(image)  # chunks included
+    assert png_parameters(files[0].read_bytes())["seed"] == 5
+    assert (kept.width, kept.height, kept.user_id) == (64, 64, alice.id)
+
+    await alice.click(image, label="Delete")
+    assert image.id not in [m.id for m in harness.channel.history()]
+    assert stored_files(harness) == []
+    assert await db.get_image(harness.database, kept.job_key) is None
+    assert (await harness.row(kept.job_key)).status == "done"  # history stays
+
+
+async def test_size_cap_removes_the_oldest_and_its_vary_button_says_so(harness: Harness) -> None:
+    alice = harness.member("alice")
+    older = await finished_image(harness, alice, prompt="an old lighthouse", seed=1)
+    first = await record(harness, older)
+    store = harness.bot.store
+    assert store is not None
+    # A cap that holds one image of this size, not two (what IMAGINE_IMAGE_MAX_TOTAL_MB sets).
+    store.max_total_bytes = int((first.size + first.thumb_size) * 1.5)
+    newer = await finished_image(harness, alice, prompt="a new lighthouse", seed=2)
+    second = await record(harness, newer)
+
+    names = {p.name for p in stored_files(harness)}
+    assert names == {f"{second.sha256}.png", f"{second.sha256}.webp"}
+    assert await db.get_image(harness.database, first.job_key) is None
+    before = len(await harness.rows())
+    for label in ("Vary (Subtle)", "Vary (Strong)", "Remix"):
+        answer = await alice.click(older, label=label)
+        assert answer.ephemeral and "no longer stored" in answer.response.content, label
+        assert "Nothing was charged" in answer.response.content
+    assert len(await harness.rows()) == before  # nothing reserved
+    assert (await harness.quota(alice)).used == 2  # nothing charged
+    # The newer image still varies.
+    vary = await alice.click(newer, label="Vary (Subtle)")
+    await harness.wait_jobs()
+    assert png_parameters(await attachment_bytes(harness.message(vary.response.id)))[
+        "parent_job_id"
+    ] == (second.job_key)
+
+
+async def test_an_unwritable_store_still_delivers_and_status_says_so(
+    harness: Harness, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the image folder should be")
+    store = harness.bot.store
+    assert store is not None
+    store.root = blocker / "images"
+    alice = harness.member("alice")
+    image = await finished_image(harness, alice, prompt="a stubborn disk", seed=9)
+    assert png_parameters(await attachment_bytes(image))["seed"] == 9
+    rows = await harness.rows()
+    assert (
+        rows[0].status == "done" and await db.get_image(harness.database, rows[0].job_key) is None
+    )
+
+    status = await alice.slash(harness.channel, "status")
+    fields = {f.name: f.value for f in status.response.embeds[0].fields}
+    assert "Images are not being kept" in fields["Image store"]
+    assert "the image folder is not a folder" in fields["Image store"]
+    gone = await alice.click(image, label="Vary (Strong)")
+    assert gone.ephemeral and "no longer stored" in gone.response.content
+
+
+async def test_forget_me_erases_images_and_history_after_confirming(harness: Harness) -> None:
+    alice, bob = harness.member("alice"), harness.member("bob")
+    await finished_image(harness, alice, prompt="mine one")
+    await finished_image(harness, alice, prompt="mine two")
+    bobs = await finished_image(harness, bob, prompt="bob's")
+    assert len(stored_files(harness)) == 6
+
+    asked = await alice.slash(harness.channel, "forget-me")
+    assert asked.ephemeral and "Erase everything" in asked.response.content
+    # Bob cannot see alice's question; a crafted click on her button is refused all the same.
+    crafted = await post_old_buttons(harness, f"imagine:erase:{alice.id}:yes")
+    stranger = await bob.click(crafted, custom_id=f"imagine:erase:{alice.id}:yes")
+    assert stranger.ephemeral and "Only the member who asked" in stranger.response.content
+    kept = await alice.click(asked.response, label="Keep it")
+    assert kept.acknowledged
+    assert len(await harness.rows()) == 3 and len(stored_files(harness)) == 6
+
+    asked = await alice.slash(harness.channel, "forget-me")
+    await alice.click(asked.response, label="Erase everything")
+    await harness.env.settle(timeout=30)
+    message = asked.response.content
+    assert "Erased: 2 generations" in message and "2 stored images" in message, message
+    rows = await harness.rows()
+    assert [r.user_id for r in rows] == [bob.id]
+    bob_image = await record(harness, bobs)
+    names = {p.name for p in stored_files(harness)}
+    assert names == {f"{bob_image.sha256}.png", f"{bob_image.sha256}.webp"}
+    history = await alice.slash(harness.channel, "history")
+    assert history.response.embeds[0].description.startswith("No generations yet")
+
+
+async def test_variation_interrupted_by_a_restart_resumes_once(harness: Harness) -> None:
+    alice = harness.member("alice")
+    original = await finished_image(harness, alice, prompt="a river delta", seed=31)
+    parent = (await harness.rows())[0]
+    harness.engine.hold()
+    vary = await alice.click(original, label="Vary (Strong)")
+    key = harness.key(vary)
+    assert (await harness.row(key)).status in ("queued", "running")
+
+    await harness.restart()
+    resubmitted = [r for r in harness.engine.submitted if r.job_id == key]
+    assert len(resubmitted) == 2  # once before the restart, once after
+    assert resubmitted[1].init_image == resubmitted[0].init_image is not None  # read again
+    harness.engine.release()
+    await harness.wait_jobs()
+
+    row = await harness.row(key)
+    assert row.status == "done" and row.strength == 0.7 and row.parent_key == parent.job_key
+    reply = harness.message(row.message_id)
+    params = png_parameters(await attachment_bytes(reply))
+    assert params["parent_job_id"] == parent.job_key and params["strength"] == 0.7
+    assert len([m for m in harness.channel.history() if m.attachments]) == 2
+    assert (await harness.quota(alice)).used == 2  # the variation charged once
+
+
+async def test_variation_whose_image_went_during_a_restart_is_refunded_once(
+    harness: Harness,
+) -> None:
+    alice = harness.member("alice")
+    original = await finished_image(harness, alice, prompt="a salt flat", seed=32)
+    parent = (await harness.rows())[0]
+    harness.engine.hold()
+    vary = await alice.click(original, label="Vary (Subtle)")
+    key = harness.key(vary)
+    await harness.bot.close_services()  # the bot stops with the variation waiting
+    harness.engine.release()
+    await harness.bot.images.forget(parent.job_key)  # retention took the image meanwhile
+    await harness.restart()
+    await harness.wait_jobs()
+
+    row = await harness.row(key)
+    assert row.status == "failed" and not row.charged
+    message = harness.message(vary.response.id)
+    assert "could not be resumed after a restart" in message.content
+    assert "no longer stored" in message.content and message.components == []
+    assert (await harness.quota(alice)).used == 1  # refunded
+    await harness.restart()  # a second start finds nothing left to refund
+    await harness.wait_jobs()
+    assert (await harness.quota(alice)).used == 1
+    assert (await harness.row(key)).status == "failed"
