@@ -22,6 +22,7 @@ from taskiq.exceptions import NoResultError
 from engine.admission import CANCELLED_MESSAGE, ERROR_MESSAGE, free_memory_after_crash
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult
 from engine.metrics import WorkerMetrics
+from engine.queue import preview_kwargs
 from engine.redis.ledger import JobLedger
 from engine.redis.settings import RemoteSettings
 from engine.redis.wire import (
@@ -166,23 +167,21 @@ class WorkerJobs:
         superseded: list[bool] = []
         last: list[tuple[int, float]] = [(0, 0.0)]
 
-        def on_progress(step: int, total: int, elapsed: float, per_step: float) -> None:
+        def on_progress(
+            step: int, total: int, elapsed: float, per_step: float, preview: bytes | None = None
+        ) -> None:
             done_steps, done_s = last[0]
             if step > done_steps:
                 self.metrics.step_seconds.observe((elapsed - done_s) / (step - done_steps))
             last[0] = (step, elapsed)
-            event = ProgressEvent(
-                job_id=job_id,
-                worker=self.name,
-                step=step,
-                total=total,
-                elapsed_s=elapsed,
-                sec_per_step=per_step,
-            )
+            event = ProgressEvent.of(job_id, self.name, step, total, elapsed, per_step, preview)
             self._emit(event.dumps())
 
         def on_step(step: int, total: int, elapsed: float, per_step: float) -> None:
             loop.call_soon_threadsafe(on_progress, step, total, elapsed, per_step)
+
+        def on_preview(step: int, total: int, elapsed: float, per_step: float, jpeg: bytes) -> None:
+            loop.call_soon_threadsafe(on_progress, step, total, elapsed, per_step, jpeg)
 
         def should_stop() -> FailureKind | None:
             return stop[0] if stop else None
@@ -195,7 +194,14 @@ class WorkerJobs:
         watcher = asyncio.create_task(self._ledger.watch(job_id, stop, superseded))
         try:
             result: JobResult = await loop.run_in_executor(
-                self._gpu, functools.partial(self.generator.generate, job, on_step, should_stop)
+                self._gpu,
+                functools.partial(
+                    self.generator.generate,
+                    job,
+                    on_step,
+                    should_stop,
+                    **preview_kwargs(self.generator, on_preview),
+                ),
             )
         except JobFailed as exc:
             self._crashes = 0  # the GPU answered (OOM, cancel, deadline): it still works

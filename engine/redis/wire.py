@@ -19,13 +19,15 @@ Messages:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import json
 import logging
 import time
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from engine.contract import (
     CAPABILITY_GENERATE,
@@ -39,6 +41,9 @@ from engine.contract import (
 logger = logging.getLogger(__name__)
 
 WIRE_VERSION = 1
+# A progress event's preview, base64: a 256 px JPEG is a few KB; this leaves room and keeps
+# every event small on the events channel.
+MAX_PREVIEW_B64_CHARS = 64 * 1024
 
 
 class WireError(ValueError):
@@ -120,6 +125,9 @@ class StartedEvent(_Message):
 
 
 class ProgressEvent(_Message):
+    """A denoising step finished; on some steps with a small preview of the image forming
+    (base64 JPEG or WebP, at most ``MAX_PREVIEW_B64_CHARS``; a bigger one is never sent)."""
+
     type: Literal["progress"] = "progress"
     job_id: str
     worker: str
@@ -127,9 +135,53 @@ class ProgressEvent(_Message):
     total: int = Field(ge=0)
     elapsed_s: float
     sec_per_step: float
+    # Optional and added without a new version: a reader of version 1 without this field
+    # ignores it (extra fields are ignored), and one with it refuses a preview that is not
+    # base64 or too large, like any other malformed message.
+    preview: str | None = Field(None, min_length=4, max_length=MAX_PREVIEW_B64_CHARS)
+
+    @field_validator("preview")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("preview is not base64") from None
+        return value
+
+    @classmethod
+    def of(
+        cls,
+        job_id: str,
+        worker: str,
+        step: int,
+        total: int,
+        elapsed_s: float,
+        sec_per_step: float,
+        preview: bytes | None = None,
+    ) -> ProgressEvent:
+        """The event for one step; a preview too large for the wire is dropped (the step is
+        still reported)."""
+        encoded = base64.b64encode(preview).decode("ascii") if preview else None
+        if encoded is not None and len(encoded) > MAX_PREVIEW_B64_CHARS:
+            logger.debug("job %s: preview of %d bytes dropped (too large)", job_id, len(preview))
+            encoded = None
+        return cls(
+            job_id=job_id,
+            worker=worker,
+            step=step,
+            total=total,
+            elapsed_s=elapsed_s,
+            sec_per_step=sec_per_step,
+            preview=encoded,
+        )
 
     def progress(self) -> Progress:
-        return Progress(self.job_id, self.step, self.total, self.elapsed_s, self.sec_per_step)
+        preview = base64.b64decode(self.preview) if self.preview is not None else None
+        return Progress(
+            self.job_id, self.step, self.total, self.elapsed_s, self.sec_per_step, preview=preview
+        )
 
 
 class DoneEvent(_Message):
