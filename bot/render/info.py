@@ -137,6 +137,7 @@ def status_embed(
     )
     embed.add_field(name="Running", value=clip(running, 1000), inline=True)
     embed.add_field(name="Model", value=model_name(status.model), inline=False)
+    embed.add_field(name="Editing (/edit)", value=editing_text(status), inline=False)
     embed.add_field(name="Memory mode", value=status.memory_mode, inline=True)
     embed.add_field(name="GPU", value=clip(status.gpu, 200), inline=True)
     per_step = status.mean_sec_per_step
@@ -157,9 +158,10 @@ def status_embed(
         lines = []
         for worker in status.workers[:10]:
             job = f"running `{worker.current_job}`" if worker.current_job else "idle"
+            edits = " · edits" if "edit" in worker.capabilities else ""
             lines.append(
                 f"**{clip(worker.name, 60)}** · {clip(worker.gpu, 60)} · {worker.memory_mode} · "
-                f"{job} · {worker.jobs_done} done"
+                f"{job} · {worker.jobs_done} done{edits}"
             )
         if len(status.workers) > 10:
             lines.append(f"… and {len(status.workers) - 10} more")
@@ -219,3 +221,21 @@ def erased_text(generations: int, images: int, kept_active: int) -> str:
         f"🧹 Erased: {generations} generation{'s' if generations != 1 else ''} from your history "
         f"and {images} stored image{'s' if images != 1 else ''}.{kept}"
     )
+
+
+def editing_text(status: EngineStatus) -> str:
+    """Whether /edit works, and which models sit on the GPU now: both, or one at a time (the
+    other waits in host memory and jobs are grouped by model to swap rarely)."""
+    if "edit" not in status.capabilities:
+        if status.backend == "redis":
+            return "No worker that can edit is online."
+        return "Off (no edit model is configured)."
+    resident = [model_name(m) for m in status.resident_models]
+    if not resident:
+        return "On."
+    if len(resident) == 1:
+        return (
+            f"On. One model on the GPU at a time (now: {clip(resident[0], 100)}); "
+            "jobs are grouped by model so it swaps rarely."
+        )
+    return "On. On the GPU now: " + clip(", ".join(resident), 300) + "."
