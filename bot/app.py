@@ -160,6 +160,7 @@ class ImagineBot(commands.Bot):
         """Forms (modals) are answered from their custom id, so one opened before a restart
         still works after it; buttons and commands are dispatched by discord.py itself."""
         await views.handle_remix_form(interaction)
+        await views.handle_edit_form(interaction)
 
     async def close_services(self) -> None:
         """Stop following jobs (they stay resumable), then close what this bot opened."""

@@ -89,10 +89,14 @@ def _declared_format(declared_type: str | None) -> str | None:
     raise UploadRefused(f"That file is not an image I can edit. Send a {_ACCEPTED} image.")
 
 
-def _size(size: int) -> str:
+def size_text(size: int) -> str:
+    """A byte count as members read it: "10 MB", "2.5 MB", "512 kB"."""
     if size >= 2**20:
         return f"{size / 2**20:.1f}".removesuffix(".0") + " MB"
     return f"{size // 1024} kB"
+
+
+_size = size_text
 
 
 def _megapixels(pixels: int) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -32,7 +33,13 @@ from bot.errors import UserError
 from bot.images import NotStored
 from bot.imagine import policy
 from bot.imagine.ack import AckGuard
-from bot.uploads import MAX_UPLOAD_BYTES, UploadRefused, ValidatedImage, validate_upload
+from bot.uploads import (
+    MAX_UPLOAD_BYTES,
+    UploadRefused,
+    ValidatedImage,
+    size_text,
+    validate_upload,
+)
 from engine.contract import CAPABILITY_EDIT, MAX_EDIT_IMAGES, FailureKind, JobFailed, Mode
 from engine.presets import ASPECTS, DEFAULT_ASPECT, DEFAULT_STYLE
 
@@ -98,7 +105,8 @@ async def check_editing(bot: ImagineBot) -> None:
 
 def check_instruction(instruction: str) -> None:
     """An edit-worded answer for an empty instruction (``policy`` checks the rest)."""
-    if not instruction.strip():
+    # Invisible format characters (zero-width spaces) count as nothing, as in a prompt.
+    if not "".join(c for c in instruction if unicodedata.category(c) != "Cf").strip():
         raise UserError(EMPTY_INSTRUCTION_TEXT)
 
 
@@ -112,7 +120,7 @@ async def download(client: discord.Client, attachment: discord.Attachment, cap: 
     small but is not is cut off there, never held whole in memory. ``UploadRefused`` when it is
     over the cap or cannot be fetched."""
     name = (attachment.filename or "The image")[:80]
-    too_big = UploadRefused(f"{name} is over the {cap / 2**20:.0f} MB limit for /edit.")
+    too_big = UploadRefused(f"{name} is larger than {size_text(cap)}, the limit for /edit.")
     if attachment.size > cap:
         raise too_big
     http = client.http

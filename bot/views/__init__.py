@@ -24,6 +24,7 @@ from typing import Any
 import discord
 
 from bot.views.base import Guarded, JobButton, has_permission, job_row
+from bot.views.edit import EditButton, edit_form, handle_edit_form
 from bot.views.erase import EraseButton, erase_view
 from bot.views.forms import form_values, handle_remix_form, remix_form
 from bot.views.history import HistoryButton, can_view_others, history_page
@@ -47,6 +48,7 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     VarySubtleButton,
     VaryStrongButton,
     RemixButton,
+    EditButton,
     DetailsButton,
     DeleteButton,
     CancelButton,
@@ -60,6 +62,7 @@ __all__ = [
     "CancelButton",
     "DeleteButton",
     "DetailsButton",
+    "EditButton",
     "EraseButton",
     "Guarded",
     "HistoryButton",
@@ -70,8 +73,10 @@ __all__ = [
     "VaryStrongButton",
     "VarySubtleButton",
     "can_view_others",
+    "edit_form",
     "erase_view",
     "form_values",
+    "handle_edit_form",
     "handle_remix_form",
     "has_permission",
     "history_page",

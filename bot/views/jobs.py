@@ -13,6 +13,7 @@ import db
 from bot import errors, render
 from bot.imagine import variations
 from bot.views.base import KEY, JobButton, job_row
+from bot.views.edit import EditButton
 from bot.views.forms import remix_form
 
 if TYPE_CHECKING:
@@ -156,6 +157,7 @@ RESULT_BUTTONS: tuple[type[JobButton], ...] = (
     VarySubtleButton,
     VaryStrongButton,
     RemixButton,
+    EditButton,
     DetailsButton,
     DeleteButton,
 )

@@ -12,7 +12,15 @@ import pytest
 import db
 from tests.bot.harness import Harness, attachment_bytes, png_parameters, post_old_buttons
 
-RESULT_BUTTONS = ["Reroll", "Vary (Subtle)", "Vary (Strong)", "Remix", "Details", "Delete"]
+RESULT_BUTTONS = [
+    "Reroll",
+    "Vary (Subtle)",
+    "Vary (Strong)",
+    "Remix",
+    "Edit",
+    "Details",
+    "Delete",
+]
 
 
 def button_labels(message: discord.Message) -> list[str]:

@@ -78,6 +78,7 @@ async def test_imagine_answers_shows_progress_then_the_image(harness: Harness) -
         "Vary (Subtle)",
         "Vary (Strong)",
         "Remix",
+        "Edit",
         "Details",
         "Delete",
     ]

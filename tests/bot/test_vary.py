@@ -13,7 +13,15 @@ from engine.presets import VARY_STRONG_STRENGTH, VARY_SUBTLE_STRENGTH
 from tests.bot.harness import Harness, attachment_bytes, png_parameters
 
 FAST_STEPS = 8  # the tests' default mode is fast (Lightning, 8 steps)
-RESULT_BUTTONS = ["Reroll", "Vary (Subtle)", "Vary (Strong)", "Remix", "Details", "Delete"]
+RESULT_BUTTONS = [
+    "Reroll",
+    "Vary (Subtle)",
+    "Vary (Strong)",
+    "Remix",
+    "Edit",
+    "Details",
+    "Delete",
+]
 
 
 def button_labels(message: discord.Message) -> list[str]:

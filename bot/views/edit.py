@@ -1,0 +1,79 @@
+"""The Edit button under every finished image, and its form (the instruction).
+
+Like every button and form here it works from its custom id alone: the button opens the form
+for the job in its id, and the form is answered by ``handle_edit_form`` (called for every
+interaction by ``ImagineBot.on_interaction``), so both keep working across a restart. What the
+edit does is ``bot.imagine.edit``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import errors
+from bot.imagine import edit
+from bot.views.base import KEY, JobButton
+from bot.views.forms import TEXT_INPUT_MAX, form_values
+from engine.presets import MAX_PROMPT_CHARS
+
+if TYPE_CHECKING:
+    from bot.app import ImagineBot
+
+EDIT_FORM = re.compile(rf"imagine:edited:{KEY}")
+EDIT_INSTRUCTION = "instruction"
+
+
+class EditButton(
+    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:edit:{KEY}"
+):
+    """Opens the Edit form; its answer edits this image as the image store keeps it."""
+
+    action = "edit"
+    label = "Edit"
+    emoji = "✏️"
+    button_row = 0
+
+    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        await edit.open_edit(interaction.client, self.job_key)
+        await interaction.response.send_modal(edit_form(self.job_key))
+
+
+def edit_form(job_key: str) -> discord.ui.Modal:
+    """The Edit form: what to change in the image."""
+    modal = discord.ui.Modal(title="Edit this image", custom_id=f"imagine:edited:{job_key}")
+    modal.add_item(
+        discord.ui.TextInput(
+            label="What to change",
+            custom_id=EDIT_INSTRUCTION,
+            style=discord.TextStyle.paragraph,
+            placeholder="e.g. make it night, add a red umbrella, remove the text",
+            required=True,
+            max_length=min(MAX_PROMPT_CHARS, TEXT_INPUT_MAX),
+        )
+    )
+    modal.stop()  # answered from its custom id, not by this object (see the module doc)
+    return modal
+
+
+async def handle_edit_form(interaction: discord.Interaction[ImagineBot]) -> bool:
+    """Answer a submitted Edit form; False when the interaction is not one."""
+    if interaction.type != discord.InteractionType.modal_submit:
+        return False
+    data = interaction.data if isinstance(interaction.data, dict) else {}
+    custom_id = data.get("custom_id")
+    match = EDIT_FORM.fullmatch(custom_id) if isinstance(custom_id, str) else None
+    if match is None:
+        return False
+    instruction = form_values(data).get(EDIT_INSTRUCTION, "")
+    try:
+        async with errors.replying(interaction):
+            assert interaction.client.jobs is not None
+            await edit.edit_stored(
+                interaction.client.jobs, interaction, match["key"], instruction=instruction
+            )
+    except Exception as exc:
+        await errors.handle(interaction, exc)
+    return True
