@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -101,8 +103,33 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# The database holds prompts, interaction tokens and who asked for what: owner only.
+SQLITE_FILE_MODE = 0o600
+_SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def secure_sqlite_file(path: Path) -> None:
+    """Create the SQLite file readable by this user only (0600), and tighten an existing one
+    and its -wal / -shm files. SQLite gives the -wal and -shm files it creates later the
+    database file's own permissions, so they follow."""
+    path = path.expanduser()
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, SQLITE_FILE_MODE)
+        os.close(fd)
+    for suffix in _SQLITE_COMPANIONS:
+        file = Path(f"{path}{suffix}")
+        try:
+            if stat.S_IMODE(file.stat().st_mode) != SQLITE_FILE_MODE:
+                os.chmod(file, SQLITE_FILE_MODE)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not ours (a bind mount): say so, never refuse to start
+            log.warning("could not make %s readable by its owner only: %s", file.name, exc)
+
+
 def ensure_sqlite_dir(url: str | URL) -> None:
-    """Create the folder of a SQLite file so a fresh install starts without setup steps."""
+    """Create the folder of a SQLite file so a fresh install starts without setup steps, and
+    the file itself with owner-only permissions (``secure_sqlite_file``)."""
     parsed = make_url(url)
     if not _is_sqlite(parsed):
         return
@@ -113,7 +140,9 @@ def ensure_sqlite_dir(url: str | URL) -> None:
             "transactions share one connection; use a file for anything real"
         )
         return
-    path.expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    path = path.expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secure_sqlite_file(path)
 
 
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
