@@ -43,9 +43,14 @@ class LocalSizes:
     attention (an all_gather, then ``.item()``): a host sync per layer, which CUDA graph capture
     refuses and which breaks the compiled graph. Every rank can compute the answer itself: the
     image and the text tokens are each cut with ``tensor_split``, and the joint attention sees
-    a rank's text share plus its image share. This wraps the transformer's forward to note the
-    shapes, and answers the size questions from them; a size it cannot tell apart (two
-    different answers for one local length) still goes through the collective.
+    a rank's text share plus its image share. diffusers asks two questions: the joint
+    attention's shares (for q, k, v and the output) and the image's (gathering the output).
+    This wraps the transformer's forward to note the shapes and answers both from them.
+
+    Every rank must then answer, or every rank ask: a collective that one rank enters alone
+    hangs or returns garbage (seen on two H200s: a rank whose text share equalled its image
+    share asked while the other answered). So when the two questions could be confused on
+    any rank (a text share of 0), no rank answers for that forward.
     """
 
     def __init__(self, forward: Callable[..., Any], rank: int, world: int) -> None:
@@ -63,14 +68,9 @@ class LocalSizes:
             image = split_sizes(hidden.shape[1], self.world)
             words = split_sizes(text.shape[1], self.world)
             joint = [a + b for a, b in zip(image, words, strict=True)]
-            clashes = set()
-            for sizes in (joint, image, words):
-                key = sizes[self.rank]
-                if table.get(key, sizes) != sizes:
-                    clashes.add(key)
-                table[key] = sizes
-            for key in clashes:
-                del table[key]
+            # Worked out for every rank alike, so all ranks take the same decision.
+            if not any(joint[r] == image[r] for r in range(self.world)):
+                table = {joint[self.rank]: joint, image[self.rank]: image}
         self.table = table
         return self.forward(*args, **kwargs)
 

@@ -1,9 +1,10 @@
 """Ulysses for fast mode (``engine.parallel.sequence``) on two gloo ranks of the CPU.
 
 diffusers' context parallelism wants an accelerator; the check runs it on the CPU by telling it
-there is one "device" per process. The image is 6x7 latent patches (an even share each, which
-gloo's all_gather needs) and the text 9 tokens (uneven: the joint attention's shares are 26 and
-25, answered from the shapes, never asked of the other rank).
+there is one "device" per process. The image is 4x4 latent patches (an even share each, which
+gloo's all_gather needs) and the text 15 tokens: the joint attention's shares are 16 and 15,
+and rank 0's text share (8) equals its image share, the case that hung on two H200s when one
+rank answered and the other asked. Every share is answered from the shapes.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ def check(model: str, result_path: str) -> None:
     pipe = QwenImagePipeline.from_pretrained(model, dtype=torch.float32)
     transformer = pipe.transformer
     gen = torch.Generator().manual_seed(0)
-    h, w = 6, 7
+    h, w = 4, 4
     kwargs = {
         "hidden_states": torch.randn(1, h * w, 64, generator=gen),
-        "encoder_hidden_states": torch.randn(1, 9, 32, generator=gen),
+        "encoder_hidden_states": torch.randn(1, 15, 32, generator=gen),
         "encoder_hidden_states_mask": None,
         "timestep": torch.full((1,), 0.5),
         "img_shapes": [[(1, h, w)]],
