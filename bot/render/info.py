@@ -229,7 +229,7 @@ def editing_text(status: EngineStatus) -> str:
     if "edit" not in status.capabilities:
         if status.backend == "redis":
             return "No worker that can edit is online."
-        return "Off (no edit model is configured)."
+        return "Off (no edit model is loaded)."
     resident = [model_name(m) for m in status.resident_models]
     if not resident:
         return "On."

@@ -86,6 +86,8 @@ class Generators:
         """Load text-to-image (unless given), then the edit model next to it when
         ``IMAGINE_EDIT_MODEL`` is set. An edit model that cannot load leaves the engine
         running text-to-image only, logged; it never stops the engine."""
+        from engine.pipeline import EngineUnavailable
+
         if base is None:
             from engine.pipeline import load_generator  # IMAGINE_GPUS: engine.parallel
 
@@ -101,7 +103,10 @@ class Generators:
         except EditUnavailable as exc:
             logger.info("image editing is off: %s", exc)
             return cls(base, None, edit_off=str(exc))
-        except Exception as exc:  # EngineUnavailable, missing files, a bad checkpoint
+        except EngineUnavailable as exc:  # the real edit model on a CPU: expected, not a fault
+            logger.warning("image editing is off: %s", exc)
+            return cls(base, None, edit_off=EDIT_OFF_MESSAGE)
+        except Exception as exc:  # missing files, a bad checkpoint, out of memory
             logger.error(
                 "image editing is off: the edit model %r could not be loaded (%s: %s)",
                 settings.edit_model,

@@ -1,4 +1,5 @@
-"""With IMAGINE_EDIT_MODEL empty (the session's engine here) /edit and the Edit button say that
+"""Without an edit model (the session's engine: its default hub id is a 20B model it will not
+load on a CPU) /edit and the Edit button say that
 editing is off, privately, and charge nothing; nothing is downloaded."""
 
 from __future__ import annotations
@@ -35,4 +36,4 @@ async def test_status_says_editing_is_off(harness: Harness) -> None:
     result = await harness.member("alice").slash(harness.channel, "status")
     (embed,) = result.response.embeds
     fields = {field.name: field.value for field in embed.fields}
-    assert fields["Editing (/edit)"] == "Off (no edit model is configured)."
+    assert fields["Editing (/edit)"] == "Off (no edit model is loaded)."
