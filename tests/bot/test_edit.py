@@ -206,3 +206,58 @@ async def test_status_shows_editing_and_the_models_on_the_gpu(
     assert fields["Editing (/edit)"] == (
         f"On. On the GPU now: {tiny_model_dir.name}, {tiny_edit_dir.name}."
     )
+
+
+async def test_an_edit_interrupted_by_a_restart_resumes_once(harness: Harness) -> None:
+    alice = harness.member("alice")
+    upload = photo((64, 64), (30, 160, 60))
+    harness.engine.hold()
+    result = await alice.slash(
+        harness.channel, "edit", image=("field.png", upload), instruction="add a scarecrow"
+    )
+    key = harness.key(result)
+
+    await harness.restart()
+    resubmitted = [r for r in harness.engine.submitted if r.job_id == key]
+    assert len(resubmitted) == 2  # once before the restart, once after
+    # After the restart the inputs come back from the image store, the same bytes.
+    assert resubmitted[1].edit_images == resubmitted[0].edit_images
+    assert len(resubmitted[1].edit_images) == 1
+    harness.engine.release()
+    await harness.wait_jobs()
+
+    row = await harness.row(key)
+    assert (row.kind, row.status) == ("edit", "done")
+    params = png_parameters(await attachment_bytes(harness.message(row.message_id)))
+    assert params["input_images"] == stored_as(upload, "field.png")
+    assert len([m for m in harness.channel.history() if m.attachments]) == 1
+    assert (await harness.quota(alice)).used == 1  # charged once
+
+
+async def test_an_edit_whose_inputs_went_during_a_restart_is_refunded_once(
+    harness: Harness,
+) -> None:
+    alice = harness.member("alice")
+    harness.engine.hold()
+    result = await alice.slash(
+        harness.channel,
+        "edit",
+        image=("field.png", photo((64, 64), (1, 2, 3))),
+        instruction="add a scarecrow",
+    )
+    key = harness.key(result)
+    await harness.bot.close_services()  # the bot stops with the edit waiting
+    harness.engine.release()
+    await harness.bot.images.forget(input_key(key, 1))  # retention took the upload meanwhile
+    await harness.restart()
+    await harness.wait_jobs()
+
+    row = await harness.row(key)
+    assert row.status == "failed" and not row.charged
+    message = harness.message(result.response.id)
+    assert "could not be resumed after a restart" in message.content
+    assert "no longer stored" in message.content and message.components == []
+    assert (await harness.quota(alice)).used == 0  # refunded
+    await harness.restart()  # a second start finds nothing left to refund
+    await harness.wait_jobs()
+    assert (await harness.quota(alice)).used == 0 and (await harness.row(key)).status == "failed"
