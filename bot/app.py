@@ -21,6 +21,7 @@ from bot import errors, views
 from bot.cogs import EXTENSIONS
 from bot.guild_settings import GuildSettings
 from bot.health import HealthServer
+from bot.housekeeping import Housekeeping
 from bot.images import ImageKeeper
 from bot.imagine import JobService, style_description
 from bot.settings import BotSettings, CommandSync
@@ -92,6 +93,7 @@ class ImagineBot(commands.Bot):
         )
         self.images = ImageKeeper(lambda: self.store, self._database)
         self._sweeper: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
         self.started_at = discord.utils.utcnow()
         self._recovery: asyncio.Task[None] | None = None
         self._services_closed = False
@@ -133,6 +135,15 @@ class ImagineBot(commands.Bot):
         self._sweeper = asyncio.create_task(
             self.images.sweep_forever(settings.image_sweep_interval_s), name="imagine-retention"
         )
+        self._housekeeping = asyncio.create_task(
+            Housekeeping(
+                self._database,
+                lambda: self.store,
+                retention_days=settings.history_retention_days,
+                now=discord.utils.utcnow,
+            ).forever(settings.housekeeping_interval_s),
+            name="imagine-housekeeping",
+        )
         await self.sync_commands()
 
     async def sync_commands(self) -> None:
@@ -167,7 +178,7 @@ class ImagineBot(commands.Bot):
         if self._services_closed:
             return
         self._services_closed = True
-        for task in (self._recovery, self._sweeper):
+        for task in (self._recovery, self._sweeper, self._housekeeping):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -112,6 +112,17 @@ class BotSettings(ImagineBaseSettings):
         3600, ge=1, description="how often retention looks for images to delete"
     )
 
+    # Housekeeping (bot.housekeeping): expired interaction tokens, and old history if asked.
+    history_retention_days: float = Field(
+        0,
+        ge=0,
+        description="delete finished generations (and their stored images) older than this "
+        "many days (0: keep forever)",
+    )
+    housekeeping_interval_s: float = Field(
+        600, ge=1, description="how often expired tokens and old history are removed"
+    )
+
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @field_validator(
