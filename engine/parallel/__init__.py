@@ -1,24 +1,30 @@
-"""One image across the GPUs of one host: CFG-parallel (project issue 14).
+"""One image across two GPUs of one host (project issue 14).
 
-With true CFG every denoising step runs the transformer twice, on the prompt and on the
-negative prompt, and the two forwards are independent. With ``IMAGINE_GPUS=0,1`` the engine
-runs them at the same time on two GPUs: rank 0 computes the conditional prediction, rank 1 the
-unconditional one, and the two exchange their outputs once per step (two broadcasts of the
-predicted velocity, under a megabyte at 1328²). Both ranks then run the same combination and
-scheduler step on the same numbers, so their latents stay identical, and the image is the one a
-single GPU makes with the same seed (bit for bit in eager mode; see docs/PERFORMANCE.md).
+CFG modes (``cfg.py``): with true CFG every denoising step runs the transformer twice, on the
+prompt and on the negative prompt, and the two forwards are independent. With
+``IMAGINE_GPUS=0,1`` they run at the same time on two GPUs: rank 0 computes the conditional
+prediction, rank 1 the unconditional one, and the two exchange their outputs once per step (two
+broadcasts of the predicted velocity, under a megabyte at 1328²). Both ranks then run the same
+combination and scheduler step on the same numbers, so their latents stay identical, and the
+image is the one a single GPU makes with the same seed (bit for bit in eager mode on the CPU;
+within 4/255 per pixel compiled on two H200s, see docs/PERFORMANCE.md).
 
-The rest of the system sees one engine: ``load(settings)`` returns a ``ParallelGenerator`` on
-rank 0 with the interface of ``engine.pipeline.ImageGenerator`` (``generate``, ``warmup``,
-``info``, ``free_memory``, ``plan``). It starts the other ranks itself, as child processes
-that each load the pipeline on their own GPU and then follow rank 0's requests in lockstep.
-Modes without CFG (fast) run on rank 0 alone. Tensors travel through torch.distributed (NCCL on
-GPUs, gloo on the CPU); requests and each step's stop decision travel through a ``Channel``
-(pipes to the child processes, or a gloo group when the ranks were started by ``torchrun``, as
-``bench/multi_gpu.py`` does).
+Fast mode (``sequence.py``, CUDA only): no second forward to hand over, so each forward's
+sequence is split over the two GPUs (Ulysses, diffusers' context parallelism), replayed as a
+CUDA graph per image size and prompt length (``engine.cudagraph``). On the CPU, fast mode runs
+on rank 0 alone.
+
+The rest of the system sees one engine: ``load(settings)`` (through
+``engine.pipeline.load_generator``) returns a ``ParallelGenerator`` on rank 0 with the interface
+of ``engine.pipeline.ImageGenerator`` (``generate``, ``warmup``, ``info``, ``free_memory``,
+``plan``). It starts the other rank itself, as a child process that loads the pipeline on its
+own GPU and then follows rank 0's requests in lockstep. Tensors travel through
+torch.distributed (NCCL on GPUs, gloo on the CPU); requests and each step's stop decision travel
+through a ``Channel`` (a pipe to the child process, or a gloo group when the ranks were started
+by ``torchrun``, as ``bench/multi_gpu.py`` does).
 
 If a rank fails in the middle of an image the others cannot know where it stopped, so the group
-is given up: the followers are ended and rank 0 goes on alone on its own GPU (logged, and shown
+is given up: the follower is ended and rank 0 goes on alone on its own GPU (logged, and shown
 in ``info()``).
 """
 

@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 class ParallelGenerator:
-    """Rank 0: the ``ImageGenerator`` interface, running CFG images on two GPUs."""
+    """Rank 0: the ``ImageGenerator`` interface, running each image on both GPUs (CFG images
+    CFG-parallel, fast images sequence-parallel once ``fast-sequence`` is set up)."""
 
     def __init__(
         self,
