@@ -328,6 +328,14 @@ class EngineStatus:
     # What this backend can run now ("generate", "edit"): on the Redis path, what at least one
     # ready worker can run. The bot refuses /edit before charging when "edit" is missing.
     capabilities: tuple[str, ...] = (CAPABILITY_GENERATE,)
+    # While the model gets ready (the first start downloads ~58 GB, loads and warms up): what it
+    # is doing ("downloading the model: 12.3 of 57.7 GB"), how far (0..1) and how long it may
+    # still take, where known. Jobs submitted meanwhile wait in the line. ``load_error``: the
+    # load failed (a message fit for members); jobs are refused.
+    loading: str | None = None
+    load_progress: float | None = None
+    load_eta_s: float | None = None
+    load_error: str | None = None
 
 
 ProgressCallback = Callable[[Progress], None]

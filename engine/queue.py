@@ -33,6 +33,7 @@ from engine.admission import (
     settle_threadsafe,
 )
 from engine.contract import (
+    CAPABILITY_EDIT,
     CAPABILITY_GENERATE,
     EngineStatus,
     FailureKind,
@@ -43,6 +44,7 @@ from engine.contract import (
     ProgressCallback,
 )
 from engine.fairqueue import FairQueue
+from engine.loading import STAGE_LOADING, STAGE_STARTING, STAGE_WARMING, LoadState, WatchDownload
 from engine.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,10 @@ GPU_STOPPED_MESSAGE = (
     "was charged."
 )
 GPU_STOPPED_NOTE = "The GPU thread stopped after an unexpected error; restart the bot."
+LOAD_FAILED_MESSAGE = (
+    "The image engine could not load its model, so no images can be made right now — nothing "
+    "was charged."
+)
 
 
 @dataclasses.dataclass(eq=False)
@@ -99,22 +105,73 @@ class LocalEngine:
         self._dead = False  # the GPU thread ended without being asked to
         self._step_times: collections.deque[float] = collections.deque(maxlen=20)
         self._info: dict[str, object] = {}
+        # The model loads on the GPU thread, after start() returned (see ``_load``).
+        self._load_state = LoadState()
+        self._loaded = threading.Event()  # the model is ready
+        self._settled = threading.Event()  # the load ended, well or not
+        self._load_error: str | None = None
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        """Start the GPU thread and return at once: the model loads (downloads, warms up) on
+        that thread, so the bot connects meanwhile; jobs submitted before it is ready wait in
+        the line, and ``status()`` says what the load is doing."""
         if self._thread is not None:
             return
-        if self._generator is None:
-            from engine.edit import Generators  # torch import happens here, not in bot/
-
-            self._generator = await asyncio.to_thread(Generators.load, self.settings)
-        if self.settings.warmup and hasattr(self._generator, "warmup"):
-            await asyncio.to_thread(self._generator.warmup)
-        self._info = dict(self._generator.info())
         self._stopping = False
+        warmup = self.settings.warmup and hasattr(self._generator, "warmup")
+        if self._generator is not None and not warmup:  # nothing to load
+            self._info = dict(self._generator.info())
+            self._loaded.set()
+            self._settled.set()
+        else:
+            self._load_state.stage(STAGE_STARTING)
         self._thread = threading.Thread(target=self._run, name="imagine-gpu", daemon=True)
         self._thread.start()
+
+    async def loaded(self) -> None:
+        """Wait until the model is ready; ``JobFailed(UNAVAILABLE)`` if it could not load."""
+        await asyncio.to_thread(self._settled.wait)
+        if self._load_error is not None:
+            raise JobFailed(FailureKind.UNAVAILABLE, LOAD_FAILED_MESSAGE)
+
+    def _load(self) -> bool:
+        """Load and warm the model on the GPU thread; on failure answer every waiting job."""
+        try:
+            if self._generator is None:
+                from engine.edit import Generators  # torch import happens here, not in bot/
+
+                self._load_state.stage(STAGE_LOADING)
+                with WatchDownload(self.settings.model, self._load_state):
+                    self._generator = Generators.load(self.settings)
+            if self.settings.warmup and hasattr(self._generator, "warmup") and not self._stopping:
+                self._load_state.stage(STAGE_WARMING)
+                self._generator.warmup()
+            self._info = dict(self._generator.info())
+        except BaseException as exc:  # whatever it was, the jobs must hear of it
+            logger.critical("the model could not be loaded; refusing jobs", exc_info=True)
+            self._load_failed(exc)
+            return False
+        self._load_state.stage(None)
+        self._loaded.set()
+        self._settled.set()
         logger.info("local engine ready: %s", self._info)
+        return True
+
+    def _load_failed(self, exc: BaseException) -> None:
+        with self._lock:
+            # By exception class only: its text may name a path on this machine.
+            self._load_error = (
+                f"The model could not be loaded ({type(exc).__name__}); the bot's log says why."
+            )
+            self._load_state.fail(self._load_error)
+            jobs = []
+            while (item := self._waiting.pop()) is not None:
+                jobs.append(item[1])
+            self._jobs.clear()
+        self._settled.set()
+        for job in jobs:
+            self._resolve(job, JobFailed(FailureKind.UNAVAILABLE, LOAD_FAILED_MESSAGE))
 
     async def close(self) -> None:
         with self._lock:
@@ -141,6 +198,8 @@ class LocalEngine:
             existing = self._jobs.get(request.job_id)
             if existing is not None:
                 return FutureHandle(request.job_id, existing.future)
+            if self._load_error is not None:
+                raise JobFailed(FailureKind.UNAVAILABLE, LOAD_FAILED_MESSAGE)
             if not self._alive():
                 if self._dead:
                     raise JobFailed(FailureKind.UNAVAILABLE, GPU_STOPPED_MESSAGE)
@@ -184,9 +243,10 @@ class LocalEngine:
             queue_length = len(self._waiting)
             times = list(self._step_times)
             alive = self._alive()
+        load = self._load_state.snapshot()
         return EngineStatus(
             backend="local",
-            ready=alive,
+            ready=alive and self._loaded.is_set(),
             note=GPU_STOPPED_NOTE if self._dead else None,
             model=str(self._info.get("model", self.settings.model)),
             memory_mode=str(self._info.get("memory_mode", self.settings.memory_mode)),
@@ -198,11 +258,20 @@ class LocalEngine:
             queued_ceiling_per_user=self.settings.queued_ceiling_per_user,
             resident_models=self._resident_models(),
             capabilities=self._capabilities(),
+            loading=load.loading,
+            load_progress=load.progress,
+            load_eta_s=load.eta_s,
+            load_error=self._load_error,
         )
 
     # ------------------------------------------------------------------ models
     def _capabilities(self) -> tuple[str, ...]:
-        """What the loaded generator runs (a plain text-to-image generator: only that)."""
+        """What the loaded generator runs (a plain text-to-image generator: only that). While
+        the model loads, what it is meant to run: an edit waits like any job, and fails
+        plainly if the edit model then does not load."""
+        if not self._loaded.is_set() and self._load_error is None:
+            wanted = (CAPABILITY_GENERATE, CAPABILITY_EDIT)
+            return wanted if str(getattr(self.settings, "edit_model", "")).strip() else wanted[:1]
         capabilities = getattr(self._generator, "capabilities", None)
         return tuple(capabilities()) if callable(capabilities) else (CAPABILITY_GENERATE,)
 
@@ -228,6 +297,8 @@ class LocalEngine:
         return thread is not None and thread.is_alive() and not self._stopping and not self._dead
 
     def _run(self) -> None:
+        if not self._loaded.is_set() and not self._load():
+            return
         job: _Job | None = None
         try:
             while True:

@@ -26,6 +26,7 @@ def local_engine(tiny_model_dir: Path) -> Iterator[LocalEngine]:
     """One started tiny engine for every bot test (loading it costs a couple of seconds)."""
     engine = tiny_engine(tiny_model_dir)
     asyncio.run(engine.start())
+    asyncio.run(engine.loaded())  # start() returns at once; the model loads on its thread
     yield engine
     asyncio.run(engine.close())
 

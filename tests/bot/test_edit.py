@@ -48,6 +48,7 @@ def local_engine(tiny_model_dir: Path, tiny_edit_dir: Path) -> Iterator[LocalEng
     """This module's engine edits too (it replaces the session's text-to-image one)."""
     engine = edit_engine(tiny_model_dir, tiny_edit_dir)
     asyncio.run(engine.start())
+    asyncio.run(engine.loaded())  # start() returns at once; the models load on its thread
     assert isinstance(engine._generator, Generators) and engine._generator.editor is not None
     yield engine
     asyncio.run(engine.close())

@@ -49,6 +49,7 @@ def edit_engine(tiny_settings: EngineSettings, tiny_edit_dir: Path) -> Iterator[
     """A LocalEngine that loads both models itself, as ``python -m bot`` does."""
     engine = LocalEngine(edit_settings(tiny_settings, tiny_edit_dir))
     asyncio.run(engine.start())
+    asyncio.run(engine.loaded())  # start() returns at once; the models load on its thread
     yield engine
     asyncio.run(engine.close())
 

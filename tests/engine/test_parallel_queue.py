@@ -35,6 +35,7 @@ async def test_the_local_engine_runs_each_image_across_imagine_gpus(
 
     local = LocalEngine(tiny_settings.model_copy(update={"device": "cpu", "gpus": "0,1"}))
     await local.start()
+    await local.loaded()  # start() returns at once; the model loads on the GPU thread
     facade = getattr(local._generator, "base", local._generator)
     try:
         assert isinstance(facade, parallel.ParallelGenerator)
