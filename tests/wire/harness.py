@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import io
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -96,13 +98,18 @@ class Rig:
         return BotSettings(_env_file=None, **values)  # type: ignore[call-arg]
 
     def engine(self, *, step_delay_s: float = 0.0, **overrides: Any) -> Any:
-        """A fresh in-process engine on the tiny model (``step_delay_s`` stands in for GPU time)."""
+        """A fresh in-process engine on the tiny model (``step_delay_s`` stands in for GPU time).
+
+        Live previews are off unless asked for (``previews=True``): the scenarios that count
+        uploads, or fail "the final upload", mean the image, not a preview on a progress edit.
+        """
         values: dict[str, Any] = {
             "model": str(self.model_dir),
             "max_side": 64,
             "warmup": False,
             "compile": False,
             "test_step_delay_s": step_delay_s,
+            "previews": False,
         }
         values.update(overrides)
         engine = LocalEngine(EngineSettings(_env_file=None, **values))  # type: ignore[call-arg]
@@ -197,13 +204,19 @@ async def settled(database_url: str, *interactions: Any, within: float = 30.0) -
         await asyncio.sleep(0.1)
 
 
+def is_preview(attachment: Any) -> bool:
+    """A live preview the bot attached to a progress edit (``preview.jpg`` / ``.webp``)."""
+    return str(attachment.filename).startswith("preview.")
+
+
 def image_deliveries(emulator: Any, interaction: Any) -> list[Any]:
     """Every message carrying an image for this interaction, as its user would find them: the
-    response (or a followup) edited to show the image, or a channel message replying to it."""
+    response (or a followup) edited to show the image, or a channel message replying to it.
+    A live preview on a progress edit is not the image."""
     own = {m.id for m in emulator.messages_for(interaction)}
     found = []
     for message in emulator.messages.values():
-        if message.deleted or not message.attachments:
+        if message.deleted or not any(not is_preview(a) for a in message.attachments):
             continue
         reference = (message.message_reference or {}).get("message_id")
         if message.id in own or (reference is not None and int(reference) in own):
@@ -219,3 +232,63 @@ async def delivered(emulator: Any, interaction: Any, *, within: float = 30.0) ->
         what=f"the image of interaction {interaction.id}",
     )
     return found[0]
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.asynccontextmanager
+async def bot_process(
+    rig: Rig,
+    workdir: Path,
+    *,
+    step_delay_s: float,
+    extra_env: dict[str, str] | None = None,
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python -m bot`` as ``make run`` starts it, with the test-only endpoints and the tiny
+    model in its environment; yields once it has synced its commands and joined the gateway,
+    and SIGKILLs it at the end if it is still running. Its log is ``workdir/bot-process.log``.
+    """
+    emu = rig.emulator
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("IMAGINE_")},
+        "IMAGINE_DISCORD_TOKEN": emu.token,
+        "IMAGINE_DATABASE_URL": rig.database_url,
+        "IMAGINE_IMAGE_DIR": str(rig.workdir / "images"),
+        "IMAGINE_DISCORD_API_BASE": emu.api_base,
+        "IMAGINE_DISCORD_GATEWAY_URL": emu.gateway_url,
+        "IMAGINE_HEALTH_PORT": "0",
+        "IMAGINE_PROGRESS_INTERVAL_S": "0.5",
+        "IMAGINE_DEFAULT_MODE": "fast",
+        "IMAGINE_MODEL": str(rig.model_dir),
+        "IMAGINE_MAX_SIDE": "64",
+        "IMAGINE_WARMUP": "false",
+        "IMAGINE_COMPILE": "false",
+        "IMAGINE_TEST_STEP_DELAY_S": str(step_delay_s),
+        "IMAGINE_PREVIEWS": "false",  # as in Rig.engine; extra_env can turn them on
+        # The checkout itself, whether or not it is installed into the interpreter.
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        ),
+        **(extra_env or {}),
+    }
+    log_path = workdir / "bot-process.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", cwd=workdir, env=env, stdout=log, stderr=log
+        )
+        try:
+            await emu.wait_until(
+                lambda: (
+                    (emu.find_command("imagine") and emu.live_sessions)
+                    or process.returncode is not None
+                ),
+                within=120.0,
+                what="python -m bot to sync its commands and connect to the gateway",
+            )
+            assert process.returncode is None, log_path.read_text()
+            yield process
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()

@@ -11,10 +11,18 @@ import pytest
 
 from engine.presets import image_size
 
-from .emulator import CB_MESSAGE, FLAG_EPHEMERAL
+from .emulator import CB_MESSAGE, FLAG_EPHEMERAL, Message
 from .harness import Rig, delivered, image_deliveries, png_dimensions, settled
 
 EDIT_ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
+
+
+def assert_result_buttons(message: Message) -> None:
+    """Under a finished image: make more (Reroll, the Vary buttons, Remix) first, then Details
+    and Delete last."""
+    labels = [b["label"] for b in message.buttons()]
+    assert labels[:4] == ["Reroll", "Vary (Subtle)", "Vary (Strong)", "Remix"], labels
+    assert labels[-2:] == ["Details", "Delete"], labels
 
 
 async def test_imagine_round_trip_with_progress_image_and_buttons(rig: Rig) -> None:
@@ -50,7 +58,7 @@ async def test_imagine_round_trip_with_progress_image_and_buttons(rig: Rig) -> N
     (embed,) = message.embeds
     assert embed["image"]["url"] == f"attachment://{attachment.filename}"
     assert "a red fox in the snow" in embed["description"]
-    assert [b["label"] for b in message.buttons()] == ["Reroll", "Variations", "Details", "Delete"]
+    assert_result_buttons(message)
     assert message.mentions == [] and not message.mention_everyone  # nobody pinged
     # Details: an ephemeral embed only alice sees.
     (detail_reply,) = emu.messages_for(details)
@@ -120,7 +128,7 @@ async def test_image_outlives_a_dead_interaction_token(rig: Rig, code: int) -> N
     assert reply.message_reference["message_id"] == str(status.id)
     assert f"<@{bob.id}>" in reply.content and reply.mentions == [bob.id]
     assert png_dimensions(reply.attachments[0].data) == (64, 64)
-    assert [b["label"] for b in reply.buttons()] == ["Reroll", "Variations", "Details", "Delete"]
+    assert_result_buttons(reply)
     # The old status message no longer says "generating" and has no Cancel button.
     assert "Step **" not in status.content and status.buttons() == []
     dead = [r for r in emu.requests if "/webhooks/" in r.path and r.status in (401, 404)]

@@ -8,20 +8,23 @@ sent before the restart must keep working.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from .emulator import DiscordEmulator, Interaction
-from .harness import Ledger, Rig, delivered, image_deliveries, read_ledger, settled
+from .harness import (
+    Ledger,
+    Rig,
+    bot_process,
+    delivered,
+    image_deliveries,
+    read_ledger,
+    settled,
+)
 
 EDIT_ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original$"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _running(emu: DiscordEmulator, interaction: Interaction) -> bool:
@@ -147,57 +150,6 @@ async def test_stop_while_the_image_is_in_flight(rig: Rig) -> None:
     assert outcomes["delivered"] == [job]
     finals = [r for r in emu.requests_matching("PATCH", EDIT_ORIGINAL) if r.files]
     assert len(finals) == 1, "the image was uploaded again after the restart"
-
-
-@contextlib.asynccontextmanager
-async def bot_process(
-    rig: Rig, workdir: Path, *, step_delay_s: float
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python -m bot`` as ``make run`` starts it, with the test-only endpoints and the tiny
-    model in its environment; yields once it has synced its commands and joined the gateway,
-    and SIGKILLs it at the end if it is still running. Its log is ``workdir/bot-process.log``.
-    """
-    emu = rig.emulator
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("IMAGINE_")},
-        "IMAGINE_DISCORD_TOKEN": emu.token,
-        "IMAGINE_DATABASE_URL": rig.database_url,
-        "IMAGINE_IMAGE_DIR": str(rig.workdir / "images"),
-        "IMAGINE_DISCORD_API_BASE": emu.api_base,
-        "IMAGINE_DISCORD_GATEWAY_URL": emu.gateway_url,
-        "IMAGINE_HEALTH_PORT": "0",
-        "IMAGINE_PROGRESS_INTERVAL_S": "0.5",
-        "IMAGINE_DEFAULT_MODE": "fast",
-        "IMAGINE_MODEL": str(rig.model_dir),
-        "IMAGINE_MAX_SIDE": "64",
-        "IMAGINE_WARMUP": "false",
-        "IMAGINE_COMPILE": "false",
-        "IMAGINE_TEST_STEP_DELAY_S": str(step_delay_s),
-        # The checkout itself, whether or not it is installed into the interpreter.
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
-        ),
-    }
-    log_path = workdir / "bot-process.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", cwd=workdir, env=env, stdout=log, stderr=log
-        )
-        try:
-            await emu.wait_until(
-                lambda: (
-                    (emu.find_command("imagine") and emu.live_sessions)
-                    or process.returncode is not None
-                ),
-                within=120.0,
-                what="python -m bot to sync its commands and connect to the gateway",
-            )
-            assert process.returncode is None, log_path.read_text()
-            yield process
-        finally:
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
 
 
 async def test_crash_kill_9_with_jobs_queued_and_running(rig: Rig, tmp_path: Path) -> None:
