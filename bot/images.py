@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import db
 from bot.store import ImageGone, ImageStore, StoredImage, StoreError, SweepResult
@@ -53,6 +54,9 @@ class ImageKeeper:
         self._problem: str | None = None
         self._problem_at: float | None = None
         self._lock = asyncio.Lock()  # one sweep at a time
+        # Images being kept right now, by job: a Vary click that races the end of a delivery
+        # (the buttons show while the image is still being written) waits for it.
+        self._keeping: dict[str, asyncio.Task[Any]] = {}
 
     @property
     def store(self) -> ImageStore | None:
@@ -100,6 +104,24 @@ class ImageKeeper:
         store = self.store
         if store is None:
             return None
+        task = asyncio.current_task()
+        if task is not None:
+            self._keeping[job_key] = task
+        try:
+            return await self._keep(store, job_key, user_id, guild_id, png)
+        finally:
+            if self._keeping.get(job_key) is task:
+                del self._keeping[job_key]
+
+    async def _being_kept(self, job_key: str) -> None:
+        """Wait for an image of this job that is being kept right now, if any."""
+        task = self._keeping.get(job_key)
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            await asyncio.wait({task})
+
+    async def _keep(
+        self, store: ImageStore, job_key: str, user_id: int, guild_id: int | None, png: bytes
+    ) -> StoredImage | None:
         try:
             stored = await asyncio.to_thread(store.put, png)
         except StoreError as exc:
@@ -153,6 +175,7 @@ class ImageKeeper:
         store = self.store
         if store is None:
             raise NotStored(job_key)
+        await self._being_kept(job_key)
         record = await db.get_image(self.db, job_key)
         if record is None:
             raise NotStored(job_key)
@@ -169,6 +192,7 @@ class ImageKeeper:
         store = self.store
         if store is None:
             return False
+        await self._being_kept(job_key)
         record = await db.get_image(self.db, job_key)
         if record is None:
             return False

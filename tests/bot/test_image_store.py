@@ -4,12 +4,19 @@ variation interrupted by a restart."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import threading
 from pathlib import Path
 from typing import Any
 
 import discord
+import pytest
+from PIL import Image
 
 import db
+from bot.images import ImageKeeper
+from bot.store import ImageStore
 from tests.bot.harness import Harness, attachment_bytes, png_parameters, post_old_buttons
 
 
@@ -20,6 +27,12 @@ async def finished_image(harness: Harness, actor: Any, **options: Any) -> discor
     message = harness.message(result.response.id)
     assert message.attachments, message.content
     return message
+
+
+def artwork() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 40, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def stored_files(harness: Harness) -> list[Path]:
@@ -185,3 +198,34 @@ async def test_variation_whose_image_went_during_a_restart_is_refunded_once(
     await harness.wait_jobs()
     assert (await harness.quota(alice)).used == 1
     assert (await harness.row(key)).status == "failed"
+
+
+async def test_a_read_waits_for_the_image_being_kept(
+    database: db.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Vary clicked the instant the image shows, while it is still being written: the click
+    waits for the write instead of answering that the image is gone."""
+    store = ImageStore(tmp_path / "images")
+    keeper = ImageKeeper(lambda: store, lambda: database)
+    written = threading.Event()
+    real_put = store.put
+
+    def slow_put(png: bytes, **kwargs: Any) -> Any:
+        written.wait(10)
+        return real_put(png, **kwargs)
+
+    monkeypatch.setattr(store, "put", slow_put)
+    png = artwork()
+    await db.reserve_generation(
+        database,
+        db.NewGeneration("77", 1, 2, 3, "a test", "none", "1:1", "fast"),
+        daily_quota=None,
+        max_queued=None,
+    )
+    keeping = asyncio.create_task(keeper.keep(job_key="77", user_id=1, guild_id=3, png=png))
+    reading = asyncio.create_task(keeper.read("77"))
+    await asyncio.sleep(0.05)
+    assert not reading.done()
+    written.set()
+    assert await reading == png
+    assert (await keeping) is not None
