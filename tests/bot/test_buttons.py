@@ -147,7 +147,9 @@ async def test_delete_only_by_requester_or_moderator(harness: Harness) -> None:
 
 
 async def test_cancel_while_queued_refunds_and_never_runs(harness: Harness) -> None:
-    harness.engine.inner.settings.test_step_delay_s = 0.15  # the first job holds the GPU ~1.2 s
+    # The first job holds the GPU ~4 s: long enough that bob's job is still waiting when he
+    # clicks, even on a loaded 2-core machine (1.2 s was not: the line had moved on).
+    harness.engine.inner.settings.test_step_delay_s = 0.5
     alice, bob = harness.member("alice"), harness.member("bob")
     running = await alice.slash(harness.channel, "imagine", prompt="first")
     queued = await bob.slash(harness.channel, "imagine", prompt="second")
