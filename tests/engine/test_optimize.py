@@ -248,14 +248,18 @@ def test_attention_choice_needs_a_clear_gain(monkeypatch: pytest.MonkeyPatch) ->
 
         return time_attention
 
-    monkeypatch.setattr(optimize, "_available_attention_backends", lambda: ["_x", "native"])
+    monkeypatch.setattr(
+        optimize.attention, "_available_attention_backends", lambda: ["_x", "native"]
+    )
     model = Transformer()
-    monkeypatch.setattr(optimize, "time_attention", fake({"_x": 0.95, "native": 1.0}))
+    monkeypatch.setattr(optimize.attention, "time_attention", fake({"_x": 0.95, "native": 1.0}))
     assert optimize.pick_attention_backend(model, torch.device("cpu"), tokens=16) == "native"
-    monkeypatch.setattr(optimize, "time_attention", fake({"_x": 0.5, "native": 1.0}))
+    monkeypatch.setattr(optimize.attention, "time_attention", fake({"_x": 0.5, "native": 1.0}))
     assert optimize.pick_attention_backend(model, torch.device("cpu"), tokens=16) == "_x"
     assert model.chosen == ["_x"]
-    monkeypatch.setattr(optimize, "time_attention", fake({"_x": 0.5, "native": 1.0}, {"_x"}))
+    monkeypatch.setattr(
+        optimize.attention, "time_attention", fake({"_x": 0.5, "native": 1.0}, {"_x"})
+    )
     assert optimize.pick_attention_backend(model, torch.device("cpu"), tokens=16) == "native"
 
 
