@@ -24,6 +24,7 @@ from bot.health import HealthServer
 from bot.housekeeping import Housekeeping
 from bot.images import ImageKeeper
 from bot.imagine import JobService, style_description
+from bot.presence import EnginePresence
 from bot.settings import BotSettings, CommandSync
 from bot.store import ImageStore
 from engine.contract import EngineStatus, ImageBackend
@@ -94,6 +95,10 @@ class ImagineBot(commands.Bot):
         self.images = ImageKeeper(lambda: self.store, self._database)
         self._sweeper: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self.presence = EnginePresence(
+            self._engine_status, self._change_presence, lambda: self.is_ready()
+        )
+        self._presence: asyncio.Task[None] | None = None
         self.started_at = discord.utils.utcnow()
         self._recovery: asyncio.Task[None] | None = None
         self._services_closed = False
@@ -128,6 +133,9 @@ class ImagineBot(commands.Bot):
             self.backend = build_backend(settings)
         await self.backend.start()
         self.jobs = JobService(self)
+        # Presence and the "model is loading" note: the engine may still be loading now.
+        self.jobs.follower.note = self.presence.loading_note
+        self._presence = asyncio.create_task(self.presence.forever(), name="imagine-presence")
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*views.DYNAMIC_ITEMS)
@@ -166,6 +174,11 @@ class ImagineBot(commands.Bot):
         logger.info(
             "connected as %s (%s) in %d server(s)", user, user.id if user else "?", len(self.guilds)
         )
+        await self.presence.poll_once()  # what the engine is doing, shown at once
+
+    async def _change_presence(self, **kwargs: Any) -> None:
+        # Looked up at call time, so a harness can watch what the bot shows.
+        await self.change_presence(**kwargs)
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         """Forms (modals) are answered from their custom id, so one opened before a restart
@@ -178,7 +191,7 @@ class ImagineBot(commands.Bot):
         if self._services_closed:
             return
         self._services_closed = True
-        for task in (self._recovery, self._sweeper, self._housekeeping):
+        for task in (self._recovery, self._sweeper, self._housekeeping, self._presence):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -125,7 +125,7 @@ class LocalEngine:
             self._loaded.set()
             self._settled.set()
         else:
-            self._load_state.stage(STAGE_STARTING)
+            self._load_state.stage(STAGE_LOADING)
         self._thread = threading.Thread(target=self._run, name="imagine-gpu", daemon=True)
         self._thread.start()
 

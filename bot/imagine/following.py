@@ -65,6 +65,8 @@ class Follower:
         self._early: dict[str, Progress] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresh_pending = False
+        # A line under the place in line while the engine's model loads (bot.presence).
+        self.note: Callable[[], str | None] = lambda: None
         self.closing = False
 
     def spawn(
@@ -207,7 +209,14 @@ class Follower:
             # Near the front every step counts; far back, only every tenth place is worth an
             # edit: a long line must not spend Discord's rate limit on "position 143".
             if position <= 10 or previous is None or position // 10 != previous // 10:
-                job.reporter.update(f"{job.header}\n{render.queued_line(position)}")
+                job.reporter.update(self.queued_text(job.header, position))
+
+    def queued_text(self, header: str, position: int | None) -> str:
+        """A waiting job's message: its header, its place in line, and while the model is
+        still loading, that it is (so nobody waits in silence)."""
+        note = self.note()
+        text = f"{header}\n{render.queued_line(position)}"
+        return f"{text}\n{note}" if note else text
 
     # ------------------------------------------------------------------ shutdown
     async def close(self, *, grace_s: float = FINISH_GRACE_S) -> None:

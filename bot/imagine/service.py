@@ -264,7 +264,7 @@ class JobService:
         """Post a job's status message (the answer itself, or a followup) and follow it."""
         key = row.job_key
         position = await self.follower.position(key)
-        text = f"{render.header_of(row)}\n{render.queued_line(position)}"
+        text = self.follower.queued_text(render.header_of(row), position)
         followup: discord.WebhookMessage | None = None
         try:
             if first:

@@ -14,6 +14,7 @@ from bot.render.text import (
     clip,
     jump_url,
     megabytes,
+    minutes,
     model_name,
     reset_time,
     seconds,
@@ -102,6 +103,17 @@ def quota_text(
     return "\n".join(lines)
 
 
+def loading_text(status: EngineStatus) -> str:
+    """What a loading engine does: "downloading the model: 12.3 of 57.7 GB (21%), about
+    14 min left"."""
+    text = status.loading or "loading the model"
+    if status.load_progress is not None:
+        text += f" ({status.load_progress:.0%})"
+    if status.load_eta_s is not None:
+        text += f", about {minutes(status.load_eta_s)} left"
+    return text
+
+
 def status_embed(
     status: EngineStatus | None,
     *,
@@ -125,6 +137,11 @@ def status_embed(
         return embed
     state = "ready" if status.ready else "not ready"
     embed.description = f"**{status.backend}** backend, {state}."
+    if status.load_error:
+        embed.colour = COLOR_FAIL
+        embed.description += f"\n❌ {clip(status.load_error, 500)}"
+    elif status.loading and not status.ready:
+        embed.description += f"\n⏳ Getting ready: {loading_text(status)}"
     embed.add_field(name="Queue", value=f"{status.queue_length} waiting", inline=True)
     owners = owners or {}
     running = (

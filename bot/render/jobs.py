@@ -14,6 +14,7 @@ from bot.render.text import (
     aspect_label,
     clip,
     megabytes,
+    minutes,
     model_name,
     progress_bar,
     reset_time,
@@ -47,6 +48,12 @@ def queued_line(position: int | None) -> str:
         return "⏳ Next in line."
     ahead = position - 1
     return f"⏳ In line: position **{position}** ({ahead} ahead)."
+
+
+def model_loading_line(eta_s: float | None) -> str:
+    """Under the place in line while the engine's model is still loading (the first start)."""
+    about = f" (about {minutes(eta_s)})" if eta_s is not None else ""
+    return f"⏳ The model is loading{about}; your image starts as soon as it is ready."
 
 
 def progress_line(progress: Progress) -> str:

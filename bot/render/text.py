@@ -77,6 +77,11 @@ def shown_status(status: str) -> str:
     return "done" if status == "delivering" else status
 
 
+def minutes(value: float) -> str:
+    """A wait in whole minutes, at least one: "1 min", "14 min"."""
+    return f"{max(1, round(value / 60))} min"
+
+
 def megabytes(size: int) -> str:
     return f"{size / 2**20:.1f} MB"
 
