@@ -2,32 +2,49 @@
 
 ``ImageGenerator`` is not thread-safe (diffusers schedulers keep per-call state): exactly one
 thread may call ``generate``. The in-process backend and each remote worker own one instance.
+Where the models run is decided in ``engine.devices``; what a pipeline call shares with the
+edit generator (fast mode's switch, the step callback, OOM, the PNG) is ``engine.generation``.
+Both are re-exported here, where the rest of the project has always imported them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
-import io
-import json
 import logging
-import math
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
+from engine.devices import (
+    ACTIVATIONS_GIB,
+    RESIDENT_GIB,
+    TRANSFORMER_GIB,
+    EngineUnavailable,
+    choose_memory_mode,
+    resolve_device,
+    resolve_dtype,
+)
+from engine.generation import (
+    LIGHTNING_SCHEDULER_OVERRIDES,
+    PROGRESS_SYNC_INTERVAL_S,
+    LightningModes,
+    StepCallback,
+    StepWatch,
+    StopCheck,
+    is_oom,
+    job_result,
+    oom_fails_job,
+    pick_seed,
+    png_with_parameters,
+)
 from engine.img2img import Img2ImgView, img2img_plan, load_init_image
-from engine.pnginfo import a1111_parameters
 from engine.presets import (
     ASPECTS,
-    MAX_SEED,
     MODES,
     NEUTRAL_NEGATIVE,
     POSITIVE_MAGIC,
@@ -37,106 +54,28 @@ from engine.previews import PreviewCallback, PreviewMaker
 from engine.settings import EngineSettings, MemoryMode
 from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE, tiny_defaults
 
+__all__ = [
+    "ACTIVATIONS_GIB",
+    "LIGHTNING_SCHEDULER_OVERRIDES",
+    "LORA_ADAPTER",
+    "PROGRESS_SYNC_INTERVAL_S",
+    "RESIDENT_GIB",
+    "TRANSFORMER_GIB",
+    "EngineUnavailable",
+    "ImageGenerator",
+    "StepCallback",
+    "StopCheck",
+    "choose_memory_mode",
+    "is_oom",
+    "load_generator",
+    "png_with_parameters",
+    "resolve_device",
+    "resolve_dtype",
+]
+
 logger = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, int, float, float], None]
-"""on_step(step, total, elapsed_s, sec_per_step), called on the generating thread."""
-StopCheck = Callable[[], FailureKind | None]
-
 LORA_ADAPTER = "lightning"
-
-# Lightning's distilled sampler: a fixed shift of 3 (log(3) on both ends), no terminal shift.
-LIGHTNING_SCHEDULER_OVERRIDES: dict[str, Any] = {
-    "base_shift": math.log(3),
-    "max_shift": math.log(3),
-    "shift_terminal": None,
-    "use_dynamic_shifting": True,
-    "time_shift_type": "exponential",
-    "shift": 1.0,
-}
-
-# Bytes of bf16 weights of the three real models, and what a 1328² CFG image needs on top.
-RESIDENT_GIB = 57.0
-ACTIVATIONS_GIB = 6.0
-TRANSFORMER_GIB = 41.0
-
-# Progress needs a device sync to report honest step times; do it at most this often.
-PROGRESS_SYNC_INTERVAL_S = 0.5
-
-
-class EngineUnavailable(RuntimeError):
-    """The configured model cannot be served on this machine; the message says what to do."""
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(setting)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EngineUnavailable(f"IMAGINE_DEVICE={setting} but no CUDA GPU is usable here.")
-    return device
-
-
-def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "fp32": torch.float32,
-        "float32": torch.float32,
-    }
-    try:
-        return table[setting.lower()]
-    except KeyError:
-        raise EngineUnavailable(f"unknown IMAGINE_DTYPE {setting!r}") from None
-
-
-def choose_memory_mode(
-    setting: MemoryMode, device: torch.device, free_gib: float | None
-) -> tuple[MemoryMode, str]:
-    """Keep everything resident whenever it fits: offloading made the same image ~8x slower."""
-    if setting != MemoryMode.AUTO:
-        return setting, "set by IMAGINE_MEMORY_MODE"
-    if device.type != "cuda" or free_gib is None:
-        return MemoryMode.RESIDENT, f"{device.type}: models stay in main memory"
-    if free_gib >= RESIDENT_GIB + ACTIVATIONS_GIB:
-        return (
-            MemoryMode.RESIDENT,
-            f"{free_gib:.0f} GiB free >= {RESIDENT_GIB + ACTIVATIONS_GIB:.0f}",
-        )
-    if free_gib >= TRANSFORMER_GIB + ACTIVATIONS_GIB:
-        return MemoryMode.MODEL_OFFLOAD, f"{free_gib:.0f} GiB free: one model on the GPU at a time"
-    return MemoryMode.SEQUENTIAL_OFFLOAD, f"{free_gib:.0f} GiB free: layer-by-layer offload (slow)"
-
-
-def png_with_parameters(image: Image.Image, parameters: dict[str, Any]) -> bytes:
-    """PNG bytes whose text chunks hold every parameter needed to reproduce the image: one
-    chunk per key, all of them as JSON (``parameters_json``), and ``parameters`` in the format
-    A1111 / Civitai "PNG Info" readers show (``engine.pnginfo``)."""
-    texts = [(key, str(value)) for key, value in parameters.items()]
-    texts.append(("parameters", a1111_parameters(parameters)))
-    texts.append(("parameters_json", json.dumps(parameters, ensure_ascii=False, sort_keys=True)))
-    try:  # multi-threaded encoder (Pillow's took ~0.5 s of the GPU thread per 1328² image)
-        from engine.optimize import encode_png
-    except ImportError:
-        pass
-    else:
-        return encode_png(image, texts)
-    info = PngInfo()
-    for key, value in texts:
-        info.add_text(key, value)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info, optimize=False, compress_level=6)
-    return buffer.getvalue()
-
-
-def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def load_generator(settings: EngineSettings) -> Any:
@@ -152,8 +91,10 @@ def load_generator(settings: EngineSettings) -> Any:
     return ImageGenerator.load(settings)
 
 
-class ImageGenerator:
+class ImageGenerator(LightningModes):
     """A loaded Qwen-Image pipeline plus everything decided at load time."""
+
+    lora_adapter = LORA_ADAPTER
 
     def __init__(
         self,
@@ -175,13 +116,7 @@ class ImageGenerator:
         self.max_side = max_side
         self.fast_available = fast_available
         self.model_name = model_name
-        self._base_scheduler = pipe.scheduler
-        self._fast_scheduler = None
-        if fast_available:
-            self._fast_scheduler = type(pipe.scheduler).from_config(
-                {**dict(pipe.scheduler.config), **LIGHTNING_SCHEDULER_OVERRIDES}
-            )
-        self._lora_active: bool | None = None
+        self._init_modes()
         # Set by engine.optimize when it merges the LoRA into the weights itself.
         self.lora_switch: Callable[[bool], None] | None = None
         self.optimizations: list[str] = []
@@ -309,19 +244,6 @@ class ImageGenerator:
             "optimizations": list(self.optimizations),
         }
 
-    def _set_mode(self, fast: bool) -> None:
-        if not self.fast_available or self._lora_active is fast:
-            return
-        if self.lora_switch is not None:
-            self.lora_switch(fast)
-        elif fast:
-            self.pipe.enable_lora()
-            self.pipe.set_adapters([LORA_ADAPTER], adapter_weights=[1.0])
-        else:
-            self.pipe.disable_lora()
-        self.pipe.scheduler = self._fast_scheduler if fast else self._base_scheduler
-        self._lora_active = fast
-
     def img2img_pipeline(self) -> Any:
         """The ``QwenImageImg2ImgPipeline`` over this pipeline's modules (built on first use)."""
         return self._img2img.get(self.pipe)
@@ -345,9 +267,7 @@ class ImageGenerator:
         negatives = [n.strip() for n in (request.negative_prompt, request.style.negative) if n]
         # True CFG only runs with a negative prompt; " " is the neutral one.
         negative = ", ".join(n for n in negatives if n) or NEUTRAL_NEGATIVE
-        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        if not 0 <= seed <= MAX_SEED:
-            raise JobFailed(FailureKind.INVALID, f"Seed must be between 0 and {MAX_SEED}.")
+        seed = pick_seed(request)
         width, height = image_size(request.aspect, self.max_side)
         plan = {
             "prompt": request.prompt,
@@ -398,112 +318,54 @@ class ImageGenerator:
                 total=plan["steps"],
                 interval_s=self.settings.preview_interval_s,
             )
-        deadline_s = request.deadline_s or self.settings.job_timeout_s
-        started = time.perf_counter()
-        deadline = started + deadline_s
-        stopped: list[FailureKind] = []
-        last_sync = started
-        delay = self.settings.test_step_delay_s
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else None
-
-        def step_end(pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            nonlocal last_sync
-            if delay:
-                time.sleep(delay)
-            step = index + 1
-            total = plan["steps"]
-            preview = None
-            if previews is not None:
-                preview = previews.observe(pipe, step, kwargs["latents"])
-            now = time.perf_counter()
-            if preview is not None or (
-                on_step is not None
-                and (
-                    sync is None
-                    or step in (1, total)
-                    or now - last_sync >= PROGRESS_SYNC_INTERVAL_S
-                )
-            ):
-                if sync is not None:
-                    sync()  # honest step times; at most every PROGRESS_SYNC_INTERVAL_S
-                now = time.perf_counter()
-                last_sync = now
-                elapsed = now - started
-                if preview is not None and on_preview is not None:
-                    on_preview(step, total, elapsed, elapsed / step, preview)
-                elif on_step is not None:
-                    on_step(step, total, elapsed, elapsed / step)
-            reason = should_stop() if should_stop is not None else None
-            if reason is None and now > deadline:
-                reason = FailureKind.TIMEOUT
-            if self.agree_stop is not None:
-                reason = self.agree_stop(reason)
-            if reason is not None and not stopped:
-                stopped.append(reason)
-                pipe._interrupt = True  # diffusers skips the remaining steps
-            return kwargs
-
+        watch = StepWatch(
+            total=plan["steps"],
+            deadline_s=request.deadline_s or self.settings.job_timeout_s,
+            device=self.device,
+            on_step=on_step,
+            should_stop=should_stop,
+            delay_s=self.settings.test_step_delay_s,
+            previews=previews,
+            on_preview=on_preview,
+            agree_stop=self.agree_stop,
+        )
         self._set_mode(plan["mode"] == Mode.FAST)
         pipe, image_kwargs = self.pipe, {}
         if init_image is not None:
             pipe = self.img2img_pipeline()  # after _set_mode: it follows the scheduler
             image_kwargs = {"image": init_image, "strength": plan["strength"]}
-        try:
-            with torch.inference_mode():
-                output = pipe(
-                    prompt=plan["full_prompt"],
-                    negative_prompt=plan["negative_prompt"] or None,
-                    true_cfg_scale=plan["true_cfg_scale"],
-                    width=plan["width"],
-                    height=plan["height"],
-                    # A variation's schedule has the mode's full length; strength skips its start.
-                    num_inference_steps=plan.get("schedule_steps", plan["steps"]),
-                    max_sequence_length=self.settings.max_sequence_length,
-                    generator=torch.Generator(device="cpu").manual_seed(plan["seed"]),
-                    callback_on_step_end=step_end,
-                    output_type="pil",
-                    **image_kwargs,
-                )
-        except Exception as exc:
-            if is_oom(exc):
-                self.free_memory()
-                logger.warning("job %s: GPU out of memory (%s)", request.job_id, plan["size"])
-                raise JobFailed(
-                    FailureKind.OOM,
-                    "The GPU ran out of memory for this image. Try again in a moment, or pick "
-                    "a smaller aspect or fast mode.",
-                ) from exc
-            raise
-        if stopped:
-            if stopped[0] == FailureKind.TIMEOUT:
-                raise JobFailed(
-                    FailureKind.TIMEOUT, f"Generation took longer than {deadline_s:.0f} s."
-                )
-            raise JobFailed(stopped[0], "The generation was cancelled.")
-        image = output.images[0]
-        run_s = time.perf_counter() - started
-        # "prompt" is what the user typed; "full_prompt" is what the model read after the style
-        # template and quality suffix.
-        chunk = {k: v for k, v in plan.items() if v is not None}
-        png = png_with_parameters(image, chunk)
-        return JobResult(
-            job_id=request.job_id,
-            png=png,
-            width=image.width,
-            height=image.height,
-            seed=plan["seed"],
-            steps=plan["steps"],
-            true_cfg_scale=plan["true_cfg_scale"],
-            mode=Mode(plan["mode"]),
-            requested_mode=request.mode,
+        oom_message = (
+            "The GPU ran out of memory for this image. Try again in a moment, or pick "
+            "a smaller aspect or fast mode."
+        )
+        with (
+            oom_fails_job(f"job {request.job_id} ({plan['size']})", self.free_memory, oom_message),
+            torch.inference_mode(),
+        ):
+            output = pipe(
+                prompt=plan["full_prompt"],
+                negative_prompt=plan["negative_prompt"] or None,
+                true_cfg_scale=plan["true_cfg_scale"],
+                width=plan["width"],
+                height=plan["height"],
+                # A variation's schedule has the mode's full length; strength skips its start.
+                num_inference_steps=plan.get("schedule_steps", plan["steps"]),
+                max_sequence_length=self.settings.max_sequence_length,
+                generator=torch.Generator(device="cpu").manual_seed(plan["seed"]),
+                callback_on_step_end=watch,
+                output_type="pil",
+                **image_kwargs,
+            )
+        watch.raise_if_stopped("Generation", "The generation was cancelled.")
+        return job_result(
+            request,
+            plan,
+            output.images[0],
+            watch.elapsed(),
             style=plan["style"],
-            prompt=request.prompt,
             full_prompt=plan["full_prompt"],
-            negative_prompt=plan["negative_prompt"],
             aspect=request.aspect,
             model=self.model_name,
-            run_s=run_s,
-            note=plan["note"],
         )
 
     def warmup(self) -> None:

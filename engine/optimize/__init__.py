@@ -27,7 +27,7 @@ The steps, in the order they run:
   graph with dynamic sequence lengths, so every aspect and prompt length reuses it), with a
   persistent on-disk cache so a restart does not pay the compile again.
 
-``encode_png`` (used by ``engine.pipeline.png_with_parameters``) takes PNG compression, about
+``encode_png`` (used by ``engine.generation.png_with_parameters``) takes PNG compression, about
 half a second per 1328² image with Pillow, off the critical path by spreading it over threads.
 """
 

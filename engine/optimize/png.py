@@ -1,4 +1,4 @@
-"""``encode_png`` (used by ``engine.pipeline.png_with_parameters``): PNG compression, about
+"""``encode_png`` (used by ``engine.generation.png_with_parameters``): PNG compression, about
 half a second per 1328² image with Pillow, taken off the critical path by spreading it over
 threads."""
 
