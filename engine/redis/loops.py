@@ -16,6 +16,11 @@ job it took runs there), and otherwise lets text-to-image jobs behind it go firs
 images other workers could make. This is simpler than assigning jobs to named workers (no
 reassignment when a worker dies: the stream's own redelivery still works) and needs nothing
 new on the worker side but reading one more stream.
+
+One piece on purpose (over 400 lines): the three loops are the life of one ``RemoteJob`` —
+waiting, dispatched, running, completing — and each moves it on from where another left it,
+through the same job table, slot count and worker view, on one event loop without locks. Split
+by loop, every module would reach into the others' private state.
 """
 
 from __future__ import annotations
