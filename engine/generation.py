@@ -86,6 +86,37 @@ class LightningModes:
         self._lora_active = fast
 
 
+def load_lightning_lora(
+    pipe: Any,
+    source: str,
+    weight_name: str | None,
+    adapter: str,
+    *,
+    log: logging.Logger,
+    name: str,
+    unavailable: str,
+    fallback: str,
+) -> bool:
+    """Load a Lightning LoRA as ``adapter``; True when fast mode can run. A LoRA that cannot be
+    loaded is never fatal: the log says which and why (first line of the error), and fast
+    requests run the standard call (``fallback`` says how, ``log`` is the caller's logger)."""
+    try:
+        pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=adapter)
+    except Exception as exc:
+        log.warning(
+            "%s: could not load the %s %s/%s (%s); %s",
+            unavailable,
+            name,
+            source,
+            weight_name,
+            exc.__class__.__name__ + ": " + str(exc).splitlines()[0][:200],
+            fallback,
+        )
+        return False
+    log.info("%s loaded from %s (%s)", name, source, weight_name)
+    return True
+
+
 class StepWatch:
     """``callback_on_step_end`` for one pipeline call, and what it saw.
 

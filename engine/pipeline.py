@@ -38,6 +38,7 @@ from engine.generation import (
     StopCheck,
     is_oom,
     job_result,
+    load_lightning_lora,
     oom_fails_job,
     pick_seed,
     png_with_parameters,
@@ -194,19 +195,16 @@ class ImageGenerator(LightningModes):
             local = Path(settings.model) / TINY_LORA_DIR
             if local.is_dir():
                 source, weight_name = str(local), TINY_LORA_FILE
-        try:
-            pipe.load_lora_weights(source, weight_name=weight_name, adapter_name=LORA_ADAPTER)
-        except Exception as exc:
-            logger.warning(
-                "fast mode unavailable: could not load the Lightning LoRA %s/%s (%s); "
-                "fast requests will run in standard mode",
-                source,
-                weight_name,
-                exc.__class__.__name__ + ": " + str(exc).splitlines()[0][:200],
-            )
-            return False
-        logger.info("Lightning LoRA loaded from %s (%s)", source, weight_name)
-        return True
+        return load_lightning_lora(
+            pipe,
+            source,
+            weight_name,
+            LORA_ADAPTER,
+            log=logger,
+            name="Lightning LoRA",
+            unavailable="fast mode unavailable",
+            fallback="fast requests will run in standard mode",
+        )
 
     @staticmethod
     def _place(pipe: Any, memory_mode: MemoryMode, device: torch.device) -> None:

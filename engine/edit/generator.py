@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -42,17 +41,18 @@ from engine.edit.images import decode_edit_image, edit_output_size
 from engine.edit.processor import edit_image_sizes, load_processor
 from engine.edit.sharing import same_weights
 from engine.edit.swap import TransformerSwap, choose_residency, module_bytes
-from engine.pipeline import (
-    LIGHTNING_SCHEDULER_OVERRIDES,
-    PROGRESS_SYNC_INTERVAL_S,
-    EngineUnavailable,
-    ImageGenerator,
+from engine.generation import (
+    LightningModes,
     StepCallback,
+    StepWatch,
     StopCheck,
-    is_oom,
-    png_with_parameters,
+    job_result,
+    load_lightning_lora,
+    oom_fails_job,
+    pick_seed,
 )
-from engine.presets import MAX_SEED, NEUTRAL_NEGATIVE
+from engine.pipeline import EngineUnavailable, ImageGenerator
+from engine.presets import NEUTRAL_NEGATIVE
 from engine.settings import EngineSettings, MemoryMode
 from engine.tiny import tiny_defaults
 
@@ -70,8 +70,10 @@ class EditUnavailable(RuntimeError):
     """Editing is off or cannot run here; the message says why, in words a user can read."""
 
 
-class EditGenerator:
+class EditGenerator(LightningModes):
     """The loaded edit pipeline, what it shares with text-to-image, and where its transformer is."""
+
+    lora_adapter = EDIT_LORA_ADAPTER
 
     def __init__(
         self,
@@ -97,13 +99,7 @@ class EditGenerator:
         self.condition_area = condition_area
         self.vae_area = vae_area
         self.max_side = base.max_side
-        self._base_scheduler = pipe.scheduler
-        self._fast_scheduler = None
-        if fast_available:
-            self._fast_scheduler = type(pipe.scheduler).from_config(
-                {**dict(pipe.scheduler.config), **LIGHTNING_SCHEDULER_OVERRIDES}
-            )
-        self._lora_active: bool | None = None
+        self._init_modes()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -170,19 +166,16 @@ class EditGenerator:
                 "requests will run the standard edit call"
             )
             return False
-        try:
-            pipe.load_lora_weights(lora, weight_name=weight_name, adapter_name=EDIT_LORA_ADAPTER)
-        except Exception as exc:
-            logger.warning(
-                "fast edits unavailable: could not load the edit Lightning LoRA %s/%s (%s); "
-                "fast edit requests will run the standard edit call",
-                lora,
-                weight_name,
-                exc.__class__.__name__ + ": " + str(exc).splitlines()[0][:200],
-            )
-            return False
-        logger.info("edit Lightning LoRA loaded from %s (%s)", lora, weight_name)
-        return True
+        return load_lightning_lora(
+            pipe,
+            lora,
+            weight_name,
+            EDIT_LORA_ADAPTER,
+            log=logger,
+            name="edit Lightning LoRA",
+            unavailable="fast edits unavailable",
+            fallback="fast edit requests will run the standard edit call",
+        )
 
     @staticmethod
     def _place(
@@ -230,17 +223,6 @@ class EditGenerator:
         }
 
     # --------------------------------------------------------------- generation
-    def _set_mode(self, fast: bool) -> None:
-        if not self.fast_available or self._lora_active is fast:
-            return
-        if fast:
-            self.pipe.enable_lora()
-            self.pipe.set_adapters([EDIT_LORA_ADAPTER], adapter_weights=[1.0])
-        else:
-            self.pipe.disable_lora()
-        self.pipe.scheduler = self._fast_scheduler if fast else self._base_scheduler
-        self._lora_active = fast
-
     def plan(self, request: JobRequest, images: list[Image.Image]) -> dict[str, Any]:
         """Every parameter this edit runs with (also what goes into the PNG's text chunks)."""
         request.validate()
@@ -254,9 +236,7 @@ class EditGenerator:
         steps = self.settings.edit_lightning_steps if fast else EDIT_STEPS[mode]
         cfg = 1.0 if fast else EDIT_TRUE_CFG
         negative = (request.negative_prompt or "").strip() or NEUTRAL_NEGATIVE
-        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        if not 0 <= seed <= MAX_SEED:
-            raise JobFailed(FailureKind.INVALID, f"Seed must be between 0 and {MAX_SEED}.")
+        seed = pick_seed(request)
         width, height = edit_output_size(images[0].width, images[0].height, self.max_side)
         hashes = [hashlib.sha256(data).hexdigest() for data in request.edit_images]
         divisor = math.gcd(width, height)
@@ -287,83 +267,47 @@ class EditGenerator:
         request.validate()
         images = [decode_edit_image(data) for data in request.edit_images]
         plan = self.plan(request, images)
-        deadline_s = request.deadline_s or self.settings.job_timeout_s
-        started = time.perf_counter()
-        deadline = started + deadline_s
-        stopped: list[FailureKind] = []
-        last_sync = started
-        sync = torch.cuda.synchronize if self.base.device.type == "cuda" else None
-
-        def step_end(pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            nonlocal last_sync
-            step, total = index + 1, plan["steps"]
-            now = time.perf_counter()
-            if on_step is not None and (
-                sync is None or step in (1, total) or now - last_sync >= PROGRESS_SYNC_INTERVAL_S
-            ):
-                if sync is not None:
-                    sync()
-                now = last_sync = time.perf_counter()
-                on_step(step, total, now - started, (now - started) / step)
-            reason = should_stop() if should_stop is not None else None
-            if reason is None and now > deadline:
-                reason = FailureKind.TIMEOUT
-            if reason is not None and not stopped:
-                stopped.append(reason)
-                pipe._interrupt = True  # diffusers skips the remaining steps
-            return kwargs
-
+        watch = StepWatch(
+            total=plan["steps"],
+            deadline_s=request.deadline_s or self.settings.job_timeout_s,
+            device=self.base.device,
+            on_step=on_step,
+            should_stop=should_stop,
+        )
         self.ensure_resident(request)
         self._set_mode(plan["mode"] == Mode.FAST)
-        try:
-            with edit_image_sizes(self.condition_area, self.vae_area), torch.inference_mode():
-                output = self.pipe(
-                    image=images,
-                    prompt=plan["instruction"],
-                    negative_prompt=plan["negative_prompt"] or None,
-                    true_cfg_scale=plan["true_cfg_scale"],
-                    width=plan["width"],
-                    height=plan["height"],
-                    num_inference_steps=plan["steps"],
-                    max_sequence_length=self.settings.max_sequence_length,
-                    generator=torch.Generator(device="cpu").manual_seed(plan["seed"]),
-                    callback_on_step_end=step_end,
-                    output_type="pil",
-                )
-        except Exception as exc:
-            if is_oom(exc):
-                self.base.free_memory()
-                logger.warning("edit %s: GPU out of memory (%s)", request.job_id, plan["size"])
-                raise JobFailed(
-                    FailureKind.OOM,
-                    "The GPU ran out of memory for this edit. Try again in a moment, or use "
-                    "fewer or smaller images.",
-                ) from exc
-            raise
-        if stopped:
-            if stopped[0] == FailureKind.TIMEOUT:
-                raise JobFailed(
-                    FailureKind.TIMEOUT, f"The edit took longer than {deadline_s:.0f} s."
-                )
-            raise JobFailed(stopped[0], "The edit was cancelled.")
-        image = output.images[0]
-        png = png_with_parameters(image, {k: v for k, v in plan.items() if v is not None})
-        return JobResult(
-            job_id=request.job_id,
-            png=png,
-            width=image.width,
-            height=image.height,
-            seed=plan["seed"],
-            steps=plan["steps"],
-            true_cfg_scale=plan["true_cfg_scale"],
-            mode=Mode(plan["mode"]),
-            requested_mode=request.mode,
+        oom_message = (
+            "The GPU ran out of memory for this edit. Try again in a moment, or use "
+            "fewer or smaller images."
+        )
+        with (
+            oom_fails_job(
+                f"edit {request.job_id} ({plan['size']})", self.base.free_memory, oom_message
+            ),
+            edit_image_sizes(self.condition_area, self.vae_area),
+            torch.inference_mode(),
+        ):
+            output = self.pipe(
+                image=images,
+                prompt=plan["instruction"],
+                negative_prompt=plan["negative_prompt"] or None,
+                true_cfg_scale=plan["true_cfg_scale"],
+                width=plan["width"],
+                height=plan["height"],
+                num_inference_steps=plan["steps"],
+                max_sequence_length=self.settings.max_sequence_length,
+                generator=torch.Generator(device="cpu").manual_seed(plan["seed"]),
+                callback_on_step_end=watch,
+                output_type="pil",
+            )
+        watch.raise_if_stopped("The edit", "The edit was cancelled.")
+        return job_result(
+            request,
+            plan,
+            output.images[0],
+            watch.elapsed(),
             style="none",
-            prompt=request.prompt,
             full_prompt=plan["instruction"],
-            negative_prompt=plan["negative_prompt"],
             aspect=plan["aspect"],
             model=self.model_name,
-            run_s=time.perf_counter() - started,
-            note=plan["note"],
         )
