@@ -44,7 +44,7 @@ from engine.contract import (
     ProgressCallback,
 )
 from engine.fairqueue import FairQueue
-from engine.loading import STAGE_LOADING, STAGE_STARTING, STAGE_WARMING, LoadState, WatchDownload
+from engine.loading import STAGE_LOADING, STAGE_WARMING, LoadState, WatchDownload
 from engine.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
