@@ -68,8 +68,11 @@ async def test_imagine_answers_shows_progress_then_the_image(harness: Harness) -
         if r.method == "PATCH" and "Step **" in str((r.json or {}).get("content"))
     ]
     assert progress_edits, "no live progress edit was made"
-    # ~3.6 s of rendering at one edit per 1.5 s leaves room for three edits at most.
-    assert len(progress_edits) <= 3
+    # One edit per 1.5 s of rendering at most (plus the first): ~3.6 s leaves room for three,
+    # more only when a loaded machine made the steps themselves slower.
+    done = await harness.row(harness.key(result))
+    assert done.run_s is not None
+    assert len(progress_edits) <= max(3, 1 + int(done.run_s / 1.5) + 1)
 
     message = harness.message(first.id)
     assert message.content == ""
