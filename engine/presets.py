@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 from engine.contract import Mode, StyleSpec
 
@@ -185,3 +186,22 @@ MAX_PROMPT_CHARS = 1500
 # little of the source is left to vary). Each also costs only that share of a full image's steps.
 VARY_SUBTLE_STRENGTH = 0.35
 VARY_STRONG_STRENGTH = 0.7
+
+
+# A Hugging Face repository id ("Qwen/Qwen-Image") is public; anything else is a path on the host
+# that runs the engine, which is nobody's business in Discord, a gallery page or a shared PNG.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+MODEL_NAME_CHARS = 100
+
+
+def public_model_name(source: str | None) -> str:
+    """The model as others may see it: a hub id as is, a local path as its last component
+    ("/models/qwen" -> "qwen"), "custom model" when a path has none. The engine writes this,
+    never the path, into results and PNG chunks; the bot uses it for what older rows hold."""
+    text = (source or "").strip()
+    if not (_HUB_ID.fullmatch(text) and ".." not in text):
+        last = re.split(r"[\\/]", text.rstrip("/\\"))[-1].strip()
+        if not last or last in (".", "..", "~") or last.endswith(":"):
+            return "custom model"
+        text = last
+    return text if len(text) <= MODEL_NAME_CHARS else text[: MODEL_NAME_CHARS - 1] + "…"

@@ -4,11 +4,10 @@ durations, sizes, timestamps and colours."""
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 import discord
 
-from engine.presets import ASPECTS
+from engine.presets import ASPECTS, public_model_name
 
 COLOR_OK = discord.Colour(0x5865F2)
 COLOR_INFO = discord.Colour(0x4E5D94)
@@ -52,21 +51,9 @@ def seconds(value: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-# A Hugging Face repository id ("Qwen/Qwen-Image"): shown as is. Anything else is a path on the
-# host running the engine, which is nobody's business in Discord.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
 def model_name(model: str | None) -> str:
-    """The model as members may see it: a hub id as is, a local path as its last component
-    ("/models/qwen" → "qwen"), "custom model" when a path has none."""
-    text = (model or "").strip()
-    if _HUB_ID.fullmatch(text) and ".." not in text:
-        return clip(text, 100)
-    last = re.split(r"[\\/]", text.rstrip("/\\"))[-1].strip()
-    if not last or last in (".", "..", "~") or last.endswith(":"):
-        return "custom model"
-    return clip(last, 100)
+    """The model as members may see it (``engine.presets.public_model_name``: one rule)."""
+    return public_model_name(model)
 
 
 def shown_status(status: str) -> str:

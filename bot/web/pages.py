@@ -22,6 +22,7 @@ import db
 from bot.web.auth import Grant
 from bot.web.cards import CARD_SIDE
 from db.gallery import ChainLink, GalleryEntry
+from engine.presets import public_model_name
 
 CAPTION_CHARS = 120
 NameLookup = Callable[[int | None, int], str | None]
@@ -101,7 +102,7 @@ def parameters(generation: db.Generation, image: db.ImageRecord) -> list[tuple[s
         ),
         ("Kind", generation.kind),
         ("Strength", None if generation.strength is None else f"{generation.strength:g}"),
-        ("Model", generation.model),
+        ("Model", public_model_name(generation.model) if generation.model else None),
         ("Render time", None if generation.run_s is None else f"{generation.run_s:.1f} s"),
         ("Made", when(generation.created_at)),
         ("PNG", f"{image.size / 1024:.0f} KiB"),
