@@ -61,8 +61,10 @@ class Guarded:
         raise NotImplementedError
 
 
-class JobButton(Guarded):
-    """Shared behaviour of the job buttons; subclasses add the DynamicItem template.
+class JobButton(Guarded, discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:(?!)"):
+    """The buttons under a job's message, restart-proof: a subclass names its ``action`` and
+    gets the custom id ``imagine:<action>:<job key>`` and the DynamicItem template that parses
+    it back, so the id format is written once. (This base's own template matches nothing.)
 
     ``moderator_permission``: besides the member who asked for the image, who may press it
     (None: everyone); ``denied`` is what anyone else reads.
@@ -75,6 +77,11 @@ class JobButton(Guarded):
     moderator_permission: ClassVar[str | None] = None
     denied: ClassVar[str] = ""
     button_row: ClassVar[int | None] = None  # its row under the image (None: the next free)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        if "action" in cls.__dict__ and "template" not in kwargs:
+            kwargs["template"] = rf"imagine:{cls.action}:{KEY}"
+        super().__init_subclass__(**kwargs)
 
     def __init__(self, job_key: str) -> None:
         button: discord.ui.Button[Any] = discord.ui.Button(

@@ -9,7 +9,7 @@ edit does is ``bot.imagine.edit``.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 
@@ -26,9 +26,7 @@ EDIT_FORM = re.compile(rf"imagine:edited:{KEY}")
 EDIT_INSTRUCTION = "instruction"
 
 
-class EditButton(
-    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:edit:{KEY}"
-):
+class EditButton(JobButton):
     """Opens the Edit form; its answer edits this image as the image store keeps it."""
 
     action = "edit"

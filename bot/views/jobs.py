@@ -5,14 +5,14 @@ that images posted before the Vary buttons still carry."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 
 import db
 from bot import errors, render
 from bot.imagine import variations
-from bot.views.base import KEY, JobButton, job_row
+from bot.views.base import JobButton, job_row
 from bot.views.edit import EditButton
 from bot.views.forms import remix_form
 
@@ -22,9 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class RerollButton(
-    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:reroll:{KEY}"
-):
+class RerollButton(JobButton):
     action = "reroll"
     label = "Reroll"
     emoji = "🎲"
@@ -35,9 +33,7 @@ class RerollButton(
         await interaction.client.jobs.reroll(interaction, self.job_key)
 
 
-class VariationsButton(
-    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:vary:{KEY}"
-):
+class VariationsButton(JobButton):
     """Images posted before the Vary buttons carry this one (no stored image): two new seeds
     of the same prompt, as it always did. New images get Vary (Subtle/Strong) instead."""
 
@@ -49,9 +45,7 @@ class VariationsButton(
         await interaction.client.jobs.variations(interaction, self.job_key)
 
 
-class VarySubtleButton(
-    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:subtle:{KEY}"
-):
+class VarySubtleButton(JobButton):
     """Image-to-image from the stored image at ``VARY_SUBTLE_STRENGTH``, new seed."""
 
     action = "subtle"
@@ -63,9 +57,7 @@ class VarySubtleButton(
         await interaction.client.jobs.vary(interaction, self.job_key, strong=False)
 
 
-class VaryStrongButton(
-    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:strong:{KEY}"
-):
+class VaryStrongButton(JobButton):
     """Image-to-image from the stored image at ``VARY_STRONG_STRENGTH``, new seed."""
 
     action = "strong"
@@ -77,9 +69,7 @@ class VaryStrongButton(
         await interaction.client.jobs.vary(interaction, self.job_key, strong=True)
 
 
-class RemixButton(
-    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:remix:{KEY}"
-):
+class RemixButton(JobButton):
     """Opens the Remix form (prompt and negative, pre-filled); its answer is a strong variation
     with the edited text (``handle_remix_form``)."""
 
@@ -93,9 +83,7 @@ class RemixButton(
         await interaction.response.send_modal(remix_form(self.job_key, prompt, negative))
 
 
-class DetailsButton(
-    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:details:{KEY}"
-):
+class DetailsButton(JobButton):
     action = "details"
     label = "Details"
     emoji = "ℹ️"
@@ -106,9 +94,7 @@ class DetailsButton(
         await errors.send_ephemeral(interaction, embed=render.details_embed(row))
 
 
-class DeleteButton(
-    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:delete:{KEY}"
-):
+class DeleteButton(JobButton):
     action = "delete"
     label = "Delete"
     emoji = "🗑️"
@@ -131,9 +117,7 @@ class DeleteButton(
         logger.info("job %s: image deleted by user %s", self.job_key, interaction.user.id)
 
 
-class CancelButton(
-    JobButton, discord.ui.DynamicItem[discord.ui.Button[Any]], template=rf"imagine:cancel:{KEY}"
-):
+class CancelButton(JobButton):
     action = "cancel"
     label = "Cancel"
     emoji = "✖️"
