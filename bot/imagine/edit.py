@@ -226,6 +226,25 @@ async def inputs_for(bot: ImagineBot, row: db.Generation) -> tuple[bytes, ...]:
 
 
 # ---------------------------------------------------------------------- the entry points
+async def _admit(
+    service: JobService,
+    interaction: discord.Interaction[Any],
+    instruction: str,
+    seed: int | None = None,
+) -> policy.Admitted:
+    """The server's rules for an edit, as for /imagine: the instruction is the prompt; an edit
+    has no negative prompt and no style, and its size comes from its first image."""
+    return await policy.admit(
+        interaction,
+        service.guilds,
+        prompt=instruction,
+        negative=None,
+        style=DEFAULT_STYLE,
+        aspect=DEFAULT_ASPECT,
+        seed=seed,
+    )
+
+
 async def _start_edit(
     service: JobService,
     interaction: discord.Interaction[Any],
@@ -273,15 +292,7 @@ async def edit_uploads(
     async with AckGuard(interaction) as guard:
         await check_editing(service.bot)
         check_instruction(instruction)
-        admitted = await policy.admit(
-            interaction,
-            service.guilds,
-            prompt=instruction,
-            negative=None,
-            style=DEFAULT_STYLE,
-            aspect=DEFAULT_ASPECT,
-            seed=seed,
-        )
+        admitted = await _admit(service, interaction, instruction, seed=seed)
         if not 1 <= len(attachments) <= MAX_EDIT_IMAGES:
             raise UserError(f"Send one to {MAX_EDIT_IMAGES} images to edit.")
         try:
@@ -328,14 +339,7 @@ async def edit_stored(
             raise UserError("I can't find that image any more.")
         await check_editing(service.bot)
         check_instruction(instruction)
-        admitted = await policy.admit(
-            interaction,
-            service.guilds,
-            prompt=instruction,
-            negative=None,
-            style=DEFAULT_STYLE,
-            aspect=DEFAULT_ASPECT,
-        )
+        admitted = await _admit(service, interaction, instruction)
         try:
             png = await service.bot.images.read(source_key)
         except NotStored:
@@ -362,14 +366,7 @@ async def reroll(
         images = await stored_inputs(service.bot, parent.job_key)
         if not images:
             raise UserError(INPUTS_GONE_TEXT)
-        admitted = await policy.admit(
-            interaction,
-            service.guilds,
-            prompt=parent.prompt,
-            negative=None,
-            style=DEFAULT_STYLE,
-            aspect=DEFAULT_ASPECT,
-        )
+        admitted = await _admit(service, interaction, parent.prompt)
         await _start_edit(
             service,
             interaction,

@@ -1,9 +1,12 @@
 """The job path: reserve → submit → answer → follow → finish.
 
-/imagine, Reroll and Variations go through ``_start``; a job resumed after a restart joins at
-``submit``. Every ending (an image delivered, an engine failure, a cancel, an upload Discord
-refused, a reply nobody saw, a job that cannot be resumed) goes through ``Finisher.end``
-(``bot.imagine.finish``), so recording, refunding, counting and telling never drift apart.
+/imagine goes through ``_start``; Reroll, Variations, Vary and Remix through ``start_from`` (a
+finished job's request with new seeds), which ends in ``_start`` too; an edit
+(``bot.imagine.edit``) calls ``_start`` with its inputs kept; a job resumed after a restart
+joins at ``submit``. The Cancel button is ``bot.imagine.cancelling``. Every ending (an image
+delivered, an engine failure, a cancel, an upload Discord refused, a reply nobody saw, a job
+that cannot be resumed) goes through ``Finisher.end`` (``bot.imagine.finish``), so recording,
+refunding, counting and telling never drift apart.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import db
 from bot import errors, metrics, render, views
 from bot.delivery import TOKEN_LIFETIME, StatusMessage, interaction_time
 from bot.errors import UserError
-from bot.imagine import edit, policy, recovery, variations
+from bot.imagine import cancelling, edit, policy, recovery, variations
 from bot.imagine.ack import AckGuard
 from bot.imagine.finish import Finisher
 from bot.imagine.following import Follower
@@ -129,25 +132,46 @@ class JobService:
             parent = await db.get_generation(self.db, parent_key)
             if parent is None:
                 raise UserError("I can't find that image any more.")
-            # Today's rules of the server where the button is clicked, not the original's.
-            admitted = await policy.admit(
-                interaction,
-                self.guilds,
-                prompt=parent.prompt,
-                negative=parent.negative_prompt,
-                style=parent.style,
-                aspect=parent.aspect,
-            )
-            await self._start(
-                interaction,
-                guard,
-                admitted,
-                aspect=parent.aspect,
-                mode=Mode(parent.mode),
-                seeds=[None] * count,
-                kind=kind,
-                parent_key=parent.job_key,
-            )
+            await self.start_from(interaction, guard, parent, kind=kind, count=count)
+
+    async def start_from(
+        self,
+        interaction: discord.Interaction[Any],
+        guard: AckGuard,
+        parent: db.Generation,
+        *,
+        kind: str,
+        count: int = 1,
+        text: tuple[str, str | None] | None = None,
+        strength: float | None = None,
+        init_image: bytes | None = None,
+    ) -> None:
+        """New jobs from a finished one (Reroll, Variations, Vary, Remix): the parent's
+        request, or ``text`` (prompt, negative) in its place, with new seeds.
+
+        Admitted by today's rules of the server where the button is clicked, not the
+        original's: a prompt whose words were blocked since is refused like a new one."""
+        prompt, negative = text if text is not None else (parent.prompt, parent.negative_prompt)
+        admitted = await policy.admit(
+            interaction,
+            self.guilds,
+            prompt=prompt,
+            negative=negative,
+            style=parent.style,
+            aspect=parent.aspect,
+        )
+        await self._start(
+            interaction,
+            guard,
+            admitted,
+            aspect=parent.aspect,
+            mode=Mode(parent.mode),
+            seeds=[None] * count,
+            kind=kind,
+            parent_key=parent.job_key,
+            strength=strength,
+            init_image=init_image,
+        )
 
     # ------------------------------------------------------------------ reserve → submit
     async def _start(
@@ -362,41 +386,7 @@ class JobService:
     # ------------------------------------------------------------------ the Cancel button
     async def cancel(self, interaction: discord.Interaction[Any], key: str) -> None:
         """Stop a waiting or rendering job (who may: ``views.CancelButton`` checks it)."""
-        row = await db.get_generation(self.db, key)
-        if row is None:
-            raise UserError("I can't find that image any more.")
-        if row.finished:
-            raise UserError("This generation has already finished.")
-        job = self.follower.jobs.get(key)
-        if job is not None:
-            job.cancelled_by = interaction.user.id
-            if not await self.backend.cancel(key):
-                raise UserError("It's too late to cancel: the image is being delivered.")
-            # One answer: the click is acknowledged silently and the job's own ending turns
-            # its message into "Cancelled" (and says the unit came back); no private
-            # "Cancelled" besides it.
-            await interaction.response.defer()
-            return
-        # Nobody in this process follows the job (the backend lost it, or it was never
-        # resumed): make sure the backend drops it, then end it here.
-        await self.backend.cancel(key)
-
-        async def show(text: str) -> None:
-            await interaction.response.edit_message(
-                content=text, view=None, allowed_mentions=errors.NO_MENTIONS
-            )
-
-        status = await self.finish.end(
-            key,
-            Outcome.cancelled(interaction.user.id),
-            show=show,
-            header=render.header_of(row),
-            requester_id=row.user_id,
-        )
-        if status == db.GenerationStatus.DONE:
-            raise UserError("It's too late to cancel: the image was already delivered.")
-        if not interaction.response.is_done():  # the message could not be edited
-            await errors.send_ephemeral(interaction, "Cancelled.")
+        await cancelling.cancel(self, interaction, key)
 
     # ------------------------------------------------------------------ restarts
     async def recover(self) -> None:

@@ -22,9 +22,8 @@ import db
 from bot import render
 from bot.errors import UserError
 from bot.images import NotStored
-from bot.imagine import policy
 from bot.imagine.ack import AckGuard
-from engine.contract import FailureKind, JobFailed, Mode
+from engine.contract import FailureKind, JobFailed
 from engine.presets import VARY_STRONG_STRENGTH, VARY_SUBTLE_STRENGTH
 
 if TYPE_CHECKING:
@@ -60,24 +59,11 @@ async def vary(
     """Vary (Subtle / Strong): the same request, a new seed, from the stored image."""
     async with AckGuard(interaction) as guard:
         parent, png = await parent_of(service, parent_key)
-        # Today's rules of the server where the button is clicked, not the original's.
-        admitted = await policy.admit(
-            interaction,
-            service.guilds,
-            prompt=parent.prompt,
-            negative=parent.negative_prompt,
-            style=parent.style,
-            aspect=parent.aspect,
-        )
-        await service._start(
+        await service.start_from(
             interaction,
             guard,
-            admitted,
-            aspect=parent.aspect,
-            mode=Mode(parent.mode),
-            seeds=[None],
+            parent,
             kind=db.GenerationKind.VARIATION,
-            parent_key=parent.job_key,
             strength=VARY_STRONG_STRENGTH if strong else VARY_SUBTLE_STRENGTH,
             init_image=png,
         )
@@ -98,23 +84,12 @@ async def remix(
     """
     async with AckGuard(interaction) as guard:
         parent, png = await parent_of(service, parent_key)
-        admitted = await policy.admit(
-            interaction,
-            service.guilds,
-            prompt=prompt,
-            negative=negative,
-            style=parent.style,
-            aspect=parent.aspect,
-        )
-        await service._start(
+        await service.start_from(
             interaction,
             guard,
-            admitted,
-            aspect=parent.aspect,
-            mode=Mode(parent.mode),
-            seeds=[None],
+            parent,
             kind=db.GenerationKind.REMIX,
-            parent_key=parent.job_key,
+            text=(prompt, negative),
             strength=VARY_STRONG_STRENGTH,
             init_image=png,
         )
