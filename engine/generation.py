@@ -203,6 +203,34 @@ class StepWatch:
         raise JobFailed(self.stopped, cancelled)
 
 
+def call_arguments(
+    plan: dict[str, Any],
+    *,
+    prompt: str,
+    steps: int,
+    seed: int,
+    max_sequence_length: int,
+    callback: StepWatch | None = None,
+) -> dict[str, Any]:
+    """The arguments every Qwen-Image pipeline call here takes from a plan. True CFG runs only
+    with a negative prompt (an empty one means none); the noise comes from a CPU generator,
+    so one seed makes the same image on any device."""
+    arguments: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": plan["negative_prompt"] or None,
+        "true_cfg_scale": plan["true_cfg_scale"],
+        "width": plan["width"],
+        "height": plan["height"],
+        "num_inference_steps": steps,
+        "max_sequence_length": max_sequence_length,
+        "generator": torch.Generator(device="cpu").manual_seed(seed),
+        "output_type": "pil",
+    }
+    if callback is not None:
+        arguments["callback_on_step_end"] = callback
+    return arguments
+
+
 def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True

@@ -36,6 +36,7 @@ from engine.generation import (
     StepCallback,
     StepWatch,
     StopCheck,
+    call_arguments,
     is_oom,
     job_result,
     load_lightning_lora,
@@ -341,17 +342,15 @@ class ImageGenerator(LightningModes):
             torch.inference_mode(),
         ):
             output = pipe(
-                prompt=plan["full_prompt"],
-                negative_prompt=plan["negative_prompt"] or None,
-                true_cfg_scale=plan["true_cfg_scale"],
-                width=plan["width"],
-                height=plan["height"],
-                # A variation's schedule has the mode's full length; strength skips its start.
-                num_inference_steps=plan.get("schedule_steps", plan["steps"]),
-                max_sequence_length=self.settings.max_sequence_length,
-                generator=torch.Generator(device="cpu").manual_seed(plan["seed"]),
-                callback_on_step_end=watch,
-                output_type="pil",
+                **call_arguments(
+                    plan,
+                    prompt=plan["full_prompt"],
+                    # A variation's schedule has the mode's full length; strength skips its start.
+                    steps=plan.get("schedule_steps", plan["steps"]),
+                    seed=plan["seed"],
+                    max_sequence_length=self.settings.max_sequence_length,
+                    callback=watch,
+                ),
                 **image_kwargs,
             )
         watch.raise_if_stopped("Generation", "The generation was cancelled.")
@@ -382,15 +381,13 @@ class ImageGenerator(LightningModes):
         self._set_mode(plan["mode"] == Mode.FAST)
         with torch.inference_mode():
             self.pipe(
-                prompt=plan["full_prompt"],
-                negative_prompt=plan["negative_prompt"] or None,
-                true_cfg_scale=plan["true_cfg_scale"],
-                width=plan["width"],
-                height=plan["height"],
-                num_inference_steps=steps,
-                max_sequence_length=self.settings.max_sequence_length,
-                generator=torch.Generator(device="cpu").manual_seed(0),
-                output_type="pil",
+                **call_arguments(
+                    plan,
+                    prompt=plan["full_prompt"],
+                    steps=steps,
+                    seed=0,
+                    max_sequence_length=self.settings.max_sequence_length,
+                )
             )
 
     def free_memory(self) -> None:

@@ -46,6 +46,7 @@ from engine.generation import (
     StepCallback,
     StepWatch,
     StopCheck,
+    call_arguments,
     job_result,
     load_lightning_lora,
     oom_fails_job,
@@ -289,16 +290,14 @@ class EditGenerator(LightningModes):
         ):
             output = self.pipe(
                 image=images,
-                prompt=plan["instruction"],
-                negative_prompt=plan["negative_prompt"] or None,
-                true_cfg_scale=plan["true_cfg_scale"],
-                width=plan["width"],
-                height=plan["height"],
-                num_inference_steps=plan["steps"],
-                max_sequence_length=self.settings.max_sequence_length,
-                generator=torch.Generator(device="cpu").manual_seed(plan["seed"]),
-                callback_on_step_end=watch,
-                output_type="pil",
+                **call_arguments(
+                    plan,
+                    prompt=plan["instruction"],
+                    steps=plan["steps"],
+                    seed=plan["seed"],
+                    max_sequence_length=self.settings.max_sequence_length,
+                    callback=watch,
+                ),
             )
         watch.raise_if_stopped("The edit", "The edit was cancelled.")
         return job_result(
