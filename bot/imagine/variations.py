@@ -57,16 +57,10 @@ async def vary(
     service: JobService, interaction: discord.Interaction[Any], parent_key: str, *, strong: bool
 ) -> None:
     """Vary (Subtle / Strong): the same request, a new seed, from the stored image."""
-    async with AckGuard(interaction) as guard:
-        parent, png = await parent_of(service, parent_key)
-        await service.start_from(
-            interaction,
-            guard,
-            parent,
-            kind=db.GenerationKind.VARIATION,
-            strength=VARY_STRONG_STRENGTH if strong else VARY_SUBTLE_STRENGTH,
-            init_image=png,
-        )
+    strength = VARY_STRONG_STRENGTH if strong else VARY_SUBTLE_STRENGTH
+    await _from_stored(
+        service, interaction, parent_key, kind=db.GenerationKind.VARIATION, strength=strength
+    )
 
 
 async def remix(
@@ -82,16 +76,30 @@ async def remix(
     The edited text passes exactly the checks of /imagine (``policy.admit``): an empty or
     over-long prompt, or a blocked word, is refused privately and charges nothing.
     """
+    await _from_stored(
+        service,
+        interaction,
+        parent_key,
+        kind=db.GenerationKind.REMIX,
+        strength=VARY_STRONG_STRENGTH,
+        text=(prompt, negative),
+    )
+
+
+async def _from_stored(
+    service: JobService,
+    interaction: discord.Interaction[Any],
+    parent_key: str,
+    *,
+    kind: str,
+    strength: float,
+    text: tuple[str, str | None] | None = None,
+) -> None:
+    """A new job rendered from the parent's stored PNG (read before anything is charged)."""
     async with AckGuard(interaction) as guard:
         parent, png = await parent_of(service, parent_key)
         await service.start_from(
-            interaction,
-            guard,
-            parent,
-            kind=db.GenerationKind.REMIX,
-            text=(prompt, negative),
-            strength=VARY_STRONG_STRENGTH,
-            init_image=png,
+            interaction, guard, parent, kind=kind, text=text, strength=strength, init_image=png
         )
 
 
