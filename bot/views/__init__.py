@@ -42,15 +42,10 @@ from bot.views.jobs import (
     status_view,
 )
 
+# Every restart-proof button: those under a finished image, plus the ones that are not.
 DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
-    RerollButton,
+    *RESULT_BUTTONS,
     VariationsButton,
-    VarySubtleButton,
-    VaryStrongButton,
-    RemixButton,
-    EditButton,
-    DetailsButton,
-    DeleteButton,
     CancelButton,
     HistoryButton,
     EraseButton,
