@@ -51,6 +51,7 @@ from engine.presets import (
     NEUTRAL_NEGATIVE,
     POSITIVE_MAGIC,
     image_size,
+    public_model_name,
 )
 from engine.previews import PreviewCallback, PreviewMaker
 from engine.settings import EngineSettings, MemoryMode
@@ -233,7 +234,7 @@ class ImageGenerator(LightningModes):
             gpu = props.name
             memory_gb = round(props.total_memory / 2**30, 1)
         return {
-            "model": self.model_name,
+            "model": public_model_name(self.model_name),
             "device": str(self.device),
             "gpu": gpu,
             "memory_mode": str(self.memory_mode),
@@ -282,7 +283,7 @@ class ImageGenerator(LightningModes):
             "aspect": request.aspect,
             "mode": str(mode),
             "requested_mode": str(request.mode),
-            "model": self.model_name,
+            "model": public_model_name(self.model_name),
             "note": note,
         }
         if request.init_image is not None:  # a variation: fewer steps, strength, parent job
@@ -362,7 +363,7 @@ class ImageGenerator(LightningModes):
             style=plan["style"],
             full_prompt=plan["full_prompt"],
             aspect=request.aspect,
-            model=self.model_name,
+            model=public_model_name(self.model_name),
         )
 
     def warmup(self) -> None:

@@ -26,6 +26,7 @@ from engine.contract import (
     JobResult,
 )
 from engine.edit.generator import EditGenerator, EditUnavailable
+from engine.presets import public_model_name
 from engine.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class Generators:
     def resident_models(self) -> tuple[str, ...]:
         """The models whose transformer is on the accelerator now."""
         if self.editor is None:
-            return (str(getattr(self.base, "model_name", "")),)
+            return (public_model_name(str(getattr(self.base, "model_name", ""))),)
         return self.editor.resident_models()
 
     @property

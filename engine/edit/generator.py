@@ -53,7 +53,7 @@ from engine.generation import (
     pick_seed,
 )
 from engine.pipeline import EngineUnavailable, ImageGenerator
-from engine.presets import NEUTRAL_NEGATIVE
+from engine.presets import NEUTRAL_NEGATIVE, public_model_name
 from engine.settings import EngineSettings, MemoryMode
 from engine.tiny import tiny_defaults
 
@@ -206,7 +206,9 @@ class EditGenerator(LightningModes):
     # --------------------------------------------------------------- residency
     def resident_models(self) -> tuple[str, ...]:
         """The models whose transformer is on the accelerator now (for ``/status``)."""
-        return self.swap.resident() if self.swap is not None else ()
+        if self.swap is None:
+            return ()
+        return tuple(public_model_name(name) for name in self.swap.resident())
 
     def ensure_resident(self, request: JobRequest) -> float:
         """Swap in the transformer ``request`` needs (before any job, edit or not, runs on the
@@ -254,7 +256,7 @@ class EditGenerator(LightningModes):
             "aspect": f"{width // divisor}:{height // divisor}",
             "mode": str(mode),
             "requested_mode": str(request.mode),
-            "model": self.model_name,
+            "model": public_model_name(self.model_name),
             "note": note,
         }
 
@@ -308,5 +310,5 @@ class EditGenerator(LightningModes):
             style="none",
             full_prompt=plan["instruction"],
             aspect=plan["aspect"],
-            model=self.model_name,
+            model=public_model_name(self.model_name),
         )

@@ -28,6 +28,7 @@ from engine.edit import EditGenerator, EditUnavailable, TransformerSwap, choose_
 from engine.edit import generator as edit_module
 from engine.edit.sharing import file_sha256, same_weights
 from engine.pipeline import ImageGenerator
+from engine.presets import public_model_name
 from engine.settings import EngineSettings
 from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE
 
@@ -278,7 +279,10 @@ def test_editing_off_says_so(generator: ImageGenerator, tiny_settings: EngineSet
 def test_on_a_cpu_both_transformers_are_resident(
     editor: EditGenerator, generator: ImageGenerator
 ) -> None:
-    assert editor.resident_models() == (generator.model_name, editor.model_name)
+    assert editor.resident_models() == (
+        public_model_name(generator.model_name),
+        public_model_name(editor.model_name),
+    )
     assert editor.ensure_resident(edit_request(png((64, 64), (0, 0, 0)))) == 0.0
 
 

@@ -22,6 +22,7 @@ from engine.cudagraph import GraphedForward
 from engine.edit import EditGenerator, Generators, TransformerSwap
 from engine.edit import generator as edit_module
 from engine.pipeline import ImageGenerator
+from engine.presets import public_model_name
 from engine.queue import LocalEngine
 from engine.settings import EngineSettings
 from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE
@@ -92,7 +93,10 @@ async def test_edit_and_text_to_image_jobs_each_run_on_their_model(
     edited = await (await edit_engine.submit(edit_job("e1", *images))).result()
     plain = await (await edit_engine.submit(text_job("t1"))).result()
 
-    assert edited.model == str(tiny_edit_dir) and plain.model == str(tiny_model_dir)
+    # Results name the model, never its path on this host (it travels in the PNG).
+    assert edited.model == public_model_name(str(tiny_edit_dir)) == tiny_edit_dir.name
+    assert plain.model == public_model_name(str(tiny_model_dir)) == tiny_model_dir.name
+    assert str(tiny_edit_dir) not in str(Image.open(io.BytesIO(edited.png)).text)  # type: ignore[attr-defined]
     assert (edited.width, edited.height) == (64, 48)  # the first image's ratio
     text = Image.open(io.BytesIO(edited.png)).text  # type: ignore[attr-defined]
     assert text["input_images"].split(",") == [hashlib.sha256(i).hexdigest() for i in images]
@@ -100,7 +104,7 @@ async def test_edit_and_text_to_image_jobs_each_run_on_their_model(
 
     status = await edit_engine.status()
     assert status.capabilities == ("generate", "edit")
-    assert status.resident_models == (str(tiny_model_dir), str(tiny_edit_dir))
+    assert status.resident_models == (tiny_model_dir.name, tiny_edit_dir.name)
 
 
 # ------------------------------------------------------------------- editing off
@@ -116,7 +120,7 @@ async def test_without_an_edit_model_an_edit_job_is_refused_at_submit(
         assert refused.value.user_message == "Image editing is turned off on this server."
         status = await engine.status()
         assert status.capabilities == ("generate",)
-        assert status.resident_models == (str(tiny_settings.model),)
+        assert status.resident_models == (public_model_name(str(tiny_settings.model)),)
         assert (await engine.position("e-off")) is None
     finally:
         await engine.close()
@@ -178,7 +182,9 @@ async def test_when_one_transformer_fits_jobs_are_grouped_by_model(
         for n in range(3):  # arrive interleaved: edit, text, edit, text...
             handles.append(await engine.submit(edit_job(f"e{n}")))
             handles.append(await engine.submit(text_job(f"t{n}")))
-        assert (await engine.status()).resident_models == (swapping.base.model_name,)
+        assert (await engine.status()).resident_models == (
+            public_model_name(swapping.base.model_name),
+        )
         held.gate.set()
         for handle in handles:
             await handle.result()
@@ -189,7 +195,9 @@ async def test_when_one_transformer_fits_jobs_are_grouped_by_model(
     # edit job is jumped at most three times) and the GPU swaps once.
     assert held.ran == ["generate"] * 4 + ["edit"] * 3
     assert swapping.editor.swap.swaps == 1
-    assert (await engine.status()).resident_models == (swapping.editor.model_name,)
+    assert (await engine.status()).resident_models == (
+        public_model_name(swapping.editor.model_name),
+    )
 
 
 def test_a_swap_drops_cuda_graphs_captured_before_it(swapping: Generators) -> None:

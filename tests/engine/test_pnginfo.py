@@ -18,6 +18,7 @@ from PIL import Image
 from engine.contract import JobRequest, Mode, StyleSpec
 from engine.pipeline import ImageGenerator
 from engine.pnginfo import a1111_parameters
+from engine.presets import public_model_name
 
 # AUTOMATIC1111's pattern for one "key: value" of the last line.
 RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -133,6 +134,8 @@ def test_a_generated_png_carries_both_the_a1111_chunk_and_the_json(
     assert shown["CFG scale"] == f"{result.true_cfg_scale:g}"
     assert shown["Seed"] == "99"
     assert shown["Size"] == f"{result.width}x{result.height}"
-    assert shown["Model"] == generator.model_name
+    # The model by name: the PNG is shared, the engine host's folders are nobody's business.
+    assert shown["Model"] == public_model_name(generator.model_name)
+    assert generator.model_name not in json.dumps(text)
     data = json.loads(text["parameters_json"])
     assert data["seed"] == 99 and data["prompt"] == "a lighthouse at dusk"
