@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from engine.contract import FailureKind, ImageBackend, JobFailed, JobRequest, Mode, Progress
+from engine.presets import public_model_name
 from engine.remote import UNAVAILABLE_MESSAGE, RedisBackend, RedisKeys, RemoteSettings, redact_url
 from engine.settings import EngineSettings
 from tests.engine.harness import eventually
@@ -225,7 +226,8 @@ async def test_status_lists_the_worker_and_what_it_runs(cluster: Cluster, slow_s
     assert info.name == "test-gpu0"
     assert info.gpu == "cpu"
     assert info.memory_mode == "resident"
-    assert info.model == cluster.worker.engine.model
+    # The model by name (what the worker's generator reports), never the worker's local path.
+    assert info.model == public_model_name(cluster.worker.engine.model)
     assert status.fast_available is True
     assert await cluster.backend.cancel("7001")
     with pytest.raises(JobFailed):

@@ -122,7 +122,7 @@ async def test_edit_jobs_run_only_on_the_worker_that_can_edit(
         results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 120)
         by_id = {r.job_id: r for r in results}
         assert {by_id[f"e{n}"].worker for n in range(3)} == {"editor"}
-        assert {by_id[f"e{n}"].model for n in range(3)} == {str(tiny_edit_dir)}
+        assert {by_id[f"e{n}"].model for n in range(3)} == {tiny_edit_dir.name}
 
         # Text-to-image still runs on both: two slow jobs at once keep both workers busy.
         slow_steps(0.05)
