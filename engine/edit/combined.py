@@ -154,6 +154,7 @@ class Generators:
             info["edit_model"] = edit["edit_model"]
             info["edit_fast_available"] = edit["edit_fast_available"]
             info["edit_shared"] = edit["shared"]
+            info["edit_optimizations"] = edit["optimizations"]
         else:
             info["edit_off"] = self.edit_off
         return info

@@ -40,6 +40,7 @@ from engine.contract import (
 from engine.edit.images import decode_edit_image, edit_output_size
 from engine.edit.processor import edit_image_sizes, load_processor
 from engine.edit.sharing import same_weights
+from engine.edit.speedups import apply_edit_speedups
 from engine.edit.swap import TransformerSwap, choose_residency, module_bytes
 from engine.generation import (
     LightningModes,
@@ -100,7 +101,18 @@ class EditGenerator(LightningModes):
         self.condition_area = condition_area
         self.vae_area = vae_area
         self.max_side = base.max_side
+        # The engine.optimize steps applied to the edit pipeline (engine.edit.speedups).
+        self.optimizations: list[str] = []
         self._init_modes()
+
+    @property
+    def device(self) -> torch.device:
+        """The text-to-image pipeline's device (``engine.optimize`` steps read it)."""
+        return self.base.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.dtype
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -142,7 +154,7 @@ class EditGenerator(LightningModes):
         fast_available = cls._load_lightning(pipe, settings)
         swap = cls._place(pipe, base, source, components)
         logger.info("loaded edit model %s in %.1fs", source, time.perf_counter() - started)
-        return cls(
+        editor = cls(
             pipe,
             base,
             settings=settings,
@@ -153,6 +165,9 @@ class EditGenerator(LightningModes):
             condition_area=(tiny or {}).get("edit_condition_area"),
             vae_area=(tiny or {}).get("edit_vae_area"),
         )
+        editor.optimizations = apply_edit_speedups(editor)
+        logger.info("edit speed-ups: %s", ", ".join(editor.optimizations) or "none")
+        return editor
 
     @staticmethod
     def _load_lightning(pipe: Any, settings: EngineSettings) -> bool:
@@ -223,6 +238,7 @@ class EditGenerator(LightningModes):
             "edit_fast_available": self.fast_available,
             "shared": dict(self.shared),
             "resident_models": list(self.resident_models()),
+            "optimizations": list(self.optimizations),
         }
 
     # --------------------------------------------------------------- generation

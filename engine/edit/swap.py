@@ -124,7 +124,11 @@ class TransformerSwap:
     def _to_host(self, name: str) -> None:
         module = self._modules[name]
         copies = self._host_copies.setdefault(name, {})
-        for key, (owner, attr, is_param) in self._tensors(module).items():
+        tensors = self._tensors(module)
+        # Tensors the module no longer has (linears replaced by FP8 ones) free their pinned copy.
+        for stale in copies.keys() - tensors.keys():
+            del copies[stale]
+        for key, (owner, attr, is_param) in tensors.items():
             tensor = owner._parameters[attr] if is_param else owner._buffers[attr]
             assert tensor is not None
             host = copies.get(key)
