@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot import metrics
 from bot.web import mount_gallery
+from bot.web.security import parse_networks
 from bot.web.wiring import deps_for
 
 if TYPE_CHECKING:
@@ -48,7 +49,11 @@ class HealthServer:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
         # The web gallery shares this server (one port): /gallery/<signed link>/...
-        mount_gallery(app, deps_for(self.bot))
+        mount_gallery(
+            app,
+            deps_for(self.bot),
+            trusted_proxies=parse_networks(self.bot.settings.trusted_proxies),
+        )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._port)

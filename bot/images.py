@@ -98,9 +98,19 @@ class ImageKeeper:
 
     # ------------------------------------------------------------------ keeping
     async def keep(
-        self, *, job_key: str, user_id: int, guild_id: int | None, png: bytes
+        self,
+        *,
+        job_key: str,
+        user_id: int,
+        guild_id: int | None,
+        png: bytes,
+        sweep: bool = True,
     ) -> StoredImage | None:
-        """Store a delivered image and record it for its job; never raises (see module doc)."""
+        """Store a delivered image and record it for its job; never raises (see module doc).
+
+        ``sweep=False`` skips the size cap's sweep: for images kept before the quota has
+        decided (an edit's inputs), so a request that is then refused never evicts anyone's
+        images; the next delivered image enforces the cap."""
         store = self.store
         if store is None:
             return None
@@ -108,7 +118,7 @@ class ImageKeeper:
         if task is not None:
             self._keeping[job_key] = task
         try:
-            return await self._keep(store, job_key, user_id, guild_id, png)
+            return await self._keep(store, job_key, user_id, guild_id, png, sweep)
         finally:
             if self._keeping.get(job_key) is task:
                 del self._keeping[job_key]
@@ -120,7 +130,13 @@ class ImageKeeper:
             await asyncio.wait({task})
 
     async def _keep(
-        self, store: ImageStore, job_key: str, user_id: int, guild_id: int | None, png: bytes
+        self,
+        store: ImageStore,
+        job_key: str,
+        user_id: int,
+        guild_id: int | None,
+        png: bytes,
+        sweep: bool,
     ) -> StoredImage | None:
         try:
             stored = await asyncio.to_thread(store.put, png)
@@ -150,7 +166,8 @@ class ImageKeeper:
         self._fine()
         if replaced is not None:
             await self._delete_files([replaced])
-        await self._enforce_size_cap(store)
+        if sweep:
+            await self._enforce_size_cap(store)
         return stored
 
     async def _enforce_size_cap(self, store: ImageStore) -> None:

@@ -10,6 +10,7 @@ bot logs in. The two test-only endpoints of a Discord emulator are not here: see
 from __future__ import annotations
 
 import enum
+import ipaddress
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -96,6 +97,19 @@ class BotSettings(ImagineBaseSettings):
     gallery_link_ttl_s: int = Field(
         86_400, ge=60, le=30 * 86_400, description="seconds a /gallery link stays valid"
     )
+    trusted_proxies: str = Field(
+        "127.0.0.1/8,::1/128",
+        description="reverse proxies whose X-Forwarded-For names the client (rate limits); "
+        "behind Docker's published port add the bridge gateway, e.g. 172.17.0.1",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in (part.strip() for part in value.split(",")):
+            if item:
+                ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
 
     # The image store (bot.store): every delivered image, for the Vary and Remix buttons and
     # the web gallery. The Docker image sets /data/images (inside its volume).

@@ -193,7 +193,11 @@ async def keep_inputs(
     the job itself carries them; only a resume after a restart needs these)."""
     for number, png in enumerate(images, start=1):
         await service.bot.images.keep(
-            job_key=input_key(job_key, number), user_id=user_id, guild_id=guild_id, png=png
+            job_key=input_key(job_key, number),
+            user_id=user_id,
+            guild_id=guild_id,
+            png=png,
+            sweep=False,  # kept before the quota decides: a refusal must evict nothing
         )
 
 
@@ -344,6 +348,16 @@ async def edit_stored(
             png = await service.bot.images.read(source_key)
         except NotStored:
             raise UserError(SOURCE_GONE_TEXT) from None
+        # A copy of the editor's own, without the source's text chunks (its prompt): the
+        # source's owner deleting or erasing their image then removes their file too.
+        try:
+            png = (
+                await asyncio.to_thread(
+                    validate_upload, png, "image/png", "The image", max_bytes=len(png) + 1
+                )
+            ).png
+        except UploadRefused as refused:
+            raise UserError(refused.user_message) from None
         await _start_edit(
             service,
             interaction,

@@ -24,7 +24,7 @@ from bot.web.cards import CardCache
 from bot.web.files import ImageFiles
 from bot.web.links import MOUNT
 from bot.web.pages import NameLookup
-from bot.web.security import TokenBucket, security_middleware
+from bot.web.security import LOOPBACK, Networks, TokenBucket, security_middleware
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +55,18 @@ DEPS = web.AppKey("gallery_deps", GalleryDeps)
 CSS_VERSION = web.AppKey("gallery_css_version", str)
 
 
-def build_gallery_app(deps: GalleryDeps, *, limiter: TokenBucket | None = None) -> web.Application:
+def build_gallery_app(
+    deps: GalleryDeps,
+    *,
+    limiter: TokenBucket | None = None,
+    trusted_proxies: Networks = LOOPBACK,
+) -> web.Application:
     """The gallery's routes, templates and security middleware, ready to mount."""
     from bot.web import routes  # the handlers need DEPS from this module
 
-    app = web.Application(middlewares=[security_middleware(limiter or TokenBucket())])
+    app = web.Application(
+        middlewares=[security_middleware(limiter or TokenBucket(), trusted_proxies)]
+    )
     app[DEPS] = deps
     css = (STATIC_DIR / "gallery.css").read_bytes()
     app[CSS_VERSION] = hashlib.sha256(css).hexdigest()[:12]

@@ -91,21 +91,40 @@ class TokenBucket:
         return wait
 
 
-def client_address(request: web.Request) -> str:
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+# A reverse proxy on this machine. Behind Docker's published port the peer is the bridge's
+# gateway instead (e.g. 172.17.0.1): name it in IMAGINE_TRUSTED_PROXIES.
+LOOPBACK: Networks = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def parse_networks(text: str) -> Networks:
+    """``"127.0.0.1, 172.17.0.0/16"`` as networks; ``ValueError`` names a bad entry."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if item:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"not an address or network: {item!r}") from None
+    return tuple(networks)
+
+
+def client_address(request: web.Request, trusted: Networks = LOOPBACK) -> str:
     """The address a request came from, for rate limiting.
 
-    A reverse proxy on this machine (loopback peer) forwards the real client in
-    ``X-Forwarded-For``; its last entry is the address the proxy itself saw. From any other
-    peer the header is ignored, since anyone can send it.
+    A reverse proxy among ``trusted`` forwards the real client in ``X-Forwarded-For``; its last
+    entry is the address the proxy itself saw. From any other peer the header is ignored,
+    since anyone can send it.
     """
     peer = request.remote or "unknown"
     forwarded = request.headers.get("X-Forwarded-For")
     if forwarded:
         try:
-            loopback = ipaddress.ip_address(peer).is_loopback
+            address = ipaddress.ip_address(peer)
+            proxy = any(address in network for network in trusted)
         except ValueError:
-            loopback = False
-        if loopback:
+            proxy = False
+        if proxy:
             last = forwarded.split(",")[-1].strip()
             if last:
                 return last[:64]
@@ -113,13 +132,13 @@ def client_address(request: web.Request) -> str:
 
 
 def security_middleware(
-    limiter: TokenBucket,
+    limiter: TokenBucket, trusted: Networks = LOOPBACK
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """Headers on every answer (errors included) and a 429 past the address's rate."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        wait = limiter.take(client_address(request))
+        wait = limiter.take(client_address(request, trusted))
         if wait > 0:
             response: web.StreamResponse = plain_page(
                 429, "429 Too Many Requests", "Slow down a little and try again."

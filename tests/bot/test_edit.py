@@ -15,6 +15,7 @@ import discord
 import pytest
 from PIL import Image
 
+import db
 from bot.imagine.edit import SOURCE_GONE_TEXT, input_key
 from bot.uploads import validate_upload
 from engine.edit import Generators
@@ -148,7 +149,9 @@ async def test_edit_button_edits_the_stored_image_and_reroll_redoes_the_edit(
     )
     params = png_parameters(png)
     assert params["instruction"] == "paint it at night"
-    assert params["input_images"] == hashlib.sha256(source_png).hexdigest()
+    # The input is a copy of the stored image without its text chunks, named by its own hash.
+    assert params["input_images"] == stored_as(source_png, "source.png")
+    assert params["input_images"] != hashlib.sha256(source_png).hexdigest()
     parent, edit_row = await harness.rows()
     assert (edit_row.kind, edit_row.parent_key, edit_row.user_id) == (
         "edit",
@@ -262,3 +265,50 @@ async def test_an_edit_whose_inputs_went_during_a_restart_is_refunded_once(
     await harness.restart()  # a second start finds nothing left to refund
     await harness.wait_jobs()
     assert (await harness.quota(alice)).used == 0 and (await harness.row(key)).status == "failed"
+
+
+async def test_a_refused_edit_never_evicts_anyones_stored_images(harness: Harness) -> None:
+    """An upload kept before the quota decides must not trigger the size cap's sweep: a member
+    with no quota left could otherwise delete everyone's stored images, for free."""
+    alice, bob = harness.member("alice"), harness.member("bob")
+    await alice.slash(harness.channel, "imagine", prompt="a lighthouse", seed=5)
+    await harness.wait_jobs()
+    (kept_row,) = await harness.rows()
+    store = harness.bot.store
+    assert store is not None
+    kept = await harness.bot.images.read(kept_row.job_key)
+    await harness.admin.slash(harness.channel, "limits set", daily_quota=1)
+    await bob.slash(harness.channel, "imagine", prompt="a kite", seed=6)
+    await harness.wait_jobs()
+    # A cap that holds what is stored now and no large upload more.
+    _, total = await db.image_totals(harness.database)
+    store.max_total_bytes = total + 1024
+    for _ in range(3):
+        noisy = Image.effect_noise((512, 512), 120).convert("RGB")
+        buffer = io.BytesIO()
+        noisy.save(buffer, format="PNG")
+        refused = await bob.slash(
+            harness.channel, "edit", image=("noise.png", buffer.getvalue()), instruction="again"
+        )
+        assert refused.ephemeral and "quota" in refused.response.content
+    assert await harness.bot.images.read(kept_row.job_key) == kept
+    assert (await harness.quota(bob, limit=1)).used == 1
+
+
+async def test_erasing_an_image_someone_edited_removes_its_file(harness: Harness) -> None:
+    """The Edit button keeps its own copy of the source (no text chunks): the source's owner
+    erasing their data leaves no file of theirs, prompt included, in the store."""
+    alice, bob = harness.member("alice"), harness.member("bob")
+    original = await alice.slash(harness.channel, "imagine", prompt="my secret garden", seed=5)
+    await harness.wait_jobs()
+    source = harness.message(original.response.id)
+    source_png = await attachment_bytes(source)
+    form = await bob.click(source, label="Edit")
+    await delivered(harness, await bob.submit_modal(form, {"instruction": "at night"}))
+    store = harness.bot.store
+    assert store is not None
+    sha = hashlib.sha256(source_png).hexdigest()
+    assert store.png_path(sha).exists()
+    parent = (await harness.rows())[0]
+    await harness.bot.images.forget(parent.job_key)  # what Delete and /forget-me do per image
+    assert not store.png_path(sha).exists()

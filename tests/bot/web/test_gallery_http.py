@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.web.auth import BadLink, LinkSigner, load_or_create_secret
-from bot.web.security import TokenBucket, client_address
+from bot.web.security import TokenBucket, client_address, parse_networks
 from tests.bot.web.harness import ALICE, BOB, CAROL, GUILD, GalleryServer, Seeded
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -220,6 +220,21 @@ def test_forwarded_addresses_count_only_from_a_local_proxy() -> None:
     assert request("127.0.0.1", "1.1.1.1, 203.0.113.9") == "203.0.113.9"
     assert request("198.51.100.7", "203.0.113.9") == "198.51.100.7"
     assert request("198.51.100.7", None) == "198.51.100.7"
+
+
+def test_forwarded_addresses_count_from_a_configured_proxy_network() -> None:
+    """Behind Docker's published port the proxy's packets arrive from the bridge gateway, not
+    loopback: without it in IMAGINE_TRUSTED_PROXIES every visitor shared one rate bucket."""
+    from aiohttp.test_utils import make_mocked_request
+
+    bridge = parse_networks("127.0.0.1/8, ::1, 172.17.0.1")
+    req = make_mocked_request("GET", "/", headers={"X-Forwarded-For": "203.0.113.9"})
+    req = req.clone(remote="172.17.0.1")
+    assert client_address(req) == "172.17.0.1"  # loopback only: the header is ignored
+    assert client_address(req, bridge) == "203.0.113.9"
+    assert client_address(req.clone(remote="172.17.0.2"), bridge) == "172.17.0.2"
+    with pytest.raises(ValueError, match="nonsense"):
+        parse_networks("127.0.0.1, nonsense")
 
 
 def test_links_are_signed_bound_and_expire(tmp_path: Path) -> None:
