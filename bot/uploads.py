@@ -198,3 +198,18 @@ def validate_upload(
         source_format=actual,
         filename=name,
     )
+
+
+def without_metadata(png: bytes) -> bytes:
+    """A stored image re-encoded as a PNG without its text chunks (the prompt, the parameters).
+
+    The Edit button edits a copy of the source of the editor's own: its bytes, and so its file
+    in the content-addressed store, are then not the source's, and the source's owner deleting
+    or erasing their image removes their file and their prompt with it. Our own stored images
+    need none of an upload's checks; any pixel size is kept.
+    """
+    with Image.open(io.BytesIO(png)) as image:
+        image.load()
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+    return out.getvalue()

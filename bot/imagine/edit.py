@@ -39,6 +39,7 @@ from bot.uploads import (
     ValidatedImage,
     size_text,
     validate_upload,
+    without_metadata,
 )
 from engine.contract import CAPABILITY_EDIT, MAX_EDIT_IMAGES, FailureKind, JobFailed, Mode
 from engine.presets import ASPECTS, DEFAULT_ASPECT, DEFAULT_STYLE
@@ -350,14 +351,7 @@ async def edit_stored(
             raise UserError(SOURCE_GONE_TEXT) from None
         # A copy of the editor's own, without the source's text chunks (its prompt): the
         # source's owner deleting or erasing their image then removes their file too.
-        try:
-            png = (
-                await asyncio.to_thread(
-                    validate_upload, png, "image/png", "The image", max_bytes=len(png) + 1
-                )
-            ).png
-        except UploadRefused as refused:
-            raise UserError(refused.user_message) from None
+        png = await asyncio.to_thread(without_metadata, png)
         await _start_edit(
             service,
             interaction,

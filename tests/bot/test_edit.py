@@ -17,7 +17,7 @@ from PIL import Image
 
 import db
 from bot.imagine.edit import SOURCE_GONE_TEXT, input_key
-from bot.uploads import validate_upload
+from bot.uploads import validate_upload, without_metadata
 from engine.edit import Generators
 from engine.queue import LocalEngine
 from engine.settings import EngineSettings
@@ -150,7 +150,7 @@ async def test_edit_button_edits_the_stored_image_and_reroll_redoes_the_edit(
     params = png_parameters(png)
     assert params["instruction"] == "paint it at night"
     # The input is a copy of the stored image without its text chunks, named by its own hash.
-    assert params["input_images"] == stored_as(source_png, "source.png")
+    assert params["input_images"] == hashlib.sha256(without_metadata(source_png)).hexdigest()
     assert params["input_images"] != hashlib.sha256(source_png).hexdigest()
     parent, edit_row = await harness.rows()
     assert (edit_row.kind, edit_row.parent_key, edit_row.user_id) == (

@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from bot.uploads import validate_upload
+from bot.uploads import validate_upload, without_metadata
 from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE
 
 from .emulator import CB_MESSAGE, FLAG_EPHEMERAL, DiscordEmulator, Interaction
@@ -119,7 +119,10 @@ async def test_edit_one_and_three_images_and_the_edit_button(rig: Rig, tiny_edit
     (button_png,) = button_message.attachments
     button_params = parameters(button_png.data)
     assert button_params["instruction"] == "add a yellow taxi"
-    assert button_params["input_images"] == hashlib.sha256(one_png.data).hexdigest()
+    # The Edit button edits a copy of the stored image without its text chunks.
+    assert (
+        button_params["input_images"] == hashlib.sha256(without_metadata(one_png.data)).hexdigest()
+    )
 
     for interaction in (one, three, button):
         row = ledger.row(interaction)
