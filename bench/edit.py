@@ -39,6 +39,7 @@ from PIL import Image  # noqa: E402
 
 from bench.gpu import (  # noqa: E402  (after the path set-up above)
     Recorder,
+    add_common_arguments,
     build_full_pipeline,
     build_tiny,
     environment,
@@ -259,11 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--tiny", action="store_true", help="tiny random models on the CPU")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--workdir", default=None)
-    parser.add_argument("--compile-cache", default=None)
-    parser.add_argument("--no-compile", action="store_true")
+    add_common_arguments(parser)
     parser.add_argument("--fp8", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -501,6 +501,64 @@ def run_engine_case(
     )
 
 
+def add_common_arguments(
+    parser: argparse.ArgumentParser, *, workdir_help: str | None = None
+) -> None:
+    """The options every benchmark script shares, spelled once."""
+    parser.add_argument("--tiny", action="store_true", help="tiny random models on the CPU")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--workdir", default=None, help=workdir_help)
+    parser.add_argument("--compile-cache", default=None)
+    parser.add_argument("--no-compile", action="store_true")
+
+
+def engine_settings(
+    args: argparse.Namespace, workdir: Path, lora_dir: Path, lora_file: str, **extra: Any
+) -> Any:
+    """``EngineSettings`` for the engine on a benchmark's random pipeline (the tiny one with
+    ``--tiny``), with the fast mode's LoRA and the compile options from the command line."""
+    from engine.settings import EngineSettings
+
+    return EngineSettings(
+        model="bench-random-full" if not args.tiny else str(workdir / "tiny"),
+        lightning_lora=str(lora_dir),
+        lightning_weight_name=lora_file,
+        compile=not args.no_compile,
+        compile_cache_dir=Path(args.compile_cache) if args.compile_cache else None,
+        **extra,
+    )
+
+
+def engine_generator(
+    pipe: Any,
+    settings: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    max_side: int | None,
+    tiny: bool,
+    fast_available: bool | None = None,
+) -> Any:
+    """The engine's ``ImageGenerator`` over an already built pipeline, its LoRA loaded through
+    the engine's own code unless the caller did (``fast_available``); speed-ups are not yet
+    applied: each script times that itself."""
+    from engine.pipeline import ImageGenerator
+    from engine.settings import MemoryMode
+
+    if fast_available is None:
+        fast_available = ImageGenerator._load_lightning(pipe, settings, tiny=False)
+    return ImageGenerator(
+        pipe,
+        settings,
+        device=device,
+        dtype=dtype,
+        memory_mode=MemoryMode.RESIDENT,
+        max_side=max_side,
+        fast_available=fast_available,
+        model_name="random full-size Qwen-Image" if not tiny else "tiny",
+    )
+
+
 def lora_for(record: Recorder, transformer: Any, workdir: Path, tiny: bool) -> tuple[Path, str]:
     """A random LoRA in the Lightning files' layout and rank (the tiny model ships its own)."""
     from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE, write_random_lora
@@ -623,18 +681,9 @@ def benchmark(args: argparse.Namespace) -> int:
 
     # ---- the fast mode's LoRA, loaded through the engine's own code
     from engine.pipeline import ImageGenerator
-    from engine.settings import EngineSettings, MemoryMode
 
     lora_dir, lora_file = lora_for(record, transformer, workdir, args.tiny)
-    settings = EngineSettings(
-        model="bench-random-full" if not args.tiny else str(workdir / "tiny"),
-        lightning_lora=str(lora_dir),
-        lightning_weight_name=lora_file,
-        compile=not args.no_compile,
-        fp8=False,
-        warmup=True,
-        compile_cache_dir=Path(args.compile_cache) if args.compile_cache else None,
-    )
+    settings = engine_settings(args, workdir, lora_dir, lora_file, fp8=False, warmup=True)
     fast_available = ImageGenerator._load_lightning(pipe, settings, tiny=False)
     record("lora_loaded", fast_available=fast_available)
     if want("stock") and fast_available:
@@ -668,15 +717,14 @@ def benchmark(args: argparse.Namespace) -> int:
         return 0
 
     # ---- the engine
-    generator = ImageGenerator(
+    generator = engine_generator(
         pipe,
         settings,
-        device=device,
-        dtype=dtype,
-        memory_mode=MemoryMode.RESIDENT,
+        device,
+        dtype,
         max_side=big if args.tiny else None,
+        tiny=args.tiny,
         fast_available=fast_available,
-        model_name="random full-size Qwen-Image" if not args.tiny else "tiny",
     )
     t0 = time.perf_counter()
     generator._apply_speedups()  # exactly what ImageGenerator.load runs
@@ -1072,16 +1120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "command", nargs="?", default="bench", choices=["bench", "startup", "ready"]
     )
-    parser.add_argument("--tiny", action="store_true", help="tiny random model on the CPU")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    add_common_arguments(parser)
     parser.add_argument(
         "--cases",
         default=None,
         help="comma list of: micro, forward, stock, offload, engine, fp8 (default all)",
     )
-    parser.add_argument("--workdir", default=None)
-    parser.add_argument("--compile-cache", default=None)
-    parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--save", default=None, help="save the stock pipeline + LoRA here")
     parser.add_argument("--model", default=None, help="startup/ready: saved pipeline folder")
     parser.add_argument("--runs", type=int, default=2)

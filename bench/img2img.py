@@ -34,8 +34,11 @@ import torch  # noqa: E402
 from bench.gpu import (  # noqa: E402  (after the path set-up above)
     PROMPT,
     Recorder,
+    add_common_arguments,
     build_full_pipeline,
     build_tiny,
+    engine_generator,
+    engine_settings,
     environment,
     guarded,
     lora_for,
@@ -65,8 +68,6 @@ def _request(mode: str, seed: int, **extra: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Build the model, start the engine on it, time every case; one JSON line per result."""
-    from engine.pipeline import ImageGenerator
-    from engine.settings import EngineSettings, MemoryMode
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -80,27 +81,16 @@ def run(args: argparse.Namespace) -> int:
     sync(device)
     record("build", seconds=round(time.perf_counter() - started, 2))
     lora_dir, lora_file = lora_for(record, pipe.transformer, workdir, args.tiny)
-    settings = EngineSettings(
-        model="bench-random-full" if not args.tiny else str(workdir / "tiny"),
-        lightning_lora=str(lora_dir),
-        lightning_weight_name=lora_file,
-        compile=not args.no_compile,
+    settings = engine_settings(
+        args,
+        workdir,
+        lora_dir,
+        lora_file,
         fp8=args.fp8,
         previews=True,
         preview_interval_s=args.preview_interval,
-        compile_cache_dir=Path(args.compile_cache) if args.compile_cache else None,
     )
-    fast = ImageGenerator._load_lightning(pipe, settings, tiny=False)
-    generator = ImageGenerator(
-        pipe,
-        settings,
-        device=device,
-        dtype=dtype,
-        memory_mode=MemoryMode.RESIDENT,
-        max_side=side,
-        fast_available=fast,
-        model_name="random full-size Qwen-Image" if not args.tiny else "tiny",
-    )
+    generator = engine_generator(pipe, settings, device, dtype, max_side=side, tiny=args.tiny)
     t0 = time.perf_counter()
     generator._apply_speedups()
     if args.tiny:
@@ -172,11 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--tiny", action="store_true", help="tiny random model on the CPU")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--workdir", default=None)
-    parser.add_argument("--compile-cache", default=None)
-    parser.add_argument("--no-compile", action="store_true")
+    add_common_arguments(parser)
     parser.add_argument("--fp8", action="store_true")
     parser.add_argument("--preview-interval", type=float, default=1.5)
     parser.add_argument(

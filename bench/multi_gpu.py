@@ -190,11 +190,7 @@ def load_tiny(path: Path, device: torch.device, dtype: torch.dtype) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tiny", action="store_true", help="tiny random model on the CPU")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--workdir", default=None, help="shared by the ranks of one host")
-    parser.add_argument("--compile-cache", default=None)
-    parser.add_argument("--no-compile", action="store_true")
+    gpu.add_common_arguments(parser, workdir_help="shared by the ranks of one host")
     parser.add_argument("--bf16", action="store_true", help="no FP8")
     parser.add_argument(
         "--cases",
@@ -215,8 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         return name in selected
 
     from engine import parallel
-    from engine.pipeline import ImageGenerator
-    from engine.settings import EngineSettings, MemoryMode
 
     cuda = torch.cuda.is_available() and not args.tiny
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -265,24 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             gpu.lora_for(record, pipe.transformer, workdir, False)
         dist.barrier(group=channel.group)
         lora_dir, lora_file = workdir / "lora", gpu.LORA_FILE
-    settings = EngineSettings(
-        model="bench-random-full" if not args.tiny else str(workdir / "tiny"),
-        lightning_lora=str(lora_dir),
-        lightning_weight_name=lora_file,
-        compile=not args.no_compile,
-        fp8=cuda and not args.bf16,
-        compile_cache_dir=Path(args.compile_cache) if args.compile_cache else None,
-    )
-    fast = ImageGenerator._load_lightning(pipe, settings, tiny=False)
-    local = ImageGenerator(
-        pipe,
-        settings,
-        device=device,
-        dtype=dtype,
-        memory_mode=MemoryMode.RESIDENT,
-        max_side=big if args.tiny else None,
-        fast_available=fast,
-        model_name="random full-size Qwen-Image" if not args.tiny else "tiny",
+    settings = gpu.engine_settings(args, workdir, lora_dir, lora_file, fp8=cuda and not args.bf16)
+    local = gpu.engine_generator(
+        pipe, settings, device, dtype, max_side=big if args.tiny else None, tiny=args.tiny
     )
     started = time.perf_counter()
     local._apply_speedups()
