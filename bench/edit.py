@@ -12,11 +12,12 @@ GPU; JSON lines out.
     python bench/edit.py --out bench/results --fp8      # the same with FP8 linears
     python bench/edit.py --tiny                          # the same code on the CPU
 
-Cases at 1024² (``--tiny``: 64², 2 steps): ``stock_edit`` (the model card's call: one image,
-``negative_prompt=" "``, ``true_cfg_scale=4.0``, 40 steps; one warm-up), ``engine_edit`` (the
-same edit through ``EditGenerator`` after ``engine.edit.speedups``; one warm-up), and
+Cases at 1024² (``--tiny``: 64², 2 steps), in this order: ``stock_edit`` (the model card's
+call: one image, ``negative_prompt=" "``, ``true_cfg_scale=4.0``, 40 steps; a 2-step warm-up),
 ``swap_to_edit`` / ``swap_to_t2i`` (``TransformerSwap.activate`` with the pinned-host strategy,
-both ways, twice), each with peak memory. The target: engine ≤ 0.7× stock.
+both ways, twice, on the bf16 weights), ``engine_edit`` (the same edit through ``EditGenerator``
+after ``engine.edit.speedups``; one warm-up), and with ``--fp8`` the swap again on what the FP8
+engine keeps, each with peak memory. The target: engine ≤ 0.7× stock.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.edit.combined import forget_captured_graphs
     from engine.edit.processor import edit_image_sizes
     from engine.edit.speedups import apply_edit_speedups
+    from engine.edit.swap import module_bytes
     from engine.pipeline import ImageGenerator
     from engine.settings import EngineSettings, MemoryMode
     from engine.tiny import tiny_defaults
@@ -164,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
                     prompt=EDIT_PROMPT,
                     negative_prompt=" ",
                     true_cfg_scale=TRUE_CFG,
-                    num_inference_steps=steps,
+                    num_inference_steps=steps if attempt == "timed" else 2,
                     height=side,
                     width=side,
                     generator=torch.Generator(device=device).manual_seed(1),
@@ -176,6 +178,30 @@ def run(args: argparse.Namespace) -> int:
                        per_step_s=per_step, **out)  # fmt: skip
 
     guarded(record, "stock_edit")(stock)
+
+    def swapping(weights: str) -> None:
+        """Both ways twice with the idle transformer pinned on the host; both end resident."""
+        swap = TransformerSwap(device, keep_all=False)
+        out: dict[str, Any] = {}
+        with peak_memory(device, out):
+            swap.add(T2I_NAME, t2i.transformer, on_device=True)
+            swap.add(EDIT_NAME, edit_pipe.transformer, on_device=False)  # pinned now
+        record("swap_pin", weights=weights, **out)
+        for attempt in (1, 2):
+            for name, case in ((EDIT_NAME, "swap_to_edit"), (T2I_NAME, "swap_to_t2i")):
+                out = {}
+                with peak_memory(device, out):
+                    seconds = swap.activate(name)
+                    for transformer in (t2i.transformer, edit_pipe.transformer):
+                        forget_captured_graphs(transformer)
+                gib = module_bytes(t2i.transformer if name == T2I_NAME else edit_pipe.transformer)
+                record(case, attempt=attempt, weights=weights, activate_s=round(seconds, 4),
+                       moved_gib=round(gib / 2**30, 2), resident=list(swap.resident()),
+                       **out)  # fmt: skip
+        swap.keep_all = True  # back to both resident for the cases after this one
+        swap.activate(EDIT_NAME)
+
+    guarded(record, "swap")(lambda: swapping("bf16"))
 
     settings = EngineSettings(
         model=T2I_NAME,
@@ -234,25 +260,9 @@ def run(args: argparse.Namespace) -> int:
                        optimizations=editor.optimizations, **out)  # fmt: skip
 
     guarded(record, "engine_edit")(engine)
+    if args.fp8:  # the swap again with what an FP8 engine keeps on the host
+        guarded(record, "swap_fp8")(lambda: swapping("fp8"))
 
-    def swapping() -> None:
-        swap = TransformerSwap(device, keep_all=False)
-        out: dict[str, Any] = {}
-        with peak_memory(device, out):
-            swap.add(T2I_NAME, t2i.transformer, on_device=True)
-            swap.add(EDIT_NAME, edit_pipe.transformer, on_device=False)  # pinned now
-        record("swap_pin", **out)
-        for attempt in (1, 2):
-            for name, case in ((EDIT_NAME, "swap_to_edit"), (T2I_NAME, "swap_to_t2i")):
-                out = {}
-                with peak_memory(device, out):
-                    seconds = swap.activate(name)
-                    for transformer in (t2i.transformer, edit_pipe.transformer):
-                        forget_captured_graphs(transformer)
-                record(case, attempt=attempt, activate_s=round(seconds, 4),
-                       resident=list(swap.resident()), **out)  # fmt: skip
-
-    guarded(record, "swap")(swapping)
     return 0
 
 

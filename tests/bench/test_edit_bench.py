@@ -27,3 +27,4 @@ def test_tiny_edit_benchmark_records_every_case(tmp_path: Path) -> None:
     assert "compile" in by_case["engine_edit"][0]["optimizations"]
     for case, resident in (("swap_to_edit", edit.EDIT_NAME), ("swap_to_t2i", edit.T2I_NAME)):
         assert [r["resident"] for r in by_case[case]] == [[resident], [resident]]
+        assert all(r["weights"] == "bf16" and r["moved_gib"] >= 0 for r in by_case[case])

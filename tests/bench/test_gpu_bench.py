@@ -44,9 +44,29 @@ def test_tiny_startup_from_saved_files(tmp_path: Path) -> None:
     assert gpu.main(argv) == 0
     assert (model / "model_index.json").is_file() and list((model / "lightning").iterdir())
     argv = ["startup", "--model", str(model), "--compile-cache", str(tmp_path / "cc"),
-            "--runs", "1", "--out", str(out)]  # fmt: skip
+            "--runs", "1", "--out", str(out), "--first-image"]  # fmt: skip
     assert gpu.main(argv) == 0
     (start,) = [r for r in rows(out) if r["case"] == "startup"]
     assert start["seconds"] > 0 and start["info"]["fast_available"]
     assert "lora-fused" in start["info"]["optimizations"]
     assert any("warm-up done" in m for m in start["milestones"])
+    assert start["first_image_s"] > 0 and start["mode"] == "standard"
+    width, height = map(int, start["size"].split("x"))
+    assert width == height > 0  # the default aspect, 1:1
+
+
+def test_without_root_the_model_files_alone_leave_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "weights.safetensors").write_bytes(b"w" * 2**20)
+    real_write = Path.write_text
+
+    def no_proc(self: Path, *args: object, **kwargs: object) -> int:
+        if str(self).startswith("/proc/"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_write(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", no_proc)
+    said = gpu.drop_page_cache(tmp_path)
+    assert said.startswith("model files evicted (0.0 GiB") and "Permission denied" in said
