@@ -190,6 +190,32 @@ def materialize(model: torch.nn.Module, device: torch.device, dtype: torch.dtype
     model.eval()
 
 
+def full_text_encoder_config(tokenizer: Any) -> Any:
+    """Qwen2.5-VL-7B's config with this tokenizer's ids: the chat tokens, and the vision tokens
+    the edit prompt's ``<|image_pad|>`` expansion is matched against (the real checkpoint's
+    151655 is not this small tokenizer's id)."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    special = {
+        "bos_token_id": ids("<|im_start|>"),
+        "eos_token_id": ids("<|im_end|>"),
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return Qwen2_5_VLConfig(
+        text_config={**TEXT_CONFIG, **special},
+        vision_config=VISION_CONFIG,
+        hidden_size=TEXT_CONFIG["hidden_size"],
+        vocab_size=TEXT_CONFIG["vocab_size"],
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        vision_token_id=ids("<|vision_start|>"),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        **special,
+    )
+
+
 def build_full_pipeline(device: torch.device, dtype: torch.dtype, workdir: Path) -> Any:
     """The real Qwen-Image shapes with random weights, built straight on the GPU."""
     from accelerate import init_empty_weights
@@ -199,25 +225,14 @@ def build_full_pipeline(device: torch.device, dtype: torch.dtype, workdir: Path)
         QwenImagePipeline,
         QwenImageTransformer2DModel,
     )
-    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     from engine.tiny import QWEN_IMAGE_SCHEDULER, _train_tokenizer
 
     tok_dir = workdir / "tokenizer"
     _train_tokenizer(tok_dir)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    special = {
-        "bos_token_id": tokenizer.convert_tokens_to_ids("<|im_start|>"),
-        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    config = Qwen2_5_VLConfig(
-        text_config={**TEXT_CONFIG, **special},
-        vision_config=VISION_CONFIG,
-        hidden_size=TEXT_CONFIG["hidden_size"],
-        vocab_size=TEXT_CONFIG["vocab_size"],
-        **special,
-    )
+    config = full_text_encoder_config(tokenizer)
     with init_empty_weights():
         transformer = QwenImageTransformer2DModel()  # class defaults are the real shapes
         vae = AutoencoderKLQwenImage()

@@ -70,3 +70,18 @@ def test_without_root_the_model_files_alone_leave_the_page_cache(
     monkeypatch.setattr(Path, "write_text", no_proc)
     said = gpu.drop_page_cache(tmp_path)
     assert said.startswith("model files evicted (0.0 GiB") and "Permission denied" in said
+
+
+def test_the_full_size_text_encoder_knows_the_tokenizers_vision_tokens(tmp_path: Path) -> None:
+    """The stock edit call expands <|image_pad|> and the encoder matches it by id: with the
+    real checkpoint's ids it finds no image token ("tokens: 0, features: 196", seen on a GPU)."""
+    from transformers import AutoTokenizer
+
+    from engine.tiny import _train_tokenizer
+
+    _train_tokenizer(tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    config = gpu.full_text_encoder_config(tokenizer)
+    assert config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert config.vision_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    assert config.text_config.hidden_size == 3584 and config.vision_config.out_hidden_size == 3584
