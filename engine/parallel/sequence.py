@@ -51,6 +51,12 @@ class LocalSizes:
     hangs or returns garbage (seen on two H200s: a rank whose text share equalled its image
     share asked while the other answered). So when the two questions could be confused on
     any rank (a text share of 0), no rank answers for that forward.
+
+    ``gather`` runs inside compiled code, so it must change no Python state that dynamo
+    would guard on: counting the answers there made every forward fail the guard
+    (``_ACTIVE[0].answered == 10``), recompile until the limit, and then compile inside a
+    CUDA graph capture, which the capture refused (seen on two H200s). The counters count
+    eager calls only, and the table is replaced only when the shares change.
     """
 
     def __init__(self, forward: Callable[..., Any], rank: int, world: int) -> None:
@@ -71,15 +77,19 @@ class LocalSizes:
             # Worked out for every rank alike, so all ranks take the same decision.
             if not any(joint[r] == image[r] for r in range(self.world)):
                 table = {joint[self.rank]: joint, image[self.rank]: image}
-        self.table = table
+        if table != self.table:
+            self.table = table
         return self.forward(*args, **kwargs)
 
     def gather(self, size: int, group: Any) -> list[int]:
         sizes = self.table.get(size)
+        counting = not torch.compiler.is_compiling()  # traced code leaves the counters out
         if sizes is None or dist.get_world_size(group=group) != self.world:
-            self.asked_peers += 1
+            if counting:
+                self.asked_peers += 1
             return _STOCK_GATHER[0](size, group)
-        self.answered += 1
+        if counting:
+            self.answered += 1
         return list(sizes)
 
 

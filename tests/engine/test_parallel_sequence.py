@@ -84,5 +84,36 @@ def test_fast_mode_ulysses_switches_on_and_off_and_matches_one_process(
             assert (answered > 0) == (state == "on") and asked == 0
 
 
+def test_answering_a_share_inside_compiled_code_compiles_once(tmp_path: Path) -> None:
+    """``gather`` runs inside the compiled attention. Python state it changed became a guard,
+    every forward recompiled, and the last recompile ran inside a CUDA graph capture (two
+    H200s: "operation not permitted when stream is capturing")."""
+    import torch
+    import torch.distributed as dist
+    from torch._dynamo.testing import CompileCounter
+
+    from engine.parallel.sequence import LocalSizes
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        group = dist.group.WORLD
+        sizes = LocalSizes(lambda **kwargs: None, rank=0, world=1)
+        sizes(hidden_states=torch.zeros(1, 16, 4), encoder_hidden_states=torch.zeros(1, 5, 4))
+        counter = CompileCounter()
+        torch._dynamo.reset()
+
+        @torch.compile(backend=counter, fullgraph=True)
+        def attention(x: torch.Tensor) -> torch.Tensor:
+            return x * sizes.gather(21, group)[0]
+
+        for _ in range(4):
+            assert float(attention(torch.ones(2)).sum()) == 42.0
+        assert counter.frame_count == 1
+    finally:
+        torch._dynamo.reset()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     check(sys.argv[1], sys.argv[2])
