@@ -15,10 +15,12 @@ stored copy, and its Vary buttons say so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import db
@@ -57,6 +59,10 @@ class ImageKeeper:
         # Images being kept right now, by job: a Vary click that races the end of a delivery
         # (the buttons show while the image is still being written) waits for it.
         self._keeping: dict[str, asyncio.Task[Any]] = {}
+        # One lock per file: keeping an image (file, then row) and deleting a file nothing
+        # references (check, then delete) must not interleave for the same bytes, or a kept
+        # twin of a deleted image loses its file. Entries go when nobody holds or waits.
+        self._file_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @property
     def store(self) -> ImageStore | None:
@@ -129,6 +135,20 @@ class ImageKeeper:
         if task is not None and task is not asyncio.current_task() and not task.done():
             await asyncio.wait({task})
 
+    @contextlib.asynccontextmanager
+    async def _file_lock(self, sha256: str) -> AsyncIterator[None]:
+        lock, users = self._file_locks.get(sha256, (asyncio.Lock(), 0))
+        self._file_locks[sha256] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._file_locks[sha256]
+            if users <= 1:
+                del self._file_locks[sha256]
+            else:
+                self._file_locks[sha256] = (lock, users - 1)
+
     async def _keep(
         self,
         store: ImageStore,
@@ -138,6 +158,27 @@ class ImageKeeper:
         png: bytes,
         sweep: bool,
     ) -> StoredImage | None:
+        async with self._file_lock(hashlib.sha256(png).hexdigest()):
+            stored = await self._put_and_record(store, job_key, user_id, guild_id, png)
+        if stored is None:
+            return None
+        self._fine()
+        if stored[1] is not None:
+            await self._delete_files([stored[1]])
+        if sweep:
+            await self._enforce_size_cap(store)
+        return stored[0]
+
+    async def _put_and_record(
+        self,
+        store: ImageStore,
+        job_key: str,
+        user_id: int,
+        guild_id: int | None,
+        png: bytes,
+    ) -> tuple[StoredImage, str | None] | None:
+        """The file, then its row; returns the stored image and the sha256 of an image this
+        job had before (a resumed delivery), or None when either step failed."""
         try:
             stored = await asyncio.to_thread(store.put, png)
         except StoreError as exc:
@@ -163,12 +204,7 @@ class ImageKeeper:
             # The file stays; the next retention sweep removes it if nothing ever names it.
             self._trouble(f"job {job_key}'s image was not recorded", exc)
             return None
-        self._fine()
-        if replaced is not None:
-            await self._delete_files([replaced])
-        if sweep:
-            await self._enforce_size_cap(store)
-        return stored
+        return stored, replaced
 
     async def _enforce_size_cap(self, store: ImageStore) -> None:
         """Sweep at once when the size cap is passed (the periodic sweep covers the age)."""
@@ -217,18 +253,26 @@ class ImageKeeper:
 
     # ------------------------------------------------------------------ removing
     async def _delete_files(self, sha256s: list[str] | tuple[str, ...]) -> int:
-        """Delete files no row references any more; returns how many went."""
+        """Delete files no row references any more; returns how many went.
+
+        The caller saw no row naming each file, but an image with the same bytes may have
+        been kept since: under the file's lock, a file that a row names again stays."""
         store = self.store
         if store is None or not sha256s:
             return 0
         deleted = 0
         for sha256 in sha256s:
-            try:
-                await asyncio.to_thread(store.delete, sha256)
-                deleted += 1
-            except StoreError as exc:
-                # The sweep finds it later: it is no longer referenced by any row.
-                self._trouble("a file could not be deleted", exc)
+            async with self._file_lock(sha256):
+                try:
+                    if await db.image_references(self.db, sha256):
+                        continue
+                    await asyncio.to_thread(store.delete, sha256)
+                    deleted += 1
+                except StoreError as exc:
+                    # The sweep finds it later: it is no longer referenced by any row.
+                    self._trouble("a file could not be deleted", exc)
+                except Exception as exc:  # the database: the file waits for the sweep
+                    self._trouble("a file could not be deleted", exc)
         return deleted
 
     async def forget(self, job_key: str) -> bool:

@@ -229,3 +229,36 @@ async def test_a_read_waits_for_the_image_being_kept(
     written.set()
     assert await reading == png
     assert (await keeping) is not None
+
+
+async def test_deleting_an_image_never_takes_the_file_of_its_twin_kept_meanwhile(
+    database: db.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two jobs with the same bytes share one file. One's Delete found no other row naming
+    the file, and before the file went the other job's image was kept: the file must stay."""
+    store = ImageStore(tmp_path / "images")
+    keeper = ImageKeeper(lambda: store, lambda: database)
+    png = artwork()
+    for key in ("80", "81"):
+        await db.reserve_generation(
+            database,
+            db.NewGeneration(key, 1, 2, 3, "a test", "none", "1:1", "fast"),
+            daily_quota=None,
+            max_queued=None,
+        )
+    assert await keeper.keep(job_key="80", user_id=1, guild_id=3, png=png) is not None
+    real_delete = db.delete_image
+
+    async def twin_kept_meanwhile(database_: db.Database, job_key: str) -> str | None:
+        sha256 = await real_delete(database_, job_key)
+        assert sha256 is not None  # nothing else named the file when the row went
+        assert await keeper.keep(job_key="81", user_id=1, guild_id=3, png=png) is not None
+        return sha256
+
+    monkeypatch.setattr(db, "delete_image", twin_kept_meanwhile)
+    assert await keeper.forget("80")
+    assert await keeper.read("81") == png
+    assert await keeper.has("81") and not await keeper.has("80")
+    monkeypatch.setattr(db, "delete_image", real_delete)
+    assert await keeper.forget("81")  # the last one out takes the file with it
+    assert not list((tmp_path / "images").rglob("*.png"))
