@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import db  # noqa: E402
+from bot.images import ImageKeeper  # noqa: E402
 from bot.store import ImageStore  # noqa: E402
 from bot.web import GalleryDeps, LinkSigner, mount_gallery  # noqa: E402
 from bot.web.security import TokenBucket  # noqa: E402
@@ -213,7 +214,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         parent = web.Application()
         mount_gallery(
             parent,
-            GalleryDeps(database=lambda: database, files=lambda: store, signer=signer),
+            GalleryDeps(
+                database=lambda: database,
+                files=lambda: store,
+                signer=signer,
+                forget=ImageKeeper(lambda: store, lambda: database).forget,
+            ),
             limiter=TokenBucket(1e9, 10**9),
         )
         runner = web.AppRunner(parent, access_log=None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,13 @@ def _no_names(guild_id: int | None, user_id: int) -> str | None:
     return None
 
 
+AdminCheck = Callable[[int, int], Awaitable[bool | None]]
+
+
+async def _trust_the_link(guild_id: int, user_id: int) -> bool | None:
+    return True
+
+
 @dataclasses.dataclass
 class GalleryDeps:
     """What the pages read. Getters, because the bot opens its database and store after it
@@ -45,6 +52,12 @@ class GalleryDeps:
     database: Callable[[], db.Database | None]
     files: Callable[[], ImageFiles | None]
     signer: LinkSigner
+    # The Delete button's own path (``ImageKeeper.forget``): a file goes only when no row
+    # names it, under the same per-file lock as keeping an image.
+    forget: Callable[[str], Awaitable[bool]]
+    # Is this member still allowed Manage Server there (None: could not tell)? An admin link
+    # outlives a demotion; deleting someone else's image asks again.
+    still_admin: AdminCheck = _trust_the_link
     names: NameLookup = _no_names
     guild_name: Callable[[int], str | None] = lambda guild_id: None
     page_size: int = PAGE_SIZE

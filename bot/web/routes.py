@@ -8,7 +8,6 @@ becomes part of a file path.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import logging
@@ -275,13 +274,22 @@ async def delete(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.S
         return forbidden("Only the member who made this image, or an admin, can delete it.")
     if form.get("confirm") != "yes":
         return plain_page(400, "400 Bad Request", "Tick the box to confirm, then delete again.")
-    unreferenced = await db.delete_image(_database(deps), found.generation.job_key)
-    files = deps.files()
-    if unreferenced is not None and files is not None:
-        try:
-            await asyncio.to_thread(files.delete, unreferenced)
-        except Exception:  # the row is gone; a file left behind is only disk space
-            logger.exception("deleting the files of image %s failed", found.image.id)
+    if found.image.user_id != grant.user_id:  # an admin's delete: still an admin?
+        assert grant.guild_id is not None  # may_delete: admin links name a server
+        still = await deps.still_admin(grant.guild_id, grant.user_id)
+        if still is None:
+            return plain_page(
+                503,
+                "503 Service Unavailable",
+                "Discord did not confirm that you still manage this server; nothing was "
+                "deleted. Try again in a moment.",
+            )
+        if not still:
+            return forbidden(
+                "You no longer have Manage Server here, so this link deletes only your own "
+                "images; nothing was deleted."
+            )
+    await deps.forget(found.generation.job_key)
     logger.info(
         "gallery: image %s of user %s deleted by %s%s",
         found.image.id,

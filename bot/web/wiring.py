@@ -6,8 +6,11 @@ engine and with Redis workers alike, so the gallery needs nothing of the image b
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
+
+import discord
 
 from bot.web.app import GalleryDeps
 from bot.web.files import ImageFiles
@@ -57,6 +60,26 @@ def deps_for(bot: ImagineBot) -> GalleryDeps:
         database=lambda: bot.db,
         files=lambda: _store(bot),
         signer=links_for(bot).signer,
+        forget=bot.images.forget,
+        still_admin=functools.partial(still_admin, bot),
         names=names,
         guild_name=guild_name,
     )
+
+
+async def still_admin(bot: discord.Client, guild_id: int, user_id: int) -> bool | None:
+    """Whether the member has Manage Server in that server now, asked of Discord (the bot has
+    no members intent, so its cache may hold an old copy of their roles, or none); None when
+    Discord could not be asked. A member who left, or a server the bot left, is no admin."""
+    guild = bot.get_guild(guild_id)
+    if guild is None:
+        return False
+    try:
+        member = await guild.fetch_member(user_id)
+    except discord.NotFound:
+        return False
+    except (discord.HTTPException, OSError, TimeoutError) as exc:
+        logger.warning("gallery: could not check member %s of guild %s: %s",
+                       user_id, guild_id, exc)  # fmt: skip
+        return None
+    return member.guild_permissions.manage_guild

@@ -24,6 +24,7 @@ from aiohttp import web
 from PIL import Image, ImageDraw
 
 import db
+from bot.images import ImageKeeper
 from bot.store import ImageStore
 from bot.web import GalleryDeps, LinkSigner, mount_gallery
 from bot.web.security import TokenBucket
@@ -96,6 +97,12 @@ class GalleryServer:
         self.runner: web.AppRunner | None = None
         self.base_url = ""
         self._limiter = TokenBucket(rate_per_s, burst)
+        # What Discord says now about a member's Manage Server (None: Discord did not answer);
+        # members not named here still have what their link says.
+        self.admin_now: dict[int, bool | None] = {}
+
+    async def _still_admin(self, guild_id: int, user_id: int) -> bool | None:
+        return self.admin_now.get(user_id, True)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
         """Run a coroutine on the server's loop and wait for its result."""
@@ -109,10 +116,13 @@ class GalleryServer:
     async def _start(self) -> None:
         self.database = await db.Database.open(f"sqlite+aiosqlite:///{self.root}/gallery.db")
         parent = web.Application()
+        keeper = ImageKeeper(lambda: self.store, lambda: self.database)  # type: ignore[arg-type]
         deps = GalleryDeps(
             database=lambda: self.database,
             files=lambda: self.store,
             signer=self.signer,
+            forget=keeper.forget,
+            still_admin=self._still_admin,
             names=lambda guild_id, user_id: NAMES.get(user_id),
             guild_name=GUILD_NAMES.get,
         )

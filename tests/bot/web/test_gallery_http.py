@@ -141,6 +141,31 @@ def test_deleting_needs_post_the_csrf_token_and_a_same_site_origin(
     assert fetch(url, form={"csrf": csrf, "confirm": "yes"}).status == 404
 
 
+def test_an_admin_link_deletes_others_images_only_while_its_member_is_still_an_admin(
+    gallery: GalleryServer, thirty: list[Seeded]
+) -> None:
+    bobs = gallery.add("bob's picture", user_id=BOB)
+    alices = gallery.add("alice's own picture", user_id=ALICE)
+    link = gallery.link(user_id=ALICE, admin=True)  # made while Alice had Manage Server
+    csrf = {"csrf": gallery.signer.csrf_token(token_of(link)), "confirm": "yes"}
+    try:
+        gallery.admin_now[ALICE] = None  # Discord did not answer: nothing happens
+        refused = fetch(link + f"i/{bobs.image_id}/delete", form=csrf)
+        assert refused.status == 503 and "nothing was deleted" in refused.text
+        gallery.admin_now[ALICE] = False  # demoted since the link was made
+        refused = fetch(link + f"i/{bobs.image_id}/delete", form=csrf)
+        assert refused.status == 403 and "no longer have Manage Server" in refused.text
+        assert gallery.exists(bobs.image_id)
+        # Her own images are still hers to delete, whatever her roles.
+        assert fetch(link + f"i/{alices.image_id}/delete", form=csrf).status == 303
+        assert not gallery.exists(alices.image_id)
+        gallery.admin_now[ALICE] = True  # promoted again
+        assert fetch(link + f"i/{bobs.image_id}/delete", form=csrf).status == 303
+        assert not gallery.exists(bobs.image_id)
+    finally:
+        gallery.admin_now.clear()
+
+
 def test_a_dm_link_shows_only_that_members_dm_images(
     gallery: GalleryServer, thirty: list[Seeded]
 ) -> None:

@@ -1,0 +1,61 @@
+"""``bot.web.wiring.still_admin``: an admin link's delete asks Discord about the member now."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import discord
+import pytest
+
+from bot.web.wiring import still_admin
+
+GUILD, ALICE = 900, 1
+
+
+def http_error(kind: type[discord.HTTPException], status: int) -> discord.HTTPException:
+    return kind(types.SimpleNamespace(status=status, reason="test"), "test")
+
+
+class Guild:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.asked: list[int] = []
+
+    async def fetch_member(self, user_id: int) -> Any:
+        self.asked.append(user_id)
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+def bot_with(guild: Guild | None) -> Any:
+    return types.SimpleNamespace(get_guild=lambda guild_id: guild)
+
+
+def member(manage_guild: bool) -> Any:
+    return types.SimpleNamespace(
+        guild_permissions=discord.Permissions(manage_guild=manage_guild, send_messages=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (member(True), True),
+        (member(False), False),  # demoted since the link was made
+        (http_error(discord.NotFound, 404), False),  # left the server
+        (http_error(discord.HTTPException, 503), None),  # Discord did not answer
+        (TimeoutError(), None),
+    ],
+)
+async def test_the_member_is_fetched_from_discord_not_the_cache(
+    answer: Any, expected: bool | None
+) -> None:
+    guild = Guild(answer)
+    assert await still_admin(bot_with(guild), GUILD, ALICE) is expected
+    assert guild.asked == [ALICE]
+
+
+async def test_a_server_the_bot_left_has_no_admins() -> None:
+    assert await still_admin(bot_with(None), GUILD, ALICE) is False
