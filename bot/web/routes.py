@@ -28,8 +28,9 @@ from db import gallery
 logger = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 200
-# Content-addressed files never change: a browser may keep them as long as it likes.
-FILE_CACHE = "private, max-age=31536000, immutable"
+# A file never changes, but it may be deleted (its Delete button, retention, /forget-me):
+# browsers keep it 10 minutes, then ask again (a 304 while it exists, a 404 once it went).
+FILE_CACHE = "private, max-age=600"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GrantedHandler = Callable[[web.Request, Grant, GalleryDeps], Awaitable[web.StreamResponse]]
@@ -222,9 +223,10 @@ async def _send_file(
         card = await deps.cards.get(sha, files.thumb_path(sha))
         if card is None:
             return gone
-        return web.Response(
-            body=card, content_type="image/webp", headers={"Cache-Control": FILE_CACHE}
-        )
+        headers = {"Cache-Control": FILE_CACHE, "ETag": f'"card-{sha[:32]}"'}
+        if request.headers.get("If-None-Match") == headers["ETag"]:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=card, content_type="image/webp", headers=headers)
     path = files.png_path(sha)
     if not path.is_file():
         return gone

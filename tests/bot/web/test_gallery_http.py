@@ -97,10 +97,15 @@ def test_files_come_by_id_with_the_right_type_and_nothing_else(
     thumb = fetch(link + f"t/{image_id}.webp")
     assert thumb.status == 200 and thumb.headers["content-type"] == "image/webp"
     assert thumb.body[:4] == b"RIFF" and thumb.body[8:12] == b"WEBP"
+    # Kept a short while only: a deleted image must not live on in a browser for a year.
+    assert thumb.headers["cache-control"] == "private, max-age=600"
+    again = fetch(link + f"t/{image_id}.webp", headers={"If-None-Match": thumb.headers["etag"]})
+    assert again.status == 304 and not again.body
     full = fetch(link + f"f/{image_id}.png?download=1")
     assert full.headers["content-type"] == "image/png"
     assert full.headers["content-disposition"].startswith("attachment;")
     assert full.body[:8] == b"\x89PNG\r\n\x1a\n"
+    assert full.headers["cache-control"] == "private, max-age=600" and full.headers["etag"]
     css = fetch(f"{gallery.base_url}/gallery/static/gallery.css")
     assert css.status == 200 and css.headers["content-type"].startswith("text/css")
     for probe in (
