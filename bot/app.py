@@ -146,7 +146,7 @@ class ImagineBot(commands.Bot):
         self._housekeeping = asyncio.create_task(
             Housekeeping(
                 self._database,
-                lambda: self.store,
+                self.images.delete_unreferenced,
                 retention_days=settings.history_retention_days,
                 now=discord.utils.utcnow,
             ).forever(settings.housekeeping_interval_s),

@@ -16,10 +16,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import db
-from bot.store import ImageStore, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +39,15 @@ class Housekeeping:
     def __init__(
         self,
         database: Callable[[], db.Database],
-        store: Callable[[], ImageStore | None],
+        delete_files: Callable[[tuple[str, ...]], Awaitable[int]],
         *,
         retention_days: float,
         now: Callable[[], dt.datetime],
     ) -> None:
         self._database = database
-        self._store = store
+        # ``ImageKeeper.delete_unreferenced``: the one path that deletes a file no row names
+        # (under its per-file lock, checking the rows again).
+        self._delete_files = delete_files
         self.retention_days = retention_days
         self._now = now
 
@@ -72,20 +73,6 @@ class Housekeeping:
             return Swept(tokens=tokens)
         files = await self._delete_files(pruned.unreferenced)
         return Swept(tokens, pruned.generations, pruned.images, files)
-
-    async def _delete_files(self, sha256s: tuple[str, ...]) -> int:
-        """Delete the files of pruned images (those no row references any more)."""
-        store = self._store()
-        if store is None or not sha256s:
-            return 0
-        deleted = 0
-        for sha256 in sha256s:
-            try:
-                await asyncio.to_thread(store.delete, sha256)
-                deleted += 1
-            except StoreError as exc:  # no row names it: the store's own sweep finds it later
-                logger.warning("history retention could not delete an image file: %s", exc)
-        return deleted
 
     async def forever(self, interval_s: float) -> None:
         """``run_once`` every ``interval_s`` until cancelled; a failed round is logged and the

@@ -20,13 +20,15 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
 
 import db
 from bot.store import ImageGone, ImageStore, StoredImage, StoreError, SweepResult
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class NotStored(LookupError):
@@ -63,6 +65,7 @@ class ImageKeeper:
         # references (check, then delete) must not interleave for the same bytes, or a kept
         # twin of a deleted image loses its file. Entries go when nobody holds or waits.
         self._file_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._holding: set[asyncio.Task[Any]] = set()  # locked work that outlives its caller
 
     @property
     def store(self) -> ImageStore | None:
@@ -149,6 +152,19 @@ class ImageKeeper:
             else:
                 self._file_locks[sha256] = (lock, users - 1)
 
+    async def _locked(self, sha256: str, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` under the file's lock, to its end even if the caller is cancelled: a
+        thread writing or deleting the file cannot be stopped, so the lock must outlast it."""
+
+        async def hold() -> T:
+            async with self._file_lock(sha256):
+                return await work
+
+        task = asyncio.create_task(hold())
+        self._holding.add(task)
+        task.add_done_callback(self._holding.discard)
+        return await asyncio.shield(task)
+
     async def _keep(
         self,
         store: ImageStore,
@@ -158,13 +174,15 @@ class ImageKeeper:
         png: bytes,
         sweep: bool,
     ) -> StoredImage | None:
-        async with self._file_lock(hashlib.sha256(png).hexdigest()):
-            stored = await self._put_and_record(store, job_key, user_id, guild_id, png)
+        sha256 = hashlib.sha256(png).hexdigest()
+        stored = await self._locked(
+            sha256, self._put_and_record(store, job_key, user_id, guild_id, png)
+        )
         if stored is None:
             return None
         self._fine()
         if stored[1] is not None:
-            await self._delete_files([stored[1]])
+            await self.delete_unreferenced([stored[1]])
         if sweep:
             await self._enforce_size_cap(store)
         return stored[0]
@@ -252,8 +270,9 @@ class ImageKeeper:
         return await asyncio.to_thread(store.exists, record.sha256)
 
     # ------------------------------------------------------------------ removing
-    async def _delete_files(self, sha256s: list[str] | tuple[str, ...]) -> int:
-        """Delete files no row references any more; returns how many went.
+    async def delete_unreferenced(self, sha256s: list[str] | tuple[str, ...]) -> int:
+        """Delete files no row references any more (the Delete button, /forget-me, history
+        retention); returns how many went.
 
         The caller saw no row naming each file, but an image with the same bytes may have
         been kept since: under the file's lock, a file that a row names again stays."""
@@ -262,18 +281,18 @@ class ImageKeeper:
             return 0
         deleted = 0
         for sha256 in sha256s:
-            async with self._file_lock(sha256):
-                try:
-                    if await db.image_references(self.db, sha256):
-                        continue
-                    await asyncio.to_thread(store.delete, sha256)
-                    deleted += 1
-                except StoreError as exc:
-                    # The sweep finds it later: it is no longer referenced by any row.
-                    self._trouble("a file could not be deleted", exc)
-                except Exception as exc:  # the database: the file waits for the sweep
-                    self._trouble("a file could not be deleted", exc)
+            deleted += await self._locked(sha256, self._delete_if_unreferenced(store, sha256))
         return deleted
+
+    async def _delete_if_unreferenced(self, store: ImageStore, sha256: str) -> int:
+        try:
+            if await db.image_references(self.db, sha256):
+                return 0
+            await asyncio.to_thread(store.delete, sha256)
+            return 1
+        except Exception as exc:  # disk or database: no row names it, the sweep finds it later
+            self._trouble("a file could not be deleted", exc)
+            return 0
 
     async def forget(self, job_key: str) -> bool:
         """The Delete button: drop a job's stored image (the file goes when no other job shares
@@ -283,13 +302,13 @@ class ImageKeeper:
             return False
         sha256 = await db.delete_image(self.db, job_key)
         if sha256 is not None:
-            await self._delete_files([sha256])
+            await self.delete_unreferenced([sha256])
         return True
 
     async def erase_user(self, user_id: int) -> db.ErasedUser:
         """A member's erase command: their history rows and stored images, files included."""
         erased = await db.erase_user(self.db, user_id)
-        await self._delete_files(erased.unreferenced)
+        await self.delete_unreferenced(erased.unreferenced)
         return erased
 
     # ------------------------------------------------------------------ retention

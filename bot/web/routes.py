@@ -22,6 +22,7 @@ import db
 from bot.web import pages
 from bot.web.app import CSS_VERSION, DEPS, STATIC_DIR, GalleryDeps
 from bot.web.auth import BadLink, Grant
+from bot.web.cards import CARD_QUALITY, CARD_SIDE
 from bot.web.security import forbidden, plain_page
 from db import gallery
 
@@ -31,6 +32,8 @@ MAX_QUERY_CHARS = 200
 # A file never changes, but it may be deleted (its Delete button, retention, /forget-me):
 # browsers keep it 10 minutes, then ask again (a 304 while it exists, a 404 once it went).
 FILE_CACHE = "private, max-age=600"
+# A card's bytes depend on how cards are made, not only on the image: a change makes new tags.
+CARD_TAG = f"card{CARD_SIDE}q{CARD_QUALITY}"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GrantedHandler = Callable[[web.Request, Grant, GalleryDeps], Awaitable[web.StreamResponse]]
@@ -223,7 +226,7 @@ async def _send_file(
         card = await deps.cards.get(sha, files.thumb_path(sha))
         if card is None:
             return gone
-        headers = {"Cache-Control": FILE_CACHE, "ETag": f'"card-{sha[:32]}"'}
+        headers = {"Cache-Control": FILE_CACHE, "ETag": f'"{CARD_TAG}-{sha[:32]}"'}
         if request.headers.get("If-None-Match") == headers["ETag"]:
             return web.Response(status=304, headers=headers)
         return web.Response(body=card, content_type="image/webp", headers=headers)

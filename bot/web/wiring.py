@@ -6,6 +6,7 @@ engine and with Redis workers alike, so the gallery needs nothing of the image b
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _ATTRIBUTE = "gallery_links"
+ADMIN_CHECK_TIMEOUT_S = 5.0
 
 
 def links_for(bot: ImagineBot) -> GalleryLinks:
@@ -70,16 +72,20 @@ def deps_for(bot: ImagineBot) -> GalleryDeps:
 async def still_admin(bot: discord.Client, guild_id: int, user_id: int) -> bool | None:
     """Whether the member has Manage Server in that server now, asked of Discord (the bot has
     no members intent, so its cache may hold an old copy of their roles, or none); None when
-    Discord could not be asked. A member who left, or a server the bot left, is no admin."""
+    that cannot be told (not connected yet, Discord slow or failing: a delete waits at most
+    ``ADMIN_CHECK_TIMEOUT_S``). A member who left, or a server the bot left, is no admin."""
+    if not bot.is_ready():
+        return None
     guild = bot.get_guild(guild_id)
     if guild is None:
         return False
     try:
-        member = await guild.fetch_member(user_id)
+        async with asyncio.timeout(ADMIN_CHECK_TIMEOUT_S):
+            member = await guild.fetch_member(user_id)
     except discord.NotFound:
         return False
-    except (discord.HTTPException, OSError, TimeoutError) as exc:
-        logger.warning("gallery: could not check member %s of guild %s: %s",
+    except Exception as exc:  # HTTP errors, dropped connections, the timeout
+        logger.warning("gallery: could not check member %s of guild %s: %r",
                        user_id, guild_id, exc)  # fmt: skip
         return None
     return member.guild_permissions.manage_guild

@@ -5,6 +5,7 @@ variation interrupted by a restart."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import threading
 from pathlib import Path
@@ -262,3 +263,39 @@ async def test_deleting_an_image_never_takes_the_file_of_its_twin_kept_meanwhile
     monkeypatch.setattr(db, "delete_image", real_delete)
     assert await keeper.forget("81")  # the last one out takes the file with it
     assert not list((tmp_path / "images").rglob("*.png"))
+
+
+async def test_a_cancelled_keep_holds_the_files_lock_until_its_write_is_done(
+    database: db.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread writing the file cannot be stopped: had the lock gone with the cancelled
+    caller, a delete of the same bytes could run under the write."""
+    store = ImageStore(tmp_path / "images")
+    keeper = ImageKeeper(lambda: store, lambda: database)
+    written = threading.Event()
+    real_put = store.put
+
+    def slow_put(png: bytes, **kwargs: Any) -> Any:
+        written.wait(10)
+        return real_put(png, **kwargs)
+
+    monkeypatch.setattr(store, "put", slow_put)
+    png = artwork()
+    await db.reserve_generation(
+        database,
+        db.NewGeneration("78", 1, 2, 3, "a test", "none", "1:1", "fast"),
+        daily_quota=None,
+        max_queued=None,
+    )
+    keeping = asyncio.create_task(keeper.keep(job_key="78", user_id=1, guild_id=3, png=png))
+    await asyncio.sleep(0.05)
+    keeping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await keeping
+    sha256 = hashlib.sha256(png).hexdigest()
+    deleting = asyncio.create_task(keeper.delete_unreferenced([sha256]))
+    await asyncio.sleep(0.05)
+    assert not deleting.done()  # waits for the write, not for the cancelled caller
+    written.set()
+    assert await deleting == 0  # the write finished and recorded its row: the file stays
+    assert await keeper.read("78") == png

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import types
 from typing import Any
 
@@ -29,8 +30,8 @@ class Guild:
         return self.answer
 
 
-def bot_with(guild: Guild | None) -> Any:
-    return types.SimpleNamespace(get_guild=lambda guild_id: guild)
+def bot_with(guild: Guild | None, *, ready: bool = True) -> Any:
+    return types.SimpleNamespace(get_guild=lambda guild_id: guild, is_ready=lambda: ready)
 
 
 def member(manage_guild: bool) -> Any:
@@ -47,6 +48,8 @@ def member(manage_guild: bool) -> Any:
         (http_error(discord.NotFound, 404), False),  # left the server
         (http_error(discord.HTTPException, 503), None),  # Discord did not answer
         (TimeoutError(), None),
+        (ConnectionResetError(), None),
+        (RuntimeError("a dropped connection of another kind"), None),
     ],
 )
 async def test_the_member_is_fetched_from_discord_not_the_cache(
@@ -59,3 +62,22 @@ async def test_the_member_is_fetched_from_discord_not_the_cache(
 
 async def test_a_server_the_bot_left_has_no_admins() -> None:
     assert await still_admin(bot_with(None), GUILD, ALICE) is False
+
+
+async def test_before_the_bot_is_connected_nothing_can_be_told() -> None:
+    guild = Guild(member(True))
+    assert await still_admin(bot_with(guild, ready=False), GUILD, ALICE) is None
+    assert guild.asked == []
+
+
+async def test_a_discord_that_does_not_answer_is_given_up_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.web import wiring
+
+    class Hanging(Guild):
+        async def fetch_member(self, user_id: int) -> Any:
+            await asyncio.sleep(60)
+
+    monkeypatch.setattr(wiring, "ADMIN_CHECK_TIMEOUT_S", 0.05)
+    assert await still_admin(bot_with(Hanging(None)), GUILD, ALICE) is None
