@@ -133,6 +133,9 @@ def run_ulysses_glue_eagerly() -> None:
     compiled it again. Two H200s, fast 1328²: compiled glue 1.28-1.30 s per image and 6.3 s for
     the first image of a new prompt length (run11); in run7 the glue had fallen back to eager
     (the compiler hit its recompile limit) and took 1.157 s and 3.0 s.
+
+    The patch is process-wide and stays: ``enable_sequence_parallel(fullgraph=True)`` (a
+    benchmark experiment, not a product path) cannot compile across it in the same process.
     """
     from diffusers.models import attention_dispatch
 
