@@ -201,13 +201,19 @@ async def test_variation_whose_image_went_during_a_restart_is_refunded_once(
     assert (await harness.row(key)).status == "failed"
 
 
-async def test_a_read_waits_for_the_image_being_kept(
-    database: db.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Vary clicked the instant the image shows, while it is still being written: the click
-    waits for the write instead of answering that the image is gone."""
-    store = ImageStore(tmp_path / "images")
-    keeper = ImageKeeper(lambda: store, lambda: database)
+async def reserve(database: db.Database, *keys: str) -> None:
+    """History rows for these job keys (an image row needs its job's)."""
+    for key in keys:
+        await db.reserve_generation(
+            database,
+            db.NewGeneration(key, 1, 2, 3, "a test", "none", "1:1", "fast"),
+            daily_quota=None,
+            max_queued=None,
+        )
+
+
+def slow_writes(store: ImageStore, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The store's writes wait until the returned event is set (a slow disk)."""
     written = threading.Event()
     real_put = store.put
 
@@ -216,13 +222,19 @@ async def test_a_read_waits_for_the_image_being_kept(
         return real_put(png, **kwargs)
 
     monkeypatch.setattr(store, "put", slow_put)
+    return written
+
+
+async def test_a_read_waits_for_the_image_being_kept(
+    database: db.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Vary clicked the instant the image shows, while it is still being written: the click
+    waits for the write instead of answering that the image is gone."""
+    store = ImageStore(tmp_path / "images")
+    keeper = ImageKeeper(lambda: store, lambda: database)
+    written = slow_writes(store, monkeypatch)
     png = artwork()
-    await db.reserve_generation(
-        database,
-        db.NewGeneration("77", 1, 2, 3, "a test", "none", "1:1", "fast"),
-        daily_quota=None,
-        max_queued=None,
-    )
+    await reserve(database, "77")
     keeping = asyncio.create_task(keeper.keep(job_key="77", user_id=1, guild_id=3, png=png))
     reading = asyncio.create_task(keeper.read("77"))
     await asyncio.sleep(0.05)
@@ -240,13 +252,7 @@ async def test_deleting_an_image_never_takes_the_file_of_its_twin_kept_meanwhile
     store = ImageStore(tmp_path / "images")
     keeper = ImageKeeper(lambda: store, lambda: database)
     png = artwork()
-    for key in ("80", "81"):
-        await db.reserve_generation(
-            database,
-            db.NewGeneration(key, 1, 2, 3, "a test", "none", "1:1", "fast"),
-            daily_quota=None,
-            max_queued=None,
-        )
+    await reserve(database, "80", "81")
     assert await keeper.keep(job_key="80", user_id=1, guild_id=3, png=png) is not None
     real_delete = db.delete_image
 
@@ -272,21 +278,9 @@ async def test_a_cancelled_keep_holds_the_files_lock_until_its_write_is_done(
     caller, a delete of the same bytes could run under the write."""
     store = ImageStore(tmp_path / "images")
     keeper = ImageKeeper(lambda: store, lambda: database)
-    written = threading.Event()
-    real_put = store.put
-
-    def slow_put(png: bytes, **kwargs: Any) -> Any:
-        written.wait(10)
-        return real_put(png, **kwargs)
-
-    monkeypatch.setattr(store, "put", slow_put)
+    written = slow_writes(store, monkeypatch)
     png = artwork()
-    await db.reserve_generation(
-        database,
-        db.NewGeneration("78", 1, 2, 3, "a test", "none", "1:1", "fast"),
-        daily_quota=None,
-        max_queued=None,
-    )
+    await reserve(database, "78")
     keeping = asyncio.create_task(keeper.keep(job_key="78", user_id=1, guild_id=3, png=png))
     await asyncio.sleep(0.05)
     keeping.cancel()
