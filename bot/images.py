@@ -180,12 +180,13 @@ class ImageKeeper:
         )
         if stored is None:
             return None
+        kept, replaced = stored
         self._fine()
-        if stored[1] is not None:
-            await self.delete_unreferenced([stored[1]])
+        if replaced is not None:
+            await self.delete_unreferenced([replaced])
         if sweep:
             await self._enforce_size_cap(store)
-        return stored[0]
+        return kept
 
     async def _put_and_record(
         self,
