@@ -39,7 +39,6 @@ from bench.gpu import (  # noqa: E402  (after the path set-up above)
     PROMPT,
     TEXT_TOKENS,
     Recorder,
-    add_common_arguments,
     build_full_pipeline,
     build_tiny,
     engine_generator,
@@ -48,6 +47,7 @@ from bench.gpu import (  # noqa: E402  (after the path set-up above)
     guarded,
     lora_for,
     peak_memory,
+    run_script,
     sync,
     tiny_compile,
 )
@@ -183,14 +183,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    add_common_arguments(parser)
-    parser.add_argument("--fp8", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return run(args)
+    return run_script(__doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -527,6 +527,25 @@ def add_common_arguments(
     parser.add_argument("--no-compile", action="store_true")
 
 
+def run_script(
+    doc: str | None,
+    run: Callable[[argparse.Namespace], int],
+    argv: list[str] | None,
+    *,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """A one-process benchmark script's ``main``: the shared options and ``--fp8``, the
+    script's own (``options``), INFO logging, then ``run``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--fp8", action="store_true")
+    if options is not None:
+        options(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return run(args)
+
+
 def engine_settings(
     args: argparse.Namespace, workdir: Path, lora_dir: Path, lora_file: str, **extra: Any
 ) -> Any:

@@ -34,7 +34,6 @@ import torch  # noqa: E402
 from bench.gpu import (  # noqa: E402  (after the path set-up above)
     PROMPT,
     Recorder,
-    add_common_arguments,
     build_full_pipeline,
     build_tiny,
     engine_generator,
@@ -43,6 +42,7 @@ from bench.gpu import (  # noqa: E402  (after the path set-up above)
     guarded,
     lora_for,
     peak_memory,
+    run_script,
     sync,
     tiny_compile,
 )
@@ -159,18 +159,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    add_common_arguments(parser)
-    parser.add_argument("--fp8", action="store_true")
-    parser.add_argument("--preview-interval", type=float, default=1.5)
-    parser.add_argument(
-        "--short", action="store_true", help="one run of each slow case (a short device lease)"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return run(args)
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--preview-interval", type=float, default=1.5)
+        parser.add_argument(
+            "--short", action="store_true", help="one run of each slow case (a short device lease)"
+        )
+
+    return run_script(__doc__, run, argv, options=options)
 
 
 if __name__ == "__main__":
