@@ -289,15 +289,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def finish(code: int) -> int:
-    """Exit now: in run 7 the ranks hung at shutdown after NCCL ran inside CUDA graphs (the
-    results were all written; the call then sat until its time limit)."""
-    if torch.cuda.is_available() and dist.is_initialized():
-        sys.stdout.flush()
-        logging.shutdown()
-        os._exit(code)
-    if dist.is_initialized():
+    """Exit now, without the interpreter's finalization. In run 7 the ranks hung at shutdown
+    after NCCL ran inside CUDA graphs (the results were all written; the call then sat until
+    its time limit). On gloo a worker thread can still be dropping its last all_gather's
+    tensors; if that lands during finalization the process aborts."""
+    if not dist.is_initialized():
+        return code
+    if not torch.cuda.is_available():
         dist.destroy_process_group()
-    return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def run_cases(
