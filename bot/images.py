@@ -20,15 +20,26 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import db
-from bot.store import ImageGone, ImageStore, StoredImage, StoreError, SweepResult
+from bot.store import (
+    ImageGone,
+    ImageStore,
+    StoredImage,
+    StoreError,
+    SweepEntry,
+    SweepResult,
+)
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# The retention sweep deletes files and forgets their rows this many at a time, each batch
+# under its files' locks: one thread hop and one transaction per batch, not per file.
+SWEEP_BATCH = 64
 
 
 class NotStored(LookupError):
@@ -152,12 +163,17 @@ class ImageKeeper:
             else:
                 self._file_locks[sha256] = (lock, users - 1)
 
-    async def _locked(self, sha256: str, work: Coroutine[Any, Any, T]) -> T:
-        """Run ``work`` under the file's lock, to its end even if the caller is cancelled: a
-        thread writing or deleting the file cannot be stopped, so the lock must outlast it."""
+    async def _locked(self, sha256s: Iterable[str], work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` under the files' locks, to its end even if the caller is cancelled: a
+        thread writing or deleting a file cannot be stopped, so the lock must outlast it.
+
+        Only the retention sweep takes several locks (in sorted order, one sweep at a time);
+        everything else takes one, so no two holders ever wait for each other."""
 
         async def hold() -> T:
-            async with self._file_lock(sha256):
+            async with contextlib.AsyncExitStack() as stack:
+                for sha256 in sorted(set(sha256s)):
+                    await stack.enter_async_context(self._file_lock(sha256))
                 return await work
 
         task = asyncio.create_task(hold())
@@ -176,7 +192,7 @@ class ImageKeeper:
     ) -> StoredImage | None:
         sha256 = hashlib.sha256(png).hexdigest()
         stored = await self._locked(
-            sha256, self._put_and_record(store, job_key, user_id, guild_id, png)
+            [sha256], self._put_and_record(store, job_key, user_id, guild_id, png)
         )
         if stored is None:
             return None
@@ -282,7 +298,7 @@ class ImageKeeper:
             return 0
         deleted = 0
         for sha256 in sha256s:
-            deleted += await self._locked(sha256, self._delete_if_unreferenced(store, sha256))
+            deleted += await self._locked([sha256], self._delete_if_unreferenced(store, sha256))
         return deleted
 
     async def _delete_if_unreferenced(self, store: ImageStore, sha256: str) -> int:
@@ -314,15 +330,34 @@ class ImageKeeper:
 
     # ------------------------------------------------------------------ retention
     async def sweep(self) -> SweepResult | None:
-        """Retention: delete the files past the age or size limit, then forget their rows."""
+        """Retention: delete the files past the age or size limit and forget their rows.
+
+        Each file goes and its rows are forgotten under the file's lock, so an image with the
+        same bytes kept meanwhile either refreshed the file's age first (and it stays) or is
+        kept afresh afterwards; it never loses its row to a sweep of its old twin."""
         store = self.store
         if store is None or (store.max_age_s is None and store.max_total_bytes is None):
             return None
         async with self._lock:
-            result = await asyncio.to_thread(store.sweep)
-            if result.deleted:
-                await db.forget_images(self.db, result.deleted)
-            return result
+            plan = await asyncio.to_thread(store.plan_sweep)
+            deleted: list[tuple[SweepEntry, int]] = []
+            for start in range(0, len(plan.doomed), SWEEP_BATCH):
+                batch = plan.doomed[start : start + SWEEP_BATCH]
+                work = self._sweep_batch(store, batch)
+                deleted += await self._locked([e.sha256 for e in batch], work)
+            return plan.result(deleted)
+
+    async def _sweep_batch(
+        self, store: ImageStore, batch: tuple[SweepEntry, ...]
+    ) -> list[tuple[SweepEntry, int]]:
+        def delete() -> list[tuple[SweepEntry, int]]:
+            sizes = ((entry, store.delete_if_unchanged(entry)) for entry in batch)
+            return [(entry, size) for entry, size in sizes if size is not None]
+
+        deleted = await asyncio.to_thread(delete)
+        if deleted:
+            await db.forget_images(self.db, [entry.sha256 for entry, _ in deleted])
+        return deleted
 
     async def sweep_forever(self, interval_s: float) -> None:
         """Sweep now and then every ``interval_s`` until cancelled; a failed sweep is logged and

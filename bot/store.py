@@ -98,10 +98,36 @@ class SweepResult:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Entry:
+class SweepEntry:
+    """One stored image as the sweep listed it."""
+
     sha256: str
-    stored_at: float
+    stored_at: float  # the PNG's modification time when listed
     size: int  # PNG and thumbnail together
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SweepPlan:
+    """What retention would delete (oldest first) from a listing of ``images`` files."""
+
+    doomed: tuple[SweepEntry, ...]
+    images: int
+    total_bytes: int
+
+    def result(self, deleted: list[tuple[SweepEntry, int]]) -> SweepResult:
+        """The sweep's outcome once ``deleted`` (entry, bytes freed) went; logs it."""
+        kept_bytes = self.total_bytes - sum(entry.size for entry, _ in deleted)
+        freed = sum(size for _, size in deleted)
+        kept = self.images - len(deleted)
+        if deleted:
+            logger.info(
+                "retention removed %d images (%.1f MB); %d kept (%.1f MB)",
+                len(deleted),
+                freed / MEGABYTE,
+                kept,
+                kept_bytes / MEGABYTE,
+            )
+        return SweepResult(tuple(e.sha256 for e, _ in deleted), freed, kept, kept_bytes)
 
 
 def check_sha256(sha256: str) -> str:
@@ -256,10 +282,10 @@ class ImageStore:
         return self._read(self.thumb_path(sha256), sha256)
 
     # -------------------------------------------------------------------- retention
-    def _entries(self, now: float) -> list[_Entry]:
+    def _entries(self, now: float) -> list[SweepEntry]:
         """Every stored image with its age and size; removes stale temporaries and thumbnails
         whose PNG is gone on the way."""
-        entries: list[_Entry] = []
+        entries: list[SweepEntry] = []
         for first in _subfolders(self.root):
             for second in _subfolders(first):
                 pngs: dict[str, os.stat_result] = {}
@@ -281,7 +307,7 @@ class ImageStore:
                                 thumbs[stem] = item.stat().st_size
                 for sha256, stat in pngs.items():
                     entries.append(
-                        _Entry(sha256, stat.st_mtime, stat.st_size + thumbs.get(sha256, 0))
+                        SweepEntry(sha256, stat.st_mtime, stat.st_size + thumbs.get(sha256, 0))
                     )
                 for sha256 in thumbs.keys() - pngs.keys():
                     with contextlib.suppress(OSError):
@@ -289,44 +315,47 @@ class ImageStore:
         entries.sort(key=lambda e: (e.stored_at, e.sha256))
         return entries
 
-    def sweep(self, *, now: float | None = None) -> SweepResult:
-        """Delete images older than ``max_age_days``, then the oldest ones until the rest fit
-        in ``max_total_mb``; returns what went (give it to ``db.images.forget_images``).
-
-        A file whose age changed since the listing (stored again meanwhile) is kept.
-        """
+    def plan_sweep(self, *, now: float | None = None) -> SweepPlan:
+        """The images older than ``max_age_days``, then the oldest ones until the rest fit in
+        ``max_total_mb``. Deleting them is a second step (``delete_if_unchanged``), so that
+        the caller can hold each file's lock (``bot.images``) while one goes."""
         now = time.time() if now is None else now
         entries = self._entries(now)
-        total = sum(e.size for e in entries)
-        deleted: list[str] = []
-        freed = 0
+        total = remaining = sum(e.size for e in entries)
+        doomed: list[SweepEntry] = []
         for entry in entries:
             too_old = self.max_age_s is not None and now - entry.stored_at > self.max_age_s
-            too_big = self.max_total_bytes is not None and total > self.max_total_bytes
+            too_big = self.max_total_bytes is not None and remaining > self.max_total_bytes
             if not (too_old or too_big):
                 break  # oldest first: every later entry is younger, and the rest already fit
-            try:
-                if self.png_path(entry.sha256).stat().st_mtime != entry.stored_at:
-                    continue
-                size = self.delete(entry.sha256)
-            except FileNotFoundError:
-                size = 0
-            except StoreError:
-                logger.warning("retention could not delete image %s", entry.sha256[:12])
-                continue
-            deleted.append(entry.sha256)
-            total -= entry.size
-            freed += size
-        kept = len(entries) - len(deleted)
-        if deleted:
-            logger.info(
-                "retention removed %d images (%.1f MB); %d kept (%.1f MB)",
-                len(deleted),
-                freed / MEGABYTE,
-                kept,
-                total / MEGABYTE,
-            )
-        return SweepResult(tuple(deleted), freed, kept, total)
+            doomed.append(entry)
+            remaining -= entry.size
+        return SweepPlan(tuple(doomed), len(entries), total)
+
+    def delete_if_unchanged(self, entry: SweepEntry) -> int | None:
+        """Delete a planned image unless it was stored again since the listing (its age
+        changed); returns the bytes freed, or None when it stays."""
+        try:
+            if self.png_path(entry.sha256).stat().st_mtime != entry.stored_at:
+                return None
+            return self.delete(entry.sha256)
+        except FileNotFoundError:
+            return 0
+        except StoreError:
+            logger.warning("retention could not delete image %s", entry.sha256[:12])
+            return None
+
+    def sweep(self, *, now: float | None = None) -> SweepResult:
+        """Plan and delete in one go; returns what went (give it to
+        ``db.images.forget_images``). For a store nobody writes to meanwhile: ``bot.images``
+        deletes each planned file under its lock instead."""
+        plan = self.plan_sweep(now=now)
+        deleted = []
+        for entry in plan.doomed:
+            size = self.delete_if_unchanged(entry)
+            if size is not None:
+                deleted.append((entry, size))
+        return plan.result(deleted)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

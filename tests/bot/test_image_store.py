@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -293,3 +294,38 @@ async def test_a_cancelled_keep_holds_the_files_lock_until_its_write_is_done(
     written.set()
     assert await deleting == 0  # the write finished and recorded its row: the file stays
     assert await keeper.read("78") == png
+
+
+async def test_a_retention_sweep_never_forgets_a_twin_kept_while_its_file_went(
+    database: db.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Job 90's image is past its age and the sweep is deleting the file when job 91 makes
+    the same bytes: 91 must end with its row and a file, not lose both to 90's sweep."""
+    store = ImageStore(tmp_path / "images", max_age_days=1)
+    keeper = ImageKeeper(lambda: store, lambda: database)
+    png = artwork()
+    await reserve(database, "90", "91")
+    stored = await keeper.keep(job_key="90", user_id=1, guild_id=3, png=png)
+    assert stored is not None
+    for path in (store.png_path(stored.sha256), store.thumb_path(stored.sha256)):
+        os.utime(path, (1.0, 1.0))  # kept long ago
+    deleting, go = threading.Event(), threading.Event()
+    real_delete = store.delete
+
+    def slow_delete(sha256: str) -> int:
+        deleting.set()
+        go.wait(10)
+        return real_delete(sha256)
+
+    monkeypatch.setattr(store, "delete", slow_delete)
+    sweeping = asyncio.create_task(keeper.sweep())
+    assert await asyncio.to_thread(deleting.wait, 10)
+    keeping = asyncio.create_task(keeper.keep(job_key="91", user_id=1, guild_id=3, png=png))
+    await asyncio.sleep(0.05)
+    go.set()
+    result = await sweeping
+    assert result is not None and result.deleted == (stored.sha256,)
+    assert await keeping is not None
+    assert await keeper.read("91") == png
+    assert not await keeper.has("90")
+    assert [p.name for p in (tmp_path / "images").rglob("*.png")] == [f"{stored.sha256}.png"]
