@@ -19,6 +19,7 @@ import jinja2
 from aiohttp import web
 
 import db
+from bot.web.admins import AdminCheck, AdminConfirmations
 from bot.web.auth import LinkSigner
 from bot.web.cards import CardCache
 from bot.web.files import ImageFiles
@@ -37,9 +38,6 @@ def _no_names(guild_id: int | None, user_id: int) -> str | None:
     return None
 
 
-AdminCheck = Callable[[int, int], Awaitable[bool | None]]
-
-
 async def _trust_the_link(guild_id: int, user_id: int) -> bool | None:
     return True
 
@@ -56,12 +54,16 @@ class GalleryDeps:
     # names it, under the same per-file lock as keeping an image.
     forget: Callable[[str], Awaitable[bool]]
     # Is this member still allowed Manage Server there (None: could not tell)? An admin link
-    # outlives a demotion; deleting someone else's image asks again.
+    # outlives a demotion: its pages ask again now and then (``admins``), a delete every time.
     still_admin: AdminCheck = _trust_the_link
     names: NameLookup = _no_names
     guild_name: Callable[[int], str | None] = lambda guild_id: None
     page_size: int = PAGE_SIZE
     cards: CardCache = dataclasses.field(default_factory=CardCache)
+    admins: AdminConfirmations = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admins = AdminConfirmations(self.still_admin)
 
 
 DEPS = web.AppKey("gallery_deps", GalleryDeps)

@@ -4,7 +4,8 @@ The rules, all decided from the link's grant and the server's current switch:
 
 * a member sees their own images of the server (or of their DMs) the link is for;
 * where an admin turned the gallery on (``/limits gallery on``), members see everyone's;
-* an admin (Manage Server when the link was made) sees everything and may delete anything;
+* an admin (Manage Server when the link was made, and confirmed with Discord while it is used:
+  ``bot.web.admins``) sees everything and may delete anything;
 * a member may delete their own images.
 
 Nothing outside the link's server is ever visible, whatever the switch says.

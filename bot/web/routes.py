@@ -8,6 +8,7 @@ becomes part of a file path.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -35,6 +36,14 @@ FILE_CACHE = "private, max-age=600"
 # A card's bytes depend on how cards are made, not only on the image: a change makes new tags.
 CARD_TAG = f"card{CARD_SIDE}q{CARD_QUALITY}"
 
+# Why an admin link shows a member's view (``granted``); the pages say it.
+ADMIN_NOTICE = web.RequestKey("admin_notice", str)
+NOT_CONFIRMED = (
+    "Discord has not confirmed that you still manage this server, so this page shows what a "
+    "member sees. Reload in a moment."
+)
+DEMOTED = "You no longer have Manage Server here: this link shows what a member sees."
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GrantedHandler = Callable[[web.Request, Grant, GalleryDeps], Awaitable[web.StreamResponse]]
 
@@ -47,7 +56,30 @@ def _database(deps: GalleryDeps) -> db.Database:
 
 
 def granted(handler: GrantedHandler) -> Handler:
-    """Check the link before anything else: a bad, forged or expired one gets a plain 403."""
+    """Check the link before anything else: a bad, forged or expired one gets a plain 403.
+    An admin link shows what a member sees until Discord confirms the member is still an
+    admin (``bot.web.admins``); the page then says why."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        deps = request.app[DEPS]
+        try:
+            grant = deps.signer.load(request.match_info["token"])
+        except BadLink:
+            return forbidden()
+        if grant.admin and grant.guild_id is not None:
+            still = await deps.admins.confirm(grant.guild_id, grant.user_id)
+            if still is not True:
+                grant = dataclasses.replace(grant, admin=False)
+                request[ADMIN_NOTICE] = NOT_CONFIRMED if still is None else DEMOTED
+        return await handler(request, grant, deps)
+
+    return wrapper
+
+
+def _as_linked(handler: GrantedHandler) -> Handler:
+    """Like ``granted`` but with the grant exactly as the link says: for a handler that
+    asks Discord itself (a delete asks afresh, and answers "could not tell" with a 503)."""
 
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
@@ -88,6 +120,7 @@ def _base_context(
         "mine_url": urls.member(grant.user_id),
         "see_all": see_all and grant.guild_id is not None,
         "admin": grant.admin,
+        "admin_notice": request.get(ADMIN_NOTICE, ""),
         "expires": pages.when(_expiry(grant)),
         "q": _query(request),
     }
@@ -263,7 +296,7 @@ def _same_origin(request: web.Request) -> bool:
     return urlsplit(origin).netloc == request.host
 
 
-@granted
+@_as_linked
 async def delete(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.StreamResponse:
     """Delete an image (its owner, or an admin): POST with the link's CSRF token only."""
     form = await request.post()
@@ -281,7 +314,7 @@ async def delete(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.S
         return plain_page(400, "400 Bad Request", "Tick the box to confirm, then delete again.")
     if found.image.user_id != grant.user_id:  # an admin's delete: still an admin?
         assert grant.guild_id is not None  # may_delete: admin links name a server
-        still = await deps.still_admin(grant.guild_id, grant.user_id)
+        still = await deps.admins.fresh(grant.guild_id, grant.user_id)
         if still is None:
             return plain_page(
                 503,

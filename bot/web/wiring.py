@@ -43,8 +43,9 @@ def _store(bot: ImagineBot) -> ImageFiles | None:
 
 
 def deps_for(bot: ImagineBot) -> GalleryDeps:
-    """What the gallery pages read, from the bot: names come from Discord's cache only (a page
-    view never makes a Discord API call)."""
+    """What the gallery pages read, from the bot: names come from Discord's cache only; the
+    one Discord request a page view can make is an admin link's confirmation, at most once per
+    ``bot.web.admins.CONFIRMED_FOR_S`` per member."""
 
     def names(guild_id: int | None, user_id: int) -> str | None:
         guild = bot.get_guild(guild_id) if guild_id is not None else None

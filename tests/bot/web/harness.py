@@ -27,6 +27,7 @@ import db
 from bot.images import ImageKeeper
 from bot.store import ImageStore
 from bot.web import GalleryDeps, LinkSigner, mount_gallery
+from bot.web.admins import CONFIRMED_FOR_S, AdminConfirmations
 from bot.web.security import TokenBucket
 
 T = TypeVar("T")
@@ -100,6 +101,11 @@ class GalleryServer:
         # What Discord says now about a member's Manage Server (None: Discord did not answer);
         # members not named here still have what their link says.
         self.admin_now: dict[int, bool | None] = {}
+        self.clock = 0.0  # the admin answers' clock (``later`` moves it on)
+
+    def later(self, seconds: float = CONFIRMED_FOR_S) -> None:
+        """Let ``seconds`` pass for the cached admin answers (by default: all of them expire)."""
+        self.clock += seconds + 1
 
     async def _still_admin(self, guild_id: int, user_id: int) -> bool | None:
         return self.admin_now.get(user_id, True)
@@ -126,6 +132,7 @@ class GalleryServer:
             names=lambda guild_id, user_id: NAMES.get(user_id),
             guild_name=GUILD_NAMES.get,
         )
+        deps.admins = AdminConfirmations(self._still_admin, clock=lambda: self.clock)
         mount_gallery(parent, deps, limiter=self._limiter)
         self.runner = web.AppRunner(parent, access_log=None, handle_signals=False)
         await self.runner.setup()

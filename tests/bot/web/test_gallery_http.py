@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.web.admins import UNKNOWN_FOR_S
 from bot.web.auth import BadLink, LinkSigner, load_or_create_secret
 from bot.web.security import TokenBucket, client_address, parse_networks
 from tests.bot.web.harness import ALICE, BOB, CAROL, GUILD, GalleryServer, Seeded
@@ -169,6 +170,42 @@ def test_an_admin_link_deletes_others_images_only_while_its_member_is_still_an_a
         assert not gallery.exists(bobs.image_id)
     finally:
         gallery.admin_now.clear()
+
+
+def test_an_admin_link_shows_the_whole_gallery_only_while_discord_confirms_its_admin(
+    gallery: GalleryServer, thirty: list[Seeded]
+) -> None:
+    """Demoted after the link was made: within five minutes the link shows only what a
+    member sees, and says why; while Discord cannot tell, the same, with a different reason."""
+    bobs = gallery.add("a harbour only admins may see", user_id=BOB)
+    link = gallery.link(user_id=ALICE, admin=True)
+    secret = "a harbour only admins may see"
+    try:
+        gallery.later()  # answers from earlier tests are old
+        page = fetch(link).text
+        assert secret in page and '<span class="badge">admin</span>' in page
+        gallery.admin_now[ALICE] = False  # demoted
+        assert fetch(link + f"i/{bobs.image_id}").status == 200  # the answer stands a while
+        gallery.later()
+        page = fetch(link).text
+        assert "You no longer have Manage Server here" in page
+        assert secret not in page and "Your images here" in page
+        assert '<span class="badge">admin</span>' not in page
+        for path in (f"i/{bobs.image_id}", f"t/{bobs.image_id}.webp", f"f/{bobs.image_id}.png"):
+            assert fetch(link + path).status == 403, path
+        gallery.admin_now[ALICE] = None  # Discord does not answer
+        gallery.later()
+        page = fetch(link).text
+        assert "Discord has not confirmed that you still manage this server" in page
+        assert secret not in page
+        gallery.admin_now[ALICE] = True  # it answers again: asked again within 20 s
+        gallery.later(UNKNOWN_FOR_S)
+        page = fetch(link).text
+        assert secret in page and "Discord has not confirmed" not in page
+        assert fetch(link + f"t/{bobs.image_id}.webp").status == 200
+    finally:
+        gallery.admin_now.clear()
+        gallery.later()
 
 
 def test_a_dm_link_shows_only_that_members_dm_images(

@@ -1,0 +1,124 @@
+"""``bot.web.admins``: how often an admin link's pages ask Discord, and what they do with the
+answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from bot.web import admins
+from bot.web.admins import CONFIRMED_FOR_S, UNKNOWN_FOR_S, AdminConfirmations
+
+GUILD, ALICE, BOB = 900, 1, 2
+
+
+class Discord:
+    """Answers ``still_admin`` from ``answers`` and counts the questions."""
+
+    def __init__(self) -> None:
+        self.answers: dict[int, bool | Exception | None] = {}
+        self.asked: list[int] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def check(self, guild_id: int, user_id: int) -> bool | None:
+        self.asked.append(user_id)
+        await self.gate.wait()
+        answer = self.answers.get(user_id, True)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_one_page_and_its_thumbnails_ask_discord_once() -> None:
+    discord, clock = Discord(), Clock()
+    confirmations = AdminConfirmations(discord.check, clock=clock)
+    discord.gate.clear()  # Discord is slow: fifty thumbnails arrive while it thinks
+    asking = [asyncio.create_task(confirmations.confirm(GUILD, ALICE)) for _ in range(50)]
+    await asyncio.sleep(0)
+    discord.gate.set()
+    assert await asyncio.gather(*asking) == [True] * 50
+    assert discord.asked == [ALICE]
+    clock.now += CONFIRMED_FOR_S - 1
+    assert await confirmations.confirm(GUILD, ALICE) is True
+    assert discord.asked == [ALICE]  # still within the answer's life
+
+
+async def test_a_demotion_shows_once_the_answer_expires() -> None:
+    discord, clock = Discord(), Clock()
+    confirmations = AdminConfirmations(discord.check, clock=clock)
+    assert await confirmations.confirm(GUILD, ALICE) is True
+    discord.answers[ALICE] = False
+    clock.now += CONFIRMED_FOR_S + 1
+    assert await confirmations.confirm(GUILD, ALICE) is False
+    assert await confirmations.confirm(GUILD, BOB) is True  # each member asked for themselves
+    assert discord.asked == [ALICE, ALICE, BOB]
+
+
+async def test_could_not_tell_is_asked_again_soon() -> None:
+    discord, clock = Discord(), Clock()
+    confirmations = AdminConfirmations(discord.check, clock=clock)
+    discord.answers[ALICE] = None
+    assert await confirmations.confirm(GUILD, ALICE) is None
+    assert await confirmations.confirm(GUILD, ALICE) is None
+    assert discord.asked == [ALICE]
+    discord.answers[ALICE] = True
+    clock.now += UNKNOWN_FOR_S + 1
+    assert await confirmations.confirm(GUILD, ALICE) is True
+    assert discord.asked == [ALICE, ALICE]
+
+
+async def test_a_failing_check_counts_as_could_not_tell_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    discord = Discord()
+    confirmations = AdminConfirmations(discord.check, clock=Clock())
+    discord.answers[ALICE] = RuntimeError("a bug in the check")
+    with caplog.at_level(logging.ERROR, logger="bot.web.admins"):
+        assert await confirmations.confirm(GUILD, ALICE) is None
+    assert "admin check" in caplog.text and "a bug in the check" in caplog.text
+
+
+async def test_a_delete_asks_afresh_and_its_answer_serves_the_pages() -> None:
+    discord, clock = Discord(), Clock()
+    confirmations = AdminConfirmations(discord.check, clock=clock)
+    assert await confirmations.confirm(GUILD, ALICE) is True
+    discord.answers[ALICE] = False
+    assert await confirmations.fresh(GUILD, ALICE) is False  # not the cached True
+    assert await confirmations.confirm(GUILD, ALICE) is False  # nor on the next page
+    assert discord.asked == [ALICE, ALICE]
+
+
+async def test_a_cancelled_page_does_not_cancel_the_question_others_wait_for() -> None:
+    discord = Discord()
+    confirmations = AdminConfirmations(discord.check, clock=Clock())
+    discord.gate.clear()
+    first = asyncio.create_task(confirmations.confirm(GUILD, ALICE))
+    second = asyncio.create_task(confirmations.confirm(GUILD, ALICE))
+    await asyncio.sleep(0)
+    first.cancel()  # the browser went away
+    await asyncio.sleep(0)
+    discord.gate.set()
+    assert await second is True
+    assert discord.asked == [ALICE]
+
+
+async def test_the_answers_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admins, "MAX_ENTRIES", 2)
+    discord = Discord()
+    confirmations = AdminConfirmations(discord.check, clock=Clock())
+    for user in (ALICE, BOB, 3):
+        await confirmations.confirm(GUILD, user)
+    await confirmations.confirm(GUILD, ALICE)  # the oldest went: asked again
+    await confirmations.confirm(GUILD, 3)  # still kept
+    assert discord.asked == [ALICE, BOB, 3, ALICE]
