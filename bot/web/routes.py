@@ -59,28 +59,16 @@ def granted(handler: GrantedHandler) -> Handler:
     """Check the link before anything else: a bad, forged or expired one gets a plain 403.
     An admin link shows what a member sees until Discord confirms the member is still an
     admin (``bot.web.admins``); the page then says why."""
-
-    @functools.wraps(handler)
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        deps = request.app[DEPS]
-        try:
-            grant = deps.signer.load(request.match_info["token"])
-        except BadLink:
-            return forbidden()
-        if grant.admin and grant.guild_id is not None:
-            still = await deps.admins.confirm(grant.guild_id, grant.user_id)
-            if still is not True:
-                grant = dataclasses.replace(grant, admin=False)
-                request[ADMIN_NOTICE] = NOT_CONFIRMED if still is None else DEMOTED
-        return await handler(request, grant, deps)
-
-    return wrapper
+    return _with_grant(handler, confirm_admin=True)
 
 
 def _as_linked(handler: GrantedHandler) -> Handler:
     """Like ``granted`` but with the grant exactly as the link says: for a handler that
     asks Discord itself (a delete asks afresh, and answers "could not tell" with a 503)."""
+    return _with_grant(handler, confirm_admin=False)
 
+
+def _with_grant(handler: GrantedHandler, *, confirm_admin: bool) -> Handler:
     @functools.wraps(handler)
     async def wrapper(request: web.Request) -> web.StreamResponse:
         deps = request.app[DEPS]
@@ -88,6 +76,11 @@ def _as_linked(handler: GrantedHandler) -> Handler:
             grant = deps.signer.load(request.match_info["token"])
         except BadLink:
             return forbidden()
+        if confirm_admin and grant.admin and grant.guild_id is not None:
+            still = await deps.admins.confirm(grant.guild_id, grant.user_id)
+            if still is not True:
+                grant = dataclasses.replace(grant, admin=False)
+                request[ADMIN_NOTICE] = NOT_CONFIRMED if still is None else DEMOTED
         return await handler(request, grant, deps)
 
     return wrapper
