@@ -167,8 +167,8 @@ class ImageKeeper:
         """Run ``work`` under the files' locks, to its end even if the caller is cancelled: a
         thread writing or deleting a file cannot be stopped, so the lock must outlast it.
 
-        Only the retention sweep takes several locks (in sorted order, one sweep at a time);
-        everything else takes one, so no two holders ever wait for each other."""
+        Only the retention sweep takes several locks, always in sorted order; everything else
+        takes one and waits for nothing else while holding it, so waits never form a cycle."""
 
         async def hold() -> T:
             async with contextlib.AsyncExitStack() as stack:
@@ -251,7 +251,10 @@ class ImageKeeper:
             logger.warning("image store totals unavailable: %s", exc)
             return
         if total > store.max_total_bytes:
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception:  # ``keep`` never raises: the periodic sweep tries again
+                logger.exception("image store: the size cap's sweep failed")
 
     # ------------------------------------------------------------------ reading
     async def read(self, job_key: str) -> bytes:
@@ -334,7 +337,9 @@ class ImageKeeper:
 
         Each file goes and its rows are forgotten under the file's lock, so an image with the
         same bytes kept meanwhile either refreshed the file's age first (and it stays) or is
-        kept afresh afterwards; it never loses its row to a sweep of its old twin."""
+        kept afresh afterwards; it never loses its row to a sweep of its old twin. (A file
+        refreshed so stays, and the store may end a little over its size cap: the next image
+        kept sweeps again.)"""
         store = self.store
         if store is None or (store.max_age_s is None and store.max_total_bytes is None):
             return None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import errors
-from bot.web.wiring import links_for
+from bot.web.wiring import admins_for, links_for
 from db import gallery as gallery_db
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ async def gallery_answer(
         raise errors.UserError(GALLERY_OFF)
     guild_id = interaction.guild_id
     admin = guild_id is not None and interaction.permissions.manage_guild
+    if guild_id is not None:  # Discord's word of this moment: the link's pages start from it
+        admins_for(bot).remember(guild_id, interaction.user.id, admin)
     links = links_for(bot)
     url = links.url(guild_id=guild_id, user_id=interaction.user.id, admin=admin)
     hours = max(1, round(links.ttl_s / 3600))

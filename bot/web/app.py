@@ -19,7 +19,7 @@ import jinja2
 from aiohttp import web
 
 import db
-from bot.web.admins import AdminCheck, AdminConfirmations
+from bot.web.admins import AdminConfirmations
 from bot.web.auth import LinkSigner
 from bot.web.cards import CardCache
 from bot.web.files import ImageFiles
@@ -53,17 +53,15 @@ class GalleryDeps:
     # The Delete button's own path (``ImageKeeper.forget``): a file goes only when no row
     # names it, under the same per-file lock as keeping an image.
     forget: Callable[[str], Awaitable[bool]]
-    # Is this member still allowed Manage Server there (None: could not tell)? An admin link
-    # outlives a demotion: its pages ask again now and then (``admins``), a delete every time.
-    still_admin: AdminCheck = _trust_the_link
+    # Is this member still allowed Manage Server there? An admin link outlives a demotion:
+    # its pages ask Discord again now and then, a delete every time (``bot.web.admins``).
+    admins: AdminConfirmations = dataclasses.field(
+        default_factory=lambda: AdminConfirmations(_trust_the_link)
+    )
     names: NameLookup = _no_names
     guild_name: Callable[[int], str | None] = lambda guild_id: None
     page_size: int = PAGE_SIZE
     cards: CardCache = dataclasses.field(default_factory=CardCache)
-    admins: AdminConfirmations = dataclasses.field(init=False)
-
-    def __post_init__(self) -> None:
-        self.admins = AdminConfirmations(self.still_admin)
 
 
 DEPS = web.AppKey("gallery_deps", GalleryDeps)

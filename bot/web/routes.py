@@ -21,6 +21,7 @@ from yarl import URL
 
 import db
 from bot.web import pages
+from bot.web.admins import UNKNOWN_FOR_S
 from bot.web.app import CSS_VERSION, DEPS, STATIC_DIR, GalleryDeps
 from bot.web.auth import BadLink, Grant
 from bot.web.cards import CARD_QUALITY, CARD_SIDE
@@ -84,6 +85,19 @@ def _with_grant(handler: GrantedHandler, *, confirm_admin: bool) -> Handler:
         return await handler(request, grant, deps)
 
     return wrapper
+
+
+def _refused(request: web.Request, text: str) -> web.Response:
+    """A 403 with ``text``; but where only an admin link's confirmation stood in the way, say
+    so: a 503 to retry while Discord cannot tell, a 403 that says why once demoted."""
+    notice = request.get(ADMIN_NOTICE)
+    if notice == NOT_CONFIRMED:
+        response = plain_page(503, "503 Service Unavailable", NOT_CONFIRMED)
+        response.headers["Retry-After"] = str(round(UNKNOWN_FOR_S))
+        return response
+    if notice == DEMOTED:
+        return plain_page(403, "403 Forbidden", f"{text} {DEMOTED}")
+    return forbidden(text)
 
 
 async def _see_all(deps: GalleryDeps, grant: Grant) -> bool:
@@ -180,7 +194,9 @@ async def member(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.S
         return plain_page(404, "404 Not Found", "There is no such member.")
     see_all = await _see_all(deps, grant)
     if not pages.may_view_member(user_id, grant, see_all=see_all):
-        return forbidden("This server's gallery is private: you can see your own images only.")
+        return _refused(
+            request, "This server's gallery is private: you can see your own images only."
+        )
     if user_id == grant.user_id:
         heading = "Your images"
     else:
@@ -197,7 +213,7 @@ async def _visible_entry(
     if see_all is None:
         see_all = await _see_all(deps, grant)
     if not pages.may_view(entry.image, grant, see_all=see_all):
-        return forbidden("This image is not visible through this link.")
+        return _refused(request, "This image is not visible through this link.")
     return entry
 
 
@@ -326,7 +342,7 @@ async def delete(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.S
         found.image.id,
         found.image.user_id,
         grant.user_id,
-        " (admin)" if grant.admin else "",
+        " (admin)" if found.image.user_id != grant.user_id else "",
     )
     location = pages.Urls(request, request.match_info["token"]).index(deleted="1")
     return web.Response(status=303, headers={"Location": location})

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.web.admins import AdminConfirmations
 from bot.web.app import GalleryDeps
 from bot.web.files import ImageFiles
 from bot.web.links import GalleryLinks
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _ATTRIBUTE = "gallery_links"
+_ADMINS = "gallery_admins"
 ADMIN_CHECK_TIMEOUT_S = 5.0
 
 
@@ -36,6 +38,16 @@ def links_for(bot: ImagineBot) -> GalleryLinks:
     return links
 
 
+def admins_for(bot: ImagineBot) -> AdminConfirmations:
+    """The bot's one ``AdminConfirmations``: the gallery's pages and ``/gallery`` share what
+    Discord said about each member's Manage Server."""
+    admins: AdminConfirmations | None = getattr(bot, _ADMINS, None)
+    if admins is None:
+        admins = AdminConfirmations(functools.partial(still_admin, bot))
+        setattr(bot, _ADMINS, admins)
+    return admins
+
+
 def _store(bot: ImagineBot) -> ImageFiles | None:
     """The bot's image store (``bot.store``, a ``bot.store.ImageStore``), if it keeps images."""
     store: ImageFiles | None = getattr(bot, "store", None)
@@ -44,8 +56,8 @@ def _store(bot: ImagineBot) -> ImageFiles | None:
 
 def deps_for(bot: ImagineBot) -> GalleryDeps:
     """What the gallery pages read, from the bot: names come from Discord's cache only; the
-    one Discord request a page view can make is an admin link's confirmation, at most once per
-    ``bot.web.admins.CONFIRMED_FOR_S`` per member."""
+    one Discord request a page view can make is an admin link's confirmation, cached per
+    member (``bot.web.admins``)."""
 
     def names(guild_id: int | None, user_id: int) -> str | None:
         guild = bot.get_guild(guild_id) if guild_id is not None else None
@@ -64,7 +76,7 @@ def deps_for(bot: ImagineBot) -> GalleryDeps:
         files=lambda: _store(bot),
         signer=links_for(bot).signer,
         forget=bot.images.forget,
-        still_admin=functools.partial(still_admin, bot),
+        admins=admins_for(bot),
         names=names,
         guild_name=guild_name,
     )
@@ -73,8 +85,9 @@ def deps_for(bot: ImagineBot) -> GalleryDeps:
 async def still_admin(bot: discord.Client, guild_id: int, user_id: int) -> bool | None:
     """Whether the member has Manage Server in that server now, asked of Discord (the bot has
     no members intent, so its cache may hold an old copy of their roles, or none); None when
-    that cannot be told (not connected yet, Discord slow or failing: a delete waits at most
-    ``ADMIN_CHECK_TIMEOUT_S``). A member who left, or a server the bot left, is no admin."""
+    that cannot be told (not connected yet, Discord slow or failing: an admin link's page or
+    delete waits at most ``ADMIN_CHECK_TIMEOUT_S``). A member who left, or a server the bot
+    left, is no admin."""
     if not bot.is_ready():
         return None
     guild = bot.get_guild(guild_id)

@@ -128,11 +128,10 @@ class GalleryServer:
             files=lambda: self.store,
             signer=self.signer,
             forget=keeper.forget,
-            still_admin=self._still_admin,
+            admins=AdminConfirmations(self._still_admin, clock=lambda: self.clock),
             names=lambda guild_id, user_id: NAMES.get(user_id),
             guild_name=GUILD_NAMES.get,
         )
-        deps.admins = AdminConfirmations(self._still_admin, clock=lambda: self.clock)
         mount_gallery(parent, deps, limiter=self._limiter)
         self.runner = web.AppRunner(parent, access_log=None, handle_signals=False)
         await self.runner.setup()

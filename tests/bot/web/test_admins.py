@@ -122,3 +122,37 @@ async def test_the_answers_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     await confirmations.confirm(GUILD, ALICE)  # the oldest went: asked again
     await confirmations.confirm(GUILD, 3)  # still kept
     assert discord.asked == [ALICE, BOB, 3, ALICE]
+
+
+async def test_a_slow_old_question_never_overwrites_a_newer_answer() -> None:
+    """A page asked just before the demotion; a delete asked after it and heard "no". The
+    page's late "yes" must not stand for the next five minutes."""
+    clock = Clock()
+    slow, asked = asyncio.Event(), asyncio.Event()
+
+    async def check(guild_id: int, user_id: int) -> bool | None:
+        if not asked.is_set():  # the page's question, asked first, answered last
+            asked.set()
+            await slow.wait()
+            return True
+        return False
+
+    confirmations = AdminConfirmations(check, clock=clock)
+    page = asyncio.create_task(confirmations.confirm(GUILD, ALICE))
+    await asyncio.wait_for(asked.wait(), 10)
+    clock.now += 1
+    assert await confirmations.fresh(GUILD, ALICE) is False
+    slow.set()
+    assert await page is True  # that page was drawn with the old answer
+    assert await confirmations.confirm(GUILD, ALICE) is False  # the next one is not
+
+
+async def test_what_an_interaction_showed_replaces_an_older_answer() -> None:
+    discord, clock = Discord(), Clock()
+    confirmations = AdminConfirmations(discord.check, clock=clock)
+    discord.answers[ALICE] = False
+    assert await confirmations.confirm(GUILD, ALICE) is False
+    clock.now += 1
+    confirmations.remember(GUILD, ALICE, True)  # /gallery: Discord says she manages it now
+    assert await confirmations.confirm(GUILD, ALICE) is True
+    assert discord.asked == [ALICE]

@@ -147,3 +147,21 @@ async def test_gallery_says_so_when_the_web_server_is_off(harness: Harness) -> N
     listing = await harness.member("alice").slash(harness.channel, "history")
     labels = [c["label"] for row in listing.response.components for c in row["components"]]
     assert "Gallery" not in labels
+
+
+async def test_a_new_admin_link_starts_from_what_discord_says_now(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The gallery remembered that this member was no admin (demoted, since promoted again):
+    the link /gallery makes now shows the whole gallery at once, not a member's view."""
+    from bot.web.wiring import admins_for
+
+    harness.bot.store = ImageStore(tmp_path / "images")  # type: ignore[attr-defined]
+    bob = harness.member("bob")
+    await store_image(harness, bob, "bob's windmill")
+    admins_for(harness.bot).remember(harness.guild.id, harness.admin.id, False)
+    answer = await harness.admin.slash(harness.channel, "gallery")
+    assert "you can delete any of them" in answer.response.content
+    status, page = await page_text(link_of(answer))
+    assert status == 200
+    assert "bob&#39;s windmill" in page and "no longer have Manage Server" not in page

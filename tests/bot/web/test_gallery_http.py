@@ -192,12 +192,16 @@ def test_an_admin_link_shows_the_whole_gallery_only_while_discord_confirms_its_a
         assert secret not in page and "Your images here" in page
         assert '<span class="badge">admin</span>' not in page
         for path in (f"i/{bobs.image_id}", f"t/{bobs.image_id}.webp", f"f/{bobs.image_id}.png"):
-            assert fetch(link + path).status == 403, path
+            refused = fetch(link + path)
+            assert refused.status == 403 and "no longer have Manage Server" in refused.text
         gallery.admin_now[ALICE] = None  # Discord does not answer
         gallery.later()
         page = fetch(link).text
         assert "Discord has not confirmed that you still manage this server" in page
         assert secret not in page
+        wait = fetch(link + f"i/{bobs.image_id}")  # not refused: asked to come back
+        assert wait.status == 503 and wait.headers["retry-after"] == "20"
+        assert "Discord has not confirmed" in wait.text
         gallery.admin_now[ALICE] = True  # it answers again: asked again within 20 s
         gallery.later(UNKNOWN_FOR_S)
         page = fetch(link).text
