@@ -1085,6 +1085,8 @@ STARTUP_MILESTONES = (
     "warm-up done",
     "LoRA fusion",
     "Lightning LoRA",
+    "read ahead",
+    "reading ",
 )
 
 
@@ -1118,6 +1120,7 @@ def startup(args: argparse.Namespace) -> int:
     record = Recorder(Path(args.out) / f"{env['run']}-startup.jsonl", env)
     cache = Path(args.compile_cache)
     drop = {int(n) for n in args.drop_caches.split(",") if n.strip()}
+    plain = {int(n) for n in args.without_prefetch.split(",") if n.strip()}
     for run in range(1, args.runs + 1):
         cache_files = sum(1 for _ in cache.rglob("*")) if cache.exists() else 0
         page_cache = "warm"
@@ -1139,7 +1142,11 @@ def startup(args: argparse.Namespace) -> int:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "IMAGINE_PREFETCH_WEIGHTS": "false" if run in plain else "true",
+            },
         )
         ready_s = None
         details: dict[str, Any] = {}
@@ -1158,15 +1165,19 @@ def startup(args: argparse.Namespace) -> int:
                 print(line, end="", flush=True)
         proc.wait()
         if ready_s is None:
-            record("startup", run=run, error=f"exit {proc.returncode}", tail="\n".join(tail))
+            record("startup", start=run, error=f"exit {proc.returncode}", tail="\n".join(tail))
             print("\n".join(tail))
             continue
+        first_image_s = details.get("first_image_s")
         record(
             "startup",
-            run=run,
+            start=run,  # "run" is the run id every row carries
+            # with --first-image the child answers after that image: seconds is to its PNG
             seconds=round(ready_s, 2),
+            ready_s=round(ready_s - (first_image_s or 0.0), 2),
             fp8=args.fp8,
             page_cache=page_cache,
+            prefetch=run not in plain,
             milestones=milestones,
             cache_files_before=cache_files,
             **details,
@@ -1197,6 +1208,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="startup: runs (1-based) that start with the OS page "
         "cache dropped, i.e. weights read from disk (needs root)",
+    )
+    parser.add_argument(
+        "--without-prefetch",
+        default="",
+        help="startup: runs (1-based) that start with IMAGINE_PREFETCH_WEIGHTS=false",
     )
     parser.add_argument(
         "--first-image",

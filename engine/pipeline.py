@@ -45,6 +45,7 @@ from engine.generation import (
     png_with_parameters,
 )
 from engine.img2img import Img2ImgView, img2img_plan, load_init_image
+from engine.prefetch import read_ahead
 from engine.presets import (
     ASPECTS,
     MODES,
@@ -163,14 +164,21 @@ class ImageGenerator(LightningModes):
         logger.info("memory mode %s (%s)", memory_mode, why)
 
         started = time.perf_counter()
-        pipe = QwenImagePipeline.from_pretrained(
+        with read_ahead(
             settings.model,
-            dtype=dtype,
-            cache_dir=str(settings.hf_cache_dir) if settings.hf_cache_dir else None,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        fast_available = cls._load_lightning(pipe, settings, tiny is not None)
-        cls._place(pipe, memory_mode, device)
+            settings.lightning_lora,
+            settings.lightning_weight_name,
+            cache=settings.hf_cache_dir,
+            enabled=settings.prefetch_weights,
+        ):
+            pipe = QwenImagePipeline.from_pretrained(
+                settings.model,
+                dtype=dtype,
+                cache_dir=str(settings.hf_cache_dir) if settings.hf_cache_dir else None,
+            )
+            pipe.set_progress_bar_config(disable=True)
+            fast_available = cls._load_lightning(pipe, settings, tiny is not None)
+            cls._place(pipe, memory_mode, device)
         logger.info(
             "loaded %s on %s (%s) in %.1fs", settings.model, device, dtype,
             time.perf_counter() - started,

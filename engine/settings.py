@@ -104,6 +104,11 @@ class EngineSettings(ImagineBaseSettings):
     compile: bool = Field(True, description="torch.compile the repeated transformer blocks")
     compile_cache_dir: Path | None = Field(None, description="persistent inductor cache")
     fp8: bool = Field(False, description="rowwise FP8 linears on Hopper (changes output slightly)")
+    prefetch_weights: bool = Field(
+        True,
+        description="read the weight files ahead of the loader, several at a time, when they fit "
+        "in free memory (a start after a reboot waits less on the disk)",
+    )
     gpus: str = Field(
         "",
         description="GPUs one image runs across, e.g. 0,1 (CFG-parallel, engine.parallel); "

@@ -54,6 +54,7 @@ from engine.generation import (
     pick_seed,
 )
 from engine.pipeline import EngineUnavailable, ImageGenerator
+from engine.prefetch import read_ahead
 from engine.presets import NEUTRAL_NEGATIVE, public_model_name
 from engine.settings import EngineSettings, MemoryMode
 from engine.tiny import tiny_defaults
@@ -146,13 +147,21 @@ class EditGenerator(LightningModes):
             shared[name] = ("shared: " if same else "separate copy: ") + why
             logger.info("edit %s: %s", name, shared[name])
         started = time.perf_counter()
-        components["processor"] = load_processor(source, cache_dir)
-        pipe = QwenImageEditPlusPipeline.from_pretrained(
-            source, dtype=base.dtype, cache_dir=cache_dir, **components
-        )
-        pipe.set_progress_bar_config(disable=True)
-        fast_available = cls._load_lightning(pipe, settings)
-        swap = cls._place(pipe, base, source, components)
+        with read_ahead(
+            source,
+            settings.edit_lightning_lora.strip(),
+            settings.edit_lightning_weight_name,
+            cache=settings.hf_cache_dir,
+            enabled=settings.prefetch_weights,
+            skip=components,  # shared with the base pipeline: already in memory
+        ):
+            components["processor"] = load_processor(source, cache_dir)
+            pipe = QwenImageEditPlusPipeline.from_pretrained(
+                source, dtype=base.dtype, cache_dir=cache_dir, **components
+            )
+            pipe.set_progress_bar_config(disable=True)
+            fast_available = cls._load_lightning(pipe, settings)
+            swap = cls._place(pipe, base, source, components)
         logger.info("loaded edit model %s in %.1fs", source, time.perf_counter() - started)
         editor = cls(
             pipe,

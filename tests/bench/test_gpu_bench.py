@@ -43,11 +43,14 @@ def test_tiny_startup_from_saved_files(tmp_path: Path) -> None:
     argv = ["--tiny", "--out", str(out), "--workdir", str(tmp_path / "w"), "--save", str(model)]
     assert gpu.main(argv) == 0
     assert (model / "model_index.json").is_file() and list((model / "lightning").iterdir())
-    argv = ["startup", "--model", str(model), "--compile-cache", str(tmp_path / "cc"),
-            "--runs", "1", "--out", str(out), "--first-image"]  # fmt: skip
+    argv = ["startup", "--model", str(model), "--compile-cache", str(tmp_path / "cc"), "--runs",
+            "2", "--out", str(out), "--first-image", "--without-prefetch", "2"]  # fmt: skip
     assert gpu.main(argv) == 0
-    (start,) = [r for r in rows(out) if r["case"] == "startup"]
-    assert start["seconds"] > 0 and start["info"]["fast_available"]
+    start, plain = [r for r in rows(out) if r["case"] == "startup"]
+    assert (start["start"], plain["start"]) == (1, 2)
+    assert start["prefetch"] and any("reading " in m for m in start["milestones"])
+    assert not plain["prefetch"] and not any("read" in m for m in plain["milestones"])
+    assert 0 < start["ready_s"] < start["seconds"] and start["info"]["fast_available"]
     assert "lora-fused" in start["info"]["optimizations"]
     assert any("warm-up done" in m for m in start["milestones"])
     assert start["first_image_s"] > 0 and start["mode"] == "standard"
