@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+from collections.abc import Callable
 from typing import Any
 
 import torch.distributed as dist
 
-from engine.contract import FailureKind, JobFailed, JobRequest, JobResult
+from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
 from engine.parallel.cfg import CfgSplit
 from engine.parallel.channels import Channel
 from engine.parallel.sequence import SETUPS, fast_sequence
@@ -70,14 +71,25 @@ class ParallelGenerator:
         self.local.free_memory()
 
     def warmup(self) -> None:
-        """One short image per path, the CFG one on every rank (each compiles its own)."""
-        from engine.contract import Mode
-
+        """One short image per path, the CFG one on every rank (each compiles its own); with
+        Ulysses, fast mode at two more prompt lengths (see ``prompt_lengths``)."""
         for mode in [Mode.STANDARD] + ([Mode.FAST] if self.local.fast_available else []):
-            request = JobRequest(job_id=f"warmup-{mode}", user_id=0, prompt="warm up", seed=0)
-            request = dataclasses.replace(request, mode=mode)
             steps = self.local.settings.lightning_steps if mode == Mode.FAST else 2
-            self._warm_once(request, steps)
+            self._warm_once(self._warmup_request(WARMUP_PROMPT, mode), steps)
+        if self.local.fast_available and fast_sequence(self.local) is not None:
+            for prompt in prompt_lengths(self._tokens, WARMUP_PROMPT):
+                self._warm_once(self._warmup_request(prompt, Mode.FAST), 1)
+
+    @staticmethod
+    def _warmup_request(prompt: str, mode: Mode) -> JobRequest:
+        request = JobRequest(job_id=f"warmup-{mode}", user_id=0, prompt=prompt, seed=0)
+        return dataclasses.replace(request, mode=mode)
+
+    def _tokens(self, prompt: str) -> int:
+        """The length of ``prompt`` as the engine sends it (style, suffix) in tokens; the text
+        encoder's template adds the same number to every prompt."""
+        text = self.local.plan(self._warmup_request(prompt, Mode.FAST))["prompt"]
+        return len(self.local.pipe.tokenizer(text)["input_ids"])
 
     def _warm_once(self, request: JobRequest, steps: int) -> None:
         plan = {**self.local.plan(request), "steps": steps}
@@ -185,6 +197,32 @@ def leave_group(local: ImageGenerator) -> None:
         logger.info("process group left to the process's exit (CUDA graphs used it)")
         return
     dist.destroy_process_group()
+
+
+WARMUP_PROMPT = "warm up"
+
+
+def prompt_lengths(tokens: Callable[[str], int], base: str, tries: int = 16) -> list[str]:
+    """Two prompts one and two tokens longer than ``base``, for the warm-up.
+
+    With Ulysses the compiled code around the attention takes the text length as fixed until
+    it has seen it change (then it compiles a dynamic variant), and diffusers' sharding guards
+    on the length's parity (``size % 2``, to cut it unevenly). Two gloo ranks of the CPU, tiny
+    model, text lengths in order (``TORCH_LOGS=recompiles`` names those guards): 15 compiled
+    6 graphs, 16 1, 17 4, then 21, 33, 40 and 64 none. On two H200s the first fast image of a
+    new length spent 4.0 s of its 5.3 s compiling and capturing (run12), so the warm-up runs
+    three lengths in a row, and a user's new length only captures its CUDA graph.
+    """
+    wanted = {tokens(base) + 1: "", tokens(base) + 2: ""}
+    for words in range(1, tries + 1):
+        prompt = base + " a" * words
+        length = tokens(prompt)
+        if wanted.get(length) == "":
+            wanted[length] = prompt
+    found = [prompt for prompt in wanted.values() if prompt]
+    if len(found) < len(wanted):
+        logger.warning("warm-up: no prompt of every wanted length found; a new length may compile")
+    return found
 
 
 # ---------------------------------------------------------------------------- followers

@@ -118,3 +118,38 @@ def test_sequence_shares_are_worked_out_from_the_shapes() -> None:
     # A rank without text: the two questions look alike there, so no rank answers.
     sizes(hidden_states=torch.empty(1, 8, 4), encoder_hidden_states=torch.empty(1, 1, 4))
     assert sizes.table == {}
+
+
+def test_with_ulysses_the_warm_up_runs_fast_mode_at_three_prompt_lengths_in_a_row(
+    two_ranks: parallel.ParallelGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.parallel import group
+
+    warmed: list[tuple[Mode, str, int]] = []
+    monkeypatch.setattr(group, "fast_sequence", lambda local: object())  # as on two GPUs
+    monkeypatch.setattr(
+        two_ranks, "_warm_once", lambda req, steps: warmed.append((req.mode, req.prompt, steps))
+    )
+
+    two_ranks.warmup()
+
+    assert [(mode, steps) for mode, _, steps in warmed] == [
+        (Mode.STANDARD, 2),
+        (Mode.FAST, two_ranks.local.settings.lightning_steps),
+        (Mode.FAST, 1),
+        (Mode.FAST, 1),
+    ]
+    lengths = [two_ranks._tokens(prompt) for _, prompt, _ in warmed[1:]]
+    assert lengths[1:] == [lengths[0] + 1, lengths[0] + 2]
+
+
+def test_warm_up_lengths_the_tokenizer_cannot_make_are_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from engine.parallel.group import prompt_lengths
+
+    def two_per_word(text: str) -> int:
+        return 2 * len(text.split())
+
+    assert prompt_lengths(two_per_word, "warm up") == ["warm up a"]
+    assert "no prompt of every wanted length" in caplog.text

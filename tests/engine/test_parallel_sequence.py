@@ -68,20 +68,87 @@ def check(model: str, result_path: str) -> None:
     os._exit(0)
 
 
-@pytest.mark.slow
-def test_fast_mode_ulysses_switches_on_and_off_and_matches_one_process(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "result"
+def check_lengths(model: str, result_path: str) -> None:
+    """Runs on each rank: the compiled Ulysses forward at the warm-up's three text lengths in
+    a row, then at new ones; records how many graphs each forward compiled."""
+    import types
+
+    import torch
+    import torch.distributed as dist
+    from diffusers import QwenImagePipeline
+    from torch._dynamo.utils import counters
+
+    from engine.parallel import CfgSplit, sequence
+
+    dist.init_process_group("gloo")
+    torch.accelerator.device_count = lambda: 1
+    rank = dist.get_rank()
+    pipe = QwenImagePipeline.from_pretrained(model, dtype=torch.float32)
+    transformer = pipe.transformer
+    CfgSplit(transformer, rank)
+    fast = sequence.FastSequence(types.SimpleNamespace(pipe=pipe, optimizations=["compile"]))
+
+    def forward(length: int, on: bool) -> int:
+        fast.on() if on else fast.off()
+        gen = torch.Generator().manual_seed(length)
+        before = int(counters["stats"].get("unique_graphs", 0))
+        with torch.inference_mode():
+            transformer(
+                hidden_states=torch.randn(1, 16, 64, generator=gen),
+                encoder_hidden_states=torch.randn(1, length, 32, generator=gen),
+                encoder_hidden_states_mask=None,
+                timestep=torch.full((1,), 0.5),
+                img_shapes=[[(1, 4, 4)]],
+                attention_kwargs={},
+                return_dict=False,
+            )
+        return int(counters["stats"].get("unique_graphs", 0)) - before
+
+    # As ParallelGenerator.warmup: a CFG image (both prompts, Ulysses off), then fast mode at
+    # three lengths in a row; then users' prompts of lengths never seen.
+    warm = [forward(15, False), forward(9, False)] + [forward(n, True) for n in (15, 16, 17)]
+    later = [forward(n, True) for n in (21, 40, 33, 64, 18)] + [forward(12, False)]
+    # Why three: the same with the fast warm-up at one length only.
+    torch._dynamo.reset()
+    single = [forward(15, False), forward(9, False), forward(15, True), forward(21, True)]
+    Path(result_path).with_suffix(f".rank{rank}.json").write_text(json.dumps([warm, later, single]))
+    dist.destroy_process_group()
+    os._exit(0)  # as in check()
+
+
+def run_ranks(check_name: str, model: Path, out: Path) -> None:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(Path(__file__).resolve()), str(tiny_model_dir), str(out),
+        str(Path(__file__).resolve()), str(model), str(out), check_name,
     ]  # fmt: skip
     done = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=240,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_after_the_warm_up_lengths_a_new_prompt_length_compiles_nothing(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "result"
+    run_ranks("lengths", tiny_model_dir, out)
+    single_new = []
+    for rank in (0, 1):
+        warm, later, single = json.loads(out.with_suffix(f".rank{rank}.json").read_text())
+        assert warm[2] > 0 and sum(warm[3:]) > 0, (rank, warm)  # the lengths compiled
+        assert later == [0, 0, 0, 0, 0, 0], (rank, later)
+        single_new.append(single[3])
+    assert sum(single_new) > 0  # after one fast length, a new length compiled again
+
+
+@pytest.mark.slow
+def test_fast_mode_ulysses_switches_on_and_off_and_matches_one_process(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "result"
+    run_ranks("check", tiny_model_dir, out)
     for rank in (0, 1):
         results = json.loads(out.with_suffix(f".rank{rank}.json").read_text())
         for state, error, answered, asked in results:
@@ -157,4 +224,4 @@ def test_the_ulysses_glue_runs_eagerly_inside_compiled_blocks(
 
 
 if __name__ == "__main__":
-    check(sys.argv[1], sys.argv[2])
+    (check_lengths if sys.argv[3:] == ["lengths"] else check)(sys.argv[1], sys.argv[2])
