@@ -580,7 +580,9 @@ def engine_generator(
     from engine.settings import MemoryMode
 
     if fast_available is None:
-        fast_available = ImageGenerator._load_lightning(pipe, settings, tiny=False)
+        fast_available = ImageGenerator._load_lightning(
+            pipe, settings.lightning_lora, settings.lightning_weight_name
+        )
     return ImageGenerator(
         pipe,
         settings,
@@ -718,7 +720,9 @@ def benchmark(args: argparse.Namespace) -> int:
 
     lora_dir, lora_file = lora_for(record, transformer, workdir, args.tiny)
     settings = engine_settings(args, workdir, lora_dir, lora_file, fp8=False, warmup=True)
-    fast_available = ImageGenerator._load_lightning(pipe, settings, tiny=False)
+    fast_available = ImageGenerator._load_lightning(
+        pipe, settings.lightning_lora, settings.lightning_weight_name
+    )
     record("lora_loaded", fast_available=fast_available)
     if want("stock") and fast_available:
 
@@ -1085,8 +1089,7 @@ STARTUP_MILESTONES = (
     "warm-up done",
     "LoRA fusion",
     "Lightning LoRA",
-    "read ahead",
-    "reading ",
+    "engine.prefetch:",
 )
 
 

@@ -164,10 +164,11 @@ class ImageGenerator(LightningModes):
         logger.info("memory mode %s (%s)", memory_mode, why)
 
         started = time.perf_counter()
+        lora, lora_weight = cls._lightning_source(settings, tiny is not None)
         with read_ahead(
             settings.model,
-            settings.lightning_lora,
-            settings.lightning_weight_name,
+            lora,
+            lora_weight,
             cache=settings.hf_cache_dir,
             enabled=settings.prefetch_weights,
         ):
@@ -177,7 +178,7 @@ class ImageGenerator(LightningModes):
                 cache_dir=str(settings.hf_cache_dir) if settings.hf_cache_dir else None,
             )
             pipe.set_progress_bar_config(disable=True)
-            fast_available = cls._load_lightning(pipe, settings, tiny is not None)
+            fast_available = cls._load_lightning(pipe, lora, lora_weight)
             cls._place(pipe, memory_mode, device)
         logger.info(
             "loaded %s on %s (%s) in %.1fs", settings.model, device, dtype,
@@ -197,14 +198,17 @@ class ImageGenerator(LightningModes):
         return generator
 
     @staticmethod
-    def _load_lightning(pipe: Any, settings: EngineSettings, tiny: bool) -> bool:
-        """Load the Lightning LoRA for fast mode; on failure fast mode falls back to standard."""
-        source = settings.lightning_lora
-        weight_name = settings.lightning_weight_name
+    def _lightning_source(settings: EngineSettings, tiny: bool) -> tuple[str, str]:
+        """The Lightning LoRA's repository or folder and file: the tiny model carries its own."""
         if tiny:
             local = Path(settings.model) / TINY_LORA_DIR
             if local.is_dir():
-                source, weight_name = str(local), TINY_LORA_FILE
+                return str(local), TINY_LORA_FILE
+        return settings.lightning_lora, settings.lightning_weight_name
+
+    @staticmethod
+    def _load_lightning(pipe: Any, source: str, weight_name: str) -> bool:
+        """Load the Lightning LoRA for fast mode; on failure fast mode falls back to standard."""
         return load_lightning_lora(
             pipe,
             source,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -48,27 +49,62 @@ class Chunk:
 
 def weight_files(source: str, *, cache: Path | None = None, skip: Iterable[str] = ()) -> list[Path]:
     """The weight files of a model folder or of a Hub id's cached snapshot, in the order the
-    loader reads them (by component folder, then file name), without the component folders in
-    ``skip`` (those another pipeline shares). Nothing for a Hub model not downloaded yet: the
-    download fills the cache itself."""
+    loader reads them: the pipeline's components (``model_index.json``) by name, without those
+    in ``skip`` (shared with another pipeline), each folder's ``.safetensors`` where it has any
+    (the loader's choice). Nothing for a Hub model not downloaded yet: the download fills the
+    cache itself."""
     root = _local_root(source, cache)
     if root is None:
         return []
+    components = _components(root)
     skipped = set(skip)
+    tops = [root] if components is None else [root / c for c in components if c not in skipped]
     found: dict[Path, None] = {}  # resolved: a snapshot's files link to its blobs
-    for path in sorted(root.rglob("*")):
-        if path.relative_to(root).parts[0] in skipped:
-            continue
-        if path.suffix in WEIGHT_SUFFIXES and path.is_file():
+    seen: set[str] = set()
+    for top in tops:
+        for path in _weights_under(top, seen):
             found.setdefault(path.resolve(), None)
     return list(found)
 
 
+def _components(root: Path) -> list[str] | None:
+    """A pipeline folder's component folders, or None where it is not one."""
+    try:
+        index = json.loads((root / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict):
+        return None
+    return sorted(name for name, value in index.items() if isinstance(value, list))
+
+
+def _weights_under(top: Path, seen: set[str]) -> list[Path]:
+    files: list[Path] = []
+    for folder, subfolders, names in os.walk(top, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or a folder linked twice
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders.sort()
+        weights = sorted(n for n in names if n.endswith(WEIGHT_SUFFIXES))
+        if any(n.endswith(".safetensors") for n in weights):
+            weights = [n for n in weights if n.endswith(".safetensors")]
+        files += [Path(folder) / n for n in weights if os.path.isfile(os.path.join(folder, n))]
+    return files
+
+
 def model_files(
-    model: str, lora: str, lora_weight: str, *, cache: Path | None = None, skip: Iterable[str] = ()
+    model: str,
+    lora: str,
+    lora_weight: str,
+    *,
+    cache: Path | None = None,
+    skip: Iterable[str] = (),
 ) -> list[Path]:
-    """What loading a pipeline and its LoRA reads, in that order."""
-    return weight_files(model, cache=cache, skip=skip) + named_file(lora, lora_weight, cache=cache)
+    """What loading a pipeline and its LoRA reads, in that order. The pipeline comes from
+    ``cache`` (``IMAGINE_HF_CACHE_DIR``); the LoRA loader always uses the default Hub cache."""
+    return weight_files(model, cache=cache, skip=skip) + named_file(lora, lora_weight)
 
 
 def named_file(source: str, name: str, *, cache: Path | None = None) -> list[Path]:
@@ -106,7 +142,14 @@ def chunks(files: Iterable[Path], chunk_bytes: int = CHUNK_BYTES) -> Iterator[Ch
 
 
 def available_memory() -> int | None:
-    """What the kernel can hand out without swapping (``MemAvailable``), or None where unknown."""
+    """What the page cache can hold without evicting: the smaller of the machine's
+    ``MemAvailable`` and, in a container, what its memory limit leaves (the page cache counts
+    against it); None where neither is known."""
+    known = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
+    return min(known) if known else None
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -114,6 +157,34 @@ def available_memory() -> int | None:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
+    return None
+
+
+def _cgroup_available(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Limit minus usage, plus the inactive file cache the kernel would drop first (cgroup v2,
+    then v1); None without a limit."""
+    for limit, usage, stat, inactive in (
+        ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+        (
+            "memory/memory.limit_in_bytes",
+            "memory/memory.usage_in_bytes",
+            "memory/memory.stat",
+            "total_inactive_file",
+        ),
+    ):
+        try:
+            cap = (root / limit).read_text().strip()
+            if cap == "max" or int(cap) >= 2**60:  # v1 says "no limit" with a huge number
+                return None
+            used = int((root / usage).read_text())
+            cached = 0
+            for line in (root / stat).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == inactive:
+                    cached = int(value)
+            return max(0, int(cap) - used + cached)
+        except (OSError, ValueError):
+            continue
     return None
 
 
@@ -150,14 +221,17 @@ class Prefetch:
         self.memory = memory
         self.total = sum(_size(path) for path in self.files)
         self.read = 0
+        self.exhausted = False  # every chunk was handed out
+        self.thread_failed = False
         self.skipped: str | None = None
         self.seconds = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._live = 0
         self._pending: Iterator[Chunk] = iter(())
         self._started = 0.0
-        self._finished: float | None = None
+        self._finished: float | None = None  # when the last thread ended
 
     def __enter__(self) -> Prefetch:
         self.skipped = self._why_not()
@@ -166,10 +240,24 @@ class Prefetch:
             return self
         self._pending = chunks(self.files, self.chunk_bytes)
         self._started = time.perf_counter()
-        for n in range(self.threads):
-            worker = threading.Thread(target=self._work, name=f"imagine-prefetch-{n}", daemon=True)
-            worker.start()
-            self._workers.append(worker)
+        try:
+            for n in range(self.threads):
+                worker = threading.Thread(
+                    target=self._work, name=f"imagine-prefetch-{n}", daemon=True
+                )
+                with self._lock:
+                    self._live += 1
+                try:
+                    worker.start()
+                except BaseException:
+                    with self._lock:
+                        self._live -= 1
+                    raise
+                self._workers.append(worker)
+        except Exception:  # no threads to be had: the loader reads on its own
+            logger.warning("weights not read ahead: could not start threads", exc_info=True)
+            self.close()
+            return self
         logger.info(
             "reading %.1f GiB of weights ahead of the loader (%d files, %d threads)",
             self.total / 2**30, len(self.files), len(self._workers),
@@ -199,11 +287,19 @@ class Prefetch:
         self._workers = []
         ended = self._finished if self._finished is not None else time.perf_counter()
         self.seconds = ended - self._started
-        done = "all" if self.read >= self.total else "stopped at the loader's end"
+        missing = self.total - self.read
+        if self.thread_failed:
+            outcome = "a thread failed, see above"
+        elif not self.exhausted:
+            outcome = "stopped at the loader's end"
+        elif missing > 0:  # files gone, shrunk or unreadable since they were listed
+            outcome = f"{_amount(missing)} could not be read"
+        else:
+            outcome = "all"
         logger.info(
             "read ahead %.1f of %.1f GiB in %.1fs (%.2f GB/s; %s)",
             self.read / 2**30, self.total / 2**30, self.seconds,
-            self.read / max(self.seconds, 1e-9) / 1e9, done,
+            self.read / max(self.seconds, 1e-9) / 1e9, outcome,
         )  # fmt: skip
 
     def _why_not(self) -> str | None:
@@ -221,43 +317,57 @@ class Prefetch:
 
     def _next(self) -> Chunk | None:
         with self._lock:
-            return next(self._pending, None)
+            chunk = next(self._pending, None)
+            if chunk is None:
+                self.exhausted = True
+            return chunk
 
     def _work(self) -> None:
-        buffer = bytearray(self.chunk_bytes)
-        view = memoryview(buffer)
-        handles: dict[Path, int] = {}
+        view = memoryview(bytearray(self.chunk_bytes))
+        handle: tuple[Path, int] | None = None  # this thread's open file
         try:
             while not self._stop.is_set():
                 chunk = self._next()
                 if chunk is None:
                     break
-                got = self._read(handles, chunk, view)
+                try:
+                    if handle is None or handle[0] != chunk.path:
+                        if handle is not None:
+                            os.close(handle[1])
+                        handle = None
+                        handle = (chunk.path, os.open(chunk.path, os.O_RDONLY))
+                    got = _read(handle[1], chunk, view)
+                except OSError:  # gone or unreadable: the loader will say so if it matters
+                    continue
                 with self._lock:
                     self.read += got
-                    if self.read >= self.total and self._finished is None:
-                        self._finished = time.perf_counter()
         except Exception:  # a read-ahead is a nicety: the loader reads what is missing
-            logger.debug("read-ahead thread stopped", exc_info=True)
+            logger.warning("a read-ahead thread stopped", exc_info=True)
+            self.thread_failed = True
         finally:
-            for fd in handles.values():
-                os.close(fd)
+            if handle is not None:
+                os.close(handle[1])
+            with self._lock:
+                self._live -= 1
+                if self._live == 0:
+                    self._finished = time.perf_counter()
 
-    @staticmethod
-    def _read(handles: dict[Path, int], chunk: Chunk, view: memoryview) -> int:
-        fd = handles.get(chunk.path)
-        if fd is None:
-            try:
-                fd = handles[chunk.path] = os.open(chunk.path, os.O_RDONLY)
-            except OSError:
-                return 0
-        got = 0
-        while got < chunk.length:
-            n = os.preadv(fd, [view[: chunk.length - got]], chunk.offset + got)
-            if n <= 0:  # the file shrank under us: nothing more to read here
-                break
-            got += n
-        return got
+
+def _read(fd: int, chunk: Chunk, view: memoryview) -> int:
+    got = 0
+    while got < chunk.length:
+        n = os.preadv(fd, [view[: chunk.length - got]], chunk.offset + got)
+        if n <= 0:  # the file shrank under us: nothing more to read here
+            break
+        got += n
+    return got
+
+
+def _amount(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def _size(path: Path) -> int:

@@ -48,8 +48,8 @@ def test_tiny_startup_from_saved_files(tmp_path: Path) -> None:
     assert gpu.main(argv) == 0
     start, plain = [r for r in rows(out) if r["case"] == "startup"]
     assert (start["start"], plain["start"]) == (1, 2)
-    assert start["prefetch"] and any("reading " in m for m in start["milestones"])
-    assert not plain["prefetch"] and not any("read" in m for m in plain["milestones"])
+    assert start["prefetch"] and any("engine.prefetch: reading" in m for m in start["milestones"])
+    assert not plain["prefetch"] and not any("engine.prefetch" in m for m in plain["milestones"])
     assert 0 < start["ready_s"] < start["seconds"] and start["info"]["fast_available"]
     assert "lora-fused" in start["info"]["optimizations"]
     assert any("warm-up done" in m for m in start["milestones"])

@@ -3,6 +3,7 @@ would not stay cached, and a load that goes on whatever happens to the read-ahea
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -12,8 +13,9 @@ import pytest
 
 from engine import prefetch
 from engine.pipeline import ImageGenerator
-from engine.prefetch import Prefetch, model_files, weight_files
+from engine.prefetch import Prefetch, model_files, named_file, weight_files
 from engine.settings import EngineSettings
+from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE
 
 KIB = 1024
 PLENTY = 2**40
@@ -26,14 +28,20 @@ def write(path: Path, size: int) -> Path:
 
 
 def pipeline_folder(root: Path) -> Path:
-    """A diffusers-format folder: configs, a tokenizer and sharded weights."""
-    (root / "model_index.json").parent.mkdir(parents=True, exist_ok=True)
-    (root / "model_index.json").write_text("{}")
+    """A diffusers-format folder: the index, configs, a tokenizer and sharded weights."""
+    root.mkdir(parents=True, exist_ok=True)
+    index = {"_class_name": "QwenImagePipeline", "_diffusers_version": "0.42.1"}
+    for name in ("scheduler", "text_encoder", "tokenizer", "transformer", "vae"):
+        index[name] = ["diffusers", name.title()]
+    (root / "model_index.json").write_text(json.dumps(index))
     write(root / "tokenizer" / "vocab.json", 10)
     write(root / "vae" / "diffusion_pytorch_model.safetensors", 3 * KIB)
     write(root / "transformer" / "diffusion_pytorch_model-00002-of-00002.safetensors", 5 * KIB)
     write(root / "transformer" / "diffusion_pytorch_model-00001-of-00002.safetensors", 7 * KIB)
+    write(root / "transformer" / "diffusion_pytorch_model.bin", 9 * KIB)  # not loaded
     write(root / "text_encoder" / "model.safetensors", 11 * KIB)
+    write(root / "qwen-image-all-in-one.safetensors", 13 * KIB)  # not a component: not loaded
+    write(root / "old" / "transformer.safetensors", 13 * KIB)
     (root / "transformer" / "config.json").write_text("{}")
     return root
 
@@ -57,6 +65,30 @@ def test_a_pipeline_folder_lists_its_weights_in_load_order_and_the_named_lora_la
         "model/transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
         "model/vae/diffusion_pytorch_model.safetensors",
         "lora/lightning-8steps.safetensors",
+    ]
+
+
+def test_a_component_folder_linked_from_elsewhere_is_read(tmp_path: Path) -> None:
+    model = pipeline_folder(tmp_path / "model")
+    elsewhere = tmp_path / "disk2" / "transformer"
+    (model / "transformer").rename(elsewhere.parent.mkdir(parents=True) or elsewhere)
+    (model / "transformer").symlink_to(elsewhere, target_is_directory=True)
+
+    files = weight_files(str(model))
+
+    assert [p.name for p in files if p.parent.name == "transformer"] == [
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model-00002-of-00002.safetensors",
+    ]
+
+
+def test_a_folder_that_is_no_pipeline_has_all_its_weights_read(tmp_path: Path) -> None:
+    write(tmp_path / "lora" / "b.safetensors", KIB)
+    write(tmp_path / "lora" / "a" / "c.safetensors", KIB)
+
+    assert names(weight_files(str(tmp_path / "lora")), tmp_path) == [
+        "lora/b.safetensors",
+        "lora/a/c.safetensors",
     ]
 
 
@@ -138,7 +170,10 @@ def test_weights_that_would_not_stay_cached_are_not_read(
     assert f"weights not read ahead: {p.skipped}" in caplog.text
 
 
-def test_closing_stops_the_reading_at_the_next_chunk(tmp_path: Path) -> None:
+def test_closing_stops_the_reading_at_the_next_chunk(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="engine.prefetch")
     files = [write(tmp_path / "big.safetensors", 64 * KIB)]
     first_read, release = threading.Event(), threading.Event()
     calls = []
@@ -160,34 +195,53 @@ def test_closing_stops_the_reading_at_the_next_chunk(tmp_path: Path) -> None:
 
     assert calls == [0]
     assert p.read == 4 * KIB < p.total
+    assert "read ahead 0.0 of 0.0 GiB" in caplog.text
+    assert "; stopped at the loader's end)" in caplog.text
 
 
-def test_a_file_gone_or_unreadable_ends_the_read_ahead_quietly(tmp_path: Path) -> None:
+def test_a_file_gone_or_unreadable_ends_the_read_ahead_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     kept = write(tmp_path / "kept.safetensors", 8 * KIB)
     gone = write(tmp_path / "gone.safetensors", 8 * KIB)
     files = [gone, kept]
     p = Prefetch(files, threads=2, chunk_bytes=4 * KIB, memory=lambda: PLENTY)
     gone.unlink()
+    caplog.set_level(logging.INFO, logger="engine.prefetch")
 
     with p:
         assert p.wait(10)
 
     assert p.read == 8 * KIB
+    assert "; 8.0 KiB could not be read)" in caplog.text
 
 
 def test_the_engine_reads_its_weights_ahead_while_it_loads(
-    tiny_settings: EngineSettings, caplog: pytest.LogCaptureFixture
+    tiny_settings: EngineSettings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    from huggingface_hub import constants
+
+    # The real Lightning LoRA in the Hub cache: the tiny model loads its own, so only that
+    # one is read.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--lightx2v--Qwen-Image-Lightning"
+    write(repo / "snapshots" / "c0ffee" / tiny_settings.lightning_weight_name, KIB)
+    write(repo / "refs" / "main", 0).write_text("c0ffee")
+    assert named_file(tiny_settings.lightning_lora, tiny_settings.lightning_weight_name)
     caplog.set_level(logging.INFO, logger="engine.prefetch")
-    files = weight_files(tiny_settings.model)
-    total = sum(p.stat().st_size for p in files)
+    model = Path(tiny_settings.model)
+    files = weight_files(str(model)) + named_file(str(model / TINY_LORA_DIR), TINY_LORA_FILE)
 
     generator = ImageGenerator.load(tiny_settings)
 
-    assert generator.pipe is not None
-    assert {p.parent.name for p in files} >= {"text_encoder", "transformer", "vae"}
+    assert generator.fast_available
+    assert [p.parent.name for p in files] == ["text_encoder", "transformer", "vae", TINY_LORA_DIR]
     assert f"({len(files)} files, 8 threads)" in caplog.text
-    assert f"of {total / 2**30:.1f} GiB in" in caplog.text
+    total = sum(p.stat().st_size for p in files)
+    assert f"of {total / 2**30:.1f} GiB in" in caplog.text and "; all)" in caplog.text
 
 
 def test_the_read_ahead_can_be_turned_off(
@@ -207,7 +261,6 @@ def test_the_edit_model_reads_ahead_only_what_it_does_not_share(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from engine.edit.generator import EditGenerator
-    from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE
 
     settings = tiny_settings.model_copy(
         update={
@@ -222,13 +275,38 @@ def test_the_edit_model_reads_ahead_only_what_it_does_not_share(
 
     shared = {name for name, why in editor.shared.items() if why.startswith("shared")}
     assert shared == {"text_encoder", "vae"}
-    own = [
-        p
-        for p in weight_files(str(tiny_edit_dir))
-        if p.relative_to(tiny_edit_dir.resolve()).parts[0] not in shared
-    ]
-    assert {p.relative_to(tiny_edit_dir.resolve()).parts[0] for p in own} == {
-        "transformer",
-        TINY_LORA_DIR,
-    }
+    own = weight_files(str(tiny_edit_dir), skip=shared) + named_file(
+        str(tiny_edit_dir / TINY_LORA_DIR), TINY_LORA_FILE
+    )
+    assert [p.parent.name for p in own] == ["transformer", TINY_LORA_DIR]
     assert f"({len(own)} files, 8 threads)" in caplog.text
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_in_a_container_its_memory_limit_bounds_what_is_read_ahead(
+    tmp_path: Path, version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gib = 2**30
+    if version == "v2":
+        files = {"memory.max": f"{8 * gib}\n", "memory.current": f"{6 * gib}\n",
+                 "memory.stat": f"anon 1\ninactive_file {gib}\nactive_file 5\n"}  # fmt: skip
+    else:
+        files = {
+            "memory/memory.limit_in_bytes": f"{8 * gib}",
+            "memory/memory.usage_in_bytes": f"{6 * gib}",
+            "memory/memory.stat": f"cache 9\ntotal_inactive_file {gib}\n",
+        }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+
+    assert prefetch._cgroup_available(tmp_path) == 3 * gib  # 8 - 6 + 1 (cache it would drop)
+    monkeypatch.setattr(prefetch, "_meminfo_available", lambda: 100 * gib)
+    monkeypatch.setattr(prefetch, "_cgroup_available", lambda: 3 * gib)
+    assert prefetch.available_memory() == 3 * gib
+
+
+def test_without_a_container_limit_the_machine_decides(tmp_path: Path) -> None:
+    (tmp_path / "memory.max").write_text("max\n")
+    assert prefetch._cgroup_available(tmp_path) is None
+    assert prefetch._cgroup_available(tmp_path / "missing") is None
