@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,7 +117,8 @@ def check_lengths(model: str, result_path: str) -> None:
     os._exit(0)  # as in check()
 
 
-def run_ranks(check_name: str, model: Path, out: Path) -> None:
+def run_ranks(check_name: str, model: Path, out: Path) -> list[Any]:
+    """Both ranks' results of ``check_name`` run under torchrun."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         str(Path(__file__).resolve()), str(model), str(out), check_name,
@@ -126,17 +128,17 @@ def run_ranks(check_name: str, model: Path, out: Path) -> None:
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [json.loads(out.with_suffix(f".rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
 @pytest.mark.slow
 def test_after_the_warm_up_lengths_a_new_prompt_length_compiles_nothing(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "result"
-    run_ranks("lengths", tiny_model_dir, out)
     single_new = []
-    for rank in (0, 1):
-        warm, later, single = json.loads(out.with_suffix(f".rank{rank}.json").read_text())
+    for rank, (warm, later, single) in enumerate(
+        run_ranks("lengths", tiny_model_dir, tmp_path / "result")
+    ):
         assert warm[2] > 0 and sum(warm[3:]) > 0, (rank, warm)  # the lengths compiled
         assert later == [0, 0, 0, 0, 0, 0], (rank, later)
         single_new.append(single[3])
@@ -147,10 +149,7 @@ def test_after_the_warm_up_lengths_a_new_prompt_length_compiles_nothing(
 def test_fast_mode_ulysses_switches_on_and_off_and_matches_one_process(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "result"
-    run_ranks("check", tiny_model_dir, out)
-    for rank in (0, 1):
-        results = json.loads(out.with_suffix(f".rank{rank}.json").read_text())
+    for rank, results in enumerate(run_ranks("check", tiny_model_dir, tmp_path / "result")):
         for state, error, answered, asked in results:
             assert error < 1e-5, (rank, state, error)
             # On: every share question answered locally (q, k, v, out per block; the gather).
