@@ -576,11 +576,12 @@ def engine_generator(
     """The engine's ``ImageGenerator`` over an already built pipeline, its LoRA loaded through
     the engine's own code unless the caller did (``fast_available``); speed-ups are not yet
     applied: each script times that itself."""
+    from engine.loader import load_lightning
     from engine.pipeline import ImageGenerator
     from engine.settings import MemoryMode
 
     if fast_available is None:
-        fast_available = ImageGenerator._load_lightning(
+        fast_available = load_lightning(
             pipe, settings.lightning_lora, settings.lightning_weight_name
         )
     return ImageGenerator(
@@ -716,13 +717,11 @@ def benchmark(args: argparse.Namespace) -> int:
         return 0
 
     # ---- the fast mode's LoRA, loaded through the engine's own code
-    from engine.pipeline import ImageGenerator
+    from engine.loader import load_lightning
 
     lora_dir, lora_file = lora_for(record, transformer, workdir, args.tiny)
     settings = engine_settings(args, workdir, lora_dir, lora_file, fp8=False, warmup=True)
-    fast_available = ImageGenerator._load_lightning(
-        pipe, settings.lightning_lora, settings.lightning_weight_name
-    )
+    fast_available = load_lightning(pipe, settings.lightning_lora, settings.lightning_weight_name)
     record("lora_loaded", fast_available=fast_available)
     if want("stock") and fast_available:
 

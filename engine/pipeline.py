@@ -2,9 +2,10 @@
 
 ``ImageGenerator`` is not thread-safe (diffusers schedulers keep per-call state): exactly one
 thread may call ``generate``. The in-process backend and each remote worker own one instance.
-Where the models run is decided in ``engine.devices``; what a pipeline call shares with the
-edit generator (fast mode's switch, the step callback, OOM, the PNG) is ``engine.generation``.
-Both are re-exported here, where the rest of the project has always imported them.
+Loading the pipeline is ``engine.loader``; where the models run is decided in
+``engine.devices``; what a pipeline call shares with the edit generator (fast mode's switch,
+the step callback, OOM, the PNG) is ``engine.generation``. Their names are re-exported here,
+where the rest of the project has always imported them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,13 +39,12 @@ from engine.generation import (
     call_arguments,
     is_oom,
     job_result,
-    load_lightning_lora,
     oom_fails_job,
     pick_seed,
     png_with_parameters,
 )
 from engine.img2img import Img2ImgView, img2img_plan, load_init_image
-from engine.prefetch import read_ahead
+from engine.loader import LORA_ADAPTER, load_pipeline
 from engine.presets import (
     ASPECTS,
     MODES,
@@ -56,7 +55,6 @@ from engine.presets import (
 )
 from engine.previews import PreviewCallback, PreviewMaker
 from engine.settings import EngineSettings, MemoryMode
-from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE, tiny_defaults
 
 __all__ = [
     "ACTIVATIONS_GIB",
@@ -78,8 +76,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-LORA_ADAPTER = "lightning"
 
 
 def load_generator(settings: EngineSettings) -> Any:
@@ -133,101 +129,20 @@ class ImageGenerator(LightningModes):
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, settings: EngineSettings) -> ImageGenerator:
-        """Load the pipeline once. Refuses the real model on a CPU before downloading anything."""
-        from diffusers import QwenImagePipeline
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
-
-        device = resolve_device(settings.device)
-        tiny = tiny_defaults(settings.model) if Path(settings.model).is_dir() else None
-        if device.type == "cpu" and tiny is None and not settings.allow_cpu:
-            raise EngineUnavailable(
-                f"No usable CUDA GPU found, so {settings.model!r} (a 20B-parameter model) will not "
-                "be loaded: on a CPU one image would take hours. For a dry run of the whole bot, "
-                "build the tiny random model with `python -m engine tiny ./tiny-model` and set "
-                "IMAGINE_MODEL=./tiny-model (images are noise, everything else is real)."
-            )
-        dtype = resolve_dtype(settings.dtype, device)
-        max_side = settings.max_side
-        if max_side is None and tiny is not None:
-            max_side = int(tiny.get("max_side", 256))
-            logger.info("tiny model: output sizes capped at %d px (exact aspect)", max_side)
-
-        free_gib = None
-        if device.type == "cuda":
-            free, _total = torch.cuda.mem_get_info(device)
-            free_gib = free / 2**30
-        memory_mode, why = choose_memory_mode(settings.memory_mode, device, free_gib)
-        logger.info("memory mode %s (%s)", memory_mode, why)
-
-        started = time.perf_counter()
-        lora, lora_weight = cls._lightning_source(settings, tiny is not None)
-        with read_ahead(
-            settings.model,
-            lora,
-            lora_weight,
-            cache=settings.hf_cache_dir,
-            enabled=settings.prefetch_weights,
-        ):
-            pipe = QwenImagePipeline.from_pretrained(
-                settings.model,
-                dtype=dtype,
-                cache_dir=str(settings.hf_cache_dir) if settings.hf_cache_dir else None,
-            )
-            pipe.set_progress_bar_config(disable=True)
-            fast_available = cls._load_lightning(pipe, lora, lora_weight)
-            cls._place(pipe, memory_mode, device)
-        logger.info(
-            "loaded %s on %s (%s) in %.1fs", settings.model, device, dtype,
-            time.perf_counter() - started,
-        )  # fmt: skip
+        """Load the pipeline once (``engine.loader``) and apply the speed-ups."""
+        loaded = load_pipeline(settings)
         generator = cls(
-            pipe,
+            loaded.pipe,
             settings,
-            device=device,
-            dtype=dtype,
-            memory_mode=memory_mode,
-            max_side=max_side,
-            fast_available=fast_available,
+            device=loaded.device,
+            dtype=loaded.dtype,
+            memory_mode=loaded.memory_mode,
+            max_side=loaded.max_side,
+            fast_available=loaded.fast_available,
             model_name=settings.model,
         )
         generator._apply_speedups()
         return generator
-
-    @staticmethod
-    def _lightning_source(settings: EngineSettings, tiny: bool) -> tuple[str, str]:
-        """The Lightning LoRA's repository or folder and file: the tiny model carries its own."""
-        if tiny:
-            local = Path(settings.model) / TINY_LORA_DIR
-            if local.is_dir():
-                return str(local), TINY_LORA_FILE
-        return settings.lightning_lora, settings.lightning_weight_name
-
-    @staticmethod
-    def _load_lightning(pipe: Any, source: str, weight_name: str) -> bool:
-        """Load the Lightning LoRA for fast mode; on failure fast mode falls back to standard."""
-        return load_lightning_lora(
-            pipe,
-            source,
-            weight_name,
-            LORA_ADAPTER,
-            log=logger,
-            name="Lightning LoRA",
-            unavailable="fast mode unavailable",
-            fallback="fast requests will run in standard mode",
-        )
-
-    @staticmethod
-    def _place(pipe: Any, memory_mode: MemoryMode, device: torch.device) -> None:
-        if memory_mode == MemoryMode.RESIDENT:
-            pipe.to(device)
-        elif memory_mode == MemoryMode.MODEL_OFFLOAD:
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            pipe.enable_sequential_cpu_offload(device=device)
 
     def _apply_speedups(self) -> None:
         """GPU-only optimisations (compile, attention backend, FP8), when available."""

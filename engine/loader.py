@@ -1,0 +1,128 @@
+"""Loading the text-to-image pipeline: from disk (or the Hub) onto the device, with its
+Lightning LoRA, once at start.
+
+Apart from ``engine.pipeline`` because it is a different question, asked once: what to load,
+from where, and where it goes; ``ImageGenerator`` then owns the loaded pipeline and turns jobs
+into images. The decisions themselves live in ``engine.devices`` (device, dtype, memory mode);
+the weights are read ahead of the loader by ``engine.prefetch``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.devices import EngineUnavailable, choose_memory_mode, resolve_device, resolve_dtype
+from engine.generation import load_lightning_lora
+from engine.prefetch import read_ahead
+from engine.settings import EngineSettings, MemoryMode
+from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE, tiny_defaults
+
+logger = logging.getLogger(__name__)
+
+LORA_ADAPTER = "lightning"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoadedPipeline:
+    """A pipeline on its device, and what was decided while loading it."""
+
+    pipe: Any
+    device: torch.device
+    dtype: torch.dtype
+    memory_mode: MemoryMode
+    max_side: int | None
+    fast_available: bool
+
+
+def load_pipeline(settings: EngineSettings) -> LoadedPipeline:
+    """Load the pipeline once. Refuses the real model on a CPU before downloading anything."""
+    from diffusers import QwenImagePipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+    device = resolve_device(settings.device)
+    tiny = tiny_defaults(settings.model) if Path(settings.model).is_dir() else None
+    if device.type == "cpu" and tiny is None and not settings.allow_cpu:
+        raise EngineUnavailable(
+            f"No usable CUDA GPU found, so {settings.model!r} (a 20B-parameter model) will not "
+            "be loaded: on a CPU one image would take hours. For a dry run of the whole bot, "
+            "build the tiny random model with `python -m engine tiny ./tiny-model` and set "
+            "IMAGINE_MODEL=./tiny-model (images are noise, everything else is real)."
+        )
+    dtype = resolve_dtype(settings.dtype, device)
+    max_side = settings.max_side
+    if max_side is None and tiny is not None:
+        max_side = int(tiny.get("max_side", 256))
+        logger.info("tiny model: output sizes capped at %d px (exact aspect)", max_side)
+
+    free_gib = None
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        free_gib = free / 2**30
+    memory_mode, why = choose_memory_mode(settings.memory_mode, device, free_gib)
+    logger.info("memory mode %s (%s)", memory_mode, why)
+
+    started = time.perf_counter()
+    lora, lora_weight = lightning_source(settings, tiny is not None)
+    with read_ahead(
+        settings.model,
+        lora,
+        lora_weight,
+        cache=settings.hf_cache_dir,
+        enabled=settings.prefetch_weights,
+    ):
+        pipe = QwenImagePipeline.from_pretrained(
+            settings.model,
+            dtype=dtype,
+            cache_dir=str(settings.hf_cache_dir) if settings.hf_cache_dir else None,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        fast_available = load_lightning(pipe, lora, lora_weight)
+        place(pipe, memory_mode, device)
+    logger.info(
+        "loaded %s on %s (%s) in %.1fs", settings.model, device, dtype,
+        time.perf_counter() - started,
+    )  # fmt: skip
+    return LoadedPipeline(pipe, device, dtype, memory_mode, max_side, fast_available)
+
+
+def lightning_source(settings: EngineSettings, tiny: bool) -> tuple[str, str]:
+    """The Lightning LoRA's repository or folder and file: the tiny model carries its own."""
+    if tiny:
+        local = Path(settings.model) / TINY_LORA_DIR
+        if local.is_dir():
+            return str(local), TINY_LORA_FILE
+    return settings.lightning_lora, settings.lightning_weight_name
+
+
+def load_lightning(pipe: Any, source: str, weight_name: str) -> bool:
+    """Load the Lightning LoRA for fast mode; on failure fast mode falls back to standard."""
+    return load_lightning_lora(
+        pipe,
+        source,
+        weight_name,
+        LORA_ADAPTER,
+        log=logger,
+        name="Lightning LoRA",
+        unavailable="fast mode unavailable",
+        fallback="fast requests will run in standard mode",
+    )
+
+
+def place(pipe: Any, memory_mode: MemoryMode, device: torch.device) -> None:
+    """Put the pipeline where the memory mode says: all on the device, or offloaded."""
+    if memory_mode == MemoryMode.RESIDENT:
+        pipe.to(device)
+    elif memory_mode == MemoryMode.MODEL_OFFLOAD:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)
