@@ -22,8 +22,8 @@ from engine.redis.broker import (
 )
 from engine.redis.cli import main
 from engine.redis.connection import REDIS_DOWN, make_redis, retry_forever
+from engine.redis.jobs import parse_outcome
 from engine.redis.keys import TASK_NAME, RedisKeys
-from engine.redis.loops import parse_outcome
 from engine.redis.presence import read_workers
 from engine.redis.settings import RemoteSettings, redact_url
 

@@ -43,8 +43,9 @@ from engine.contract import (
 from engine.fairqueue import FairQueue
 from engine.redis.broker import ResilientStreamBroker, make_broker
 from engine.redis.connection import REDIS_DOWN, make_redis
+from engine.redis.jobs import RemoteJob
 from engine.redis.keys import RedisKeys
-from engine.redis.loops import JobRouting, RemoteJob
+from engine.redis.loops import JobRouting
 from engine.redis.settings import RemoteSettings, redact_url
 from engine.redis.wire import Heartbeat, WorkerState
 from engine.settings import EngineSettings

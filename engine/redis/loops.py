@@ -17,8 +17,8 @@ images other workers could make. This is simpler than assigning jobs to named wo
 reassignment when a worker dies: the stream's own redelivery still works) and needs nothing
 new on the worker side but reading one more stream.
 
-One piece on purpose (over 400 lines): the three loops are the life of one ``RemoteJob`` —
-waiting, dispatched, running, completing — and each moves it on from where another left it,
+The three loops stay one piece: they are the life of one ``RemoteJob`` (``engine.redis.jobs``)
+— waiting, dispatched, running, completing — and each moves it on from where another left it,
 through the same job table, slot count and worker view, on one event loop without locks. Split
 by loop, every module would reach into the others' private state.
 """
@@ -27,14 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import math
 import time
 from typing import Any
 
 from redis.asyncio import Redis
-from taskiq import TaskiqResult
 from taskiq.kicker import AsyncKicker
 from taskiq_redis.exceptions import ResultIsMissingError
 
@@ -44,13 +41,12 @@ from engine.contract import (
     CAPABILITY_GENERATE,
     FailureKind,
     JobFailed,
-    JobRequest,
     JobResult,
-    ProgressCallback,
 )
 from engine.fairqueue import FairQueue
 from engine.redis.broker import ResilientStreamBroker
 from engine.redis.connection import REDIS_DOWN
+from engine.redis.jobs import RemoteJob, parse_outcome
 from engine.redis.keys import TASK_NAME, RedisKeys
 from engine.redis.presence import read_workers
 from engine.redis.settings import RemoteSettings
@@ -67,7 +63,6 @@ from engine.redis.wire import (
     brief,
     log_skipped,
     parse_event,
-    parse_result,
 )
 from engine.settings import EngineSettings
 
@@ -77,37 +72,6 @@ NO_ANSWER_MESSAGE = (
     "No GPU worker answered for this image in time, so it was given up — nothing was charged. "
     "Please try again."
 )
-
-
-def parse_outcome(job_id: str, result: TaskiqResult[Any]) -> JobResult | JobFailed:
-    """What a worker stored for a job; an unreadable result fails the job with a plain message
-    (the member is refunded) instead of leaving it waiting forever."""
-    if result.is_err:
-        logger.error(
-            "job %s: worker stored an error result: %s", job_id, brief(result.error or "no details")
-        )
-        return JobFailed(FailureKind.ERROR, ERROR_MESSAGE)
-    try:
-        return parse_result(result.return_value)
-    except Exception as exc:  # WireError, or anything a hostile value makes the parser raise
-        logger.error("job %s: unreadable result (%s)", job_id, brief(exc))
-        return JobFailed(FailureKind.ERROR, ERROR_MESSAGE)
-
-
-@dataclasses.dataclass(eq=False)
-class RemoteJob:
-    request: JobRequest
-    future: asyncio.Future[JobResult]
-    on_progress: ProgressCallback | None
-    submitted_at: float
-    # waiting (bot's FairQueue) -> dispatching (being written to Redis) -> dispatched -> running
-    state: str = "waiting"
-    worker: str | None = None
-    attempt: int = 0
-    completing: bool = False
-    # The bot's own deadline for an answer (monotonic): the GPU deadline plus a margin, from
-    # the hand-over or the latest start. Past it the job fails plainly and frees its slot.
-    answer_by: float = math.inf
 
 
 class JobRouting:

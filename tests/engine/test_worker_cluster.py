@@ -26,7 +26,7 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
-from engine.redis.loops import RemoteJob
+from engine.redis.jobs import RemoteJob
 from engine.redis.presence import read_workers
 from engine.redis.wire import DoneEvent, Heartbeat, StartedEvent, WorkerState, parse_event
 from engine.remote import UNAVAILABLE_MESSAGE, RedisBackend, RedisKeys, RemoteSettings

@@ -136,7 +136,7 @@ async def test_job_messages_of_another_version_or_shape_are_skipped_by_the_worke
 async def test_a_stored_result_of_another_version_fails_the_job_plainly_instead_of_hanging(
     cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="engine.redis.loops")
+    caplog.set_level(logging.ERROR, logger="engine.redis")
 
     def stored(return_value: Any) -> str:
         result = TaskiqResult(is_err=False, return_value=return_value, execution_time=0.1)
