@@ -59,7 +59,7 @@ chromium:
 
 # Regenerate docs/img/*.png (the README's gallery screenshots) from the browser tests.
 screenshots: $(STAMP) chromium
-	IMAGINE_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/bot/web/test_gallery_browser.py -k "thumbnails_that_load or every_parameter"
+	IMAGINE_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/bot/gallery/test_gallery_browser.py -k "thumbnails_that_load or every_parameter"
 
 # constraints.txt: this venv's versions (where `make test` passed) of every package the project
 # and its dev extra need, torch and what only torch needs left out (pip picks the torch build

@@ -15,9 +15,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot import metrics
-from bot.web import mount_gallery
-from bot.web.security import parse_networks
-from bot.web.wiring import deps_for
+from bot.gallery import mount_gallery
+from bot.gallery.security import parse_networks
+from bot.gallery.wiring import deps_for
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot

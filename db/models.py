@@ -104,7 +104,7 @@ class GenerationKind(enum.StrEnum):
     VARIATION = "variation"
     REMIX = "remix"  # a strong variation with the prompt edited in the Remix form
     # /edit or an image's Edit button: Qwen-Image-Edit on stored or uploaded images (the prompt
-    # is the instruction; the inputs are image rows "<job_key>:in<n>", see bot.imagine.edit).
+    # is the instruction; the inputs are image rows "<job_key>:in<n>", see bot.edit.service).
     EDIT = "edit"
 
 

@@ -3,12 +3,12 @@ extension in ``setup_hook``."""
 
 EXTENSIONS: tuple[str, ...] = (
     "bot.cogs.imagine",
-    "bot.cogs.edit",
+    "bot.edit",
     "bot.cogs.history",
     "bot.cogs.quota",
     "bot.cogs.status",
     "bot.cogs.styles",
     "bot.cogs.admin",
-    "bot.cogs.gallery",
+    "bot.gallery",
     "bot.cogs.privacy",
 )

@@ -103,7 +103,7 @@ def request_for(
 
     A variation (a row with a ``strength``) is image-to-image from ``init_image``, its parent's
     stored PNG; the engine writes the parent job and the strength into the new PNG. An edit
-    (``bot.imagine.edit``) carries its input images; the prompt is the instruction.
+    (``bot.edit.service``) carries its input images; the prompt is the instruction.
     """
     variation: dict[str, Any] = {}
     if row.strength is not None:

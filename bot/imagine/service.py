@@ -2,7 +2,7 @@
 
 /imagine goes through ``_start``; Reroll, Variations, Vary and Remix through ``start_from`` (a
 finished job's request with new seeds), which ends in ``_start`` too; an edit
-(``bot.imagine.edit``) calls ``_start`` with its inputs kept; a job resumed after a restart
+(``bot.edit.service``) calls ``_start`` with its inputs kept; a job resumed after a restart
 joins at ``submit``. The Cancel button is ``bot.imagine.cancelling``. Every ending (an image
 delivered, an engine failure, a cancel, an upload Discord refused, a reply nobody saw, a job
 that cannot be resumed) goes through ``Finisher.end`` (``bot.imagine.finish``), so recording,
@@ -22,8 +22,9 @@ import discord
 import db
 from bot import errors, metrics, render, views
 from bot.delivery import TOKEN_LIFETIME, StatusMessage, interaction_time
+from bot.edit import service as edit
 from bot.errors import UserError
-from bot.imagine import cancelling, edit, policy, recovery, variations
+from bot.imagine import cancelling, policy, recovery, variations
 from bot.imagine.ack import AckGuard
 from bot.imagine.finish import Finisher
 from bot.imagine.following import Follower

@@ -23,8 +23,8 @@ from typing import Any
 
 import discord
 
+from bot.edit.views import EditButton, edit_form, handle_edit_form
 from bot.views.base import Guarded, JobButton, has_permission, job_row
-from bot.views.edit import EditButton, edit_form, handle_edit_form
 from bot.views.erase import EraseButton, erase_view
 from bot.views.forms import form_values, handle_remix_form, remix_form
 from bot.views.history import HistoryButton, can_view_others, history_page

@@ -10,8 +10,8 @@ import discord
 
 import db
 from bot import errors, render
+from bot.gallery.answer import GalleryButton
 from bot.views.base import Guarded, has_permission
-from bot.web.answer import GalleryButton
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot

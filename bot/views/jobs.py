@@ -11,9 +11,9 @@ import discord
 
 import db
 from bot import errors, render
+from bot.edit.views import EditButton
 from bot.imagine import variations
 from bot.views.base import JobButton, job_row
-from bot.views.edit import EditButton
 from bot.views.forms import remix_form
 
 if TYPE_CHECKING:

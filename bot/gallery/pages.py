@@ -5,7 +5,7 @@ The rules, all decided from the link's grant and the server's current switch:
 * a member sees their own images of the server (or of their DMs) the link is for;
 * where an admin turned the gallery on (``/limits gallery on``), members see everyone's;
 * an admin (Manage Server when the link was made, and confirmed with Discord while it is used:
-  ``bot.web.admins``) sees everything and may delete anything;
+  ``bot.gallery.admins``) sees everything and may delete anything;
 * a member may delete their own images.
 
 Nothing outside the link's server is ever visible, whatever the switch says.
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from aiohttp import web
 
 import db
-from bot.web.auth import Grant
-from bot.web.cards import CARD_SIDE
+from bot.gallery.auth import Grant
+from bot.gallery.cards import CARD_SIDE
 from db.gallery import ChainLink, GalleryEntry
 from engine.presets import public_model_name
 

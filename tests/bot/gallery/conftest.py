@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.bot.web.harness import GalleryServer, Seeded, seed_gallery
+from tests.bot.gallery.harness import GalleryServer, Seeded, seed_gallery
 
 CHROMIUM_HINT = (
     "the gallery's browser tests need Debian's chromium: run `make chromium` "

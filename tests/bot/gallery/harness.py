@@ -24,11 +24,11 @@ from aiohttp import web
 from PIL import Image, ImageDraw
 
 import db
+from bot.gallery import GalleryDeps, LinkSigner, mount_gallery
+from bot.gallery.admins import CONFIRMED_FOR_S, AdminConfirmations
+from bot.gallery.security import TokenBucket
 from bot.images import ImageKeeper
 from bot.store import ImageStore
-from bot.web import GalleryDeps, LinkSigner, mount_gallery
-from bot.web.admins import CONFIRMED_FOR_S, AdminConfirmations
-from bot.web.security import TokenBucket
 
 T = TypeVar("T")
 

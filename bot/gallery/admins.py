@@ -2,11 +2,11 @@
 
 A link records the member's Manage Server permission when ``/gallery`` made it and works for a
 day; a member demoted meanwhile must not keep seeing a private gallery until it expires. So
-every page or file an admin link opens asks Discord again (``bot.web.wiring.still_admin``),
+every page or file an admin link opens asks Discord again (``bot.gallery.wiring.still_admin``),
 at most once per ``CONFIRMED_FOR_S`` per member (every ``UNKNOWN_FOR_S`` while Discord cannot
 tell): the answer is cached, and the thumbnails of one page share one question. Until Discord
 answers yes the link shows what a member sees. Deleting someone else's image always asks
-afresh (``bot.web.routes.delete``), and ``/gallery`` records what its interaction showed.
+afresh (``bot.gallery.routes.delete``), and ``/gallery`` records what its interaction showed.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """/gallery: a private, expiring link to the web gallery of the server (or of the member's
-DMs). The answer itself is built in ``bot.web.answer``, shared with the Gallery button."""
+DMs). The answer itself is built in ``bot.gallery.answer``, shared with the Gallery button."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import errors
-from bot.web.answer import GalleryButton, gallery_answer
+from bot.gallery.answer import GalleryButton, gallery_answer
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from bot import metrics
+from tests.bot.edit.test_edit import local_engine  # noqa: F401 - this module's engine edits too
 from tests.bot.harness import Harness
-from tests.bot.test_edit import local_engine  # noqa: F401 - this module's engine edits too
 
 CAP_KIB = 64  # IMAGINE_MAX_UPLOAD_MB here: 1/16 MB
 

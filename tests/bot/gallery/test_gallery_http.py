@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.web.admins import UNKNOWN_FOR_S
-from bot.web.auth import BadLink, LinkSigner, load_or_create_secret
-from bot.web.security import TokenBucket, client_address, parse_networks
-from tests.bot.web.harness import ALICE, BOB, CAROL, GUILD, GalleryServer, Seeded
+from bot.gallery.admins import UNKNOWN_FOR_S
+from bot.gallery.auth import BadLink, LinkSigner, load_or_create_secret
+from bot.gallery.security import TokenBucket, client_address, parse_networks
+from tests.bot.gallery.harness import ALICE, BOB, CAROL, GUILD, GalleryServer, Seeded
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 

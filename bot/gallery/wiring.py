@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.web.admins import AdminConfirmations
-from bot.web.app import GalleryDeps
-from bot.web.files import ImageFiles
-from bot.web.links import GalleryLinks
+from bot.gallery.admins import AdminConfirmations
+from bot.gallery.app import GalleryDeps
+from bot.gallery.files import ImageFiles
+from bot.gallery.links import GalleryLinks
 
 if TYPE_CHECKING:
     from bot.app import ImagineBot
@@ -57,7 +57,7 @@ def _store(bot: ImagineBot) -> ImageFiles | None:
 def deps_for(bot: ImagineBot) -> GalleryDeps:
     """What the gallery pages read, from the bot: names come from Discord's cache only; the
     one Discord request a page view can make is an admin link's confirmation, cached per
-    member (``bot.web.admins``)."""
+    member (``bot.gallery.admins``)."""
 
     def names(guild_id: int | None, user_id: int) -> str | None:
         guild = bot.get_guild(guild_id) if guild_id is not None else None

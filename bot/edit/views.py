@@ -3,7 +3,7 @@
 Like every button and form here it works from its custom id alone: the button opens the form
 for the job in its id, and the form is answered by ``handle_edit_form`` (called for every
 interaction by ``ImagineBot.on_interaction``), so both keep working across a restart. What the
-edit does is ``bot.imagine.edit``.
+edit does is ``bot.edit.service``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot import errors
-from bot.imagine import edit
+from bot.edit import service as edit
 from bot.views.base import KEY, JobButton
 from bot.views.forms import TEXT_INPUT_MAX, form_values
 from engine.presets import MAX_PROMPT_CHARS

@@ -19,13 +19,13 @@ import jinja2
 from aiohttp import web
 
 import db
-from bot.web.admins import AdminConfirmations
-from bot.web.auth import LinkSigner
-from bot.web.cards import CardCache
-from bot.web.files import ImageFiles
-from bot.web.links import MOUNT
-from bot.web.pages import NameLookup
-from bot.web.security import LOOPBACK, Networks, TokenBucket, security_middleware
+from bot.gallery.admins import AdminConfirmations
+from bot.gallery.auth import LinkSigner
+from bot.gallery.cards import CardCache
+from bot.gallery.files import ImageFiles
+from bot.gallery.links import MOUNT
+from bot.gallery.pages import NameLookup
+from bot.gallery.security import LOOPBACK, Networks, TokenBucket, security_middleware
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class GalleryDeps:
     # names it, under the same per-file lock as keeping an image.
     forget: Callable[[str], Awaitable[bool]]
     # Is this member still allowed Manage Server there? An admin link outlives a demotion:
-    # its pages ask Discord again now and then, a delete every time (``bot.web.admins``).
+    # its pages ask Discord again now and then, a delete every time (``bot.gallery.admins``).
     admins: AdminConfirmations = dataclasses.field(
         default_factory=lambda: AdminConfirmations(_trust_the_link)
     )
@@ -75,7 +75,7 @@ def build_gallery_app(
     trusted_proxies: Networks = LOOPBACK,
 ) -> web.Application:
     """The gallery's routes, templates and security middleware, ready to mount."""
-    from bot.web import routes  # the handlers need DEPS from this module
+    from bot.gallery import routes  # the handlers need DEPS from this module
 
     app = web.Application(
         middlewares=[security_middleware(limiter or TokenBucket(), trusted_proxies)]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from bot.gallery.auth import SECRET_FILE_NAME, LinkSigner, load_or_create_secret
 from bot.settings import BotSettings
-from bot.web.auth import SECRET_FILE_NAME, LinkSigner, load_or_create_secret
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``bot.web.admins``: how often an admin link's pages ask Discord, and what they do with the
+"""``bot.gallery.admins``: how often an admin link's pages ask Discord, and what they do with the
 answers."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from bot.web import admins
-from bot.web.admins import CONFIRMED_FOR_S, UNKNOWN_FOR_S, AdminConfirmations
+from bot.gallery import admins
+from bot.gallery.admins import CONFIRMED_FOR_S, UNKNOWN_FOR_S, AdminConfirmations
 
 GUILD, ALICE, BOB = 900, 1, 2
 
@@ -84,7 +84,7 @@ async def test_a_failing_check_counts_as_could_not_tell_and_is_logged(
     discord = Discord()
     confirmations = AdminConfirmations(discord.check, clock=Clock())
     discord.answers[ALICE] = RuntimeError("a bug in the check")
-    with caplog.at_level(logging.ERROR, logger="bot.web.admins"):
+    with caplog.at_level(logging.ERROR, logger="bot.gallery.admins"):
         assert await confirmations.confirm(GUILD, ALICE) is None
     assert "admin check" in caplog.text and "a bug in the check" in caplog.text
 

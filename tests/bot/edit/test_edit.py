@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import db
-from bot.imagine.edit import SOURCE_GONE_TEXT, input_key
+from bot.edit.service import SOURCE_GONE_TEXT, input_key
 from bot.uploads import validate_upload, without_metadata
 from engine.edit import Generators
 from engine.queue import LocalEngine

@@ -1,5 +1,5 @@
 """The gallery's pages and files. Every route starts from the link's token; the grant it
-carries decides everything (see ``bot.web.pages`` for the rules).
+carries decides everything (see ``bot.gallery.pages`` for the rules).
 
 Files are served by image id only: the id selects a database row of the link's server, the row
 gives a sha256, and the store turns that sha256 into its own path. Nothing from the request ever
@@ -20,12 +20,12 @@ from aiohttp import web
 from yarl import URL
 
 import db
-from bot.web import pages
-from bot.web.admins import UNKNOWN_FOR_S
-from bot.web.app import CSS_VERSION, DEPS, STATIC_DIR, GalleryDeps
-from bot.web.auth import BadLink, Grant
-from bot.web.cards import CARD_QUALITY, CARD_SIDE
-from bot.web.security import forbidden, plain_page
+from bot.gallery import pages
+from bot.gallery.admins import UNKNOWN_FOR_S
+from bot.gallery.app import CSS_VERSION, DEPS, STATIC_DIR, GalleryDeps
+from bot.gallery.auth import BadLink, Grant
+from bot.gallery.cards import CARD_QUALITY, CARD_SIDE
+from bot.gallery.security import forbidden, plain_page
 from db import gallery
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def _database(deps: GalleryDeps) -> db.Database:
 def granted(handler: GrantedHandler) -> Handler:
     """Check the link before anything else: a bad, forged or expired one gets a plain 403.
     An admin link shows what a member sees until Discord confirms the member is still an
-    admin (``bot.web.admins``); the page then says why."""
+    admin (``bot.gallery.admins``); the page then says why."""
     return _with_grant(handler, confirm_admin=True)
 
 

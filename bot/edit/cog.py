@@ -1,7 +1,7 @@
 """/edit: change an uploaded image with an instruction (Qwen-Image-Edit).
 
-The command is thin, like every cog: ``bot.imagine.edit`` checks the uploads and runs the job.
-The Edit button under finished images is ``bot.views.edit``.
+The command is thin, like every cog: ``bot.edit.service`` checks the uploads and runs the job.
+The Edit button under finished images is ``bot.edit.views``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from discord.ext import commands
 
 from bot import errors
 from bot.cogs.imagine import MODE_CHOICES, PromptText
-from bot.imagine import edit
+from bot.edit import service as edit
 from engine.contract import Mode
 from engine.presets import MAX_PROMPT_CHARS, MAX_SEED
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.bot.web.conftest import screenshot_dir
-from tests.bot.web.harness import ALICE, BOB, OTHER_GUILD, GalleryServer, Seeded
+from tests.bot.gallery.conftest import screenshot_dir
+from tests.bot.gallery.harness import ALICE, BOB, OTHER_GUILD, GalleryServer, Seeded
 
 # Playwright's async API lives on the session's loop (see the browser fixture).
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -1,4 +1,4 @@
-"""``bot.web.wiring.still_admin``: an admin link's delete asks Discord about the member now."""
+"""``bot.gallery.wiring.still_admin``: an admin link's delete asks Discord about the member now."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import discord
 import pytest
 
-from bot.web.wiring import still_admin
+from bot.gallery.wiring import still_admin
 
 GUILD, ALICE = 900, 1
 
@@ -73,7 +73,7 @@ async def test_before_the_bot_is_connected_nothing_can_be_told() -> None:
 async def test_a_discord_that_does_not_answer_is_given_up_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from bot.web import wiring
+    from bot.gallery import wiring
 
     class Hanging(Guild):
         async def fetch_member(self, user_id: int) -> Any:

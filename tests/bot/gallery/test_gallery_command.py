@@ -16,8 +16,8 @@ import simcord
 
 import db
 from bot.store import ImageStore
+from tests.bot.gallery.harness import artwork
 from tests.bot.harness import Harness
-from tests.bot.web.harness import artwork
 
 
 def free_port() -> int:
@@ -154,7 +154,7 @@ async def test_a_new_admin_link_starts_from_what_discord_says_now(
 ) -> None:
     """The gallery remembered that this member was no admin (demoted, since promoted again):
     the link /gallery makes now shows the whole gallery at once, not a member's view."""
-    from bot.web.wiring import admins_for
+    from bot.gallery.wiring import admins_for
 
     harness.bot.store = ImageStore(tmp_path / "images")  # type: ignore[attr-defined]
     bob = harness.member("bob")

@@ -2,7 +2,7 @@
 answer (ephemerally: the link is a credential).
 
 The link is signed for the member who asked and the server they asked in (their DMs when asked
-there), and records whether they could manage the server at that moment; see ``bot.web.auth``.
+there), and records whether they could manage the server at that moment; see ``bot.gallery.auth``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import errors
-from bot.web.wiring import admins_for, links_for
+from bot.gallery.wiring import admins_for, links_for
 from db import gallery as gallery_db
 
 if TYPE_CHECKING:
