@@ -122,10 +122,11 @@ def build_edit_tiny(t2i: Any, device: torch.device, dtype: torch.dtype, workdir:
 
 def run(args: argparse.Namespace) -> int:
     """Build both models, time every case; one JSON line per result."""
-    from engine.contract import JobRequest, Mode
+    from engine.edit.combined import forget_captured_graphs
+
+    from engine.contract import TASK_EDIT, JobRequest, Mode
     from engine.edit import EditGenerator, TransformerSwap
     from engine.edit import generator as edit_module
-    from engine.edit.combined import forget_captured_graphs
     from engine.edit.processor import edit_image_sizes
     from engine.edit.speedups import apply_edit_speedups
     from engine.edit.swap import module_bytes
@@ -244,13 +245,14 @@ def run(args: argparse.Namespace) -> int:
         for attempt in ("warmup", "timed"):
             request = JobRequest(
                 job_id=f"edit-{attempt}", user_id=1, prompt=EDIT_PROMPT, seed=1,
-                mode=Mode.STANDARD, edit_images=(source,),
+                mode=Mode.STANDARD, task=TASK_EDIT, images=(source,),
             )  # fmt: skip
             out: dict[str, Any] = {}
             with peak_memory(device, out):
                 result = editor.generate(request)
             if attempt == "timed":
-                record("engine_edit", size=f"{result.width}x{result.height}", steps=result.steps,
+                made = result.image
+                record("engine_edit", size=f"{made.width}x{made.height}", steps=result.steps,
                        run_s=round(result.run_s, 4),
                        per_step_s=round(result.run_s / max(result.steps, 1), 4),
                        optimizations=editor.optimizations, **out)  # fmt: skip

@@ -493,14 +493,14 @@ def run_engine_case(
     generator.max_side = side  # IMAGINE_MAX_SIDE: 1:1 at exactly side x side
     request = engine_request(mode)
     plan = generator.plan(request)
-    if plan["width"] != side:
-        raise RuntimeError(f"engine planned {plan['size']} for max_side {side}")
+    if plan.width != side:
+        raise RuntimeError(f"engine planned {plan.size} for max_side {side}")
     # Warm-up image: same mode and size, 2 steps (fast mode's 8 are already short).
-    generator._warm_once(request, plan["steps"] if mode == Mode.FAST else 2)
+    generator.warm_once(request, plan.steps if mode == Mode.FAST else 2)
     out: dict[str, Any] = {}
     with peak_memory(device, out):
         result = generator.generate(request)
-    images[f"{label}:{mode}:{side}"] = result.png
+    images[f"{label}:{mode}:{side}"] = result.image.png
     record(
         label,
         mode=mode,
@@ -510,7 +510,7 @@ def run_engine_case(
         **out,
         run_s=round(result.run_s, 4),
         per_step_s=round(result.run_s / result.steps, 4),
-        png_bytes=len(result.png),
+        png_bytes=len(result.image.png),
         optimizations=generator.optimizations,
         **extra,
     )
@@ -726,7 +726,7 @@ def benchmark(args: argparse.Namespace) -> int:
     if want("stock") and fast_available:
 
         def stock_lora() -> None:
-            from engine.pipeline import LIGHTNING_SCHEDULER_OVERRIDES
+            from engine.generation import LIGHTNING_SCHEDULER_OVERRIDES
 
             pipe.enable_lora()
             base_scheduler = pipe.scheduler
@@ -853,7 +853,7 @@ def benchmark(args: argparse.Namespace) -> int:
             )
 
     def per_image_parts() -> None:
-        from engine.pipeline import png_with_parameters
+        from engine.generation import png_with_parameters
 
         png = images.get(f"engine:fast:{big}") or next(iter(images.values()), None)
         if png is None:
@@ -1062,7 +1062,8 @@ def ready(args: argparse.Namespace) -> int:
         request = JobRequest(job_id="first", user_id=1, prompt=PROMPT, seed=1)
         result = generator.generate(request)
         first = {"first_image_s": round(time.perf_counter() - done, 2), "mode": str(result.mode),
-                 "steps": result.steps, "size": f"{result.width}x{result.height}"}  # fmt: skip
+                 "steps": result.steps, "size": f"{result.image.width}x{result.image.height}",
+                 }  # fmt: skip
     print(
         "READY "
         + json.dumps(

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         record(
             case,
             mode=str(request.mode),
-            size=f"{result.width}x{result.height}",
+            size=f"{result.image.width}x{result.image.height}",
             steps=result.steps,
             run_s=round(result.run_s, 4),
             per_step_s=round(result.run_s / max(result.steps, 1), 4),
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             **out,
             **fields,
         )
-        return result.png
+        return result.image.png
 
     images: dict[str, bytes] = {}
 
@@ -147,11 +147,11 @@ def run(args: argparse.Namespace) -> int:
         for mode in ("quality", "fast"):
             for attempt in (1,) if args.short and mode == "quality" else (1, 2):
                 request = _request(
-                    mode, 2 + attempt, init_image=source, strength=STRENGTH, parent_job_id="src"
+                    mode, 2 + attempt, images=(source,), strength=STRENGTH, parent_job_id="src"
                 )
                 timed(f"i2i_{mode}", request, strength=STRENGTH, attempt=attempt)
         # Previews on a variation too: what a member sees while Vary runs.
-        request = _request("quality", 9, init_image=source, strength=STRENGTH)
+        request = _request("quality", 9, images=(source,), strength=STRENGTH)
         timed("i2i_quality_previews_on", request, previews=True, strength=STRENGTH)
 
     guarded(record, "i2i")(variations)

@@ -104,11 +104,11 @@ def timed_image(
     if prompt is not None:
         request = dataclasses.replace(request, prompt=prompt)
     plan = generator.plan(request)
-    if plan["width"] != side:
-        raise RuntimeError(f"engine planned {plan['size']} for {side}")
+    if plan.width != side:
+        raise RuntimeError(f"engine planned {plan.size} for {side}")
     before = dynamo_counts()
     if warm_steps != 0:
-        generator._warm_once(request, warm_steps or plan["steps"])
+        generator.warm_once(request, warm_steps or plan.steps)
     out: dict[str, Any] = {}
     with gpu.peak_memory(device, out):
         result = generator.generate(request)
@@ -128,7 +128,7 @@ def timed_image(
         recompiles=after["recompiles"] - before["recompiles"],
         **extra,
     )
-    return result.png
+    return result.image.png
 
 
 def timed_warmup(record: gpu.Recorder, engine: Any, device: torch.device) -> None:

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # the error is printed, by variable, without any value
         return int(exc.code or 2)
 
-    from engine.pipeline import EngineUnavailable, ImageGenerator
+    from engine.devices import EngineUnavailable
+    from engine.pipeline import ImageGenerator
 
     started = time.perf_counter()
     try:
@@ -100,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     except JobFailed as exc:
         print(f"error: {exc.user_message}", file=sys.stderr)
         return 1
+    image = result.image
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(result.png)
+    args.out.write_bytes(image.png)
     print(
-        f"wrote {args.out} ({result.width}x{result.height}, seed {result.seed}, "
+        f"wrote {args.out} ({image.width}x{image.height}, seed {image.seed}, "
         f"{result.mode} mode, {result.steps} steps) in {result.run_s:.2f}s "
         f"(model load {loaded - started:.2f}s)"
     )

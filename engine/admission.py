@@ -2,7 +2,7 @@
 
 The in-process ``LocalEngine`` and the Redis ``RedisBackend`` used to carry their own copies of
 this (handle class, refusal messages, future settling); one copy means a member gets the same
-answer from either backend, and a fix lands in both.
+answer from either backend, and a fix lands in both. (Running a job is ``engine.runner``'s.)
 
 The per-member rule members see is their server's ``/limits max_queued``, enforced by the bot
 when it reserves the job. The engine's ``queued_ceiling_per_user`` is only a safety ceiling
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from engine.contract import FailureKind, JobFailed, JobResult
 from engine.settings import EngineSettings
@@ -24,8 +23,6 @@ CANCELLED_MESSAGE = "The generation was cancelled."
 SHUT_DOWN_MESSAGE = "The image engine shut down."
 NOT_RUNNING_MESSAGE = "The image engine is not running."
 QUEUE_FULL_MESSAGE = "The queue is full right now; try again in a minute."
-ERROR_MESSAGE = "Something went wrong while generating; it has been logged."
-EDIT_OFF_MESSAGE = "Image editing is turned off on this server."
 
 
 def ceiling_message(count: int) -> str:
@@ -49,7 +46,7 @@ class FutureHandle:
         return await asyncio.shield(self._future)
 
 
-def admit(settings: EngineSettings, *, users_jobs: int, waiting: int) -> None:
+def check_room(settings: EngineSettings, *, users_jobs: int, waiting: int) -> None:
     """Refuse a new job with a ``JobFailed(QUEUE_FULL)`` the member can read, or return.
 
     ``users_jobs`` counts the user's jobs waiting or running in this backend; ``waiting`` the
@@ -90,15 +87,3 @@ def settle_threadsafe(
         loop.call_soon_threadsafe(settle, future, outcome)
     except RuntimeError:  # the submitting loop is closed: nobody is waiting any more
         logger.debug("job %s finished after its event loop closed", job_id)
-
-
-def free_memory_after_crash(generator: Any) -> None:
-    """Release what a crashed job left on the GPU; if that fails too, log it and go on: the
-    thread (or worker) that called this must live to answer the next job."""
-    free = getattr(generator, "free_memory", None)
-    if free is None:
-        return
-    try:
-        free()
-    except Exception:
-        logger.exception("freeing GPU memory after a crash failed too")

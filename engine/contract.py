@@ -1,20 +1,24 @@
 """The job / progress / result contract between the Discord side and the GPU side.
 
-This module is the only thing the bot imports from ``engine``: it must never import torch,
-diffusers, discord or ``db`` so that the bot process stays light and remote GPU workers hold no
-database. Everything here is plain data that survives a JSON round trip, because the same
-objects travel through Redis when workers run on other machines.
+The bot imports this module (with ``presets``, ``settings`` and the two backends' factories)
+and nothing else from ``engine``: it imports no torch, diffusers, discord or ``db``, so the bot
+process stays light and remote GPU workers hold no database. Everything here is plain, frozen
+data. ``engine.redis.wire`` derives the Redis messages from these classes (pydantic reads their
+fields and the ``__pydantic_config__`` below), so a field added here is a field on the wire;
+``tests/engine/redis/test_wire_versions.py`` makes that a decision, never an accident.
+
+A job names the ``task`` the engine runs for it (``TASK_GENERATE``: text-to-image, or
+image-to-image when it carries a source image and a strength; ``TASK_EDIT``: Qwen-Image-Edit).
+A task is also what a GPU worker announces it can run, so jobs are routed by it.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import enum
 import math
-from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import ClassVar, Final, Protocol, runtime_checkable
 
 
 class Mode(enum.StrEnum):
@@ -37,6 +41,27 @@ class FailureKind(enum.StrEnum):
     INVALID = "invalid"
 
 
+# How the wire reads these classes (pydantic): exact types (no "1" for 1), bytes as base64.
+# Fields a reader does not know are ignored, so an optional field can be added without a new
+# wire version where an older reader may safely go without it (the wire test asks which).
+WIRE_CONFIG: Final[Mapping[str, object]] = {
+    "strict": True,
+    "extra": "ignore",
+    "ser_json_bytes": "base64",
+    "val_json_bytes": "base64",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Failure:
+    """A job that produced nothing, as data: what ``JobFailed`` carries across a process."""
+
+    kind: FailureKind
+    user_message: str
+
+    __pydantic_config__: ClassVar[Mapping[str, object]] = WIRE_CONFIG
+
+
 class JobFailed(Exception):
     """Raised by ``JobHandle.result()`` and by ``submit`` when a job cannot deliver an image.
 
@@ -48,12 +73,13 @@ class JobFailed(Exception):
         self.kind = FailureKind(kind)
         self.user_message = user_message
 
-    def to_dict(self) -> dict[str, str]:
-        return {"kind": str(self.kind), "user_message": self.user_message}
+    @property
+    def failure(self) -> Failure:
+        return Failure(self.kind, self.user_message)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobFailed:
-        return cls(FailureKind(data["kind"]), str(data["user_message"]))
+    def of(cls, failure: Failure) -> JobFailed:
+        return cls(failure.kind, failure.user_message)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +90,8 @@ class StyleSpec:
     template: str = "{prompt}"
     negative: str = ""
 
+    __pydantic_config__: ClassVar[Mapping[str, object]] = WIRE_CONFIG
+
     def apply(self, prompt: str) -> str:
         # str.replace, not str.format: user prompts may contain braces.
         if "{prompt}" not in self.template:
@@ -71,43 +99,33 @@ class StyleSpec:
         return self.template.replace("{prompt}", prompt)
 
 
-# Image-to-image input limits: checked before any GPU work. The stored images are at most about
-# 1.5 megapixels; the cap leaves room for uploads while keeping a decompression bomb harmless.
-MAX_INIT_IMAGE_BYTES = 20 * 2**20
-MAX_INIT_IMAGE_PIXELS = 4096 * 4096
+# What a job asks the engine to run, and what a worker announces it can run.
+TASK_GENERATE: Final = "generate"
+TASK_EDIT: Final = "edit"
+MAX_TASK_CHARS: Final = 32
+
+# Input images: checked before any GPU work. Stored images are at most about 1.7 megapixels and
+# uploads are normalised to about 2 megapixels; the caps leave room while keeping a
+# decompression bomb harmless, and bound one job's message on the Redis wire.
+MAX_INPUT_IMAGES: Final = 3
+MAX_INPUT_IMAGE_BYTES: Final = 20 * 2**20
+MAX_INPUT_BYTES: Final = 32 * 2**20
+MAX_INPUT_IMAGE_PIXELS: Final = 4096 * 4096
+# An edit takes up to three images (the first is edited), each a normalised RGB PNG.
+MAX_EDIT_IMAGES: Final = 3
+MAX_EDIT_IMAGE_BYTES: Final = 8 * 2**20
 # generations.job_key is a String(32); a parent id is one of those keys.
-MAX_JOB_ID_CHARS = 32
-_IMG2IMG_FIELDS = ("init_image", "strength", "parent_job_id")
-# Edits (/edit): up to three input images, each a normalised RGB PNG (bot.uploads keeps them at
-# most ~2 megapixels, so well under this cap); they travel with the job, through Redis too.
-MAX_EDIT_IMAGES = 3
-MAX_EDIT_IMAGE_BYTES = 8 * 2**20
-# What a worker can run (WorkerInfo.capabilities) and what a job needs (JobRequest.needs).
-CAPABILITY_GENERATE = "generate"
-CAPABILITY_EDIT = "edit"
-
-
-def _b64encode(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
-
-
-def _b64decode(value: Any, what: str) -> bytes | None:
-    """Bytes from the dict form (base64 text); bad text is bad input, not a crash."""
-    if value is None or isinstance(value, bytes):
-        return value
-    try:
-        return base64.b64decode(str(value), validate=True)
-    except (binascii.Error, ValueError):
-        raise JobFailed(FailureKind.INVALID, f"The {what} could not be decoded.") from None
+MAX_JOB_ID_CHARS: Final = 32
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobRequest:
-    """One image to make. ``job_id`` is the Discord interaction id: unique and idempotent."""
+    """One job to run. ``job_id`` is the Discord interaction id: unique and idempotent."""
 
     job_id: str
     user_id: int
     prompt: str
+    task: str = TASK_GENERATE
     style: StyleSpec = dataclasses.field(default_factory=StyleSpec)
     negative_prompt: str | None = None
     aspect: str = "1:1"
@@ -116,38 +134,40 @@ class JobRequest:
     # Wall-clock budget for the GPU work, enforced inside the step callback so a late job
     # frees the GPU instead of running on after nobody waits for it.
     deadline_s: float | None = None
-    # Image-to-image (the Vary buttons): the source PNG, how much of it is re-noised (0..1],
-    # and the job it came from (recorded in the PNG's text chunks).
-    init_image: bytes | None = None
+    # The job's input images, read from the bot's image store by the job's keys: the source
+    # of a variation (with ``strength``, the share of the schedule re-run from it), or the
+    # images of an edit (the first is the one edited).
+    images: tuple[bytes, ...] = ()
     strength: float | None = None
+    # The job this one was made from (a variation's PNG records it).
     parent_job_id: str | None = None
-    # Editing (/edit): the input images, first the one to edit; the prompt is the instruction.
-    # Empty for every other job (whose dict then carries no such key).
-    edit_images: tuple[bytes, ...] = ()
 
-    @property
-    def needs(self) -> str:
-        """The capability a worker must have to run this job."""
-        return CAPABILITY_EDIT if self.edit_images else CAPABILITY_GENERATE
+    __pydantic_config__: ClassVar[Mapping[str, object]] = WIRE_CONFIG
 
     def validate(self) -> None:
-        """Refuse inconsistent image-to-image fields with ``JobFailed(INVALID)``.
-
-        Cheap checks only (no image decoding: this module imports no imaging library); the
-        engine decodes the image with a pixel cap before any GPU work.
-        """
-        if self.init_image is None:
-            if self.strength is not None:
-                raise JobFailed(FailureKind.INVALID, "A strength needs a source image.")
-        else:
-            if not isinstance(self.init_image, bytes) or not self.init_image:
-                raise JobFailed(FailureKind.INVALID, "The source image is empty.")
-            if len(self.init_image) > MAX_INIT_IMAGE_BYTES:
+        """Refuse malformed fields with ``JobFailed(INVALID)``: cheap checks only (this module
+        decodes no image); what a task needs of its inputs is its generator's to check."""
+        if not self.task or len(self.task) > MAX_TASK_CHARS:
+            raise JobFailed(FailureKind.INVALID, "The job names no task this engine knows.")
+        if len(self.images) > MAX_INPUT_IMAGES:
+            raise JobFailed(FailureKind.INVALID, f"A job takes at most {MAX_INPUT_IMAGES} images.")
+        for image in self.images:
+            if not image:
+                raise JobFailed(FailureKind.INVALID, "An input image is empty.")
+            if len(image) > MAX_INPUT_IMAGE_BYTES:
                 raise JobFailed(
                     FailureKind.INVALID,
-                    f"The source image is larger than {MAX_INIT_IMAGE_BYTES // 2**20} MB.",
+                    f"An input image is larger than {MAX_INPUT_IMAGE_BYTES // 2**20} MB.",
                 )
-            strength = self.strength
+        if sum(len(image) for image in self.images) > MAX_INPUT_BYTES:
+            raise JobFailed(
+                FailureKind.INVALID,
+                f"The input images are larger than {MAX_INPUT_BYTES // 2**20} MB together.",
+            )
+        strength = self.strength
+        if strength is not None:
+            if not self.images:
+                raise JobFailed(FailureKind.INVALID, "A strength needs a source image.")
             if (
                 isinstance(strength, bool)
                 or not isinstance(strength, int | float)
@@ -157,59 +177,8 @@ class JobRequest:
                 raise JobFailed(
                     FailureKind.INVALID, "The variation strength must be above 0 and at most 1."
                 )
-        if self.parent_job_id is not None and (
-            not isinstance(self.parent_job_id, str)
-            or not 0 < len(self.parent_job_id) <= MAX_JOB_ID_CHARS
-        ):
+        if self.parent_job_id is not None and not 0 < len(self.parent_job_id) <= MAX_JOB_ID_CHARS:
             raise JobFailed(FailureKind.INVALID, "The parent job id is not valid.")
-        self._validate_edit_images()
-
-    def _validate_edit_images(self) -> None:
-        images = self.edit_images
-        if not isinstance(images, tuple):
-            raise JobFailed(FailureKind.INVALID, "The edit images are not valid.")
-        if len(images) > MAX_EDIT_IMAGES:
-            raise JobFailed(FailureKind.INVALID, f"An edit takes at most {MAX_EDIT_IMAGES} images.")
-        if images and self.init_image is not None:
-            raise JobFailed(FailureKind.INVALID, "An edit cannot also be a variation.")
-        for image in images:
-            if not isinstance(image, bytes) or not image:
-                raise JobFailed(FailureKind.INVALID, "An edit image is empty.")
-            if len(image) > MAX_EDIT_IMAGE_BYTES:
-                raise JobFailed(
-                    FailureKind.INVALID,
-                    f"An edit image is larger than {MAX_EDIT_IMAGE_BYTES // 2**20} MB.",
-                )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["mode"] = str(self.mode)
-        data["init_image"] = _b64encode(self.init_image)
-        # A text-to-image job's dict stays exactly what it was before these fields existed, so
-        # workers of the previous version still read it during a rolling upgrade.
-        for key in _IMG2IMG_FIELDS:
-            if data[key] is None:
-                del data[key]
-        if self.edit_images:
-            data["edit_images"] = [_b64encode(image) for image in self.edit_images]
-        else:
-            del data["edit_images"]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobRequest:
-        fields = dict(data)
-        fields["style"] = StyleSpec(**fields.get("style") or {})
-        fields["mode"] = Mode(fields.get("mode", Mode.STANDARD))
-        fields["init_image"] = _b64decode(fields.get("init_image"), "source image")
-        if "edit_images" in fields:
-            images = fields["edit_images"]
-            if not isinstance(images, list | tuple) or len(images) > MAX_EDIT_IMAGES:
-                raise JobFailed(FailureKind.INVALID, "The edit images are not valid.")
-            fields["edit_images"] = tuple(
-                _b64decode(image, "edit image") or b"" for image in images
-            )
-        return cls(**fields)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -232,30 +201,26 @@ class Progress:
     def eta_s(self) -> float:
         return max(0.0, (self.total - self.step) * self.sec_per_step)
 
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        if self.preview is None:
-            del data["preview"]  # the dict of a plain step is unchanged
-        else:
-            data["preview"] = _b64encode(self.preview)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Progress:
-        fields = dict(data)
-        fields["preview"] = _b64decode(fields.get("preview"), "preview")
-        return cls(**fields)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class JobResult:
-    """The finished image and every parameter actually used, so it can be reproduced."""
+class OutputImage:
+    """One finished image: the PNG (its text chunks hold the parameters) and its seed."""
 
-    job_id: str
     png: bytes
     width: int
     height: int
     seed: int
+
+    __pydantic_config__: ClassVar[Mapping[str, object]] = WIRE_CONFIG
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobResult:
+    """What a job made — images (a grid makes several) or text, or both — and every
+    parameter it actually ran with, so it can be reproduced."""
+
+    job_id: str
+    images: tuple[OutputImage, ...]
     steps: int
     true_cfg_scale: float
     mode: Mode
@@ -266,25 +231,21 @@ class JobResult:
     negative_prompt: str
     aspect: str
     model: str
+    texts: tuple[str, ...] = ()
     queued_s: float = 0.0
     run_s: float = 0.0
     note: str | None = None
     worker: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["png"] = self.png.hex()
-        data["mode"] = str(self.mode)
-        data["requested_mode"] = str(self.requested_mode)
-        return data
+    __pydantic_config__: ClassVar[Mapping[str, object]] = WIRE_CONFIG
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobResult:
-        fields = dict(data)
-        fields["png"] = bytes.fromhex(fields["png"])
-        fields["mode"] = Mode(fields["mode"])
-        fields["requested_mode"] = Mode(fields["requested_mode"])
-        return cls(**fields)
+    @property
+    def image(self) -> OutputImage:
+        """The image of a one-image job; ``JobFailed`` when the job made none (a result from
+        outside this process is untrusted: it may hold nothing at all)."""
+        if not self.images:
+            raise JobFailed(FailureKind.ERROR, "The engine answered without an image.")
+        return self.images[0]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -299,8 +260,8 @@ class WorkerInfo:
     current_job: str | None = None
     last_seen: float = 0.0
     jobs_done: int = 0
-    # What the worker can run: "generate" (text-to-image, variations) and "edit" (/edit).
-    capabilities: tuple[str, ...] = (CAPABILITY_GENERATE,)
+    # The tasks it runs: "generate" (text-to-image, variations) and "edit" (/edit).
+    capabilities: tuple[str, ...] = (TASK_GENERATE,)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -325,9 +286,9 @@ class EngineStatus:
     # The models on the accelerator now (text-to-image, edit); an idle one that waits in host
     # memory is not listed.
     resident_models: tuple[str, ...] = ()
-    # What this backend can run now ("generate", "edit"): on the Redis path, what at least one
-    # ready worker can run. The bot refuses /edit before charging when "edit" is missing.
-    capabilities: tuple[str, ...] = (CAPABILITY_GENERATE,)
+    # The tasks this backend can run now ("generate", "edit"): on the Redis path, what at least
+    # one ready worker can run. The bot refuses /edit before charging when "edit" is missing.
+    capabilities: tuple[str, ...] = (TASK_GENERATE,)
     # While the model gets ready (the first start downloads ~58 GB, loads and warms up): what it
     # is doing ("downloading the model: 12.3 of 57.7 GB"), how far (0..1) and how long it may
     # still take, where known. Jobs submitted meanwhile wait in the line. ``load_error``: the
@@ -349,7 +310,7 @@ class JobHandle(Protocol):
     job_id: str
 
     async def result(self) -> JobResult:
-        """The image, or ``JobFailed``."""
+        """The result, or ``JobFailed``."""
         ...
 
 
@@ -357,7 +318,7 @@ class JobHandle(Protocol):
 class ImageBackend(Protocol):
     """Where jobs go: the in-process GPU thread, or GPU workers behind Redis.
 
-    The bot's cogs talk only to this protocol, so they cannot tell the two apart.
+    The bot talks only to this protocol, so it cannot tell the two apart.
     """
 
     async def start(self) -> None:

@@ -16,23 +16,21 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
+from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, OutputImage
+from engine.generator import JobControl, Plan
 from engine.pnginfo import a1111_parameters
 from engine.presets import MAX_SEED
-from engine.previews import PreviewCallback, PreviewMaker
+from engine.previews import PreviewMaker
 
 logger = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, int, float, float], None]
-"""on_step(step, total, elapsed_s, sec_per_step), called on the generating thread."""
-StopCheck = Callable[[], FailureKind | None]
 StopAgreement = Callable[[FailureKind | None], FailureKind | None]
 
 # Lightning's distilled sampler: a fixed shift of 3 (log(3) on both ends), no terminal shift.
@@ -120,11 +118,11 @@ def load_lightning_lora(
 class StepWatch:
     """``callback_on_step_end`` for one pipeline call, and what it saw.
 
-    Reports progress (a device sync at most every ``PROGRESS_SYNC_INTERVAL_S``, and on the
-    first and last step, so step times are honest without stalling the GPU every step), hands
-    previews to ``on_preview``, and stops the call at the next step when ``should_stop`` says
-    so or the deadline passes (diffusers' ``_interrupt`` skips the remaining steps).
-    ``agree_stop`` (``engine.parallel``) makes every rank stop at the same step.
+    Reports progress to the job's ``JobControl`` (a device sync at most every
+    ``PROGRESS_SYNC_INTERVAL_S``, and on the first and last step, so step times are honest
+    without stalling the GPU every step), hands it previews, and stops the call at the next
+    step when the control says so or the deadline passes (diffusers' ``_interrupt`` skips the
+    remaining steps). ``agree_stop`` (``engine.parallel``) makes every rank stop at the same step.
     """
 
     def __init__(
@@ -133,20 +131,16 @@ class StepWatch:
         total: int,
         deadline_s: float,
         device: torch.device,
-        on_step: StepCallback | None,
-        should_stop: StopCheck | None,
+        control: JobControl,
         delay_s: float = 0.0,
         previews: PreviewMaker | None = None,
-        on_preview: PreviewCallback | None = None,
         agree_stop: StopAgreement | None = None,
     ) -> None:
         self.total = total
         self.deadline_s = deadline_s
-        self.on_step = on_step
-        self.should_stop = should_stop
+        self.control = control
         self.delay_s = delay_s
         self.previews = previews
-        self.on_preview = on_preview
         self.agree_stop = agree_stop
         self.sync = torch.cuda.synchronize if device.type == "cuda" else None
         self.started = time.perf_counter()
@@ -157,7 +151,7 @@ class StepWatch:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    def __call__(self, pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, pipe: Any, index: int, _t: object, kwargs: dict[str, Any]) -> dict[str, Any]:
         if self.delay_s:
             time.sleep(self.delay_s)
         step, total = index + 1, self.total
@@ -166,7 +160,7 @@ class StepWatch:
             preview = self.previews.observe(pipe, step, kwargs["latents"])
         now = time.perf_counter()
         if preview is not None or (
-            self.on_step is not None
+            self.control.followed
             and (
                 self.sync is None
                 or step in (1, total)
@@ -176,12 +170,8 @@ class StepWatch:
             if self.sync is not None:
                 self.sync()  # honest step times; at most every PROGRESS_SYNC_INTERVAL_S
             now = self.last_sync = time.perf_counter()
-            elapsed = now - self.started
-            if preview is not None and self.on_preview is not None:
-                self.on_preview(step, total, elapsed, elapsed / step, preview)
-            elif self.on_step is not None:
-                self.on_step(step, total, elapsed, elapsed / step)
-        reason = self.should_stop() if self.should_stop is not None else None
+            self.control.step(step, total, now - self.started, preview)
+        reason = self.control.stop_reason()
         if reason is None and now > self.deadline:
             reason = FailureKind.TIMEOUT
         if self.agree_stop is not None:
@@ -204,7 +194,7 @@ class StepWatch:
 
 
 def call_arguments(
-    plan: dict[str, Any],
+    plan: Plan,
     *,
     prompt: str,
     steps: int,
@@ -217,10 +207,10 @@ def call_arguments(
     so one seed makes the same image on any device."""
     arguments: dict[str, Any] = {
         "prompt": prompt,
-        "negative_prompt": plan["negative_prompt"] or None,
-        "true_cfg_scale": plan["true_cfg_scale"],
-        "width": plan["width"],
-        "height": plan["height"],
+        "negative_prompt": plan.negative_prompt or None,
+        "true_cfg_scale": plan.true_cfg_scale,
+        "width": plan.width,
+        "height": plan.height,
         "num_inference_steps": steps,
         "max_sequence_length": max_sequence_length,
         "generator": torch.Generator(device="cpu").manual_seed(seed),
@@ -251,7 +241,7 @@ def oom_fails_job(what: str, free_memory: Callable[[], None], user_message: str)
         raise JobFailed(FailureKind.OOM, user_message) from exc
 
 
-def png_with_parameters(image: Image.Image, parameters: dict[str, Any]) -> bytes:
+def png_with_parameters(image: Image.Image, parameters: Mapping[str, str | int | float]) -> bytes:
     """PNG bytes whose text chunks hold every parameter needed to reproduce the image: one
     chunk per key, all of them as JSON (``parameters_json``), and ``parameters`` in the format
     A1111 / Civitai "PNG Info" readers show (``engine.pnginfo``)."""
@@ -280,38 +270,24 @@ def pick_seed(request: JobRequest) -> int:
     return seed
 
 
-def job_result(
-    request: JobRequest,
-    plan: dict[str, Any],
-    image: Image.Image,
-    run_s: float,
-    *,
-    style: str,
-    full_prompt: str,
-    aspect: str,
-    model: str,
-) -> JobResult:
-    """The finished job: the PNG (every non-empty plan entry in its text chunks) and the
-    parameters it actually ran with. ``prompt`` is what the user typed; ``full_prompt`` is
-    what the model read (after the style template and quality suffix, or the edit's
-    instruction)."""
-    png = png_with_parameters(image, {k: v for k, v in plan.items() if v is not None})
+def job_result(request: JobRequest, plan: Plan, image: Image.Image, run_s: float) -> JobResult:
+    """The finished one-image job: the PNG (the plan in its text chunks) and the parameters it
+    actually ran with. ``prompt`` is what the user typed; ``full_prompt`` is what the model
+    read (after the style template and quality suffix, or the edit's instruction)."""
+    png = png_with_parameters(image, plan.png_parameters())
     return JobResult(
         job_id=request.job_id,
-        png=png,
-        width=image.width,
-        height=image.height,
-        seed=plan["seed"],
-        steps=plan["steps"],
-        true_cfg_scale=plan["true_cfg_scale"],
-        mode=Mode(plan["mode"]),
+        images=(OutputImage(png=png, width=image.width, height=image.height, seed=plan.seed),),
+        steps=plan.steps,
+        true_cfg_scale=plan.true_cfg_scale,
+        mode=plan.mode,
         requested_mode=request.mode,
-        style=style,
+        style=plan.style or "none",
         prompt=request.prompt,
-        full_prompt=full_prompt,
-        negative_prompt=plan["negative_prompt"],
-        aspect=aspect,
-        model=model,
+        full_prompt=plan.model_prompt,
+        negative_prompt=plan.negative_prompt,
+        aspect=plan.aspect,
+        model=plan.model,
         run_s=run_s,
-        note=plan["note"],
+        note=plan.note,
     )

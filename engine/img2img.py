@@ -12,6 +12,7 @@ through Redis): it is decoded with a pixel cap before any GPU work and refused w
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import warnings
@@ -19,7 +20,8 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from engine.contract import MAX_INIT_IMAGE_PIXELS, FailureKind, JobFailed, JobRequest
+from engine.contract import MAX_INPUT_IMAGE_PIXELS, FailureKind, JobFailed, JobRequest
+from engine.generator import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +117,11 @@ def load_init_image(data: bytes, width: int, height: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_INIT_IMAGE_PIXELS:
+            if image.width * image.height > MAX_INPUT_IMAGE_PIXELS:
                 raise JobFailed(
                     FailureKind.INVALID,
                     f"The source image is too large ({image.width}×{image.height}); the limit "
-                    f"is {MAX_INIT_IMAGE_PIXELS // 1_000_000} megapixels.",
+                    f"is {MAX_INPUT_IMAGE_PIXELS // 1_000_000} megapixels.",
                 )
             image.load()
             image = ImageOps.exif_transpose(image)
@@ -144,21 +146,20 @@ def load_init_image(data: bytes, width: int, height: int) -> Image.Image:
     return ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS)
 
 
-def img2img_plan(request: JobRequest, schedule_steps: int) -> dict[str, Any]:
-    """The plan entries of a variation (merged into ``ImageGenerator.plan``; all of them go
-    into the PNG's text chunks): the steps really run, the schedule they come from, the
-    strength and the parent job."""
-    assert request.strength is not None  # JobRequest.validate() ran first
-    steps = img2img_steps(schedule_steps, float(request.strength))
+def img2img_fields(plan: Plan, request: JobRequest) -> Plan:
+    """A text-to-image plan made a variation's (all of it goes into the PNG's text chunks):
+    the steps really run, the schedule they come from, the strength and the parent job."""
+    if len(request.images) != 1 or request.strength is None:
+        raise JobFailed(FailureKind.INVALID, "A variation takes one source image and a strength.")
+    steps = img2img_steps(plan.steps, request.strength)
     if steps < 1:
         raise JobFailed(
             FailureKind.INVALID, "The variation strength is too small to run a single step."
         )
-    fields: dict[str, Any] = {
-        "steps": steps,
-        "schedule_steps": schedule_steps,
-        "strength": float(request.strength),
-    }
-    if request.parent_job_id is not None:
-        fields["parent_job_id"] = request.parent_job_id
-    return fields
+    return dataclasses.replace(
+        plan,
+        steps=steps,
+        schedule_steps=plan.steps,
+        strength=request.strength,
+        parent_job_id=request.parent_job_id,
+    )

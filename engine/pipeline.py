@@ -1,11 +1,12 @@
-"""Load Qwen-Image once and turn ``JobRequest`` objects into PNG bytes.
+"""Text-to-image and variations with Qwen-Image: ``ImageGenerator``, the loaded pipeline as a
+``Generator`` of the ``generate`` task.
 
 ``ImageGenerator`` is not thread-safe (diffusers schedulers keep per-call state): exactly one
-thread may call ``generate``. The in-process backend and each remote worker own one instance.
-Loading the pipeline is ``engine.loader``; where the models run is decided in
-``engine.devices``; what a pipeline call shares with the edit generator (fast mode's switch,
-the step callback, OOM, the PNG) is ``engine.generation``. Their names are re-exported here,
-where the rest of the project has always imported them.
+thread may call ``generate`` (``engine.runner``). Loading the pipeline is ``engine.loader``;
+where the models run is decided in ``engine.devices``; what a pipeline call shares with the edit
+generator (fast mode's switch, the step callback, OOM, the PNG) is ``engine.generation``.
+A job with a source image and a strength is a variation (image-to-image, ``engine.img2img``)
+on the same modules.
 """
 
 from __future__ import annotations
@@ -15,35 +16,22 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
-from engine.devices import (
-    ACTIVATIONS_GIB,
-    RESIDENT_GIB,
-    TRANSFORMER_GIB,
-    EngineUnavailable,
-    choose_memory_mode,
-    resolve_device,
-    resolve_dtype,
-)
+from engine.contract import TASK_GENERATE, FailureKind, JobFailed, JobRequest, JobResult, Mode
 from engine.generation import (
-    LIGHTNING_SCHEDULER_OVERRIDES,
-    PROGRESS_SYNC_INTERVAL_S,
     LightningModes,
-    StepCallback,
     StepWatch,
-    StopCheck,
+    StopAgreement,
     call_arguments,
-    is_oom,
     job_result,
     oom_fails_job,
     pick_seed,
-    png_with_parameters,
 )
-from engine.img2img import Img2ImgView, img2img_plan, load_init_image
+from engine.generator import UNWATCHED, Generator, GeneratorInfo, JobControl, Plan
+from engine.img2img import Img2ImgView, img2img_fields, load_init_image
 from engine.loader import LORA_ADAPTER, load_pipeline
 from engine.presets import (
     ASPECTS,
@@ -53,45 +41,16 @@ from engine.presets import (
     image_size,
     public_model_name,
 )
-from engine.previews import PreviewCallback, PreviewMaker
+from engine.previews import PreviewMaker
 from engine.settings import EngineSettings, MemoryMode
 
-__all__ = [
-    "ACTIVATIONS_GIB",
-    "LIGHTNING_SCHEDULER_OVERRIDES",
-    "LORA_ADAPTER",
-    "PROGRESS_SYNC_INTERVAL_S",
-    "RESIDENT_GIB",
-    "TRANSFORMER_GIB",
-    "EngineUnavailable",
-    "ImageGenerator",
-    "StepCallback",
-    "StopCheck",
-    "choose_memory_mode",
-    "is_oom",
-    "load_generator",
-    "png_with_parameters",
-    "resolve_device",
-    "resolve_dtype",
-]
+if TYPE_CHECKING:
+    from engine.edit.swap import TransformerSwap
 
 logger = logging.getLogger(__name__)
 
 
-def load_generator(settings: EngineSettings) -> Any:
-    """The engine's generator: ``ImageGenerator.load``, or with several GPUs in
-    ``IMAGINE_GPUS`` the ``engine.parallel`` facade that runs each image across them."""
-    gpus = [g.strip() for g in (getattr(settings, "gpus", "") or "").split(",") if g.strip()]
-    if len(gpus) > 1:
-        from engine import parallel
-
-        return parallel.load(settings)
-    if len(gpus) == 1 and not settings.device.startswith("cpu"):
-        settings = settings.model_copy(update={"device": f"cuda:{gpus[0]}"})
-    return ImageGenerator.load(settings)
-
-
-class ImageGenerator(LightningModes):
+class ImageGenerator(LightningModes, Generator):
     """A loaded Qwen-Image pipeline plus everything decided at load time."""
 
     lora_adapter = LORA_ADAPTER
@@ -124,7 +83,10 @@ class ImageGenerator(LightningModes):
         self._img2img = Img2ImgView()
         # Set by engine.parallel: every rank of one image must stop at the same step, so each
         # step's stop decision goes through this (rank 0's decision wins).
-        self.agree_stop: Callable[[FailureKind | None], FailureKind | None] | None = None
+        self.agree_stop: StopAgreement | None = None
+        # Set by engine.edit when the edit model's transformer shares the accelerator with this
+        # one and both don't fit: this one is made resident before each job.
+        self.swap: TransformerSwap | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -152,32 +114,48 @@ class ImageGenerator(LightningModes):
             return
         self.optimizations = optimize.apply(self)
 
-    # --------------------------------------------------------------- generation
-    def info(self) -> dict[str, object]:
+    # --------------------------------------------------------------- what it is
+    def tasks(self) -> tuple[str, ...]:
+        return (TASK_GENERATE,)
+
+    def info(self) -> GeneratorInfo:
         gpu = "cpu"
         memory_gb = 0.0
         if self.device.type == "cuda":
             props = torch.cuda.get_device_properties(self.device)
             gpu = props.name
             memory_gb = round(props.total_memory / 2**30, 1)
-        return {
-            "model": public_model_name(self.model_name),
-            "device": str(self.device),
-            "gpu": gpu,
-            "memory_mode": str(self.memory_mode),
-            "memory_gb": memory_gb,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "fast_available": self.fast_available,
-            "optimizations": list(self.optimizations),
-        }
+        return GeneratorInfo(
+            model=public_model_name(self.model_name),
+            tasks=self.tasks(),
+            device=str(self.device),
+            gpu=gpu,
+            memory_mode=str(self.memory_mode),
+            memory_gb=memory_gb,
+            dtype=str(self.dtype).removeprefix("torch."),
+            fast_available=self.fast_available,
+            optimizations=tuple(self.optimizations),
+            resident_models=self.resident_models(),
+        )
+
+    def resident_models(self) -> tuple[str, ...]:
+        if self.swap is not None and not self.swap.is_resident(self.model_name):
+            return ()
+        return (public_model_name(self.model_name),)
+
+    def preferred_task(self) -> str | None:
+        return None
 
     def img2img_pipeline(self) -> Any:
         """The ``QwenImageImg2ImgPipeline`` over this pipeline's modules (built on first use)."""
         return self._img2img.get(self.pipe)
 
-    def plan(self, request: JobRequest) -> dict[str, Any]:
+    # --------------------------------------------------------------- generation
+    def plan(self, request: JobRequest) -> Plan:
         """Every parameter this request will run with (also what goes into the PNG)."""
         request.validate()
+        if request.task != TASK_GENERATE:
+            raise JobFailed(FailureKind.INVALID, f"This generator cannot run {request.task!r}.")
         if request.aspect not in ASPECTS:
             raise JobFailed(FailureKind.INVALID, f"Unknown aspect {request.aspect!r}.")
         mode = request.mode
@@ -194,104 +172,87 @@ class ImageGenerator(LightningModes):
         negatives = [n.strip() for n in (request.negative_prompt, request.style.negative) if n]
         # True CFG only runs with a negative prompt; " " is the neutral one.
         negative = ", ".join(n for n in negatives if n) or NEUTRAL_NEGATIVE
-        seed = pick_seed(request)
         width, height = image_size(request.aspect, self.max_side)
-        plan = {
-            "prompt": request.prompt,
-            "full_prompt": full_prompt,
-            "negative_prompt": negative if cfg > 1 else "",
-            "style": request.style.name,
-            "seed": seed,
-            "steps": steps,
-            "true_cfg_scale": cfg,
-            "width": width,
-            "height": height,
-            "size": f"{width}x{height}",
-            "aspect": request.aspect,
-            "mode": str(mode),
-            "requested_mode": str(request.mode),
-            "model": public_model_name(self.model_name),
-            "note": note,
-        }
-        if request.init_image is not None:  # a variation: fewer steps, strength, parent job
-            plan.update(img2img_plan(request, steps))
+        plan = Plan(
+            task=TASK_GENERATE,
+            prompt=request.prompt,
+            full_prompt=full_prompt,
+            negative_prompt=negative if cfg > 1 else "",
+            style=request.style.name,
+            seed=pick_seed(request),
+            steps=steps,
+            true_cfg_scale=cfg,
+            width=width,
+            height=height,
+            aspect=request.aspect,
+            mode=mode,
+            requested_mode=request.mode,
+            model=public_model_name(self.model_name),
+            note=note,
+        )
+        if request.images:  # a variation: fewer steps, strength, parent job
+            plan = img2img_fields(plan, request)
         return plan
 
     def generate(
-        self,
-        request: JobRequest,
-        on_step: StepCallback | None = None,
-        should_stop: StopCheck | None = None,
-        plan: dict[str, Any] | None = None,
-        on_preview: PreviewCallback | None = None,
+        self, request: JobRequest, control: JobControl = UNWATCHED, plan: Plan | None = None
     ) -> JobResult:
         """Render one image. Raises ``JobFailed`` for OOM, cancel, deadline and bad input.
 
-        ``plan`` (from ``plan(request)``) is given by ``engine.parallel``, whose follower ranks
-        must run exactly the parameters rank 0 chose (the seed, the size).
-        ``on_preview`` (with ``settings.previews``) is called instead of ``on_step`` for the
-        steps that carry a preview JPEG (``engine.previews``).
+        Previews (with ``settings.previews``, and only when the control wants them) come
+        through the control's steps (``engine.previews``).
         """
         if plan is None:
             plan = self.plan(request)
         init_image = None
-        if request.init_image is not None:  # decoded and checked before any GPU work
-            init_image = load_init_image(request.init_image, plan["width"], plan["height"])
+        if request.images:  # decoded and checked before any GPU work
+            init_image = load_init_image(request.images[0], plan.width, plan.height)
         previews = None
-        if on_preview is not None and self.settings.previews:
+        if control.previews and self.settings.previews:
             previews = PreviewMaker(
-                width=plan["width"],
-                height=plan["height"],
-                total=plan["steps"],
+                width=plan.width,
+                height=plan.height,
+                total=plan.steps,
                 interval_s=self.settings.preview_interval_s,
             )
         watch = StepWatch(
-            total=plan["steps"],
+            total=plan.steps,
             deadline_s=request.deadline_s or self.settings.job_timeout_s,
             device=self.device,
-            on_step=on_step,
-            should_stop=should_stop,
+            control=control,
             delay_s=self.settings.test_step_delay_s,
             previews=previews,
-            on_preview=on_preview,
             agree_stop=self.agree_stop,
         )
-        self._set_mode(plan["mode"] == Mode.FAST)
+        if self.swap is not None:
+            self.swap.activate(self.model_name)
+        self._set_mode(plan.mode == Mode.FAST)
         pipe, image_kwargs = self.pipe, {}
         if init_image is not None:
             pipe = self.img2img_pipeline()  # after _set_mode: it follows the scheduler
-            image_kwargs = {"image": init_image, "strength": plan["strength"]}
+            image_kwargs = {"image": init_image, "strength": plan.strength}
         oom_message = (
             "The GPU ran out of memory for this image. Try again in a moment, or pick "
             "a smaller aspect or fast mode."
         )
         with (
-            oom_fails_job(f"job {request.job_id} ({plan['size']})", self.free_memory, oom_message),
+            oom_fails_job(f"job {request.job_id} ({plan.size})", self.free_memory, oom_message),
             torch.inference_mode(),
         ):
             output = pipe(
                 **call_arguments(
                     plan,
-                    prompt=plan["full_prompt"],
+                    prompt=plan.full_prompt,
                     # A variation's schedule has the mode's full length; strength skips its start.
-                    steps=plan.get("schedule_steps", plan["steps"]),
-                    seed=plan["seed"],
+                    steps=plan.schedule_steps or plan.steps,
+                    seed=plan.seed,
                     max_sequence_length=self.settings.max_sequence_length,
                     callback=watch,
                 ),
                 **image_kwargs,
             )
         watch.raise_if_stopped("Generation", "The generation was cancelled.")
-        return job_result(
-            request,
-            plan,
-            output.images[0],
-            watch.elapsed(),
-            style=plan["style"],
-            full_prompt=plan["full_prompt"],
-            aspect=request.aspect,
-            model=public_model_name(self.model_name),
-        )
+        return job_result(request, plan, output.images[0], watch.elapsed())
 
     def warmup(self) -> None:
         """Render one short image per path so the first user does not pay for lazy init."""
@@ -301,17 +262,18 @@ class ImageGenerator(LightningModes):
             request = JobRequest(job_id=f"warmup-{mode}", user_id=0, prompt="warm up", seed=0)
             request = dataclasses.replace(request, mode=mode)
             plan_steps = self.settings.lightning_steps if mode == Mode.FAST else 2
-            self._warm_once(request, plan_steps)
+            self.warm_once(request, plan_steps)
         logger.info("warm-up done in %.1fs", time.perf_counter() - started)
 
-    def _warm_once(self, request: JobRequest, steps: int) -> None:
+    def warm_once(self, request: JobRequest, steps: int) -> None:
+        """One pipeline call of ``steps`` steps for ``request`` (warm-up and benchmarks)."""
         plan = self.plan(request)
-        self._set_mode(plan["mode"] == Mode.FAST)
+        self._set_mode(plan.mode == Mode.FAST)
         with torch.inference_mode():
             self.pipe(
                 **call_arguments(
                     plan,
-                    prompt=plan["full_prompt"],
+                    prompt=plan.full_prompt,
                     steps=steps,
                     seed=0,
                     max_sequence_length=self.settings.max_sequence_length,

@@ -44,9 +44,6 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-PreviewCallback = Callable[[int, int, float, float, bytes], None]
-"""on_preview(step, total, elapsed_s, sec_per_step, jpeg): a progress step carrying a preview."""
-
 PREVIEW_MAX_SIDE = 256
 PREVIEW_START_FRACTION = 0.3
 PREVIEW_JPEG_QUALITY = 70

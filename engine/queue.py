@@ -4,37 +4,33 @@ diffusers pipelines are not thread-safe (two concurrent calls on one QwenImagePi
 "index out of bounds"), so a single daemon thread runs every job. The asyncio side submits jobs
 and awaits futures; progress and results cross back with ``call_soon_threadsafe``.
 
-With editing on (``IMAGINE_EDIT_MODEL``), the generator is ``engine.edit.Generators``: both
-models behind one ``generate``. When their two transformers cannot both stay on the GPU, the
-waiting line serves jobs of the model already resident first, within ``FairQueue``'s bound (no
-job is jumped more than three times), so a mix of /imagine and /edit swaps rarely.
+The generator is ``engine.generators.Generators`` (one generator per task: text-to-image, and
+editing when ``IMAGINE_EDIT_MODEL`` is set), loaded on the GPU thread; each job runs through
+``engine.runner.JobRunner``, the runner the Redis workers use too. When the models cannot all
+stay on the GPU, the waiting line serves jobs of the model already resident first, within
+``FairQueue``'s bound (no job is jumped more than three times), so a mix of /imagine and /edit
+swaps rarely.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
-import inspect
 import logging
 import threading
 import time
-from typing import Any
 
 from engine.admission import (
     CANCELLED_MESSAGE,
-    EDIT_OFF_MESSAGE,
-    ERROR_MESSAGE,
     NOT_RUNNING_MESSAGE,
     SHUT_DOWN_MESSAGE,
     FutureHandle,
-    admit,
-    free_memory_after_crash,
+    check_room,
     settle_threadsafe,
 )
 from engine.contract import (
-    CAPABILITY_EDIT,
-    CAPABILITY_GENERATE,
+    TASK_EDIT,
+    TASK_GENERATE,
     EngineStatus,
     FailureKind,
     JobFailed,
@@ -44,7 +40,9 @@ from engine.contract import (
     ProgressCallback,
 )
 from engine.fairqueue import FairQueue
+from engine.generator import Generator, GeneratorInfo
 from engine.loading import STAGE_LOADING, STAGE_WARMING, LoadState, WatchDownload
+from engine.runner import JobRunner
 from engine.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
@@ -71,31 +69,17 @@ class _Job:
     started_at: float | None = None
 
 
-# The handle of this backend is the shared one; the old name stays importable.
-LocalHandle = FutureHandle
-
-
-def preview_kwargs(generator: Any, on_preview: Any) -> dict[str, Any]:
-    """``{"on_preview": on_preview}`` when ``generator.generate`` takes it (``ImageGenerator``
-    and the wrappers that pass keywords on), else nothing: a generator without previews (a
-    test double, a pipeline that draws none) keeps working unchanged."""
-    if on_preview is None:
-        return {}
-    try:
-        parameters = inspect.signature(generator.generate).parameters.values()
-    except (TypeError, ValueError):
-        return {}
-    if any(p.name == "on_preview" or p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return {"on_preview": on_preview}
-    return {}
-
-
 class LocalEngine:
-    """``ImageBackend`` that renders in this process on one GPU thread."""
+    """``ImageBackend`` that renders in this process on one GPU thread.
 
-    def __init__(self, settings: EngineSettings | None = None, generator: Any = None) -> None:
-        self.settings = settings or EngineSettings()
+    ``generator``: an already loaded one (tests bring their own); by default the settings'
+    models are loaded on the GPU thread after ``start``.
+    """
+
+    def __init__(self, settings: EngineSettings, generator: Generator | None = None) -> None:
+        self.settings = settings
         self._generator = generator
+        self._runner = JobRunner(generator) if generator is not None else None
         self._lock = threading.Condition()
         self._waiting: FairQueue[_Job] = FairQueue()
         self._jobs: dict[str, _Job] = {}
@@ -103,8 +87,7 @@ class LocalEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._dead = False  # the GPU thread ended without being asked to
-        self._step_times: collections.deque[float] = collections.deque(maxlen=20)
-        self._info: dict[str, object] = {}
+        self._info: GeneratorInfo | None = None
         # The model loads on the GPU thread, after start() returned (see ``_load``).
         self._load_state = LoadState()
         self._loaded = threading.Event()  # the model is ready
@@ -119,9 +102,8 @@ class LocalEngine:
         if self._thread is not None:
             return
         self._stopping = False
-        warmup = self.settings.warmup and hasattr(self._generator, "warmup")
-        if self._generator is not None and not warmup:  # nothing to load
-            self._info = dict(self._generator.info())
+        if self._generator is not None and not self.settings.warmup:  # nothing to load
+            self._info = self._generator.info()
             self._loaded.set()
             self._settled.set()
         else:
@@ -138,16 +120,19 @@ class LocalEngine:
     def _load(self) -> bool:
         """Load and warm the model on the GPU thread; on failure answer every waiting job."""
         try:
-            if self._generator is None:
-                from engine.edit import Generators  # torch import happens here, not in bot/
+            generator = self._generator
+            if generator is None:
+                # torch is imported here, on the GPU thread, never by importing this module
+                from engine.generators import load_generators
 
                 self._load_state.stage(STAGE_LOADING)
                 with WatchDownload(self.settings.model, self._load_state):
-                    self._generator = Generators.load(self.settings)
-            if self.settings.warmup and hasattr(self._generator, "warmup") and not self._stopping:
+                    generator = load_generators(self.settings)
+                self._generator, self._runner = generator, JobRunner(generator)
+            if self.settings.warmup and not self._stopping:
                 self._load_state.stage(STAGE_WARMING)
-                self._generator.warmup()
-            self._info = dict(self._generator.info())
+                generator.warmup()
+            self._info = generator.info()
         except BaseException as exc:  # whatever it was, the jobs must hear of it
             logger.critical("the model could not be loaded; refusing jobs", exc_info=True)
             self._load_failed(exc)
@@ -207,12 +192,12 @@ class LocalEngine:
             mine = self._waiting.count_for(request.user_id) + int(
                 self._running is not None and self._running.request.user_id == request.user_id
             )
-            if request.needs not in self._capabilities():
-                raise JobFailed(FailureKind.UNAVAILABLE, self._edit_off_message())
-            admit(self.settings, users_jobs=mine, waiting=len(self._waiting))
+            if request.task not in self._capabilities():
+                raise JobFailed(FailureKind.UNAVAILABLE, self._task_off_message(request.task))
+            check_room(self.settings, users_jobs=mine, waiting=len(self._waiting))
             job = _Job(request, loop, loop.create_future(), on_progress, time.perf_counter())
             self._jobs[request.job_id] = job
-            self._waiting.push(request.user_id, request.job_id, job, group=request.needs)
+            self._waiting.push(request.user_id, request.job_id, job, group=request.task)
             self._lock.notify_all()
         return FutureHandle(request.job_id, job.future)
 
@@ -241,20 +226,20 @@ class LocalEngine:
         with self._lock:
             running = (self._running.request.job_id,) if self._running is not None else ()
             queue_length = len(self._waiting)
-            times = list(self._step_times)
             alive = self._alive()
         load = self._load_state.snapshot()
+        info = self._info
         return EngineStatus(
             backend="local",
             ready=alive and self._loaded.is_set(),
             note=GPU_STOPPED_NOTE if self._dead else None,
-            model=str(self._info.get("model", self.settings.model)),
-            memory_mode=str(self._info.get("memory_mode", self.settings.memory_mode)),
-            gpu=str(self._info.get("gpu", "unknown")),
+            model=info.model if info is not None else self.settings.model,
+            memory_mode=info.memory_mode if info is not None else str(self.settings.memory_mode),
+            gpu=info.gpu if info is not None else "unknown",
             queue_length=queue_length,
             running=running,
-            mean_sec_per_step=sum(times) / len(times) if times else None,
-            fast_available=bool(self._info.get("fast_available", False)),
+            mean_sec_per_step=self._runner.sec_per_step if self._runner is not None else None,
+            fast_available=info.fast_available if info is not None else False,
             queued_ceiling_per_user=self.settings.queued_ceiling_per_user,
             resident_models=self._resident_models(),
             capabilities=self._capabilities(),
@@ -266,29 +251,32 @@ class LocalEngine:
 
     # ------------------------------------------------------------------ models
     def _capabilities(self) -> tuple[str, ...]:
-        """What the loaded generator runs (a plain text-to-image generator: only that). While
-        the model loads, what it is meant to run: an edit waits like any job, and fails
-        plainly if the edit model then does not load."""
-        if not self._loaded.is_set() and self._load_error is None:
-            wanted = (CAPABILITY_GENERATE, CAPABILITY_EDIT)
-            return wanted if str(getattr(self.settings, "edit_model", "")).strip() else wanted[:1]
-        capabilities = getattr(self._generator, "capabilities", None)
-        return tuple(capabilities()) if callable(capabilities) else (CAPABILITY_GENERATE,)
+        """The tasks the loaded generator runs. While the model loads, what it is meant to
+        run: an edit waits like any job, and fails plainly if the edit model then does not
+        load."""
+        if self._generator is not None and self._loaded.is_set():
+            return self._generator.tasks()
+        if self._load_error is not None:
+            return (TASK_GENERATE,)
+        wanted = (TASK_GENERATE, TASK_EDIT)
+        return wanted if self.settings.edit_model.strip() else wanted[:1]
 
-    def _edit_off_message(self) -> str:
-        return str(getattr(self._generator, "edit_off", None) or EDIT_OFF_MESSAGE)
+    def _task_off_message(self, task: str) -> str:
+        """Why this engine does not run ``task`` (editing turned off, the edit model that did
+        not load), in words a member can read."""
+        from engine.generators import EDIT_OFF_MESSAGE, NOT_HERE_MESSAGE
+
+        off = self._info.edit_off if self._info is not None and task == TASK_EDIT else None
+        return off or (EDIT_OFF_MESSAGE if task == TASK_EDIT else NOT_HERE_MESSAGE)
 
     def _resident_models(self) -> tuple[str, ...]:
-        resident = getattr(self._generator, "resident_models", None)
-        if callable(resident):
-            return tuple(resident())
-        model = self._info.get("model")
-        return (str(model),) if model else ()
+        if self._generator is None or not self._loaded.is_set():
+            return ()
+        return self._generator.resident_models()
 
     def _preferred_group(self) -> str | None:
-        """The model on the GPU now when only one fits (jobs of it go first, bounded)."""
-        active = getattr(self._generator, "active_group", None)
-        return active() if callable(active) else None
+        """The task whose model is on the GPU now when not all fit (its jobs go first)."""
+        return self._generator.preferred_task() if self._generator is not None else None
 
     # ------------------------------------------------------------------ GPU thread
     def _alive(self) -> bool:
@@ -336,37 +324,22 @@ class LocalEngine:
             self._resolve(job, JobFailed(FailureKind.UNAVAILABLE, GPU_STOPPED_MESSAGE))
 
     def _execute(self, job: _Job) -> JobResult | JobFailed:
+        assert self._runner is not None  # jobs are taken only once the model is loaded
         request = job.request
         queued_s = (job.started_at or job.enqueued_at) - job.enqueued_at
 
-        def on_step(step: int, total: int, elapsed: float, per_step: float) -> None:
-            if job.on_progress is not None:
-                progress = Progress(request.job_id, step, total, elapsed, per_step)
-                job.loop.call_soon_threadsafe(self._emit, job, progress)
+        def emit(progress: Progress) -> None:
+            job.loop.call_soon_threadsafe(self._emit, job, progress)
 
-        def on_preview(step: int, total: int, elapsed: float, per_step: float, jpeg: bytes) -> None:
-            if job.on_progress is not None:
-                progress = Progress(request.job_id, step, total, elapsed, per_step, preview=jpeg)
-                job.loop.call_soon_threadsafe(self._emit, job, progress)
-
-        def should_stop() -> FailureKind | None:
+        def stop() -> FailureKind | None:
             return FailureKind.CANCELLED if job.cancel_requested.is_set() else None
 
-        extra = preview_kwargs(self._generator, on_preview if job.on_progress else None)
-        try:
-            result = self._generator.generate(
-                request, on_step=on_step, should_stop=should_stop, **extra
-            )
-        except JobFailed as exc:
-            logger.info("job %s failed: %s", request.job_id, exc)
-            return exc
-        except Exception:
-            logger.exception("job %s crashed", request.job_id)
-            free_memory_after_crash(self._generator)
-            return JobFailed(FailureKind.ERROR, ERROR_MESSAGE)
-        if result.steps:
-            self._step_times.append(result.run_s / max(1, result.steps))
-        return dataclasses.replace(result, queued_s=queued_s)
+        ran = self._runner.run(
+            request, emit=emit if job.on_progress is not None else None, stop=stop
+        )
+        if isinstance(ran.outcome, JobFailed):
+            return ran.outcome
+        return dataclasses.replace(ran.outcome, queued_s=queued_s)
 
     @staticmethod
     def _emit(job: _Job, progress: Progress) -> None:

@@ -41,7 +41,7 @@ from bot.uploads import (
     validate_upload,
     without_metadata,
 )
-from engine.contract import CAPABILITY_EDIT, MAX_EDIT_IMAGES, FailureKind, JobFailed, Mode
+from engine.contract import TASK_EDIT, MAX_EDIT_IMAGES, FailureKind, JobFailed, Mode
 from engine.presets import ASPECTS, DEFAULT_ASPECT, DEFAULT_STYLE
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ async def check_editing(bot: ImagineBot) -> None:
     except Exception as exc:
         logger.warning("edit refused: the backend's status failed (%s)", exc)
         raise UserError(ENGINE_SILENT_TEXT) from None
-    if CAPABILITY_EDIT in status.capabilities:
+    if TASK_EDIT in status.capabilities:
         return
     raise UserError(NO_EDIT_WORKER_TEXT if status.backend == "redis" else EDIT_OFF_TEXT)
 

@@ -19,6 +19,7 @@ Like ``ImageGenerator``, one thread calls ``generate``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -30,13 +31,17 @@ import torch
 from PIL import Image
 
 from engine.contract import (
+    MAX_EDIT_IMAGE_BYTES,
     MAX_EDIT_IMAGES,
+    TASK_EDIT,
+    TASK_GENERATE,
     FailureKind,
     JobFailed,
     JobRequest,
     JobResult,
     Mode,
 )
+from engine.devices import EngineUnavailable
 from engine.edit.images import decode_edit_image, edit_output_size
 from engine.edit.processor import edit_image_sizes, load_processor
 from engine.edit.sharing import same_weights
@@ -44,16 +49,15 @@ from engine.edit.speedups import apply_edit_speedups
 from engine.edit.swap import TransformerSwap, choose_residency, module_bytes
 from engine.generation import (
     LightningModes,
-    StepCallback,
     StepWatch,
-    StopCheck,
     call_arguments,
     job_result,
     load_lightning_lora,
     oom_fails_job,
     pick_seed,
 )
-from engine.pipeline import EngineUnavailable, ImageGenerator
+from engine.generator import UNWATCHED, Generator, GeneratorInfo, JobControl, Plan
+from engine.pipeline import ImageGenerator
 from engine.prefetch import read_ahead
 from engine.presets import NEUTRAL_NEGATIVE, public_model_name
 from engine.settings import EngineSettings, MemoryMode
@@ -73,7 +77,7 @@ class EditUnavailable(RuntimeError):
     """Editing is off or cannot run here; the message says why, in words a user can read."""
 
 
-class EditGenerator(LightningModes):
+class EditGenerator(LightningModes, Generator):
     """The loaded edit pipeline, what it shares with text-to-image, and where its transformer is."""
 
     lora_adapter = EDIT_LORA_ADAPTER
@@ -225,37 +229,59 @@ class EditGenerator(LightningModes):
         if keep_all:
             pipe.transformer.to(device)
         swap.add(source, pipe.transformer, on_device=keep_all)
+        base.swap = swap  # text-to-image jobs now make their transformer resident too
         return swap
 
-    # --------------------------------------------------------------- residency
+    # --------------------------------------------------------------- what it is
+    def tasks(self) -> tuple[str, ...]:
+        return (TASK_EDIT,)
+
     def resident_models(self) -> tuple[str, ...]:
-        """The models whose transformer is on the accelerator now (for ``/status``)."""
-        if self.swap is None:
+        """This model, while its transformer is on the accelerator (never, when each pipeline
+        is offloaded per call)."""
+        if self.swap is None or not self.swap.is_resident(self.model_name):
             return ()
-        return tuple(public_model_name(name) for name in self.swap.resident())
+        return (public_model_name(self.model_name),)
 
-    def ensure_resident(self, request: JobRequest) -> float:
-        """Swap in the transformer ``request`` needs (before any job, edit or not, runs on the
-        GPU thread); returns the seconds the swap took."""
-        if self.swap is None:
-            return 0.0
-        return self.swap.activate(self.model_name if request.edit_images else self.base.model_name)
+    def preferred_task(self) -> str | None:
+        """With two transformers and room for one: the task of the one resident now."""
+        if self.swap is None or self.swap.keep_all:
+            return None
+        return TASK_EDIT if self.swap.is_resident(self.model_name) else TASK_GENERATE
 
-    def info(self) -> dict[str, object]:
-        return {
-            "edit_model": self.model_name,
-            "edit_fast_available": self.fast_available,
-            "shared": dict(self.shared),
-            "resident_models": list(self.resident_models()),
-            "optimizations": list(self.optimizations),
-        }
+    def info(self) -> GeneratorInfo:
+        """The text-to-image generator's card, device and memory, and what editing adds."""
+        return dataclasses.replace(
+            self.base.info(),
+            tasks=self.tasks(),
+            resident_models=self.resident_models(),
+            edit_model=self.model_name,
+            edit_fast_available=self.fast_available,
+            edit_shared=tuple(self.shared.items()),
+            edit_optimizations=tuple(self.optimizations),
+        )
+
+    def free_memory(self) -> None:
+        self.base.free_memory()
 
     # --------------------------------------------------------------- generation
-    def plan(self, request: JobRequest, images: list[Image.Image]) -> dict[str, Any]:
+    def plan(self, request: JobRequest) -> Plan:
         """Every parameter this edit runs with (also what goes into the PNG's text chunks)."""
+        return self._plan(request, [decode_edit_image(data) for data in request.images])
+
+    def _plan(self, request: JobRequest, images: list[Image.Image]) -> Plan:
         request.validate()
+        if request.task != TASK_EDIT:
+            raise JobFailed(FailureKind.INVALID, f"This generator cannot run {request.task!r}.")
         if not images or len(images) > MAX_EDIT_IMAGES:
             raise JobFailed(FailureKind.INVALID, f"An edit takes one to {MAX_EDIT_IMAGES} images.")
+        if any(len(data) > MAX_EDIT_IMAGE_BYTES for data in request.images):
+            raise JobFailed(
+                FailureKind.INVALID,
+                f"An edit image is larger than {MAX_EDIT_IMAGE_BYTES // 2**20} MB.",
+            )
+        if request.strength is not None:
+            raise JobFailed(FailureKind.INVALID, "An edit cannot also be a variation.")
         mode, note = request.mode, None
         if mode == Mode.FAST and not self.fast_available:
             mode = Mode.STANDARD
@@ -264,54 +290,48 @@ class EditGenerator(LightningModes):
         steps = self.settings.edit_lightning_steps if fast else EDIT_STEPS[mode]
         cfg = 1.0 if fast else EDIT_TRUE_CFG
         negative = (request.negative_prompt or "").strip() or NEUTRAL_NEGATIVE
-        seed = pick_seed(request)
         width, height = edit_output_size(images[0].width, images[0].height, self.max_side)
-        hashes = [hashlib.sha256(data).hexdigest() for data in request.edit_images]
         divisor = math.gcd(width, height)
-        return {
-            "instruction": request.prompt,
-            "input_images": ",".join(hashes),
-            "negative_prompt": negative if cfg > 1 else "",
-            "seed": seed,
-            "steps": steps,
-            "true_cfg_scale": cfg,
-            "width": width,
-            "height": height,
-            "size": f"{width}x{height}",
-            "aspect": f"{width // divisor}:{height // divisor}",
-            "mode": str(mode),
-            "requested_mode": str(request.mode),
-            "model": public_model_name(self.model_name),
-            "note": note,
-        }
+        return Plan(
+            task=TASK_EDIT,
+            instruction=request.prompt,
+            input_images=tuple(hashlib.sha256(data).hexdigest() for data in request.images),
+            negative_prompt=negative if cfg > 1 else "",
+            seed=pick_seed(request),
+            steps=steps,
+            true_cfg_scale=cfg,
+            width=width,
+            height=height,
+            aspect=f"{width // divisor}:{height // divisor}",
+            mode=mode,
+            requested_mode=request.mode,
+            model=public_model_name(self.model_name),
+            note=note,
+        )
 
     def generate(
-        self,
-        request: JobRequest,
-        on_step: StepCallback | None = None,
-        should_stop: StopCheck | None = None,
+        self, request: JobRequest, control: JobControl = UNWATCHED, plan: Plan | None = None
     ) -> JobResult:
-        """Edit the request's images. Raises ``JobFailed`` for bad input, OOM, cancel, deadline."""
-        request.validate()
-        images = [decode_edit_image(data) for data in request.edit_images]
-        plan = self.plan(request, images)
+        """Edit the request's images. Raises ``JobFailed`` for bad input, OOM, cancel, deadline.
+        The edit pipeline draws no previews; its progress goes through the control's steps."""
+        images = [decode_edit_image(data) for data in request.images]
+        if plan is None:
+            plan = self._plan(request, images)
         watch = StepWatch(
-            total=plan["steps"],
+            total=plan.steps,
             deadline_s=request.deadline_s or self.settings.job_timeout_s,
             device=self.base.device,
-            on_step=on_step,
-            should_stop=should_stop,
+            control=control,
         )
-        self.ensure_resident(request)
-        self._set_mode(plan["mode"] == Mode.FAST)
+        if self.swap is not None:
+            self.swap.activate(self.model_name)
+        self._set_mode(plan.mode == Mode.FAST)
         oom_message = (
             "The GPU ran out of memory for this edit. Try again in a moment, or use "
             "fewer or smaller images."
         )
         with (
-            oom_fails_job(
-                f"edit {request.job_id} ({plan['size']})", self.base.free_memory, oom_message
-            ),
+            oom_fails_job(f"edit {request.job_id} ({plan.size})", self.free_memory, oom_message),
             edit_image_sizes(self.condition_area, self.vae_area),
             torch.inference_mode(),
         ):
@@ -319,21 +339,12 @@ class EditGenerator(LightningModes):
                 image=images,
                 **call_arguments(
                     plan,
-                    prompt=plan["instruction"],
-                    steps=plan["steps"],
-                    seed=plan["seed"],
+                    prompt=plan.model_prompt,
+                    steps=plan.steps,
+                    seed=plan.seed,
                     max_sequence_length=self.settings.max_sequence_length,
                     callback=watch,
                 ),
             )
         watch.raise_if_stopped("The edit", "The edit was cancelled.")
-        return job_result(
-            request,
-            plan,
-            output.images[0],
-            watch.elapsed(),
-            style="none",
-            full_prompt=plan["instruction"],
-            aspect=plan["aspect"],
-            model=public_model_name(self.model_name),
-        )
+        return job_result(request, plan, output.images[0], watch.elapsed())

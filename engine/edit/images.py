@@ -8,7 +8,7 @@ import warnings
 
 from PIL import Image, ImageOps
 
-from engine.contract import MAX_INIT_IMAGE_PIXELS, FailureKind, JobFailed
+from engine.contract import MAX_INPUT_IMAGE_PIXELS, FailureKind, JobFailed
 
 # diffusers' target area for the output (``calculate_dimensions(1024 * 1024, ratio)``).
 EDIT_TARGET_AREA = 1024 * 1024
@@ -41,7 +41,7 @@ def decode_edit_image(data: bytes) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_INIT_IMAGE_PIXELS:
+            if image.width * image.height > MAX_INPUT_IMAGE_PIXELS:
                 raise JobFailed(FailureKind.INVALID, "An edit image is too large.")
             image.load()
             image = ImageOps.exif_transpose(image)

@@ -95,14 +95,13 @@ def _set_backend(transformer: Any, backend: str) -> None:
 
 @contextmanager
 def _edit_transformer_resident(editor: Any) -> Iterator[None]:
-    """Swap the edit transformer in for the steps that run it, and text-to-image back after."""
-    from engine.edit.combined import forget_captured_graphs
-
+    """Swap the edit transformer in for the steps that run it, and text-to-image back after
+    (a swap drops the CUDA graphs it made stale itself)."""
     swap = editor.swap
     if swap is not None:
         swap.activate(editor.model_name)
     try:
         yield
     finally:
-        if swap is not None and swap.activate(editor.base.model_name) > 0:
-            forget_captured_graphs(editor.base.pipe.transformer)
+        if swap is not None:
+            swap.activate(editor.base.model_name)

@@ -50,11 +50,38 @@ def choose_residency(
     )
 
 
+def forget_captured_graphs(transformer: torch.nn.Module) -> int:
+    """Drop the CUDA graphs captured on ``transformer`` (``engine.cudagraph``); returns how
+    many graph wrappers were cleared.
+
+    A captured graph replays the kernels on the *addresses* its weights had at capture. A swap
+    moves the weights to host and back into new device memory, so a graph captured before it
+    would read freed memory: after every swap the graphs are dropped and recaptured on the next
+    forward (a few forwards' cost, far below the swap itself). Guarded: this module does not own
+    ``engine.cudagraph`` and works whatever is (or is not) installed on the forward.
+    """
+    try:
+        from engine.cudagraph import GraphedForward
+    except ImportError:
+        return 0
+    wrappers = [getattr(transformer, "forward", None)]
+    split = getattr(transformer, "_imagine_cfg_split", None)  # engine.parallel's CFG split
+    if split is not None:
+        wrappers.append(getattr(split, "_stock", None))
+    cleared = 0
+    for wrapper in wrappers:
+        if isinstance(wrapper, GraphedForward):
+            wrapper.clear()
+            cleared += 1
+    return cleared
+
+
 class TransformerSwap:
     """Which of several transformers is on the accelerator, and the moves between them.
 
     Not thread-safe across generators by design: the GPU thread that runs jobs is the only
-    caller of ``activate``; ``resident()`` may be read from anywhere (``/status``).
+    caller of ``activate`` (each generator activates its own transformer before its job);
+    ``resident()`` may be read from anywhere (``/status``).
     """
 
     def __init__(self, device: torch.device, *, keep_all: bool) -> None:
@@ -110,6 +137,8 @@ class TransformerSwap:
         self._to_device(name)
         if self._pin:
             torch.cuda.synchronize(self.device)
+        for module in self._modules.values():  # graphs captured before the move are stale
+            forget_captured_graphs(module)
         elapsed = time.perf_counter() - started
         self.swaps += 1
         self.last_swap_s = elapsed

@@ -15,10 +15,10 @@ CUDA graph per image size and prompt length (``engine.cudagraph``). On the CPU, 
 on rank 0 alone.
 
 The rest of the system sees one engine: ``load(settings)`` (through
-``engine.pipeline.load_generator``) returns a ``ParallelGenerator`` on rank 0 with the interface
-of ``engine.pipeline.ImageGenerator`` (``generate``, ``warmup``, ``info``, ``free_memory``,
-``plan``). It starts the other rank itself, as a child process that loads the pipeline on its
-own GPU and then follows rank 0's requests in lockstep. Tensors travel through
+``engine.generators.load_main``) returns a ``ParallelGenerator`` on rank 0, a ``Generator``
+(``engine.generator``) of text-to-image like ``engine.pipeline.ImageGenerator``. It starts the
+other rank itself, as a child process that loads the pipeline on its own GPU and then follows
+rank 0's requests in lockstep. Tensors travel through
 torch.distributed (NCCL on GPUs, gloo on the CPU); requests and each step's stop decision travel
 through a ``Channel`` (a pipe to the child process, or a gloo group when the ranks were started
 by ``torchrun``, as ``bench/multi_gpu.py`` does).

@@ -11,17 +11,19 @@ from typing import Any
 import torch.distributed as dist
 
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
+from engine.generator import UNWATCHED, Generator, GeneratorInfo, JobControl, Plan
 from engine.parallel.cfg import CfgSplit
 from engine.parallel.channels import Channel
 from engine.parallel.sequence import SETUPS, fast_sequence
-from engine.pipeline import ImageGenerator, StepCallback, StopCheck
+from engine.pipeline import ImageGenerator
 
 logger = logging.getLogger(__name__)
 
 
-class ParallelGenerator:
-    """Rank 0: the ``ImageGenerator`` interface, running each image on both GPUs (CFG images
-    CFG-parallel, fast images sequence-parallel once ``fast-sequence`` is set up)."""
+class ParallelGenerator(Generator):
+    """Rank 0: a ``Generator`` of text-to-image that runs each image on both GPUs (CFG images
+    CFG-parallel, fast images sequence-parallel once ``fast-sequence`` is set up). ``local`` is
+    rank 0's own ``ImageGenerator``; everything else is asked of it by name."""
 
     def __init__(
         self,
@@ -49,23 +51,22 @@ class ParallelGenerator:
         if name == "sequence":
             self.sequence = True
 
-    def __getattr__(self, name: str) -> Any:  # device, settings, fast_available, ...
-        if name in ("local", "pipe"):  # no single pipeline: callers that need one say so
-            raise AttributeError(name)
-        return getattr(self.local, name)
+    def tasks(self) -> tuple[str, ...]:
+        return self.local.tasks()
 
-    def plan(self, request: JobRequest) -> dict[str, Any]:
+    def plan(self, request: JobRequest) -> Plan:
         return self.local.plan(request)
 
-    def info(self) -> dict[str, object]:
-        info = dict(self.local.info())
-        info["gpus"] = list(self.devices)
+    def resident_models(self) -> tuple[str, ...]:
+        return self.local.resident_models()
+
+    def info(self) -> GeneratorInfo:
         if self.broken:
-            info["parallel"] = "none: " + self.broken
+            parallel = "none: " + self.broken
         else:
             fast = " + ulysses for fast" if fast_sequence(self.local) is not None else ""
-            info["parallel"] = "cfg" + fast
-        return info
+            parallel = "cfg" + fast
+        return dataclasses.replace(self.local.info(), gpus=tuple(self.devices), parallel=parallel)
 
     def free_memory(self) -> None:
         self.local.free_memory()
@@ -75,10 +76,10 @@ class ParallelGenerator:
         Ulysses, fast mode at two more prompt lengths (see ``prompt_lengths``)."""
         for mode in [Mode.STANDARD] + ([Mode.FAST] if self.local.fast_available else []):
             steps = self.local.settings.lightning_steps if mode == Mode.FAST else 2
-            self._warm_once(self._warmup_request(WARMUP_PROMPT, mode), steps)
+            self.warm_once(self._warmup_request(WARMUP_PROMPT, mode), steps)
         if self.local.fast_available and fast_sequence(self.local) is not None:
             for prompt in prompt_lengths(self._tokens, WARMUP_PROMPT):
-                self._warm_once(self._warmup_request(prompt, Mode.FAST), 1)
+                self.warm_once(self._warmup_request(prompt, Mode.FAST), 1)
 
     @staticmethod
     def _warmup_request(prompt: str, mode: Mode) -> JobRequest:
@@ -88,20 +89,17 @@ class ParallelGenerator:
     def _tokens(self, prompt: str) -> int:
         """The length of ``prompt`` as the engine sends it (style, suffix) in tokens; the text
         encoder's template adds the same number to every prompt."""
-        text = self.local.plan(self._warmup_request(prompt, Mode.FAST))["prompt"]
+        text = self.local.plan(self._warmup_request(prompt, Mode.FAST)).prompt
         return len(self.local.pipe.tokenizer(text)["input_ids"])
 
-    def _warm_once(self, request: JobRequest, steps: int) -> None:
-        plan = {**self.local.plan(request), "steps": steps}
+    def warm_once(self, request: JobRequest, steps: int) -> None:
+        """One image of ``steps`` steps shared the way a job's would be (every rank compiles
+        its own; warm-up and benchmarks)."""
+        plan = dataclasses.replace(self.local.plan(request), steps=steps)
         self.generate(request, plan=plan)
 
     def generate(
-        self,
-        request: JobRequest,
-        on_step: StepCallback | None = None,
-        should_stop: StopCheck | None = None,
-        plan: dict[str, Any] | None = None,
-        **extra: Any,
+        self, request: JobRequest, control: JobControl = UNWATCHED, plan: Plan | None = None
     ) -> JobResult:
         """Render one image; a CFG image on two GPUs. Bad input fails here, before any rank
         is told about it."""
@@ -109,12 +107,12 @@ class ParallelGenerator:
             plan = self.local.plan(request)
         how = self._how(plan)
         if how is None:
-            return self.local.generate(request, on_step, should_stop, plan=plan, **extra)
+            return self.local.generate(request, control, plan)
         try:
             self.channel.send(("generate", request, plan, how))
         except Exception as exc:
             self._give_up(f"followers unreachable ({exc.__class__.__name__})")
-            return self.local.generate(request, on_step, should_stop, plan=plan, **extra)
+            return self.local.generate(request, control, plan)
 
         def agree(reason: FailureKind | None) -> FailureKind | None:
             self.channel.send(("stop", reason))
@@ -123,7 +121,7 @@ class ParallelGenerator:
         arrange(self.local, self.split, how)
         self.local.agree_stop = agree
         try:
-            result = self.local.generate(request, on_step, should_stop, plan=plan, **extra)
+            result = self.local.generate(request, control, plan)
         except JobFailed as exc:
             if exc.kind == FailureKind.OOM:  # raised mid-step: the ranks are out of step
                 self._give_up("out of memory during a parallel image")
@@ -137,7 +135,7 @@ class ParallelGenerator:
         self.parallel_images += 1
         return result
 
-    def _how(self, plan: dict[str, Any]) -> str | None:
+    def _how(self, plan: Plan) -> str | None:
         """How the ranks share this image: "cfg" (one CFG branch each), "seq" (fast mode's
         forwards split along the sequence), "all" (every forward split: bench only), or None
         (rank 0 alone)."""
@@ -145,7 +143,7 @@ class ParallelGenerator:
             return None
         if self.sequence:
             return "all"
-        if plan["true_cfg_scale"] > 1 and bool(plan["negative_prompt"]):
+        if plan.cfg:
             return "cfg"
         if fast_sequence(self.local) is not None:
             return "seq"

@@ -12,9 +12,10 @@ from multiprocessing.connection import Connection
 import torch
 import torch.distributed as dist
 
+from engine.devices import EngineUnavailable
 from engine.parallel.channels import PipeChannel, init_group
 from engine.parallel.group import ParallelGenerator, attention_choice, follow, leave_group
-from engine.pipeline import EngineUnavailable, ImageGenerator
+from engine.pipeline import ImageGenerator
 from engine.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def load(settings: EngineSettings, gpus: list[int] | None = None) -> ParallelGen
         except BaseException:
             generator.close()
             raise
-    logger.info("one image across %s: %s", ", ".join(devices), generator.info()["parallel"])
+    logger.info("one image across %s: %s", ", ".join(devices), generator.info().parallel)
     return generator
 
 

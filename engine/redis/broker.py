@@ -22,7 +22,7 @@ from taskiq.message import TaskiqMessage
 from taskiq.serializers import JSONSerializer
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
-from engine.contract import CAPABILITY_GENERATE
+from engine.contract import TASK_GENERATE
 from engine.redis.connection import REDIS_DOWN, cancelling, connection_kwargs, retry_forever
 from engine.redis.keys import RedisKeys
 from engine.redis.settings import RemoteSettings
@@ -258,7 +258,7 @@ def make_broker(
     settings: RemoteSettings,
     keys: RedisKeys,
     consumer_name: str | None = None,
-    capabilities: Collection[str] = (CAPABILITY_GENERATE,),
+    capabilities: Collection[str] = (TASK_GENERATE,),
 ) -> ResilientStreamBroker:
     """The one taskiq broker configuration both sides use.
 

@@ -110,9 +110,10 @@ async def _cli(
             await backend.cancel(request.job_id)
             print(f"\nerror: no image after {args.timeout:.0f}s", file=sys.stderr)
             return 1
-        await asyncio.to_thread(Path(args.out).write_bytes, result.png)
+        image = result.image
+        await asyncio.to_thread(Path(args.out).write_bytes, image.png)
         print(
-            f"\nwrote {args.out} ({result.width}x{result.height}, seed {result.seed}, "
+            f"\nwrote {args.out} ({image.width}x{image.height}, seed {image.seed}, "
             f"{result.mode} mode, {result.steps} steps) on {result.worker} in "
             f"{result.run_s:.2f}s after {result.queued_s:.2f}s in the queue"
         )

@@ -15,9 +15,9 @@ from typing import Any
 
 from taskiq import TaskiqResult
 
-from engine.admission import ERROR_MESSAGE
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, ProgressCallback
 from engine.redis.wire import brief, parse_result
+from engine.runner import ERROR_MESSAGE
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from engine.contract import CAPABILITY_EDIT, CAPABILITY_GENERATE
+from engine.contract import TASK_EDIT, TASK_GENERATE
 
 # The taskiq task the bot kicks and workers register.
 TASK_NAME = "imagine.generate"
@@ -20,25 +20,26 @@ class RedisKeys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.stream = f"{prefix}:jobs"  # taskiq's job stream: text-to-image (every worker)
-        self.edit_stream = f"{prefix}:jobs:edit"  # edit jobs: read only by edit-capable workers
         self.group = f"{prefix}-workers"  # its consumer group (every worker)
         self.results = f"{prefix}:result"  # prefix of taskiq's result keys
         self.events = f"{prefix}:events"  # pub/sub channel: progress, starts, completions
         self.workers = f"{prefix}:workers"  # sorted set: consumer -> last heartbeat time
 
-    def stream_for(self, capability: str) -> str:
-        """The stream of jobs that need ``capability`` (jobs go to exactly one stream, and a
-        worker reads only the streams of what it can run, so it never takes a job it can't)."""
-        return self.edit_stream if capability == CAPABILITY_EDIT else self.stream
-
-    def streams_for(self, capabilities: Iterable[str]) -> list[str]:
-        """The streams a worker with these capabilities reads, the rarer capability first."""
-        wanted = set(capabilities) | {CAPABILITY_GENERATE}
-        return [self.stream_for(c) for c in (CAPABILITY_EDIT, CAPABILITY_GENERATE) if c in wanted]
-
     @property
-    def all_streams(self) -> list[str]:
-        return [self.edit_stream, self.stream]
+    def edit_stream(self) -> str:
+        return self.stream_for(TASK_EDIT)
+
+    def stream_for(self, task: str) -> str:
+        """The stream of jobs of ``task``: text-to-image on the main one, every other task on
+        its own (jobs go to exactly one stream, and a worker reads only the streams of what it
+        can run, so it never takes a job it can't)."""
+        return self.stream if task == TASK_GENERATE else f"{self.stream}:{task}"
+
+    def streams_for(self, tasks: Iterable[str]) -> list[str]:
+        """The streams a worker running these tasks reads: the rarer tasks' first, text-to-image
+        (which every worker runs) last."""
+        others = sorted(set(tasks) - {TASK_GENERATE})
+        return [self.stream_for(task) for task in others] + [self.stream]
 
     def result(self, job_id: str) -> str:
         """The stored result envelope of a job (written by taskiq's result backend)."""

@@ -1,11 +1,21 @@
 """The messages the bot and the GPU workers exchange through Redis: one definition, versioned.
 
-Every message carries ``v`` (``WIRE_VERSION``). A reader accepts only its own version and the
-shape defined here (unknown extra fields are ignored, so a field can be added without a new
-version; removing or retyping one needs ``v`` 2). Whatever else arrives (another version, broken
-JSON, a wrong type, a missing field) raises ``WireError``; the loop that read it logs it
-(``log_skipped``) and goes on with the next message. Redis content is untrusted input: a bad
-message never ends a loop, a worker or the bot.
+Each message class carries its own version (``VERSION``, written as ``v``). The two that carry
+the contract — ``JobMessage`` (a ``JobRequest``) and ``ResultEnvelope`` (a ``JobResult`` or a
+``Failure``) — take those classes as their fields, so their wire shape *is*
+``engine.contract``'s: pydantic reads the dataclasses' fields, strictly (exact types, bytes as
+base64). ``tests/engine/redis/test_wire_versions.py`` pins every message's shape per version:
+changing a field there fails until someone decides whether older readers may go without it
+(extra fields are ignored: same version) or not (a new version, and a reader for the old one).
+
+Rolling upgrades, one version step: a reader accepts its version and the one before
+(``engine.redis.wire_v1`` turns a version-1 job or result into today's), and a worker answers a
+job in the version it was asked in. So new workers serve an old bot; an old worker refuses a
+new bot's job plainly (the member is refunded): upgrade the workers first.
+
+Whatever else arrives (another version, broken JSON, a wrong type, a missing field) raises
+``WireError``; the loop that read it logs it (``log_skipped``) and goes on with the next message.
+Redis content is untrusted input: a bad message never ends a loop, a worker or the bot.
 
 Messages:
 
@@ -13,7 +23,7 @@ Messages:
 * ``Marker`` — bot, stored while a job is with the workers;
 * ``Event`` — worker -> bot on the events channel: ``started``, ``progress``, ``done``,
   ``worker`` (a worker came or went);
-* ``ResultEnvelope`` — worker -> bot, the stored outcome of a job (an image or a failure);
+* ``ResultEnvelope`` — worker -> bot, the stored outcome of a job (a result or a failure);
 * ``Heartbeat`` — worker -> bot, what ``/status`` shows and how many jobs a worker takes.
 """
 
@@ -21,26 +31,38 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import enum
 import json
 import logging
 import time
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine.contract import (
-    CAPABILITY_GENERATE,
+    TASK_GENERATE,
+    Failure,
     JobFailed,
     JobRequest,
     JobResult,
     Progress,
     WorkerInfo,
 )
+from engine.redis import wire_v1
 
 logger = logging.getLogger(__name__)
 
-WIRE_VERSION = 1
+M = TypeVar("M", bound="_Message")
+
 # A progress event's preview, base64: a 256 px JPEG is a few KB; this leaves room and keeps
 # every event small on the events channel.
 MAX_PREVIEW_B64_CHARS = 64 * 1024
@@ -66,46 +88,79 @@ class WorkerState(enum.StrEnum):
 
 
 class _Message(BaseModel):
+    """A message of one version. Fields a reader does not know are ignored."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    v: Literal[1] = WIRE_VERSION
+    VERSION: ClassVar[int] = 1
+    v: int = 1
+
+    @model_validator(mode="after")
+    def _own_version(self) -> _Message:
+        if self.v != self.VERSION:
+            raise ValueError(f"version {self.v} is not {self.VERSION}")
+        return self
 
     def dumps(self) -> str:
         """The JSON that goes to Redis."""
         return self.model_dump_json()
 
+    @classmethod
+    def upgrade(cls, document: dict[str, Any]) -> dict[str, Any]:
+        """The previous version's ``document`` as this version's (``WireError`` where there is
+        no previous version, or it cannot be read)."""
+        raise WireError(f"wire version {document.get('v')!r} (this side speaks {cls.VERSION})")
+
+    @classmethod
+    def read(cls: type[M], data: bytes | str | dict[str, Any]) -> M:
+        """This message from Redis, or ``WireError``."""
+        document = _document(data)
+        if document.get("v") == cls.VERSION - 1:
+            document = cls.upgrade(document)
+        elif document.get("v") != cls.VERSION:
+            raise WireError(f"wire version {document.get('v')!r} (this side speaks {cls.VERSION})")
+        try:
+            return cls._validate(document)
+        except ValidationError as exc:
+            raise WireError(_short(exc)) from None
+
+    @classmethod
+    def _validate(cls: type[M], document: dict[str, Any]) -> M:
+        return cls.model_validate(document)
+
+
+class _ContractMessage(_Message):
+    """A message whose fields are ``engine.contract`` classes: read strictly from JSON (their
+    bytes are base64 there), never from Python objects."""
+
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, strict=True, ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+    @classmethod
+    def _validate(cls: type[M], document: dict[str, Any]) -> M:
+        return cls.model_validate_json(json.dumps(document))
+
+    def document(self) -> dict[str, Any]:
+        """The message as the JSON object that goes to Redis (taskiq serializes it)."""
+        data: dict[str, Any] = json.loads(self.model_dump_json())
+        return data
+
 
 # ----------------------------------------------------------------------------- bot -> worker
-class JobMessage(_Message):
-    """One image job as the bot hands it to the broker."""
+class JobMessage(_ContractMessage):
+    """One job as the bot hands it to the broker; ``request.task`` chose its stream."""
 
-    request: dict[str, Any]  # JobRequest.to_dict(); read back with ``job()``
+    VERSION: ClassVar[int] = 2
+    v: int = 2
+    request: JobRequest
     submitted_at: float  # when the member asked (wall clock), for the queue time
     dispatched_at: float  # when the bot handed it to the broker (ack latency, stale entries)
     attempt: int = Field(ge=1)
-    # The capability a worker needs to run it (JobRequest.needs); it also chose the stream the
-    # job went to. Absent in messages of older bots: text-to-image.
-    needs: str = Field(CAPABILITY_GENERATE, max_length=32)
 
     @classmethod
-    def of(
-        cls, request: JobRequest, *, submitted_at: float, dispatched_at: float, attempt: int
-    ) -> JobMessage:
-        return cls(
-            request=request.to_dict(),
-            submitted_at=submitted_at,
-            dispatched_at=dispatched_at,
-            attempt=attempt,
-            needs=request.needs,
-        )
-
-    def job(self) -> JobRequest:
-        """The request inside, or ``WireError`` when it is not a ``JobRequest`` (a request
-        that is one but carries bad input raises ``JobFailed(INVALID)``, as it would anywhere)."""
-        try:
-            return JobRequest.from_dict(self.request)
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise WireError(f"job request unreadable: {exc}") from None
+    def upgrade(cls, document: dict[str, Any]) -> dict[str, Any]:
+        return wire_v1.job_message(document)
 
 
 class Marker(_Message):
@@ -151,29 +206,22 @@ class ProgressEvent(_Message):
         return value
 
     @classmethod
-    def of(
-        cls,
-        job_id: str,
-        worker: str,
-        step: int,
-        total: int,
-        elapsed_s: float,
-        sec_per_step: float,
-        preview: bytes | None = None,
-    ) -> ProgressEvent:
+    def of(cls, worker: str, progress: Progress) -> ProgressEvent:
         """The event for one step; a preview too large for the wire is dropped (the step is
         still reported)."""
+        preview = progress.preview
         encoded = base64.b64encode(preview).decode("ascii") if preview else None
         if encoded is not None and len(encoded) > MAX_PREVIEW_B64_CHARS:
-            logger.debug("job %s: preview of %d bytes dropped (too large)", job_id, len(preview))
+            logger.debug("job %s: preview of %d bytes dropped (too large)", progress.job_id,
+                         len(encoded))  # fmt: skip
             encoded = None
         return cls(
-            job_id=job_id,
+            job_id=progress.job_id,
             worker=worker,
-            step=step,
-            total=total,
-            elapsed_s=elapsed_s,
-            sec_per_step=sec_per_step,
+            step=progress.step,
+            total=progress.total,
+            elapsed_s=progress.elapsed_s,
+            sec_per_step=progress.sec_per_step,
             preview=encoded,
         )
 
@@ -207,31 +255,49 @@ Event = Annotated[
 _EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 
 
-class ResultEnvelope(_Message):
-    """What a worker stores as the taskiq result: an image or a failure the member can read."""
+class ResultEnvelope(_ContractMessage):
+    """What a worker stores as the taskiq result: what the job made, or a failure the member
+    can read."""
 
+    VERSION: ClassVar[int] = 2
+    v: int = 2
     ok: bool
-    result: dict[str, Any] | None = None  # JobResult.to_dict()
-    error: dict[str, Any] | None = None  # JobFailed.to_dict()
+    result: JobResult | None = None
+    error: Failure | None = None
+
+    @model_validator(mode="after")
+    def _one_outcome(self) -> ResultEnvelope:
+        if self.ok and (self.result is None or not (self.result.images or self.result.texts)):
+            raise ValueError("a successful result holds no image and no text")
+        if not self.ok and self.error is None:
+            raise ValueError("a failure holds no error")
+        return self
 
     @classmethod
     def success(cls, result: JobResult) -> ResultEnvelope:
-        return cls(ok=True, result=result.to_dict())
+        return cls(ok=True, result=result)
 
     @classmethod
     def failure(cls, failed: JobFailed) -> ResultEnvelope:
-        return cls(ok=False, error=failed.to_dict())
+        return cls(ok=False, error=failed.failure)
+
+    @classmethod
+    def upgrade(cls, document: dict[str, Any]) -> dict[str, Any]:
+        return wire_v1.result_envelope(document)
 
     def outcome(self) -> JobResult | JobFailed:
-        """The image or the failure inside, or ``WireError`` when it is not readable."""
-        try:
-            if self.ok and self.result is not None:
-                return JobResult.from_dict(self.result)
-            if not self.ok and self.error is not None:
-                return JobFailed.from_dict(self.error)
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise WireError(f"result unreadable: {exc}") from None
-        raise WireError("result envelope holds neither a result nor an error")
+        """The result or the failure inside."""
+        if self.ok and self.result is not None:
+            return self.result
+        assert self.error is not None  # _one_outcome
+        return JobFailed.of(self.error)
+
+    def document_for(self, version: int) -> dict[str, Any]:
+        """This envelope as a reader of ``version`` expects it: a worker answers a job in the
+        version the job came in, so a bot one version older still reads its results."""
+        if version == self.VERSION - 1:
+            return wire_v1.result_document(self)
+        return self.document()
 
 
 class Heartbeat(_Message):
@@ -256,7 +322,7 @@ class Heartbeat(_Message):
     # What it runs: "generate", plus "edit" when its edit model loaded. Absent in heartbeats
     # of older workers: text-to-image only.
     capabilities: list[Annotated[str, Field(max_length=32)]] = Field(
-        default_factory=lambda: [CAPABILITY_GENERATE], max_length=8
+        default_factory=lambda: [TASK_GENERATE], max_length=8
     )
 
     # The models whose transformer is on its GPU now (one of two when both don't fit).
@@ -284,11 +350,8 @@ class Heartbeat(_Message):
 
 
 # ---------------------------------------------------------------------------------- parsing
-M = TypeVar("M", bound=_Message)
-
-
 def _document(data: bytes | str | dict[str, Any]) -> dict[str, Any]:
-    """JSON object of our version, or ``WireError``."""
+    """The JSON object of a message, or ``WireError``."""
     if isinstance(data, bytes | str):
         try:
             data = json.loads(data)
@@ -298,18 +361,7 @@ def _document(data: bytes | str | dict[str, Any]) -> dict[str, Any]:
             raise WireError("JSON too deeply nested") from None
     if not isinstance(data, dict):
         raise WireError(f"not a JSON object but {type(data).__name__}")
-    version = data.get("v")
-    if version != WIRE_VERSION:
-        raise WireError(f"wire version {version!r} (this side speaks {WIRE_VERSION})")
     return data
-
-
-def _validated(model: type[M], data: bytes | str | dict[str, Any]) -> M:
-    document = _document(data)
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        raise WireError(_short(exc)) from None
 
 
 def _short(exc: ValidationError) -> str:
@@ -319,9 +371,14 @@ def _short(exc: ValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
+EVENT_VERSION = 1
+
+
 def parse_event(data: bytes | str) -> Event:
     """An event from the events channel, or ``WireError``."""
     document = _document(data)
+    if document.get("v") != EVENT_VERSION:
+        raise WireError(f"wire version {document.get('v')!r} (this side speaks {EVENT_VERSION})")
     try:
         return _EVENT.validate_python(document)
     except ValidationError as exc:
@@ -329,20 +386,38 @@ def parse_event(data: bytes | str) -> Event:
 
 
 def parse_heartbeat(data: bytes | str) -> Heartbeat:
-    return _validated(Heartbeat, data)
+    return Heartbeat.read(data)
 
 
-def parse_result(value: Any) -> JobResult | JobFailed:
+def parse_result(value: object) -> JobResult | JobFailed:
     """The outcome a worker stored (the taskiq result's return value), or ``WireError``."""
-    return _validated(ResultEnvelope, value).outcome()
+    if not isinstance(value, bytes | str | dict):
+        raise WireError(f"not a JSON object but {type(value).__name__}")
+    return ResultEnvelope.read(value).outcome()
 
 
-def parse_job(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[JobMessage, JobRequest]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class ParsedJob:
+    """A job message as a worker read it, and the version it came in (the answer's)."""
+
+    message: JobMessage
+    version: int
+
+    @property
+    def request(self) -> JobRequest:
+        return self.message.request
+
+
+def parse_job(args: tuple[object, ...], kwargs: dict[str, object]) -> ParsedJob:
     """The taskiq task's arguments: exactly one ``JobMessage``, or ``WireError``."""
     if len(args) != 1 or kwargs:
         raise WireError(f"expected one job message, got {len(args)} arguments and {len(kwargs)}")
-    message = _validated(JobMessage, args[0])
-    return message, message.job()
+    data = args[0]
+    if not isinstance(data, bytes | str | dict):
+        raise WireError(f"not a JSON object but {type(data).__name__}")
+    version = _document(data).get("v")
+    message = JobMessage.read(data)
+    return ParsedJob(message, JobMessage.VERSION if version == JobMessage.VERSION else 1)
 
 
 # --------------------------------------------------------------------------------- skipping

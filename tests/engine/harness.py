@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from engine.contract import JobRequest, Mode
+from engine.contract import FailureKind, JobRequest, JobResult, Mode
+from engine.generator import Generator, GeneratorInfo, JobControl, Plan
 from engine.pipeline import ImageGenerator
 
 
@@ -30,7 +31,30 @@ class CountingTransformer:
         monkeypatch.setattr(transformer, "forward", forward)
 
 
-class GatedGenerator:
+class _Gate:
+    """A job's control that marks the job started at its first step, holding it there while
+    its gate is closed."""
+
+    def __init__(
+        self, control: JobControl, started: threading.Event, gate: threading.Event | None
+    ) -> None:
+        self.control = control
+        self.started = started
+        self.gate = gate
+        self.followed = True
+        self.previews = control.previews
+
+    def step(self, step: int, total: int, elapsed_s: float, preview: bytes | None = None) -> None:
+        self.started.set()
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.control.step(step, total, elapsed_s, preview)
+
+    def stop_reason(self) -> FailureKind | None:
+        return self.control.stop_reason()
+
+
+class GatedGenerator(Generator):
     """Wraps the real tiny generator: records run order and can hold a job at its first step."""
 
     def __init__(self, inner: ImageGenerator) -> None:
@@ -39,29 +63,63 @@ class GatedGenerator:
         self.hold: dict[str, threading.Event] = {}
         self.started: dict[str, threading.Event] = {}
 
-    def info(self) -> dict[str, object]:
+    def tasks(self) -> tuple[str, ...]:
+        return self.inner.tasks()
+
+    def info(self) -> GeneratorInfo:
         return self.inner.info()
+
+    def plan(self, request: JobRequest) -> Plan:
+        return self.inner.plan(request)
 
     def free_memory(self) -> None:
         self.inner.free_memory()
 
-    def generate(self, request: JobRequest, on_step: Any = None, should_stop: Any = None) -> Any:
+    def generate(
+        self, request: JobRequest, control: JobControl, plan: Plan | None = None
+    ) -> JobResult:
         self.order.append(request.job_id)
-        gate = self.hold.get(request.job_id)
-
-        def step(*args: Any) -> None:
-            self.started.setdefault(request.job_id, threading.Event()).set()
-            if gate is not None:
-                gate.wait(10)
-            if on_step is not None:
-                on_step(*args)
-
-        return self.inner.generate(request, on_step=step, should_stop=should_stop)
+        started = self.started.setdefault(request.job_id, threading.Event())
+        gate = _Gate(control, started, self.hold.get(request.job_id))
+        return self.inner.generate(request, gate, plan)
 
     def release(self) -> None:
         """Let every held job go on (teardown)."""
         for gate in self.hold.values():
             gate.set()
+
+
+class Recorder:
+    """A ``JobControl`` that collects what the GPU thread reports: plain steps, and the steps
+    that carry a preview (each step is one or the other). ``tick`` runs after every step;
+    with ``stop_after``, the job is cancelled once that many steps were reported."""
+
+    followed = True
+    previews = True
+
+    def __init__(
+        self, tick: Callable[[], None] | None = None, *, stop_after: int | None = None
+    ) -> None:
+        self.steps: list[int] = []
+        self.totals: set[int] = set()
+        self.previews_seen: dict[int, bytes] = {}
+        self.tick = tick
+        self.stop_after = stop_after
+
+    def step(self, step: int, total: int, elapsed_s: float, preview: bytes | None = None) -> None:
+        self.totals.add(total)
+        if preview is None:
+            self.steps.append(step)
+        else:
+            self.previews_seen[step] = preview
+        if self.tick is not None:
+            self.tick()
+
+    def stop_reason(self) -> FailureKind | None:
+        reported = len(self.steps) + len(self.previews_seen)
+        if self.stop_after is not None and reported >= self.stop_after:
+            return FailureKind.CANCELLED
+        return None
 
 
 async def wait_started(gated: GatedGenerator, job_id: str) -> None:

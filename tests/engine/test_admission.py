@@ -9,22 +9,19 @@ import pytest
 from engine.admission import (
     QUEUE_FULL_MESSAGE,
     FutureHandle,
-    admit,
     ceiling_message,
+    check_room,
     settle,
     settle_threadsafe,
 )
-from engine.contract import FailureKind, JobFailed, JobResult, Mode
+from engine.contract import FailureKind, JobFailed, JobResult, Mode, OutputImage
 from engine.settings import EngineSettings
 
 
 def result(job_id: str = "1") -> JobResult:
     return JobResult(
         job_id=job_id,
-        png=b"\x89PNG",
-        width=64,
-        height=64,
-        seed=1,
+        images=(OutputImage(png=b"\x89PNG", width=64, height=64, seed=1),),
         steps=8,
         true_cfg_scale=1.0,
         mode=Mode.FAST,
@@ -40,16 +37,16 @@ def result(job_id: str = "1") -> JobResult:
 
 def test_admit_refuses_at_the_ceiling_and_when_the_queue_is_full() -> None:
     settings = EngineSettings(_env_file=None, queued_ceiling_per_user=4, max_queue=10)  # type: ignore[call-arg]
-    admit(settings, users_jobs=3, waiting=9)  # below both: accepted
+    check_room(settings, users_jobs=3, waiting=9)  # below both: accepted
     with pytest.raises(JobFailed) as ceiling:
-        admit(settings, users_jobs=4, waiting=0)
+        check_room(settings, users_jobs=4, waiting=0)
     assert ceiling.value.kind == FailureKind.QUEUE_FULL
     assert ceiling.value.user_message == ceiling_message(4)
     assert (
         ceiling.value.user_message == "You already have 4 images waiting; wait for one to finish."
     )
     with pytest.raises(JobFailed) as full:
-        admit(settings, users_jobs=0, waiting=10)
+        check_room(settings, users_jobs=0, waiting=10)
     assert full.value.kind == FailureKind.QUEUE_FULL
     assert full.value.user_message == QUEUE_FULL_MESSAGE
 

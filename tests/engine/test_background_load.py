@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from engine import edit as edit_package
+from engine import generators as generators_module
 from engine.contract import FailureKind, JobFailed
 from engine.loading import DownloadWatcher, LoadState, hub_cache_dir
 from engine.queue import LOAD_FAILED_MESSAGE, LocalEngine
@@ -19,12 +19,12 @@ from tests.engine.harness import eventually, job
 
 
 class GatedLoad:
-    """``Generators.load`` that waits for the test before loading (an artificial load delay)."""
+    """``load_generators`` that waits for the test before loading (an artificial load delay)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> None:
         self.gate = threading.Event()
         self.entered = threading.Event()
-        real = edit_package.Generators.load
+        real = generators_module.load_generators
 
         def load(settings: EngineSettings, *args: Any, **kwargs: Any) -> Any:
             self.entered.set()
@@ -33,7 +33,7 @@ class GatedLoad:
                 raise RuntimeError("/secret/path/model.safetensors is corrupt")
             return real(settings, *args, **kwargs)
 
-        monkeypatch.setattr(edit_package.Generators, "load", staticmethod(load))
+        monkeypatch.setattr(generators_module, "load_generators", load)
 
 
 async def test_start_returns_while_the_model_loads_and_jobs_wait(
@@ -50,7 +50,7 @@ async def test_start_returns_while_the_model_loads_and_jobs_wait(
         assert (await local.status()).queue_length == 1
         gated.gate.set()
         result = await handle.result()
-        assert result.job_id == "early" and result.png
+        assert result.job_id == "early" and result.image.png
         status = await local.status()
         assert status.ready and status.loading is None and status.load_progress is None
     finally:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from engine.contract import (
     MAX_EDIT_IMAGES,
+    TASK_EDIT,
     FailureKind,
     JobFailed,
     JobRequest,
@@ -29,6 +30,7 @@ from engine.edit import generator as edit_module
 from engine.edit.sharing import file_sha256, same_weights
 from engine.pipeline import ImageGenerator
 from engine.presets import public_model_name
+from engine.redis.wire import JobMessage, WireError, parse_job
 from engine.settings import EngineSettings
 from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE
 
@@ -70,7 +72,7 @@ def png(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:
 def edit_request(*images: bytes, **fields: Any) -> JobRequest:
     values: dict[str, Any] = {"job_id": "edit-1", "user_id": 1, "prompt": "make it blue"}
     values.update(fields)
-    return JobRequest(edit_images=images, seed=3, **values)
+    return JobRequest(task=TASK_EDIT, images=images, seed=3, **values)
 
 
 class ForwardCounter:
@@ -189,8 +191,8 @@ def test_one_image_edit_takes_the_first_image_ratio_and_names_its_input(
     source = png((96, 64), (200, 30, 30))
     result = editor.generate(edit_request(source))
 
-    assert (result.width, result.height) == (64, 48)  # 3:2 like the input, max_side 64
-    image = Image.open(io.BytesIO(result.png))
+    assert (result.image.width, result.image.height) == (64, 48)  # 3:2 like the input, max_side 64
+    image = Image.open(io.BytesIO(result.image.png))
     assert image.size == (64, 48)
     assert image.text["instruction"] == "make it blue"  # type: ignore[attr-defined]
     assert image.text["input_images"] == hashlib.sha256(source).hexdigest()  # type: ignore[attr-defined]
@@ -204,8 +206,8 @@ def test_three_images_edit_uses_the_first_image_ratio_not_the_last(
     images = (png((64, 96), (255, 0, 0)), png((80, 80), (0, 255, 0)), png((128, 64), (0, 0, 255)))
     result = editor.generate(edit_request(*images))
 
-    assert (result.width, result.height) == (48, 64)  # portrait like the first image
-    text = Image.open(io.BytesIO(result.png)).text  # type: ignore[attr-defined]
+    assert (result.image.width, result.image.height) == (48, 64)  # portrait like the first image
+    text = Image.open(io.BytesIO(result.image.png)).text  # type: ignore[attr-defined]
     assert text["input_images"].split(",") == [hashlib.sha256(i).hexdigest() for i in images]
 
 
@@ -279,11 +281,11 @@ def test_editing_off_says_so(generator: ImageGenerator, tiny_settings: EngineSet
 def test_on_a_cpu_both_transformers_are_resident(
     editor: EditGenerator, generator: ImageGenerator
 ) -> None:
-    assert editor.resident_models() == (
-        public_model_name(generator.model_name),
-        public_model_name(editor.model_name),
-    )
-    assert editor.ensure_resident(edit_request(png((64, 64), (0, 0, 0)))) == 0.0
+    assert editor.swap is not None
+    assert editor.swap.resident() == (generator.model_name, editor.model_name)
+    assert editor.resident_models() == (public_model_name(editor.model_name),)
+    assert generator.resident_models() == (public_model_name(generator.model_name),)
+    assert editor.swap.activate(editor.model_name) == 0.0  # nothing moves
 
 
 def test_residency_choice_follows_free_gpu_memory() -> None:
@@ -324,21 +326,26 @@ def test_swap_moves_the_idle_transformer_to_host_and_back() -> None:
 
 
 # ------------------------------------------------------------------- the contract
-def test_edit_images_travel_as_base64_and_a_plain_job_dict_is_unchanged() -> None:
+def test_edit_images_travel_as_base64_and_an_old_bots_edit_reads_the_same() -> None:
     request = edit_request(b"first", b"second")
-    data = request.to_dict()
-    assert data["edit_images"] == ["Zmlyc3Q=", "c2Vjb25k"]
-    assert JobRequest.from_dict(json.loads(json.dumps(data))) == request
-    assert request.needs == "edit"
-    plain = JobRequest(job_id="1", user_id=1, prompt="a fox")
-    assert "edit_images" not in plain.to_dict() and plain.needs == "generate"
+    message = JobMessage(request=request, submitted_at=1.0, dispatched_at=1.0, attempt=1)
+    data = json.loads(message.dumps())
+    assert data["request"]["images"] == ["Zmlyc3Q=", "c2Vjb25k"]
+    assert data["request"]["task"] == "edit"
+    assert parse_job((data,), {}).request == request
+    # The same edit from a bot one version older: ``edit_images``, the task as ``needs``.
+    old = {**data, "v": 1, "needs": "edit", "request": dict(data["request"])}
+    old["request"]["edit_images"] = old["request"].pop("images")
+    del old["request"]["task"]
+    assert parse_job((old,), {}).request == request
+    assert JobRequest(job_id="1", user_id=1, prompt="a fox").task == "generate"
 
 
 def test_too_many_or_undecodable_edit_images_are_invalid() -> None:
     with pytest.raises(JobFailed, match=f"at most {MAX_EDIT_IMAGES} images"):
         edit_request(*([b"x"] * (MAX_EDIT_IMAGES + 1))).validate()
-    data = edit_request(b"x").to_dict()
-    data["edit_images"] = ["%%%"]
-    with pytest.raises(JobFailed) as failed:
-        JobRequest.from_dict(data)
-    assert failed.value.kind == FailureKind.INVALID
+    message = JobMessage(request=edit_request(b"x"), submitted_at=1.0, dispatched_at=1.0, attempt=1)
+    data = json.loads(message.dumps())
+    data["request"]["images"] = ["%%%"]
+    with pytest.raises(WireError):
+        parse_job((data,), {})

@@ -6,21 +6,23 @@ fits, serves jobs grouped by model without letting any job be jumped more than t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 
-from engine.contract import FailureKind, JobFailed, JobRequest, Mode
+from engine.contract import TASK_EDIT, FailureKind, JobFailed, JobRequest, JobResult, Mode
 from engine.cudagraph import GraphedForward
-from engine.edit import EditGenerator, Generators, TransformerSwap
+from engine.edit import EditGenerator, TransformerSwap
 from engine.edit import generator as edit_module
+from engine.generator import UNWATCHED, JobControl, Plan
+from engine.generators import Generators, load_generators
 from engine.pipeline import ImageGenerator
 from engine.presets import public_model_name
 from engine.queue import LocalEngine
@@ -68,7 +70,7 @@ def text_job(job_id: str, user_id: int = 1) -> JobRequest:
 def edit_job(job_id: str, *images: bytes, user_id: int = 1) -> JobRequest:
     images = images or (png((64, 64), (200, 10, 10)),)
     return JobRequest(
-        job_id=job_id, user_id=user_id, prompt="make it blue", seed=2, edit_images=images
+        job_id=job_id, user_id=user_id, prompt="make it blue", seed=2, task=TASK_EDIT, images=images
     )
 
 
@@ -77,13 +79,12 @@ def test_local_engine_loads_editing_with_one_text_encoder_and_one_vae(
     edit_engine: LocalEngine,
 ) -> None:
     generators = edit_engine._generator
-    assert isinstance(generators, Generators) and generators.editor is not None
-    base, editor = generators.base, generators.editor
+    assert isinstance(generators, Generators)
+    base, editor = generators.generators["generate"], generators.generators["edit"]
+    assert isinstance(base, ImageGenerator) and isinstance(editor, EditGenerator)
     assert editor.pipe.text_encoder is base.pipe.text_encoder
     assert editor.pipe.vae is base.pipe.vae
     assert editor.pipe.transformer is not base.pipe.transformer
-    # Through the attribute the rest of the engine reads, too.
-    assert generators.pipe is base.pipe
 
 
 async def test_edit_and_text_to_image_jobs_each_run_on_their_model(
@@ -96,9 +97,9 @@ async def test_edit_and_text_to_image_jobs_each_run_on_their_model(
     # Results name the model, never its path on this host (it travels in the PNG).
     assert edited.model == public_model_name(str(tiny_edit_dir)) == tiny_edit_dir.name
     assert plain.model == public_model_name(str(tiny_model_dir)) == tiny_model_dir.name
-    assert str(tiny_edit_dir) not in str(Image.open(io.BytesIO(edited.png)).text)  # type: ignore[attr-defined]
-    assert (edited.width, edited.height) == (64, 48)  # the first image's ratio
-    text = Image.open(io.BytesIO(edited.png)).text  # type: ignore[attr-defined]
+    assert str(tiny_edit_dir) not in str(Image.open(io.BytesIO(edited.image.png)).text)  # type: ignore[attr-defined]
+    assert (edited.image.width, edited.image.height) == (64, 48)  # the first image's ratio
+    text = Image.open(io.BytesIO(edited.image.png)).text  # type: ignore[attr-defined]
     assert text["input_images"].split(",") == [hashlib.sha256(i).hexdigest() for i in images]
     assert edited.steps == EDIT_STEPS and plain.steps == 8
 
@@ -111,7 +112,7 @@ async def test_edit_and_text_to_image_jobs_each_run_on_their_model(
 async def test_without_an_edit_model_an_edit_job_is_refused_at_submit(
     generator: ImageGenerator, tiny_settings: EngineSettings
 ) -> None:
-    engine = LocalEngine(tiny_settings, Generators.load(tiny_settings, base=generator))
+    engine = LocalEngine(tiny_settings, load_generators(tiny_settings, main=generator))
     await engine.start()
     try:
         with pytest.raises(JobFailed) as refused:
@@ -130,50 +131,62 @@ def test_an_edit_model_that_cannot_load_leaves_text_to_image_running(
     generator: ImageGenerator, tiny_settings: EngineSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = tiny_settings.model_copy(update={"edit_model": "org/not-here-and-no-gpu"})
-    generators = Generators.load(settings, base=generator)
-    assert generators.capabilities() == ("generate",)
+    generators = load_generators(settings, main=generator)
+    assert generators.tasks() == ("generate",)
     assert "image editing is off" in caplog.text
-    assert generators.info()["edit_off"] == "Image editing is turned off on this server."
+    assert generators.info().edit_off == "Image editing is turned off on this server."
 
 
 # ------------------------------------------------------------------- one transformer at a time
-class Held:
-    """The engine's generator, recording the model of each job and holding the first one."""
+class Held(Generators):
+    """The engine's generators, recording the task of each job and holding the first one."""
 
     def __init__(self, inner: Generators) -> None:
-        self.inner = inner
+        super().__init__(inner.generators, off=inner.off)
         self.ran: list[str] = []
         self.gate = threading.Event()
         self.first_started = threading.Event()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def generate(self, request: JobRequest, on_step: Any = None, should_stop: Any = None) -> Any:
+    def generate(
+        self, request: JobRequest, control: JobControl = UNWATCHED, plan: Plan | None = None
+    ) -> JobResult:
         if not self.ran:
             self.first_started.set()
             self.gate.wait(30)
-        self.ran.append(request.needs)
-        return self.inner.generate(request, on_step, should_stop)
+        self.ran.append(request.task)
+        return super().generate(request, control, plan)
+
+
+@dataclasses.dataclass
+class Swapping:
+    """The loaded models as on a GPU where only one transformer fits."""
+
+    generators: Generators
+    base: ImageGenerator
+    editor: EditGenerator
+    swap: TransformerSwap
 
 
 @pytest.fixture
-def swapping(edit_engine: LocalEngine, monkeypatch: pytest.MonkeyPatch) -> Generators:
+def swapping(edit_engine: LocalEngine, monkeypatch: pytest.MonkeyPatch) -> Swapping:
     """The loaded models as on a GPU where only one transformer fits (on a CPU the swap is
     bookkeeping only: host and device are one memory)."""
     generators = edit_engine._generator
-    editor: EditGenerator = generators.editor
+    assert isinstance(generators, Generators)
+    base, editor = generators.generators["generate"], generators.generators["edit"]
+    assert isinstance(base, ImageGenerator) and isinstance(editor, EditGenerator)
     swap = TransformerSwap(torch.device("cpu"), keep_all=False)
-    swap.add(generators.base.model_name, generators.base.pipe.transformer, on_device=True)
+    swap.add(base.model_name, base.pipe.transformer, on_device=True)
     swap.add(editor.model_name, editor.pipe.transformer, on_device=False)
     monkeypatch.setattr(editor, "swap", swap)
-    return generators
+    monkeypatch.setattr(base, "swap", swap)
+    return Swapping(generators, base, editor, swap)
 
 
 async def test_when_one_transformer_fits_jobs_are_grouped_by_model(
-    swapping: Generators, tiny_settings: EngineSettings
+    swapping: Swapping, tiny_settings: EngineSettings
 ) -> None:
-    held = Held(swapping)
+    held = Held(swapping.generators)
     engine = LocalEngine(tiny_settings, held)
     await engine.start()
     try:
@@ -194,20 +207,20 @@ async def test_when_one_transformer_fits_jobs_are_grouped_by_model(
     # FIFO would swap before every one of the six; grouped, the text jobs go first (each
     # edit job is jumped at most three times) and the GPU swaps once.
     assert held.ran == ["generate"] * 4 + ["edit"] * 3
-    assert swapping.editor.swap.swaps == 1
+    assert swapping.swap.swaps == 1
     assert (await engine.status()).resident_models == (
         public_model_name(swapping.editor.model_name),
     )
 
 
-def test_a_swap_drops_cuda_graphs_captured_before_it(swapping: Generators) -> None:
+def test_a_swap_drops_cuda_graphs_captured_before_it(swapping: Swapping) -> None:
     transformer = swapping.base.pipe.transformer
     graphed = GraphedForward(transformer.forward)
     graphed.graphs[("shape",)] = object()  # type: ignore[assignment]
     transformer.forward = graphed
     try:
-        swapping.ensure_resident(edit_job("swap-in"))
+        swapping.swap.activate(swapping.editor.model_name)
         assert graphed.graphs == {}  # recaptured on the next forward, never replayed stale
     finally:
         del transformer.forward  # back to the class's forward
-        swapping.ensure_resident(text_job("swap-back"))
+        swapping.swap.activate(swapping.base.model_name)

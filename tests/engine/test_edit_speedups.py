@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from engine import optimize
-from engine.contract import JobRequest, Mode
+from engine.contract import TASK_EDIT, JobRequest, Mode
 from engine.edit import EditGenerator
 from engine.edit import generator as edit_module
 from engine.edit.speedups import apply_edit_speedups
@@ -39,7 +39,9 @@ def png(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:
 
 
 def edit_request(*images: bytes) -> JobRequest:
-    return JobRequest(job_id="e", user_id=1, prompt="make it blue", edit_images=images, seed=3)
+    return JobRequest(
+        job_id="e", user_id=1, prompt="make it blue", task=TASK_EDIT, images=images, seed=3
+    )
 
 
 def compiled_blocks(transformer: Any) -> int:
@@ -89,15 +91,17 @@ def test_compile_reaches_the_edit_transformer_and_the_image_stays_the_same(
     assert "prompt-cache" not in applied  # an edit's prompt embedding depends on its images
     blocks = editor.pipe.transformer.transformer_blocks
     assert compiled_blocks(editor.pipe.transformer) == len(blocks)
-    assert editor.info()["optimizations"] == applied
+    assert editor.info().edit_optimizations == tuple(applied)
 
     fast = editor.generate(edit_request(source))
-    assert (fast.width, fast.height) == (stock.width, stock.height) == (64, 48)
-    image = Image.open(io.BytesIO(fast.png))
+    assert (
+        (fast.image.width, fast.image.height) == (stock.image.width, stock.image.height) == (64, 48)
+    )
+    image = Image.open(io.BytesIO(fast.image.png))
     assert image.size == (64, 48)
     assert image.text["instruction"] == "make it blue"  # type: ignore[attr-defined]
     assert image.text["input_images"] == hashlib.sha256(source).hexdigest()  # type: ignore[attr-defined]
-    a = np.asarray(Image.open(io.BytesIO(stock.png)).convert("RGB"), dtype=np.int16)
+    a = np.asarray(Image.open(io.BytesIO(stock.image.png)).convert("RGB"), dtype=np.int16)
     b = np.asarray(image.convert("RGB"), dtype=np.int16)
     assert np.abs(a - b).max() <= 2  # FP noise of the real-arithmetic RoPE, not a new image
 

@@ -3,6 +3,7 @@ Lightning, what the PNG records, and bad input refused before any GPU work."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -17,7 +18,9 @@ from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
 from engine.img2img import build_img2img, img2img_steps, load_init_image
 from engine.pipeline import ImageGenerator
 from engine.presets import MODES, NEUTRAL_NEGATIVE, VARY_STRONG_STRENGTH, VARY_SUBTLE_STRENGTH
+from engine.redis.wire import JobMessage, WireError, parse_job
 from tests.engine.conftest import CountingTransformer
+from tests.engine.harness import Recorder
 
 
 def request(**overrides: object) -> JobRequest:
@@ -85,50 +88,51 @@ def test_a_variation_runs_strength_times_steps_with_true_cfg(
     steps: int,
 ) -> None:
     assert MODES[Mode.STANDARD].steps == 30
-    seen: list[tuple[int, int]] = []
+    seen = Recorder()
+    seen.previews = False
     result = generator.generate(
-        request(init_image=source.png, strength=strength, parent_job_id=source.job_id),
-        on_step=lambda step, total, _e, _s: seen.append((step, total)),
+        request(images=(source.image.png,), strength=strength, parent_job_id=source.job_id),
+        seen,
     )
     assert img2img_steps(30, strength) == steps
     assert result.steps == steps
-    assert {total for _, total in seen} == {steps}
-    assert [step for step, _ in seen] == list(range(1, steps + 1))
+    assert seen.totals == {steps}
+    assert seen.steps == list(range(1, steps + 1))
     # True CFG as in text-to-image: two transformer passes per step, neutral negative prompt.
     assert counting.calls == 2 * steps
     assert result.true_cfg_scale == 4.0
     assert result.negative_prompt == NEUTRAL_NEGATIVE
-    assert (result.width, result.height) == (source.width, source.height)
+    assert (result.image.width, result.image.height) == (source.image.width, source.image.height)
 
 
 def test_the_png_records_the_parent_job_and_the_strength(
     generator: ImageGenerator, source: JobResult
 ) -> None:
     result = generator.generate(
-        request(job_id="v2", init_image=source.png, strength=0.35, parent_job_id="parent-1")
+        request(job_id="v2", images=(source.image.png,), strength=0.35, parent_job_id="parent-1")
     )
-    text = Image.open(io.BytesIO(result.png)).text
+    text = Image.open(io.BytesIO(result.image.png)).text
     assert text["parent_job_id"] == "parent-1"
     assert float(text["strength"]) == 0.35
     assert text["steps"] == "11" and text["schedule_steps"] == "30"
     parameters = json.loads(text["parameters_json"])
     assert parameters["parent_job_id"] == "parent-1" and parameters["strength"] == 0.35
     # A plain image records neither.
-    assert "strength" not in Image.open(io.BytesIO(source.png)).text
+    assert "strength" not in Image.open(io.BytesIO(source.image.png)).text
 
 
 def test_a_variation_keeps_the_source_and_differs_by_seed(
     generator: ImageGenerator, source: JobResult
 ) -> None:
     def pixels(result: JobResult) -> torch.Tensor:
-        image = Image.open(io.BytesIO(result.png)).convert("RGB")
+        image = Image.open(io.BytesIO(result.image.png)).convert("RGB")
         return torch.from_numpy(np.asarray(image, dtype=np.float32))
 
-    subtle = generator.generate(request(init_image=source.png, strength=0.35, seed=1))
-    again = generator.generate(request(init_image=source.png, strength=0.35, seed=1))
-    other = generator.generate(request(init_image=source.png, strength=0.35, seed=2))
-    assert subtle.png == again.png  # reproducible from its seed
-    assert subtle.png != other.png  # a new seed, a new variation
+    subtle = generator.generate(request(images=(source.image.png,), strength=0.35, seed=1))
+    again = generator.generate(request(images=(source.image.png,), strength=0.35, seed=1))
+    other = generator.generate(request(images=(source.image.png,), strength=0.35, seed=2))
+    assert subtle.image.png == again.image.png  # reproducible from its seed
+    assert subtle.image.png != other.image.png  # a new seed, a new variation
     plain = generator.generate(request(seed=1))
     # Closer to the image it started from than a fresh image of the same seed is.
     source_pixels = pixels(source)
@@ -141,7 +145,7 @@ def test_a_fast_variation_uses_lightning_without_cfg(
     generator: ImageGenerator, counting: CountingTransformer, source: JobResult
 ) -> None:
     result = generator.generate(
-        request(init_image=source.png, strength=VARY_STRONG_STRENGTH, mode=Mode.FAST)
+        request(images=(source.image.png,), strength=VARY_STRONG_STRENGTH, mode=Mode.FAST)
     )
     expected = img2img_steps(generator.settings.lightning_steps, VARY_STRONG_STRENGTH)
     assert result.mode == Mode.FAST and result.steps == expected == 6
@@ -151,7 +155,7 @@ def test_a_fast_variation_uses_lightning_without_cfg(
     assert scheduler.base_shift == pytest.approx(math.log(3))
     assert scheduler.shift_terminal is None
     # Back to a CFG mode: the img2img view follows the stock scheduler again.
-    generator.generate(request(init_image=source.png, strength=VARY_SUBTLE_STRENGTH))
+    generator.generate(request(images=(source.image.png,), strength=VARY_SUBTLE_STRENGTH))
     assert generator.img2img_pipeline().scheduler.config.shift_terminal == 0.02
 
 
@@ -167,12 +171,15 @@ def test_the_pipeline_gets_the_mode_schedule_and_the_strength(
         return original(pipe, *args, **kwargs)
 
     monkeypatch.setattr(type(img2img), "__call__", spy)
-    generator.generate(request(init_image=source.png, strength=0.7, mode=Mode.QUALITY))
+    generator.generate(request(images=(source.image.png,), strength=0.7, mode=Mode.QUALITY))
     assert seen["num_inference_steps"] == 50 and seen["strength"] == 0.7
     assert seen["true_cfg_scale"] == 4.0 and seen["negative_prompt"] == NEUTRAL_NEGATIVE
     assert "guidance_scale" not in seen
     image = seen["image"]
-    assert isinstance(image, Image.Image) and image.size == (source.width, source.height)
+    assert isinstance(image, Image.Image) and image.size == (
+        source.image.width,
+        source.image.height,
+    )
 
 
 def test_the_source_is_cropped_to_the_job_aspect_not_stretched() -> None:
@@ -199,17 +206,17 @@ def huge_png() -> bytes:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"init_image": b"not an image at all", "strength": 0.35}, "could not be read"),
-        ({"init_image": b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "strength": 0.35}, "could not"),
-        ({"init_image": "huge", "strength": 0.35}, "too large"),
-        ({"init_image": "ok", "strength": 0.0}, "strength"),
-        ({"init_image": "ok", "strength": 1.5}, "strength"),
-        ({"init_image": "ok", "strength": math.nan}, "strength"),
-        ({"init_image": "ok", "strength": None}, "strength"),
-        ({"init_image": "ok", "strength": True}, "strength"),
+        ({"images": (b"not an image at all",), "strength": 0.35}, "could not be read"),
+        ({"images": (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,), "strength": 0.35}, "could not"),
+        ({"images": "huge", "strength": 0.35}, "too large"),
+        ({"images": "ok", "strength": 0.0}, "strength"),
+        ({"images": "ok", "strength": 1.5}, "strength"),
+        ({"images": "ok", "strength": math.nan}, "strength"),
+        ({"images": "ok", "strength": None}, "strength"),
+        ({"images": "ok", "strength": True}, "strength"),
         ({"strength": 0.35}, "needs a source image"),
-        ({"init_image": b"", "strength": 0.35}, "empty"),
-        ({"init_image": "ok", "strength": 0.35, "parent_job_id": "x" * 33}, "parent"),
+        ({"images": (b"",), "strength": 0.35}, "empty"),
+        ({"images": "ok", "strength": 0.35, "parent_job_id": "x" * 33}, "parent"),
     ],
 )
 def test_bad_variation_input_is_refused_before_any_gpu_work(
@@ -219,28 +226,29 @@ def test_bad_variation_input_is_refused_before_any_gpu_work(
     fields: dict[str, object],
     message: str,
 ) -> None:
-    if fields.get("init_image") == "ok":
-        fields = {**fields, "init_image": source.png}
-    elif fields.get("init_image") == "huge":
-        fields = {**fields, "init_image": huge_png()}
+    if fields.get("images") == "ok":
+        fields = {**fields, "images": (source.image.png,)}
+    elif fields.get("images") == "huge":
+        fields = {**fields, "images": (huge_png(),)}
     with pytest.raises(JobFailed) as failure:
         generator.generate(request(**fields))
     assert failure.value.kind == FailureKind.INVALID
     assert message in failure.value.user_message
     assert counting.calls == 0
     # The generator is fine afterwards.
-    assert generator.generate(request(init_image=source.png, strength=0.35)).steps == 11
+    assert generator.generate(request(images=(source.image.png,), strength=0.35)).steps == 11
 
 
-def test_the_request_round_trips_through_its_dict_form(source: JobResult) -> None:
-    job = request(init_image=source.png, strength=0.7, parent_job_id="parent-1")
-    data = json.loads(json.dumps(job.to_dict()))  # what travels through Redis
-    assert isinstance(data["init_image"], str)  # base64 text
-    assert JobRequest.from_dict(data) == job
-    # A text-to-image job's dict is unchanged by the new fields (older workers still read it).
-    plain = request().to_dict()
-    assert not {"init_image", "strength", "parent_job_id"} & set(plain)
-    assert JobRequest.from_dict(plain) == request()
-    with pytest.raises(JobFailed) as failure:
-        JobRequest.from_dict({**data, "init_image": "%%% not base64 %%%"})
-    assert failure.value.kind == FailureKind.INVALID
+def test_the_request_round_trips_through_the_wire(source: JobResult) -> None:
+    job = request(images=(source.image.png,), strength=0.7, parent_job_id="parent-1")
+    message = JobMessage(request=job, submitted_at=1.0, dispatched_at=1.0, attempt=1)
+    data = json.loads(json.dumps(message.document()))  # what travels through Redis
+    assert isinstance(data["request"]["images"][0], str)  # base64 text
+    assert parse_job((data,), {}).request == job
+    # A variation from a bot one version older (its source image as ``init_image``).
+    old = {**data, "v": 1, "request": {**data["request"]}}
+    old["request"]["init_image"] = base64.b64encode(source.image.png).decode()
+    del old["request"]["images"], old["request"]["task"]
+    assert parse_job((old,), {}).request == job
+    with pytest.raises(WireError):
+        parse_job(({**data, "request": {**data["request"], "images": ["%%% no %%%"]}},), {})

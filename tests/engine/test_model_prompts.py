@@ -27,14 +27,14 @@ def test_model_prompts_is_what_the_pipeline_reads(
     prompt = "a red fox."
     request = JobRequest("j", 1, prompt, style=style, negative_prompt=negative, mode=mode, seed=1)
     plan = generator.plan(request)
-    true_cfg = MODES[Mode(plan["mode"])].true_cfg_scale > 1
+    true_cfg = MODES[Mode(plan.mode)].true_cfg_scale > 1
     assert model_prompts(
         style,
         prompt,
         negative,
         true_cfg=true_cfg,
         positive_magic=generator.settings.positive_magic,
-    ) == (plan["full_prompt"], plan["negative_prompt"])
+    ) == (plan.full_prompt, plan.negative_prompt)
 
 
 def test_the_shapes_of_what_the_model_reads() -> None:

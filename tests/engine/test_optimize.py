@@ -15,7 +15,8 @@ from PIL import Image
 
 from engine import optimize
 from engine.contract import JobRequest, Mode
-from engine.pipeline import ImageGenerator, png_with_parameters
+from engine.generation import png_with_parameters
+from engine.pipeline import ImageGenerator
 from engine.settings import EngineSettings
 
 
@@ -40,7 +41,7 @@ def own_generator(tiny_settings: EngineSettings) -> Iterator[ImageGenerator]:
 
 def test_cpu_gets_the_device_independent_speedups(generator: ImageGenerator) -> None:
     assert generator.optimizations == ["prompt-cache", "vae-2d", "lora-fused"]
-    assert generator.info()["optimizations"] == generator.optimizations
+    assert generator.info().optimizations == tuple(generator.optimizations)
     assert isinstance(generator.lora_switch, optimize.LoraFusion)
 
 
@@ -56,12 +57,12 @@ def test_lora_switch_restores_the_base_weights_bit_for_bit(
     assert not torch.equal(merged, base["transformer_blocks.0.attn.to_q.weight"])
     for _ in range(3):
         again = own_generator.generate(request(Mode.STANDARD))
-        assert again.png == standard.png
-        assert own_generator.generate(request(Mode.FAST)).png == fast.png
+        assert again.image.png == standard.image.png
+        assert own_generator.generate(request(Mode.FAST)).image.png == fast.image.png
     own_generator.generate(request(Mode.STANDARD))
     for name, param in transformer.named_parameters():
         assert torch.equal(param, base[name]), name
-    assert fast.png != standard.png
+    assert fast.image.png != standard.image.png
 
 
 def test_over_budget_fusion_settles_on_a_fixed_point(own_generator: ImageGenerator) -> None:
@@ -104,19 +105,19 @@ def test_fp8_linear_is_close_to_the_full_precision_one() -> None:
 
 
 def test_fp8_engine_keeps_both_modes_and_stays_close(own_generator: ImageGenerator) -> None:
-    bf16 = {m: own_generator.generate(request(m)).png for m in (Mode.STANDARD, Mode.FAST)}
+    bf16 = {m: own_generator.generate(request(m)).image.png for m in (Mode.STANDARD, Mode.FAST)}
     converted = optimize.enable_fp8(own_generator)
     blocks = len(own_generator.pipe.transformer.transformer_blocks)
     assert converted == len(optimize.FP8_TARGETS) * blocks
     fusion = own_generator.lora_switch
     assert len(fusion.swaps) == converted  # fast mode swaps FP8 weight sets
     for mode, reference in bf16.items():
-        png = own_generator.generate(request(mode)).png
+        png = own_generator.generate(request(mode)).image.png
         error = np.linalg.norm(pixels(png) - pixels(reference)) / np.linalg.norm(pixels(reference))
         assert error < 0.02, (mode, error)
-    fast = own_generator.generate(request(Mode.FAST)).png
+    fast = own_generator.generate(request(Mode.FAST)).image.png
     own_generator.generate(request(Mode.STANDARD))
-    assert own_generator.generate(request(Mode.FAST)).png == fast
+    assert own_generator.generate(request(Mode.FAST)).image.png == fast
 
 
 def test_compiled_blocks_trace_whole_with_one_graph_for_all_sizes_and_modes(
@@ -215,7 +216,7 @@ def test_prompt_cache_encodes_each_prompt_once(
     again = own_generator.generate(request(Mode.STANDARD, prompt="a lighthouse at dusk", seed=3))
     # The prompt and the neutral negative are encoded once; the reroll reuses both.
     assert len(calls) == 2
-    assert first.png != again.png  # another seed, same embeddings
+    assert first.image.png != again.image.png  # another seed, same embeddings
 
 
 def test_prompt_cache_evicts_the_oldest_entry() -> None:

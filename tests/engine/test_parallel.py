@@ -11,8 +11,10 @@ from PIL import Image
 
 from engine import parallel
 from engine.contract import FailureKind, JobFailed, JobRequest, Mode
-from engine.pipeline import EngineUnavailable, ImageGenerator
+from engine.devices import EngineUnavailable
+from engine.pipeline import ImageGenerator
 from engine.settings import EngineSettings
+from tests.engine.harness import Recorder
 
 
 def request(**overrides: object) -> JobRequest:
@@ -54,32 +56,24 @@ def test_two_processes_make_the_one_process_image(
     for mode in (Mode.STANDARD, Mode.FAST):
         one = generator.generate(request(mode=mode))
         two = two_ranks.generate(request(mode=mode))
-        assert two.steps == one.steps and two.seed == one.seed
-        np.testing.assert_array_equal(pixels(two.png), pixels(one.png))
+        assert two.steps == one.steps and two.image.seed == one.image.seed
+        np.testing.assert_array_equal(pixels(two.image.png), pixels(one.image.png))
     assert two_ranks.parallel_images == 2  # fast mode has no CFG: rank 0 alone
     info = two_ranks.info()
-    assert info["gpus"] == ["cpu", "cpu"] and info["parallel"] == "cfg"
+    assert info.gpus == ("cpu", "cpu") and info.parallel == "cfg"
 
 
 def test_a_cancelled_image_stops_every_rank_and_the_next_one_is_right(
     generator: ImageGenerator, two_ranks: parallel.ParallelGenerator
 ) -> None:
-    seen: list[int] = []
-
-    def on_step(step: int, total: int, elapsed: float, per_step: float) -> None:
-        seen.append(step)
-
-    def stop() -> FailureKind | None:
-        return FailureKind.CANCELLED if len(seen) >= 3 else None
-
     with pytest.raises(JobFailed) as failed:
-        two_ranks.generate(request(mode=Mode.STANDARD), on_step=on_step, should_stop=stop)
+        two_ranks.generate(request(mode=Mode.STANDARD), Recorder(stop_after=3))
     assert failed.value.kind == FailureKind.CANCELLED
     # Had the follower missed the stop, it would still be mid-image and this would hang or
     # come out different.
     again = two_ranks.generate(request(mode=Mode.STANDARD, seed=12))
     expected = generator.generate(request(mode=Mode.STANDARD, seed=12))
-    np.testing.assert_array_equal(pixels(again.png), pixels(expected.png))
+    np.testing.assert_array_equal(pixels(again.image.png), pixels(expected.image.png))
 
 
 def test_bad_input_fails_on_rank_0_before_any_rank_starts(
@@ -88,7 +82,7 @@ def test_bad_input_fails_on_rank_0_before_any_rank_starts(
     with pytest.raises(JobFailed) as failed:
         two_ranks.generate(request(aspect="7:5"))
     assert failed.value.kind == FailureKind.INVALID
-    assert two_ranks.generate(request(mode=Mode.STANDARD)).png  # still in step
+    assert two_ranks.generate(request(mode=Mode.STANDARD)).image.png  # still in step
 
 
 @pytest.mark.parametrize("text", ["0,x", "1,1", "-1,0"])
@@ -128,7 +122,7 @@ def test_with_ulysses_the_warm_up_runs_fast_mode_at_three_prompt_lengths_in_a_ro
     warmed: list[tuple[Mode, str, int]] = []
     monkeypatch.setattr(group, "fast_sequence", lambda local: object())  # as on two GPUs
     monkeypatch.setattr(
-        two_ranks, "_warm_once", lambda req, steps: warmed.append((req.mode, req.prompt, steps))
+        two_ranks, "warm_once", lambda req, steps: warmed.append((req.mode, req.prompt, steps))
     )
 
     two_ranks.warmup()

@@ -35,19 +35,19 @@ def test_two_gpus_make_the_one_gpu_images(tiny_model_dir: Path) -> None:
     settings = EngineSettings(model=str(tiny_model_dir), max_side=64, warmup=False, device="cuda:0")
     one = ImageGenerator.load(settings)
     modes = (Mode.STANDARD, Mode.FAST)
-    expected = {mode: pixels(one.generate(request(mode)).png) for mode in modes}
+    expected = {mode: pixels(one.generate(request(mode)).image.png) for mode in modes}
     del one
     torch.cuda.empty_cache()
 
     two = parallel.load(settings.model_copy(update={"gpus": "0,1"}))
     try:
-        assert two.info()["parallel"] == "cfg + ulysses for fast"
+        assert two.info().parallel == "cfg + ulysses for fast"
         two.warmup()
         for mode in (*modes, Mode.FAST, Mode.STANDARD):  # fast twice: a graph replay
-            image = pixels(two.generate(request(mode)).png)
+            image = pixels(two.generate(request(mode)).image.png)
             assert np.abs(image - expected[mode]).max() <= 8, mode
         longer = request(Mode.FAST, "a red fox in the snow at dawn, with pine trees behind")
-        assert two.generate(longer).png  # a new prompt length: a new graph
+        assert two.generate(longer).image.png  # a new prompt length: a new graph
         assert two.parallel_images >= 5 and not two.broken
     finally:
         two.close()

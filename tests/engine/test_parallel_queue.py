@@ -13,6 +13,7 @@ from PIL import Image
 
 from engine import parallel
 from engine.contract import JobRequest, Mode
+from engine.generators import Generators
 from engine.pipeline import ImageGenerator
 from engine.settings import EngineSettings
 
@@ -36,13 +37,14 @@ async def test_the_local_engine_runs_each_image_across_imagine_gpus(
     local = LocalEngine(tiny_settings.model_copy(update={"device": "cpu", "gpus": "0,1"}))
     await local.start()
     await local.loaded()  # start() returns at once; the model loads on the GPU thread
-    facade = getattr(local._generator, "base", local._generator)
+    assert isinstance(local._generator, Generators)
+    facade = local._generator.main
     try:
         assert isinstance(facade, parallel.ParallelGenerator)
         handle = await local.submit(request(job_id="le1", mode=Mode.STANDARD))
         result = await handle.result()
         expected = generator.generate(request(mode=Mode.STANDARD))
-        np.testing.assert_array_equal(pixels(result.png), pixels(expected.png))
+        np.testing.assert_array_equal(pixels(result.image.png), pixels(expected.image.png))
         assert facade.parallel_images >= 1
     finally:
         await local.close()

@@ -10,11 +10,8 @@ import torch
 from PIL import Image
 
 from engine.contract import FailureKind, JobFailed, JobRequest, Mode, StyleSpec
-from engine.pipeline import (
-    EngineUnavailable,
-    ImageGenerator,
-    choose_memory_mode,
-)
+from engine.devices import EngineUnavailable, choose_memory_mode
+from engine.pipeline import ImageGenerator
 from engine.presets import BUILTIN_STYLES, MODES, NEUTRAL_NEGATIVE
 from engine.settings import EngineSettings, MemoryMode
 from tests.engine.conftest import CountingTransformer
@@ -83,10 +80,10 @@ def test_style_template_and_negatives_are_combined(generator: ImageGenerator) ->
 def test_png_carries_every_parameter_and_is_reproducible(generator: ImageGenerator) -> None:
     first = generator.generate(request(aspect="3:2", mode=Mode.STANDARD))
     again = generator.generate(request(aspect="3:2", mode=Mode.STANDARD))
-    assert first.png == again.png
-    image = Image.open(io.BytesIO(first.png))
-    assert image.format == "PNG" and image.size == (first.width, first.height)
-    assert first.width * 2 == first.height * 3
+    assert first.image.png == again.image.png
+    image = Image.open(io.BytesIO(first.image.png))
+    assert image.format == "PNG" and image.size == (first.image.width, first.image.height)
+    assert first.image.width * 2 == first.image.height * 3
     text = image.text  # type: ignore[attr-defined]
     assert text["prompt"] == "a red fox" and text["seed"] == "7"
     for key in ("negative_prompt", "style", "steps", "true_cfg_scale", "size", "mode", "model"):
@@ -95,7 +92,7 @@ def test_png_carries_every_parameter_and_is_reproducible(generator: ImageGenerat
 
 
 def test_seed_is_drawn_when_missing_and_reported(generator: ImageGenerator) -> None:
-    seeds = {generator.generate(request(seed=None, mode=Mode.FAST)).seed for _ in range(3)}
+    seeds = {generator.generate(request(seed=None, mode=Mode.FAST)).image.seed for _ in range(3)}
     assert len(seeds) == 3
 
 
@@ -146,7 +143,7 @@ def test_oom_is_reported_and_the_next_job_works(
         generator.generate(request())
     assert failure.value.kind == FailureKind.OOM
     assert "out of memory" in failure.value.user_message
-    assert generator.generate(request()).png.startswith(b"\x89PNG")
+    assert generator.generate(request()).image.png.startswith(b"\x89PNG")
 
 
 def test_fast_mode_falls_back_to_standard_without_the_lora(

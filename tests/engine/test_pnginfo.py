@@ -125,7 +125,7 @@ def test_a_generated_png_carries_both_the_a1111_chunk_and_the_json(
         aspect="16:9",
     )
     result = generator.generate(request)
-    image = Image.open(io.BytesIO(result.png))
+    image = Image.open(io.BytesIO(result.image.png))
     text: dict[str, Any] = image.text  # type: ignore[attr-defined]
     shown = parse_like_a1111(text["parameters"])
     assert shown["Prompt"] == result.full_prompt
@@ -133,7 +133,7 @@ def test_a_generated_png_carries_both_the_a1111_chunk_and_the_json(
     assert shown["Steps"] == str(result.steps)
     assert shown["CFG scale"] == f"{result.true_cfg_scale:g}"
     assert shown["Seed"] == "99"
-    assert shown["Size"] == f"{result.width}x{result.height}"
+    assert shown["Size"] == f"{result.image.width}x{result.image.height}"
     # The model by name: the PNG is shared, the engine host's folders are nobody's business.
     assert shown["Model"] == public_model_name(generator.model_name)
     assert generator.model_name not in json.dumps(text)

@@ -1,9 +1,28 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from engine.contract import JobFailed, JobRequest, JobResult, Mode, Progress, StyleSpec
+from engine.contract import (
+    FailureKind,
+    JobFailed,
+    JobRequest,
+    JobResult,
+    Mode,
+    OutputImage,
+    Progress,
+    StyleSpec,
+)
 from engine.presets import ASPECTS, BUILTIN_STYLES, MODES, image_size
+from engine.redis.wire import (
+    JobMessage,
+    ProgressEvent,
+    ResultEnvelope,
+    parse_event,
+    parse_job,
+    parse_result,
+)
 
 
 def test_native_sizes_match_the_model_card_and_are_multiples_of_16() -> None:
@@ -32,15 +51,20 @@ def test_modes_and_styles() -> None:
     assert all("{prompt}" in s.template for s in BUILTIN_STYLES.values())
 
 
-def test_contract_round_trips_through_json_types() -> None:
-    request = JobRequest("1", 2, "p", StyleSpec("s", "{prompt}!", "n"), "x", "16:9", 5, Mode.FAST)
-    assert JobRequest.from_dict(request.to_dict()) == request
-    result = JobResult(
-        "1", b"\x89PNG", 64, 64, 5, 8, 1.0, Mode.FAST, Mode.FAST, "s", "p", "p!", "", "1:1", "m"
-    )
-    assert JobResult.from_dict(result.to_dict()) == result
+def test_contract_round_trips_through_the_wire() -> None:
+    request = JobRequest(
+        "1", 2, "p", style=StyleSpec("s", "{prompt}!", "n"), negative_prompt="x",
+        aspect="16:9", seed=5, mode=Mode.FAST,
+    )  # fmt: skip
+    message = JobMessage(request=request, submitted_at=1.0, dispatched_at=1.0, attempt=1)
+    assert parse_job((json.loads(message.dumps()),), {}).request == request
+    image = OutputImage(b"\x89PNG", 64, 64, 5)
+    result = JobResult("1", (image,), 8, 1.0, Mode.FAST, Mode.FAST, "s", "p", "p!", "", "1:1", "m")
+    assert parse_result(json.loads(ResultEnvelope.success(result).dumps())) == result
     progress = Progress("1", 3, 8, 1.5, 0.5)
-    assert Progress.from_dict(progress.to_dict()) == progress
+    event = parse_event(ProgressEvent.of("w", progress).dumps())
+    assert isinstance(event, ProgressEvent) and event.progress() == progress
     assert progress.percent == 37 and progress.eta_s == 2.5
-    failure = JobFailed.from_dict(JobFailed("oom", "too big").to_dict())
+    failure = parse_result(ResultEnvelope.failure(JobFailed(FailureKind.OOM, "too big")).dumps())
+    assert isinstance(failure, JobFailed)
     assert failure.kind == "oom" and failure.user_message == "too big"

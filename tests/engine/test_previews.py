@@ -18,29 +18,15 @@ from engine import previews as previews_module
 from engine.contract import JobRequest, Progress
 from engine.pipeline import ImageGenerator
 from engine.previews import PREVIEW_MAX_SIDE, PreviewMaker, decode_preview, estimate_x0
+from engine.redis.wire import ProgressEvent, parse_event
 from engine.tiny import QWEN_IMAGE_SCHEDULER
+from tests.engine.harness import Recorder
 
 
 def request(**overrides: object) -> JobRequest:
     fields: dict[str, object] = {"job_id": "p1", "user_id": 1, "prompt": "a red fox", "seed": 5}
     fields.update(overrides)
     return JobRequest(**fields)  # type: ignore[arg-type]
-
-
-class Recorder:
-    """Collects what the GPU thread reports: plain steps and steps that carry a preview."""
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.previews: dict[int, bytes] = {}
-
-    def on_step(self, step: int, total: int, elapsed: float, per_step: float) -> None:
-        self.steps.append(step)
-
-    def on_preview(
-        self, step: int, total: int, elapsed: float, per_step: float, jpeg: bytes
-    ) -> None:
-        self.previews[step] = jpeg
 
 
 @pytest.fixture
@@ -52,38 +38,41 @@ def test_previews_come_from_30_percent_on_and_never_on_the_last_step(
     generator: ImageGenerator, no_throttle: None
 ) -> None:
     seen = Recorder()
-    result = generator.generate(request(), seen.on_step, None, None, seen.on_preview)
+    result = generator.generate(request(), seen)
     assert result.steps == 30
-    assert sorted(seen.previews) == list(range(9, 30))  # 9/30 = 30 %; step 30 is the image
+    assert sorted(seen.previews_seen) == list(range(9, 30))  # 9/30 = 30 %; step 30 is the image
     # Every step is reported once: a preview step in place of its plain progress.
-    assert sorted(seen.steps + list(seen.previews)) == list(range(1, 31))
-    for jpeg in seen.previews.values():
+    assert sorted(seen.steps + list(seen.previews_seen)) == list(range(1, 31))
+    for jpeg in seen.previews_seen.values():
         image = Image.open(io.BytesIO(jpeg))
         assert image.format == "JPEG"
         assert max(image.size) <= PREVIEW_MAX_SIDE
-        assert image.size == (result.width, result.height)  # the tiny image is below the cap
+        assert image.size == (
+            result.image.width,
+            result.image.height,
+        )  # the tiny image is below the cap
 
 
 def test_the_last_preview_looks_like_the_final_image(
     generator: ImageGenerator, no_throttle: None
 ) -> None:
     seen = Recorder()
-    result = generator.generate(request(), seen.on_step, None, None, seen.on_preview)
+    result = generator.generate(request(), seen)
 
     def pixels(data: bytes) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)
 
-    final = pixels(result.png)
-    early, late = pixels(seen.previews[9]), pixels(seen.previews[29])
+    final = pixels(result.image.png)
+    early, late = pixels(seen.previews_seen[9]), pixels(seen.previews_seen[29])
     assert np.abs(late - final).mean() < np.abs(early - final).mean()
     assert np.abs(late - final).mean() < 12  # JPEG and one step apart: nearly the image
 
 
 def test_previews_never_change_the_image(generator: ImageGenerator, no_throttle: None) -> None:
     seen = Recorder()
-    with_previews = generator.generate(request(), seen.on_step, None, None, seen.on_preview)
+    with_previews = generator.generate(request(), seen)
     without = generator.generate(request())
-    assert seen.previews and with_previews.png == without.png
+    assert seen.previews_seen and with_previews.image.png == without.image.png
 
 
 def test_previews_off_sends_none(
@@ -91,8 +80,8 @@ def test_previews_off_sends_none(
 ) -> None:
     monkeypatch.setattr(generator.settings, "previews", False)
     seen = Recorder()
-    generator.generate(request(), seen.on_step, None, None, seen.on_preview)
-    assert seen.previews == {}
+    generator.generate(request(), seen)
+    assert seen.previews_seen == {}
     assert seen.steps == list(range(1, 31))
 
 
@@ -105,19 +94,13 @@ def test_previews_are_throttled_by_the_interval(
     monkeypatch.setattr(
         "engine.pipeline.PreviewMaker", functools.partial(PreviewMaker, clock=lambda: now[0])
     )
-    seen = Recorder()
 
-    def tick(*args: object) -> None:
+    def tick() -> None:
         now[0] += 1.0
 
-    generator.generate(
-        request(),
-        lambda *a: (seen.on_step(*a), tick()),
-        None,
-        None,
-        lambda *a: (seen.on_preview(*a), tick()),
-    )
-    assert sorted(seen.previews) == [9, 12, 15, 18, 21, 24, 27]
+    seen = Recorder(tick)
+    generator.generate(request(), seen)
+    assert sorted(seen.previews_seen) == [9, 12, 15, 18, 21, 24, 27]
 
 
 def test_a_variation_gets_previews_of_its_own_steps(
@@ -125,11 +108,9 @@ def test_a_variation_gets_previews_of_its_own_steps(
 ) -> None:
     source = generator.generate(request(seed=9))
     seen = Recorder()
-    result = generator.generate(
-        request(init_image=source.png, strength=0.35), seen.on_step, None, None, seen.on_preview
-    )
+    result = generator.generate(request(images=(source.image.png,), strength=0.35), seen)
     assert result.steps == 11
-    assert sorted(seen.previews) == list(range(4, 11))  # 3.3 of 11 steps, never step 11
+    assert sorted(seen.previews_seen) == list(range(4, 11))  # 3.3 of 11 steps, never step 11
 
 
 def test_a_failing_preview_costs_nothing_but_previews(
@@ -147,9 +128,9 @@ def test_a_failing_preview_costs_nothing_but_previews(
     monkeypatch.setattr(previews_module, "decode_preview", broken)
     seen = Recorder()
     with caplog.at_level(logging.WARNING, logger="engine.previews"):
-        result = generator.generate(request(), seen.on_step, None, None, seen.on_preview)
-    assert result.png == generator.generate(request()).png
-    assert seen.previews == {} and seen.steps == list(range(1, 31))
+        result = generator.generate(request(), seen)
+    assert result.image.png == generator.generate(request()).image.png
+    assert seen.previews_seen == {} and seen.steps == list(range(1, 31))
     assert len(calls) == 1  # tried once, then off for this job
     assert "preview failed" in caplog.text
 
@@ -179,11 +160,13 @@ def test_x0_from_two_latents_is_exactly_x_t_minus_sigma_v() -> None:
         x_t = x_next
 
 
-def test_progress_carries_the_preview_through_its_dict_form() -> None:
+def test_progress_carries_the_preview_through_the_wire() -> None:
     plain = Progress("j", 3, 30, 1.0, 0.3)
-    assert "preview" not in plain.to_dict()  # a plain step's dict is unchanged
-    assert Progress.from_dict(plain.to_dict()) == plain
+    assert json.loads(ProgressEvent.of("w", plain).dumps())["preview"] is None
+    event = parse_event(ProgressEvent.of("w", plain).dumps())
+    assert isinstance(event, ProgressEvent) and event.progress() == plain
     with_preview = Progress("j", 12, 30, 4.0, 0.3, preview=b"\xff\xd8jpeg")
-    data = json.loads(json.dumps(with_preview.to_dict()))
+    data = json.loads(ProgressEvent.of("w", with_preview).dumps())
     assert isinstance(data["preview"], str)
-    assert Progress.from_dict(data) == with_preview
+    event = parse_event(json.dumps(data))
+    assert isinstance(event, ProgressEvent) and event.progress() == with_preview

@@ -133,7 +133,7 @@ async def test_oom_in_one_job_leaves_the_next_job_working(
     with pytest.raises(JobFailed) as failure:
         await doomed.result()
     assert failure.value.kind == FailureKind.OOM
-    assert (await survivor.result()).png.startswith(b"\x89PNG")
+    assert (await survivor.result()).image.png.startswith(b"\x89PNG")
 
 
 async def test_a_crash_fails_only_that_job(

@@ -21,9 +21,10 @@ import pytest
 
 from engine.pipeline import ImageGenerator
 from engine.presets import image_size
-from engine.remote import RedisBackend, RemoteSettings
+from engine.redis.backend import RedisBackend
+from engine.redis.settings import RemoteSettings
+from engine.redis.worker import Worker
 from engine.settings import EngineSettings
-from engine.worker import Worker
 from tests.redis_server import RedisServer, running_redis
 from tests.wire.emulator import DiscordEmulator
 from tests.wire.harness import Rig, delivered, image_deliveries, png_dimensions, settled

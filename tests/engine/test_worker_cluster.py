@@ -26,10 +26,12 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
+from engine.redis.backend import UNAVAILABLE_MESSAGE, RedisBackend
 from engine.redis.jobs import RemoteJob
+from engine.redis.keys import RedisKeys
 from engine.redis.presence import read_workers
+from engine.redis.settings import RemoteSettings
 from engine.redis.wire import DoneEvent, Heartbeat, StartedEvent, WorkerState, parse_event
-from engine.remote import UNAVAILABLE_MESSAGE, RedisBackend, RedisKeys, RemoteSettings
 from engine.settings import EngineSettings
 from tests.redis_server import RedisServer, free_port, running_redis
 
@@ -241,9 +243,9 @@ def job(job_id: str, user_id: int, mode: Mode = Mode.FAST) -> JobRequest:
 
 
 def assert_png(result: JobResult) -> None:
-    image = Image.open(io.BytesIO(result.png))
+    image = Image.open(io.BytesIO(result.image.png))
     assert image.format == "PNG"
-    assert image.size == (result.width, result.height)
+    assert image.size == (result.image.width, result.image.height)
 
 
 async def assert_stream_settled(bot: Bot) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 import db
 from bot.edit.service import SOURCE_GONE_TEXT, input_key
 from bot.uploads import validate_upload, without_metadata
-from engine.edit import Generators
+from engine.generators import Generators
 from engine.queue import LocalEngine
 from engine.settings import EngineSettings
 from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE

@@ -1,6 +1,6 @@
 """Helpers of the Redis-path tests: a bot-side ``RedisBackend`` and a real in-process worker.
 
-The worker is ``engine.worker.Worker``, the class ``python -m engine.worker`` runs, sharing
+The worker is ``engine.redis.worker.Worker``, the class ``python -m engine.worker`` runs, sharing
 this process's loaded tiny pipeline; both run on the test's event loop against the real
 Redis-compatible server of ``tests.redis_server``.
 """
@@ -26,8 +26,8 @@ from engine.redis.backend import RedisBackend
 from engine.redis.keys import TASK_NAME
 from engine.redis.settings import RemoteSettings
 from engine.redis.wire import JobMessage
+from engine.redis.worker import Worker
 from engine.settings import EngineSettings
-from engine.worker import Worker
 from tests.engine.harness import eventually
 from tests.redis_server import RedisServer
 
@@ -63,10 +63,10 @@ class Cluster:
     async def kick_job(self, request: JobRequest, dispatched_at: float | None = None) -> None:
         """Hand a job to the workers behind the bot's back (a redelivery, a replayed entry)."""
         now = time.time()
-        message = JobMessage.of(
-            request, submitted_at=now, dispatched_at=dispatched_at or now, attempt=1
+        message = JobMessage(
+            request=request, submitted_at=now, dispatched_at=dispatched_at or now, attempt=1
         )
-        await self.kick(request.job_id, message.model_dump(mode="json"))
+        await self.kick(request.job_id, message.document())
 
 
 @contextlib.asynccontextmanager

@@ -1,6 +1,6 @@
 """RedisBackend against a real Redis-compatible server and a real worker (tiny model, in-process).
 
-The worker here is ``engine.worker.Worker``, the same class ``python -m engine.worker`` runs,
+The worker here is ``engine.redis.worker.Worker``, the same class ``python -m engine.worker`` runs,
 sharing this process's loaded tiny pipeline; the scenarios that need several worker processes,
 ``kill -9`` and Redis restarts live in ``tests/engine/test_worker_cluster.py``.
 """
@@ -17,7 +17,10 @@ from PIL import Image
 
 from engine.contract import FailureKind, ImageBackend, JobFailed, JobRequest, Mode, Progress
 from engine.presets import public_model_name
-from engine.remote import UNAVAILABLE_MESSAGE, RedisBackend, RedisKeys, RemoteSettings, redact_url
+from engine.redis.backend import UNAVAILABLE_MESSAGE, RedisBackend
+from engine.redis.keys import RedisKeys
+from engine.redis.settings import RemoteSettings, redact_url
+from engine.redis.wire import parse_result
 from engine.settings import EngineSettings
 from tests.engine.harness import eventually
 from tests.engine.redis.harness import Cluster, png_parameters, request
@@ -25,7 +28,7 @@ from tests.redis_server import free_port
 
 
 async def test_backend_implements_the_image_backend_protocol(remote: RemoteSettings) -> None:
-    assert isinstance(RedisBackend(remote), ImageBackend)
+    assert isinstance(RedisBackend(remote, EngineSettings()), ImageBackend)
 
 
 async def test_job_comes_back_as_png_with_parameters_and_per_step_progress(
@@ -35,10 +38,10 @@ async def test_job_comes_back_as_png_with_parameters_and_per_step_progress(
     handle = await cluster.backend.submit(request("1001", aspect="4:3"), progress.append)
     result = await asyncio.wait_for(handle.result(), 30)
 
-    image = Image.open(io.BytesIO(result.png))
+    image = Image.open(io.BytesIO(result.image.png))
     assert image.format == "PNG"
-    assert image.size == (result.width, result.height) == (64, 48)
-    params = png_parameters(result.png)
+    assert image.size == (result.image.width, result.image.height) == (64, 48)
+    params = png_parameters(result.image.png)
     assert params["seed"] == 7
     assert params["prompt"] == "a red fox in the snow"
     assert result.worker == "test-gpu0"
@@ -84,7 +87,7 @@ async def test_resubmitting_a_job_after_a_bot_restart_returns_the_stored_result(
         backend.submit(request("2001")), backend.submit(request("2001"))
     )
     result = await first.result()
-    assert (await again.result()).png == result.png
+    assert (await again.result()).image.png == result.image.png
     assert cluster.worker.jobs_done == 1
     # Sent to the workers once, not once per click (acknowledged entries are deleted, so count
     # what was ever added).
@@ -101,7 +104,7 @@ async def test_resubmitting_a_job_after_a_bot_restart_returns_the_stored_result(
         replay = await asyncio.wait_for(handle.result(), 10)
     finally:
         await restarted.close()
-    assert replay.png == result.png
+    assert replay.image.png == result.image.png
     assert cluster.worker.jobs_done == 1
 
 
@@ -120,7 +123,7 @@ async def test_a_redelivered_message_is_skipped_not_rendered_twice(cluster: Clus
     broker = cluster.backend._broker
     assert broker is not None
     stored = await broker.result_backend.get_result("3001")
-    assert stored.return_value["result"]["png"] == result.png.hex()
+    assert parse_result(stored.return_value) == result
     pending = await cluster.redis.xpending(cluster.keys.stream, cluster.keys.group)
     assert pending["pending"] == 0  # acknowledged, so it is not delivered a third time
 
@@ -175,7 +178,7 @@ async def test_cancelling_a_running_job_stops_the_gpu_within_a_step(
     assert len(progress) < progress[0].total  # the remaining steps never ran
     # The worker is free again: the next job runs.
     slow_steps(0.0)
-    assert (await (await cluster.backend.submit(request("4002"))).result()).png
+    assert (await (await cluster.backend.submit(request("4002"))).result()).image.png
 
 
 async def test_cancelling_a_waiting_job_means_it_never_runs(
@@ -324,7 +327,7 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.redis_url == "redis://:s3cret@redis.internal:6380/2"
     assert settings.redeliver_after_s == 45
     assert settings.claim_ttl_s < settings.redeliver_after_s
-    backend = RedisBackend()  # no arguments: everything from the environment
+    backend = RedisBackend(RemoteSettings(), EngineSettings())  # read from the environment
     assert backend.settings.heartbeat_s == 3
 
 

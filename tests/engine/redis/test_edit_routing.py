@@ -2,7 +2,7 @@
 worker that can edit, text-to-image still runs on every worker, and with no edit-capable worker
 online an edit is refused before anything is queued.
 
-Two real ``engine.worker.Worker`` objects on the test's loop against the real valkey server:
+Two real ``engine.redis.worker.Worker`` objects on the test's loop against the real valkey server:
 ``editor`` runs text-to-image and the tiny edit model, ``plain`` text-to-image only. Each has
 its own loaded pipeline (one pipeline must never run two jobs at once).
 """
@@ -19,15 +19,16 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from engine.contract import FailureKind, JobFailed, JobRequest, Mode
-from engine.edit import EditGenerator, Generators
+from engine.contract import TASK_EDIT, TASK_GENERATE, FailureKind, JobFailed, JobRequest, Mode
+from engine.edit import EditGenerator
 from engine.edit import generator as edit_module
+from engine.generators import Generators
 from engine.pipeline import ImageGenerator
 from engine.redis.backend import NO_EDIT_WORKER_MESSAGE, RedisBackend
 from engine.redis.settings import RemoteSettings
+from engine.redis.worker import Worker
 from engine.settings import EngineSettings
 from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE
-from engine.worker import Worker
 from tests.engine.harness import eventually
 from tests.engine.redis.harness import request
 
@@ -48,7 +49,7 @@ def editing(tiny_settings: EngineSettings, tiny_edit_dir: Path) -> Generators:
         }
     )
     base = ImageGenerator.load(settings)
-    return Generators(base, EditGenerator.load(base, settings))
+    return Generators({TASK_GENERATE: base, TASK_EDIT: EditGenerator.load(base, settings)})
 
 
 def png(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:
@@ -63,7 +64,8 @@ def edit(job_id: str, user_id: int) -> JobRequest:
         user_id=user_id,
         prompt="make the sky green",
         seed=5,
-        edit_images=(png((64, 64), (user_id * 40, 90, 200)),),
+        task=TASK_EDIT,
+        images=(png((64, 64), (user_id * 40, 90, 200)),),
     )
 
 

@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 from taskiq import TaskiqResult
 
-from engine.admission import ERROR_MESSAGE
 from engine.contract import FailureKind, JobFailed, JobResult, Progress
 from engine.redis import wire
 from engine.redis.keys import TASK_NAME
 from engine.redis.wire import JobMessage
+from engine.runner import ERROR_MESSAGE
 from tests.engine.harness import eventually
 from tests.engine.redis.harness import Cluster, request
 
@@ -99,8 +99,8 @@ class Hostile:
     async def write_stream_and_events(self) -> None:
         """Interleaved, with pauses, so they arrive while the legitimate jobs run."""
         now = time.time()
-        good = JobMessage.of(request("x"), submitted_at=now, dispatched_at=now, attempt=1)
-        good_json = good.model_dump(mode="json")
+        good = JobMessage(request=request("x"), submitted_at=now, dispatched_at=now, attempt=1)
+        good_json = good.document()
         stream_items = [
             lambda: self.entry({b"surprise": b"1"}),
             lambda: self.entry({noise(8): noise(32)}),
@@ -245,7 +245,7 @@ async def test_a_hostile_redis_neither_loses_nor_doubles_a_job_nor_stops_a_loop(
     )
     assert [r.job_id for r in results] == [job_id for job_id, _ in LEGIT]
     for result in results:
-        assert result.png.startswith(b"\x89PNG")
+        assert result.image.png.startswith(b"\x89PNG")
         assert [p.step for p in progress[result.job_id]] == list(range(1, result.steps + 1))
         attempts = await cluster.redis.get(cluster.keys.attempts(result.job_id))
         assert attempts == b"1"  # delivered to a worker once
@@ -291,5 +291,5 @@ async def test_a_hostile_redis_neither_loses_nor_doubles_a_job_nor_stops_a_loop(
     status = await backend.status()
     assert status.ready and [w.name for w in status.workers] == ["test-gpu0"]
     after = await backend.submit(request("after-the-storm", user_id=9))
-    assert (await asyncio.wait_for(after.result(), 30)).png.startswith(b"\x89PNG")
+    assert (await asyncio.wait_for(after.result(), 30)).image.png.startswith(b"\x89PNG")
     assert worker.jobs_done == len(LEGIT) + 1

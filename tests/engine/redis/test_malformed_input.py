@@ -15,14 +15,13 @@ from typing import Any
 import pytest
 from taskiq import TaskiqResult
 
-from engine.admission import ERROR_MESSAGE
 from engine.contract import FailureKind, JobFailed
 from engine.redis import wire
-from engine.redis.backend import RedisBackend
+from engine.redis.backend import NO_ANSWER_MESSAGE, RedisBackend
 from engine.redis.keys import TASK_NAME
-from engine.redis.loops import NO_ANSWER_MESSAGE
 from engine.redis.settings import RemoteSettings
 from engine.redis.wire import Heartbeat, Marker, WorkerState
+from engine.runner import ERROR_MESSAGE
 from engine.settings import EngineSettings
 from tests.engine.harness import eventually
 from tests.engine.redis.harness import Cluster, remote_settings, request
@@ -88,7 +87,7 @@ async def test_a_result_taskiq_refuses_or_cannot_parse_fails_the_job_plainly(
         assert 0 < ttl <= cluster.backend.settings.result_keep_s
     assert (await cluster.backend.status()).queue_length == 0  # no slot held
     handle = await cluster.backend.submit(request("after"))
-    assert (await handle.result()).png.startswith(b"\x89PNG")
+    assert (await handle.result()).image.png.startswith(b"\x89PNG")
     assert loops_alive(cluster.backend)
 
 
@@ -117,7 +116,7 @@ async def test_a_bad_result_found_by_the_reconcile_loop_does_not_end_it(
     assert len(records(caplog, "job late-refused: unreadable result")) == 1
     assert len(records(caplog, "job late-deep: unreadable result")) == 1
     handle = await cluster.backend.submit(request("after"))
-    assert (await handle.result()).png.startswith(b"\x89PNG")
+    assert (await handle.result()).image.png.startswith(b"\x89PNG")
 
 
 async def test_events_that_are_no_object_or_too_deep_are_skipped_and_the_loop_goes_on(
@@ -180,7 +179,7 @@ async def test_a_stream_entry_taskiq_would_choke_on_is_acknowledged_and_skipped(
 
     await eventually(all_skipped, "the bad entries to be skipped")
     handle = await cluster.backend.submit(request("u2"))
-    assert (await handle.result()).png.startswith(b"\x89PNG")
+    assert (await handle.result()).image.png.startswith(b"\x89PNG")
     pending = await cluster.redis.xpending(keys.stream, keys.group)
     assert pending["pending"] == 0
     skipped = [r.getMessage() for r in records(caplog, "skipped stream entry")]

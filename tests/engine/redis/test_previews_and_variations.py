@@ -34,12 +34,12 @@ def progress_json(**fields: Any) -> str:
 
 
 def test_a_preview_travels_in_the_progress_event() -> None:
-    event = ProgressEvent.of("9", "gpu-a", 10, 30, 1.0, 0.1, JPEG)
+    event = ProgressEvent.of("gpu-a", Progress("9", 10, 30, 1.0, 0.1, JPEG))
     parsed = parse_event(event.dumps())
     assert isinstance(parsed, ProgressEvent)
     assert parsed.progress() == Progress("9", 10, 30, 1.0, 0.1, preview=JPEG)
     # A step without a preview is the same message as before the field existed.
-    plain = ProgressEvent.of("9", "gpu-a", 11, 30, 1.1, 0.1)
+    plain = ProgressEvent.of("gpu-a", Progress("9", 11, 30, 1.1, 0.1))
     assert (
         "preview" not in json.loads(plain.dumps()) or json.loads(plain.dumps())["preview"] is None
     )
@@ -48,7 +48,7 @@ def test_a_preview_travels_in_the_progress_event() -> None:
 
 def test_a_preview_too_large_for_the_wire_is_dropped_not_the_step() -> None:
     big = bytes(MAX_PREVIEW_B64_CHARS)  # base64 makes it a third larger
-    event = ProgressEvent.of("9", "gpu-a", 10, 30, 1.0, 0.1, big)
+    event = ProgressEvent.of("gpu-a", Progress("9", 10, 30, 1.0, 0.1, big))
     assert event.preview is None and event.step == 10
 
 
@@ -84,11 +84,11 @@ async def test_worker_renders_a_variation_from_the_image_it_is_sent(cluster: Clu
     parent = await (await cluster.backend.submit(request("2201", seed=3))).result()
     progress: list[Progress] = []
     handle = await cluster.backend.submit(
-        request("2202", seed=4, init_image=parent.png, strength=0.7, parent_job_id="2201"),
+        request("2202", seed=4, images=(parent.image.png,), strength=0.7, parent_job_id="2201"),
         progress.append,
     )
     result = await handle.result()
-    params = png_parameters(result.png)
+    params = png_parameters(result.image.png)
     assert params["parent_job_id"] == "2201" and params["strength"] == 0.7
     assert result.steps == params["steps"] == img2img_steps(8, 0.7) == 6
     assert {p.total for p in progress} == {6}

@@ -7,6 +7,7 @@ shows that the loop reading them is still alive: the next job is delivered, with
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -15,11 +16,11 @@ from typing import Any
 import pytest
 from taskiq import TaskiqResult
 
-from engine.admission import ERROR_MESSAGE
 from engine.contract import FailureKind, JobFailed, Progress
 from engine.redis import wire
-from engine.redis.task import UNREADABLE_JOB_MESSAGE
 from engine.redis.wire import JobMessage, parse_result
+from engine.redis.worker import UNREADABLE_JOB_MESSAGE
+from engine.runner import ERROR_MESSAGE
 from tests.engine.harness import eventually
 from tests.engine.redis.harness import Cluster, request
 
@@ -41,7 +42,7 @@ async def assert_next_job_delivered_with_progress(cluster: Cluster, job_id: str)
     progress: list[Progress] = []
     handle = await cluster.backend.submit(request(job_id), progress.append)
     result = await handle.result()
-    assert result.png.startswith(b"\x89PNG")
+    assert result.image.png.startswith(b"\x89PNG")
     assert [p.step for p in progress] == list(range(1, result.steps + 1))
 
 
@@ -96,13 +97,14 @@ async def test_job_messages_of_another_version_or_shape_are_skipped_by_the_worke
     await cluster.redis.xadd(keys.stream, {b"surprise": b"1"})
     await cluster.redis.xadd(keys.stream, {b"data": b"\x00\x01 garbage"})
     # A job from a bot that speaks a newer wire version: its requester gets a plain failure.
-    newer = JobMessage.of(
-        request("v99"), submitted_at=time.time(), dispatched_at=time.time(), attempt=1
+    newer = JobMessage(
+        request=request("v99"), submitted_at=time.time(), dispatched_at=time.time(), attempt=1
     )
-    await cluster.kick("v99", {**newer.model_dump(mode="json"), "v": 99})
+    await cluster.kick("v99", {**newer.document(), "v": 99})
     # A readable job with bad input inside: refused with the reason, nothing rendered.
-    bad = newer.model_dump(mode="json")
-    bad["request"] = {**bad["request"], "job_id": "bad-img", "init_image": "%%%", "strength": 0.5}
+    bad = newer.document()
+    source = base64.b64encode(b"an image, supposedly").decode()
+    bad["request"] = {**bad["request"], "job_id": "bad-img", "images": [source], "strength": 1.5}
     await cluster.kick("bad-img", bad)
 
     broker = cluster.backend._broker
@@ -119,13 +121,13 @@ async def test_job_messages_of_another_version_or_shape_are_skipped_by_the_worke
     refused = parse_result((await broker.result_backend.get_result("bad-img")).return_value)
     assert isinstance(refused, JobFailed)
     assert refused.kind == FailureKind.INVALID
-    assert refused.user_message == "The source image could not be decoded."
+    assert refused.user_message == "The variation strength must be above 0 and at most 1."
 
     # The worker is still taking jobs: the next one is delivered, with its progress.
     await assert_next_job_delivered_with_progress(cluster, "u2")
     assert cluster.worker.jobs_done == 1  # the bad messages rendered nothing
     assert b'imagine_worker_jobs_total{outcome="invalid"} 2.0' in cluster.worker.metrics.render()
-    assert "wire version 99 (this side speaks 1)" in skipped(caplog, "the job stream")
+    assert "wire version 99 (this side speaks 2)" in skipped(caplog, "the job stream")
     log = caplog.text
     assert "no data field (not a taskiq message)" in log
     assert "not a taskiq message this worker can run" in log  # the garbage data, skipped
@@ -142,7 +144,7 @@ async def test_a_stored_result_of_another_version_fails_the_job_plainly_instead_
         result = TaskiqResult(is_err=False, return_value=return_value, execution_time=0.1)
         return json.dumps(result.model_dump(mode="json"))
 
-    newer = {"v": 2, "ok": True, "image": "somewhere else"}
+    newer = {"v": 3, "ok": True, "image": "somewhere else"}
     await cluster.redis.set(cluster.keys.result("r-newer"), stored(newer))
     await cluster.redis.set(cluster.keys.result("r-garbage"), b"\x00 not a result")
     for job_id in ("r-newer", "r-garbage"):
@@ -152,7 +154,7 @@ async def test_a_stored_result_of_another_version_fails_the_job_plainly_instead_
             await handle.result()
         assert failed.value.kind == FailureKind.ERROR
         assert failed.value.user_message == ERROR_MESSAGE
-    assert "job r-newer: unreadable result (wire version 2 (this side speaks 1))" in caplog.text
+    assert "job r-newer: unreadable result (wire version 3 (this side speaks 2))" in caplog.text
     assert "job r-garbage: unreadable result" in caplog.text
     assert cluster.worker.jobs_done == 0
     await assert_next_job_delivered_with_progress(cluster, "u3")

@@ -6,9 +6,16 @@ import json
 
 import pytest
 
-from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode, StyleSpec
+from engine.contract import (
+    FailureKind,
+    JobFailed,
+    JobRequest,
+    JobResult,
+    Mode,
+    OutputImage,
+    StyleSpec,
+)
 from engine.redis.wire import (
-    WIRE_VERSION,
     DoneEvent,
     Heartbeat,
     JobMessage,
@@ -49,10 +56,7 @@ def heartbeat(**overrides: object) -> Heartbeat:
 def image_result() -> JobResult:
     return JobResult(
         job_id="1",
-        png=b"\x89PNG...",
-        width=64,
-        height=64,
-        seed=7,
+        images=(OutputImage(png=b"\x89PNG...", width=64, height=64, seed=7),),
         steps=8,
         true_cfg_scale=1.0,
         mode=Mode.FAST,
@@ -71,11 +75,11 @@ def test_every_message_carries_the_version_and_reads_back_the_same() -> None:
     request = JobRequest(
         "1", 5, "a fox", style=StyleSpec("anime", "{prompt}, anime"), seed=3, mode=Mode.QUALITY
     )
-    job = JobMessage.of(request, submitted_at=1.0, dispatched_at=2.0, attempt=1)
-    assert json.loads(job.dumps())["v"] == WIRE_VERSION == 1
-    message, parsed = parse_job((json.loads(job.dumps()),), {})
-    assert parsed == request
-    assert message.dispatched_at == 2.0
+    job = JobMessage(request=request, submitted_at=1.0, dispatched_at=2.0, attempt=1)
+    assert json.loads(job.dumps())["v"] == JobMessage.VERSION == 2
+    parsed = parse_job((json.loads(job.dumps()),), {})
+    assert parsed.request == request and parsed.version == 2
+    assert parsed.message.dispatched_at == 2.0
 
     events = [
         StartedEvent(job_id="1", worker="gpu-a"),
@@ -94,9 +98,9 @@ def test_every_message_carries_the_version_and_reads_back_the_same() -> None:
     assert beat.info().gpu == "NVIDIA H200"
 
     result = image_result()
-    assert parse_result(ResultEnvelope.success(result).model_dump(mode="json")) == result
+    assert parse_result(ResultEnvelope.success(result).document()) == result
     failed = parse_result(
-        ResultEnvelope.failure(JobFailed(FailureKind.TIMEOUT, "Too slow.")).model_dump()
+        ResultEnvelope.failure(JobFailed(FailureKind.TIMEOUT, "Too slow.")).document()
     )
     assert isinstance(failed, JobFailed)
     assert (failed.kind, failed.user_message) == (FailureKind.TIMEOUT, "Too slow.")
@@ -144,27 +148,33 @@ def test_a_heartbeat_of_another_shape_is_refused() -> None:
 
 def test_a_job_message_of_another_version_or_shape_is_refused() -> None:
     request = JobRequest("1", 5, "a fox")
-    good = JobMessage.of(request, submitted_at=1.0, dispatched_at=2.0, attempt=1).model_dump()
+    good = JobMessage(request=request, submitted_at=1.0, dispatched_at=2.0, attempt=1).document()
     with pytest.raises(WireError, match="wire version 99"):
         parse_job(({**good, "v": 99},), {})
     with pytest.raises(WireError, match="one job message"):
-        parse_job((request.to_dict(), {"dispatched_at": 2.0}), {})  # the old two-argument form
-    with pytest.raises(WireError, match="job request unreadable"):
+        parse_job((good["request"], {"dispatched_at": 2.0}), {})  # the old two-argument form
+    with pytest.raises(WireError, match="request"):
         parse_job(({**good, "request": {"job_id": "1"}},), {})
-    with pytest.raises(WireError, match="job request unreadable"):
-        parse_job(({**good, "request": {**request.to_dict(), "mode": "turbo"}},), {})
+    with pytest.raises(WireError, match=r"request\.mode"):
+        parse_job(({**good, "request": {**good["request"], "mode": "turbo"}},), {})
+    with pytest.raises(WireError, match=r"request\.user_id"):  # exact types: no "5" for 5
+        parse_job(({**good, "request": {**good["request"], "user_id": "5"}},), {})
+    with pytest.raises(WireError, match=r"request\.images"):  # bytes are base64
+        parse_job(({**good, "request": {**good["request"], "images": ["not base64!"]}},), {})
     with pytest.raises(WireError, match="attempt"):
         parse_job(({**good, "attempt": 0},), {})
 
 
 def test_a_result_of_another_version_or_shape_is_refused() -> None:
-    good = ResultEnvelope.success(image_result()).model_dump(mode="json")
+    good = ResultEnvelope.success(image_result()).document()
     for broken in (
-        {**good, "v": 2},
+        {**good, "v": 3},
         {"ok": True, "result": good["result"]},  # the unversioned form
         {**good, "result": None},
-        {**good, "result": {**good["result"], "png": "not hex"}},
-        {"v": 1, "ok": False, "error": {"kind": "meltdown", "user_message": "x"}},
+        {**good, "result": {**good["result"], "images": []}},  # nothing made
+        {**good, "result": {**good["result"], "images": [{"png": "not base64!"}]}},
+        {"v": 1, "ok": True, "result": {"png": "not hex"}},
+        {"v": 2, "ok": False, "error": {"kind": "meltdown", "user_message": "x"}},
         None,
         "a string",
     ):

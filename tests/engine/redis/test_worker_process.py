@@ -1,6 +1,6 @@
 """The worker process around the jobs: crashes in a row, its Docker health check, /metrics.
 
-Real Redis and the real ``engine.worker.Worker`` (in this process, sharing the loaded tiny
+Real Redis and the real ``engine.redis.worker.Worker`` (in this process, sharing the loaded tiny
 pipeline), or ``python -m engine.worker --healthcheck`` as Docker runs it.
 """
 
@@ -22,8 +22,8 @@ from engine.contract import FailureKind, JobFailed, JobRequest
 from engine.pipeline import ImageGenerator
 from engine.redis.backend import RedisBackend
 from engine.redis.settings import RemoteSettings
+from engine.redis.worker import Worker
 from engine.settings import EngineSettings
-from engine.worker import Worker
 from tests.engine.harness import GatedGenerator, eventually
 from tests.engine.redis.harness import remote_settings, request
 from tests.redis_server import RedisServer
@@ -68,7 +68,7 @@ async def test_a_worker_exits_after_crashes_in_a_row_so_its_supervisor_restarts_
         for job_id, user in (("crash-1", 1), ("fine", 2), ("crash-2", 3), ("crash-3", 4)):
             handle = await backend.submit(request(job_id, user_id=user))
             if job_id == "fine":
-                assert (await handle.result()).png.startswith(b"\x89PNG")
+                assert (await handle.result()).image.png.startswith(b"\x89PNG")
                 continue
             with pytest.raises(JobFailed) as failed:  # answered, so the member is refunded
                 await handle.result()
