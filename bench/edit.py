@@ -122,14 +122,12 @@ def build_edit_tiny(t2i: Any, device: torch.device, dtype: torch.dtype, workdir:
 
 def run(args: argparse.Namespace) -> int:
     """Build both models, time every case; one JSON line per result."""
-    from engine.edit.combined import forget_captured_graphs
-
     from engine.contract import TASK_EDIT, JobRequest, Mode
     from engine.edit import EditGenerator, TransformerSwap
     from engine.edit import generator as edit_module
     from engine.edit.processor import edit_image_sizes
     from engine.edit.speedups import apply_edit_speedups
-    from engine.edit.swap import module_bytes
+    from engine.edit.swap import forget_captured_graphs, module_bytes
     from engine.pipeline import ImageGenerator
     from engine.settings import EngineSettings, MemoryMode
     from engine.tiny import tiny_defaults

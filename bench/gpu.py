@@ -1071,7 +1071,7 @@ def ready(args: argparse.Namespace) -> int:
                 "import_s": round(t_load - t_import, 2),
                 "load_and_optimize_s": round(t_warm - t_load, 2),
                 "warmup_s": round(done - t_warm, 2),
-                "info": generator.info(),
+                "info": dataclasses.asdict(generator.info()),
                 "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
                 **first,
             }

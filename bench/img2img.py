@@ -66,6 +66,23 @@ def _request(mode: str, seed: int, **extra: Any) -> Any:
     )
 
 
+class Followed:
+    """A job's control as the bot's: progress followed, previews when asked for (counted)."""
+
+    followed = True
+
+    def __init__(self, previews: bool) -> None:
+        self.previews = previews
+        self.made: list[int] = []
+
+    def step(self, step: int, total: int, elapsed_s: float, preview: bytes | None = None) -> None:
+        if preview is not None:
+            self.made.append(step)
+
+    def stop_reason(self) -> None:
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the model, start the engine on it, time every case; one JSON line per result."""
 
@@ -100,19 +117,12 @@ def run(args: argparse.Namespace) -> int:
     record("engine_start", seconds=round(time.perf_counter() - t0, 2), fp8=args.fp8)
 
     def timed(case: str, request: Any, previews: bool = False, **fields: Any) -> bytes:
-        made: list[int] = []
-
-        def on_preview(step: int, total: int, *_: Any) -> None:
-            made.append(step)
-
-        def on_step(*_: Any) -> None:
-            pass  # progress as the bot receives it: the engine syncs for it now and then
-
+        # Followed as the bot follows a job: the engine syncs for progress now and then.
+        control = Followed(previews)
+        made = control.made
         out: dict[str, Any] = {}
         with peak_memory(device, out):
-            result = generator.generate(
-                request, on_step=on_step, on_preview=on_preview if previews else None
-            )
+            result = generator.generate(request, control)
         record(
             case,
             mode=str(request.mode),
@@ -130,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     images: dict[str, bytes] = {}
 
     def text_to_image() -> None:
-        generator._warm_once(_request("quality", 1), 2)
+        generator.warm_once(_request("quality", 1), 2)
         # Off, on, off again: the preview cost is "on" against the mean of the two "off" runs.
         images["q"] = timed("t2i_quality_previews_off", _request("quality", 1), attempt=1)
         timed("t2i_quality_previews_on", _request("quality", 1), previews=True)

@@ -139,13 +139,14 @@ def run() -> int:
     from bot import endpoints
 
     # After logging, so import-time messages are formatted.
-    from bot.app import backend_settings, create_bot
+    from bot.app import create_bot
+    from engine.backends import read_backend_settings
 
     endpoints.apply()  # TEST ONLY variables; nothing happens in production
     try:
         # The backend's own settings (engine, Redis) are read here: their errors must be
         # described like the bot's, never with pydantic's quoted inputs (a Redis password).
-        backend_settings(settings)
+        read_backend_settings(settings.redis_url.get_secret_value() if settings.redis_url else None)
         bot = create_bot(settings)
         asyncio.run(_serve(bot, token))
     except ValidationError as exc:

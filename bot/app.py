@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import warnings
 from typing import Any
 
 import discord
@@ -18,48 +17,26 @@ from discord.ext import commands
 
 import db as dbmod
 from bot import errors, views
+from bot.client import NotStarted
 from bot.cogs import EXTENSIONS
 from bot.guild_settings import GuildSettings
 from bot.health import HealthServer
 from bot.housekeeping import Housekeeping
 from bot.images import ImageKeeper
-from bot.imagine import JobService, style_description
+from bot.imagine import JobDeps, JobService, style_description
 from bot.presence import EnginePresence
 from bot.settings import BotSettings, CommandSync
 from bot.store import ImageStore
+from engine.backends import build_backend, read_backend_settings
 from engine.contract import EngineStatus, ImageBackend
 from engine.presets import BUILTIN_STYLES
 
 logger = logging.getLogger(__name__)
 
 
-def backend_settings(settings: BotSettings) -> Any:
-    """The settings of the backend the bot will build, read now: ``python -m bot`` calls this
-    before it contacts Discord, so a bad engine or Redis value stops the start with a plain
-    message instead of after login."""
-    if settings.redis_url is not None:
-        from engine.remote import RemoteSettings  # no torch on this path
-
-        return RemoteSettings(redis_url=settings.redis_url.get_secret_value())
-    from engine.settings import EngineSettings
-
-    return EngineSettings()
-
-
-def build_backend(settings: BotSettings) -> ImageBackend:
-    """The image backend the settings ask for: Redis workers, else the in-process GPU thread."""
-    chosen = backend_settings(settings)
-    if settings.redis_url is not None:
-        from engine.remote import RedisBackend
-
-        return RedisBackend(chosen)
-    from engine.queue import LocalEngine  # torch loads only when the engine starts
-
-    return LocalEngine(chosen)
-
-
 class ImagineBot(commands.Bot):
-    """The Discord front-end. It holds the settings, the database and the image backend."""
+    """The Discord front-end. It holds the settings, the database and the image backend; its
+    parts see it as ``bot.client.ImagineClient``."""
 
     def __init__(
         self,
@@ -78,12 +55,12 @@ class ImagineBot(commands.Bot):
             max_messages=None,
         )
         self.settings = settings
-        self.backend: Any = backend
-        self.db: dbmod.Database | None = database
+        self._backend = backend
+        self._db = database
         self._owns_backend = backend is None
         self._owns_db = database is None
-        self.guild_settings = GuildSettings(self._database, settings, self._engine_status)
-        self.jobs: JobService | None = None
+        self.guild_settings = GuildSettings(self._database, settings, self.engine_status)
+        self._jobs: JobService | None = None
         self.health: HealthServer | None = None
         # Every delivered image is kept here (the Vary buttons, the web gallery); the store
         # touches the disk only when an image is written, read or swept.
@@ -96,7 +73,7 @@ class ImagineBot(commands.Bot):
         self._sweeper: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.presence = EnginePresence(
-            self._engine_status, self._change_presence, lambda: self.is_ready()
+            self.engine_status, self._change_presence, lambda: self.is_ready()
         )
         self._presence: asyncio.Task[None] | None = None
         self.started_at = discord.utils.utcnow()
@@ -104,22 +81,40 @@ class ImagineBot(commands.Bot):
         self._services_closed = False
         errors.install(self.tree)
 
+    @property
+    def db(self) -> dbmod.Database:
+        """The open database (``setup_hook`` opens it before any interaction arrives)."""
+        if self._db is None:
+            raise NotStarted("the database opens in setup_hook")
+        return self._db
+
     def _database(self) -> dbmod.Database:
-        assert self.db is not None, "the database opens in setup_hook"
         return self.db
 
-    async def _engine_status(self) -> EngineStatus:
-        if self.backend is None:
-            raise RuntimeError("the image backend starts in setup_hook")
-        status: EngineStatus = await self.backend.status()
-        return status
+    @property
+    def backend(self) -> ImageBackend:
+        """The image backend (``setup_hook`` builds and starts it)."""
+        if self._backend is None:
+            raise NotStarted("the image backend starts in setup_hook")
+        return self._backend
+
+    @property
+    def jobs(self) -> JobService:
+        """The job service (made in ``setup_hook``, before any interaction arrives)."""
+        if self._jobs is None:
+            raise NotStarted("the job service starts in setup_hook")
+        return self._jobs
+
+    async def engine_status(self) -> EngineStatus:
+        """What the image backend is doing now."""
+        return await self.backend.status()
 
     async def setup_hook(self) -> None:
         settings = self.settings
-        if self.db is None:
-            self.db = await dbmod.Database.open(settings.database_url)
+        if self._db is None:
+            self._db = await dbmod.Database.open(settings.database_url)
         await dbmod.sync_builtin_styles(
-            self.db,
+            self._db,
             [
                 (s.name, s.template, s.negative, style_description(s))
                 for s in BUILTIN_STYLES.values()
@@ -129,17 +124,27 @@ class ImagineBot(commands.Bot):
             # Up before the (possibly slow) model load, so a container reports "starting" as 503.
             self.health = HealthServer(self, settings.health_host, settings.health_port)
             await self.health.start()
-        if self.backend is None:
-            self.backend = build_backend(settings)
-        await self.backend.start()
-        self.jobs = JobService(self)
+        if self._backend is None:
+            redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+            self._backend = build_backend(read_backend_settings(redis_url))
+        await self._backend.start()
+        deps = JobDeps(
+            client=self,
+            settings=settings,
+            database=self._db,
+            backend=self._backend,
+            images=self.images,
+            guilds=self.guild_settings,
+            views=views.Presentation(),
+        )
+        self._jobs = JobService(deps)
         # Presence and the "model is loading" note: the engine may still be loading now.
-        self.jobs.follower.note = self.presence.loading_note
+        self._jobs.follower.note = self.presence.loading_note
         self._presence = asyncio.create_task(self.presence.forever(), name="imagine-presence")
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*views.DYNAMIC_ITEMS)
-        self._recovery = asyncio.create_task(self.jobs.recover(), name="imagine-recovery")
+        self._recovery = asyncio.create_task(self._jobs.recover(), name="imagine-recovery")
         self._sweeper = asyncio.create_task(
             self.images.sweep_forever(settings.image_sweep_interval_s), name="imagine-retention"
         )
@@ -180,12 +185,6 @@ class ImagineBot(commands.Bot):
         # Looked up at call time, so a harness can watch what the bot shows.
         await self.change_presence(**kwargs)
 
-    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
-        """Forms (modals) are answered from their custom id, so one opened before a restart
-        still works after it; buttons and commands are dispatched by discord.py itself."""
-        await views.handle_remix_form(interaction)
-        await views.handle_edit_form(interaction)
-
     async def close_services(self) -> None:
         """Stop following jobs (they stay resumable), then close what this bot opened."""
         if self._services_closed:
@@ -195,48 +194,32 @@ class ImagineBot(commands.Bot):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        if self.jobs is not None:
-            await self.jobs.close()
+        if self._jobs is not None:
+            await self._jobs.close()
         if self.health is not None:
             await self.health.stop()
-        if self._owns_backend and self.backend is not None:
+        if self._owns_backend and self._backend is not None:
             try:
-                await self.backend.close()
+                await self._backend.close()
             except Exception:
                 logger.exception("closing the image backend failed")
-        if self._owns_db and self.db is not None:
-            await self.db.close()
+        if self._owns_db and self._db is not None:
+            await self._db.close()
 
     async def close(self) -> None:
         await self.close_services()
         await super().close()
 
 
-_UNSET: Any = object()
-
-
 def create_bot(
     settings: BotSettings | None = None,
     backend: ImageBackend | None = None,
     db: dbmod.Database | None = None,
-    *,
-    engine: ImageBackend | None = _UNSET,
 ) -> ImagineBot:
     """The configured, unconnected bot.
 
     ``backend`` (the ``ImageBackend``) and ``db`` are for harnesses that bring their own (the
     bot then leaves them open at close); by default the bot builds the backend the settings
-    choose and opens the database in ``setup_hook``. ``engine=`` is the old name of
-    ``backend=``: it still works for one release, with a ``DeprecationWarning``.
+    choose and opens the database in ``setup_hook``.
     """
-    if engine is not _UNSET:
-        warnings.warn(
-            "create_bot(engine=...) is deprecated; pass backend=... (an ImageBackend)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        if backend is not None and engine is not None and engine is not backend:
-            raise TypeError("create_bot got both backend= and engine=; pass only backend=")
-        backend = backend if backend is not None else engine
-    settings = settings or BotSettings()
-    return ImagineBot(settings, backend=backend, database=db)
+    return ImagineBot(settings or BotSettings(), backend=backend, database=db)

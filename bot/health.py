@@ -9,18 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot import metrics
+from bot.client import ImagineClient, NotStarted
 from bot.gallery import mount_gallery
 from bot.gallery.security import parse_networks
 from bot.gallery.wiring import deps_for
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +26,7 @@ BACKEND_TIMEOUT_S = 3.0
 
 
 class HealthServer:
-    def __init__(self, bot: ImagineBot, host: str, port: int) -> None:
+    def __init__(self, bot: ImagineClient, host: str, port: int) -> None:
         self.bot = bot
         self.host = host
         self._port = port
@@ -76,19 +74,22 @@ class HealthServer:
         backend_ready = False
         backend_error = None
         queue_length = None
-        if bot.backend is not None:
-            try:
-                status = await asyncio.wait_for(bot.backend.status(), BACKEND_TIMEOUT_S)
-                backend_ready = bool(status.ready)
-                queue_length = status.queue_length
-            except Exception as exc:  # an unreachable backend is a health answer, not a crash
-                backend_error = type(exc).__name__
+        jobs_followed = 0
+        try:
+            status = await asyncio.wait_for(bot.engine_status(), BACKEND_TIMEOUT_S)
+            backend_ready = bool(status.ready)
+            queue_length = status.queue_length
+            jobs_followed = len(bot.jobs.active_keys())
+        except NotStarted:
+            pass  # still starting: the backend is not ready, and that is all
+        except Exception as exc:  # an unreachable backend is a health answer, not a crash
+            backend_error = type(exc).__name__
         body: dict[str, Any] = {
             "status": "ok" if gateway and backend_ready else "unavailable",
             "gateway": gateway,
             "backend": backend_ready,
             "queue_length": queue_length,
-            "jobs_followed": len(bot.jobs.active_keys()) if bot.jobs is not None else 0,
+            "jobs_followed": jobs_followed,
         }
         if backend_error:
             body["backend_error"] = backend_error

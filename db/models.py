@@ -94,20 +94,6 @@ ACTIVE_STATUSES: tuple[str, ...] = (
 )
 
 
-class GenerationKind(enum.StrEnum):
-    """How a generation was asked for: a fresh /imagine or a button on an earlier result."""
-
-    IMAGINE = "imagine"
-    REROLL = "reroll"
-    # Vary (Subtle/Strong): img2img from the parent's stored image (``strength`` set); without a
-    # strength, the old Variations button (new seeds of the same prompt).
-    VARIATION = "variation"
-    REMIX = "remix"  # a strong variation with the prompt edited in the Remix form
-    # /edit or an image's Edit button: Qwen-Image-Edit on stored or uploaded images (the prompt
-    # is the instruction; the inputs are image rows "<job_key>:in<n>", see bot.edit.service).
-    EDIT = "edit"
-
-
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -170,12 +156,14 @@ class Generation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # The Discord interaction id: unique, so a redelivered interaction never runs or charges twice.
     job_key: Mapped[str] = mapped_column(String(32), unique=True)
-    kind: Mapped[str] = mapped_column(
-        String(16), default=GenerationKind.IMAGINE, server_default="imagine"
-    )
+    # The job's spec (``bot.imagine.spec.JobSpec``, which maps every row to a kind): its kind,
+    # what it was made from, its image-to-image strength and its input images by image-store
+    # key, with the request columns below. A restart rebuilds the job from these alone.
+    kind: Mapped[str] = mapped_column(String(16), default="imagine", server_default="imagine")
     parent_key: Mapped[str | None] = mapped_column(String(32), index=True)
     # A variation's img2img strength (share of the schedule re-run from the parent's image).
     strength: Mapped[float | None] = mapped_column(Float)
+    inputs: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
 
     guild_id: Mapped[int | None] = mapped_column(BigInteger)
     channel_id: Mapped[int | None] = mapped_column(BigInteger)

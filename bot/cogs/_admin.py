@@ -6,15 +6,15 @@ anyone in its integration settings, so the permission is checked on every use as
 
 from __future__ import annotations
 
-from typing import Any
-
 import discord
 from discord import app_commands
+
+from bot.interaction import Interaction
 
 ADMIN_PERMISSIONS = discord.Permissions(manage_guild=True)
 
 
-def require_manage_guild(interaction: discord.Interaction[Any]) -> bool:
+def require_manage_guild(interaction: Interaction) -> bool:
     if interaction.guild_id is None:
         raise app_commands.NoPrivateMessage()
     if not interaction.permissions.manage_guild:

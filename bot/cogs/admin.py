@@ -6,7 +6,7 @@ Every change goes through ``bot.guild_settings`` (``bot.guild_settings.GuildSett
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import discord
 from discord import app_commands
@@ -14,11 +14,10 @@ from discord.ext import commands
 
 import db
 from bot import errors, render
+from bot.client import ImagineClient, imagine_client
 from bot.cogs._admin import ADMIN_PERMISSIONS, require_manage_guild
 from bot.errors import UserError
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
+from bot.interaction import Interaction
 
 MAX_BLOCKED_WORDS = 500
 
@@ -45,15 +44,15 @@ class AdminCog(commands.Cog):
         guild_only=True,
     )
 
-    def __init__(self, bot: ImagineBot) -> None:
+    def __init__(self, bot: ImagineClient) -> None:
         self.bot = bot
 
-    async def interaction_check(self, interaction: discord.Interaction[ImagineBot]) -> bool:  # type: ignore[override]
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
         return require_manage_guild(interaction)
 
     async def _show(
         self,
-        interaction: discord.Interaction[ImagineBot],
+        interaction: Interaction,
         text: str | None,
         config: db.GuildConfig,
     ) -> None:
@@ -63,7 +62,7 @@ class AdminCog(commands.Cog):
 
     # ------------------------------------------------------------------ /limits
     @limits.command(name="show", description="Show this server's limits")
-    async def show(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def show(self, interaction: Interaction) -> None:
         assert interaction.guild_id is not None
         await self._show(
             interaction, None, await self.bot.guild_settings.config(interaction.guild_id)
@@ -78,7 +77,7 @@ class AdminCog(commands.Cog):
     )
     async def set_(
         self,
-        interaction: discord.Interaction[ImagineBot],
+        interaction: Interaction,
         daily_quota: app_commands.Range[int, 0, 10_000] | None = None,
         max_queued: app_commands.Range[int, 0, 100] | None = None,
     ) -> None:
@@ -92,7 +91,7 @@ class AdminCog(commands.Cog):
             await self._show(interaction, "Limits updated.", config)
 
     @limits.command(name="reset", description="Go back to the bot's default quota and queue cap")
-    async def reset(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def reset(self, interaction: Interaction) -> None:
         assert interaction.guild_id is not None
         config = await self.bot.guild_settings.reset_limits(interaction.guild_id)
         await self._show(interaction, "Back to the bot's defaults.", config)
@@ -101,9 +100,7 @@ class AdminCog(commands.Cog):
     @app_commands.describe(
         state="on: members see everyone's images in /gallery; off (default): only their own"
     )
-    async def gallery(
-        self, interaction: discord.Interaction[ImagineBot], state: Literal["on", "off"]
-    ) -> None:
+    async def gallery(self, interaction: Interaction, state: Literal["on", "off"]) -> None:
         assert interaction.guild_id is not None
         public = state == "on"
         changed = await self.bot.guild_settings.set_gallery_public(interaction.guild_id, public)
@@ -115,9 +112,7 @@ class AdminCog(commands.Cog):
         await errors.send_ephemeral(interaction, text)
 
     @exempt.command(name="add", description="Members with this role have no daily quota")
-    async def exempt_add(
-        self, interaction: discord.Interaction[ImagineBot], role: discord.Role
-    ) -> None:
+    async def exempt_add(self, interaction: Interaction, role: discord.Role) -> None:
         async with errors.replying(interaction):
             assert interaction.guild_id is not None
             changed, config = await self.bot.guild_settings.add_exempt_role(
@@ -130,9 +125,7 @@ class AdminCog(commands.Cog):
     @exempt.command(
         name="remove", description="Members with this role follow the daily quota again"
     )
-    async def exempt_remove(
-        self, interaction: discord.Interaction[ImagineBot], role: discord.Role
-    ) -> None:
+    async def exempt_remove(self, interaction: Interaction, role: discord.Role) -> None:
         async with errors.replying(interaction):
             assert interaction.guild_id is not None
             changed, config = await self.bot.guild_settings.remove_exempt_role(
@@ -145,9 +138,7 @@ class AdminCog(commands.Cog):
     @channels.command(
         name="add", description="Allow /imagine in a channel (then only in the listed ones)"
     )
-    async def channels_add(
-        self, interaction: discord.Interaction[ImagineBot], channel: AnyChannel
-    ) -> None:
+    async def channels_add(self, interaction: Interaction, channel: AnyChannel) -> None:
         async with errors.replying(interaction):
             assert interaction.guild_id is not None
             changed, config = await self.bot.guild_settings.allow_channel(
@@ -158,9 +149,7 @@ class AdminCog(commands.Cog):
             await self._show(interaction, f"/imagine now works in {channel.mention}.", config)
 
     @channels.command(name="remove", description="Stop allowing /imagine in a channel")
-    async def channels_remove(
-        self, interaction: discord.Interaction[ImagineBot], channel: AnyChannel
-    ) -> None:
+    async def channels_remove(self, interaction: Interaction, channel: AnyChannel) -> None:
         async with errors.replying(interaction):
             assert interaction.guild_id is not None
             changed, config = await self.bot.guild_settings.disallow_channel(
@@ -176,7 +165,7 @@ class AdminCog(commands.Cog):
             await self._show(interaction, f"Removed {channel.mention}.{note}", config)
 
     @channels.command(name="clear", description="Allow /imagine in every channel again")
-    async def channels_clear(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def channels_clear(self, interaction: Interaction) -> None:
         assert interaction.guild_id is not None
         config = await self.bot.guild_settings.allow_every_channel(interaction.guild_id)
         await self._show(interaction, "/imagine works in every channel again.", config)
@@ -184,7 +173,7 @@ class AdminCog(commands.Cog):
     # ------------------------------------------------------------------ /blocked
     @blocked.command(name="add", description="Refuse prompts that contain this word or phrase")
     @app_commands.describe(word="A word or phrase (whole words, any letter case)")
-    async def blocked_add(self, interaction: discord.Interaction[ImagineBot], word: str) -> None:
+    async def blocked_add(self, interaction: Interaction, word: str) -> None:
         async with errors.replying(interaction):
             assert interaction.guild_id is not None
             cleaned = " ".join(word.split())
@@ -205,7 +194,7 @@ class AdminCog(commands.Cog):
 
     @blocked.command(name="remove", description="Allow a blocked word again")
     @app_commands.describe(word="The word or phrase to allow again")
-    async def blocked_remove(self, interaction: discord.Interaction[ImagineBot], word: str) -> None:
+    async def blocked_remove(self, interaction: Interaction, word: str) -> None:
         async with errors.replying(interaction):
             assert interaction.guild_id is not None
             cleaned = " ".join(word.split())
@@ -219,7 +208,7 @@ class AdminCog(commands.Cog):
             )
 
     @blocked.command(name="list", description="Words that refuse a prompt here")
-    async def blocked_list(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def blocked_list(self, interaction: Interaction) -> None:
         assert interaction.guild_id is not None
         config = await self.bot.guild_settings.config(interaction.guild_id)
         if not config.blocked_words:
@@ -232,5 +221,5 @@ class AdminCog(commands.Cog):
         )
 
 
-async def setup(bot: ImagineBot) -> None:
-    await bot.add_cog(AdminCog(bot))
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(AdminCog(imagine_client(bot)))

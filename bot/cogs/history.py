@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot import errors, views
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
+from bot.client import ImagineClient, imagine_client
+from bot.interaction import Interaction
 
 
 class HistoryCog(commands.Cog):
-    def __init__(self, bot: ImagineBot) -> None:
+    def __init__(self, bot: ImagineClient) -> None:
         self.bot = bot
 
     @app_commands.command(name="history", description="Your recent images here, newest first")
@@ -27,7 +24,7 @@ class HistoryCog(commands.Cog):
     @app_commands.allowed_installs(guilds=True, users=False)
     async def history(
         self,
-        interaction: discord.Interaction[ImagineBot],
+        interaction: Interaction,
         user: discord.User | None = None,
         page: app_commands.Range[int, 1, 10_000] = 1,
     ) -> None:
@@ -50,5 +47,5 @@ class HistoryCog(commands.Cog):
             )
 
 
-async def setup(bot: ImagineBot) -> None:
-    await bot.add_cog(HistoryCog(bot))
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(HistoryCog(imagine_client(bot)))

@@ -1,21 +1,29 @@
-"""/imagine: the one command most members ever use."""
+"""/imagine: the one command most members ever use; and the Remix form's answer (a form
+is answered from its custom id, by this cog's interaction listener, so one opened before a
+restart still works after it)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot import errors, render
+from bot.client import ImagineClient, imagine_client
 from bot.guild_settings import style_choices
-from bot.imagine import ImagineParams
+from bot.imagine import kinds
+from bot.imagine.ack import AckGuard
+from bot.imagine.spec import JobSpec
+from bot.interaction import Interaction
+from bot.views import handle_remix_form
 from engine.contract import Mode
-from engine.presets import ASPECTS, DEFAULT_ASPECT, MAX_PROMPT_CHARS, MAX_SEED, MODES
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
+from engine.presets import (
+    ASPECTS,
+    DEFAULT_ASPECT,
+    DEFAULT_STYLE,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MODES,
+)
 
 ASPECT_CHOICES = [app_commands.Choice(name=a.label, value=a.key) for a in ASPECTS.values()]
 # Discord stops over-long text in the box itself (max_length in the synced payload), so a member
@@ -29,7 +37,7 @@ MODE_CHOICES = [
 
 
 class ImagineCog(commands.Cog):
-    def __init__(self, bot: ImagineBot) -> None:
+    def __init__(self, bot: ImagineClient) -> None:
         self.bot = bot
 
     @app_commands.command(name="imagine", description="Make an image with Qwen-Image")
@@ -46,7 +54,7 @@ class ImagineCog(commands.Cog):
     @app_commands.allowed_installs(guilds=True, users=False)
     async def imagine(
         self,
-        interaction: discord.Interaction[ImagineBot],
+        interaction: Interaction,
         prompt: PromptText,
         style: str | None = None,
         aspect: str = DEFAULT_ASPECT,
@@ -54,24 +62,29 @@ class ImagineCog(commands.Cog):
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         mode: str | None = None,
     ) -> None:
-        params = ImagineParams(
+        spec = JobSpec(
+            kind=kinds.IMAGINE.name,
             prompt=prompt,
-            style=style,
+            style=style or DEFAULT_STYLE,
             aspect=aspect,
             negative=negative,
             seed=seed,
             mode=Mode(mode) if mode else self.bot.settings.default_mode,
         )
-        async with errors.replying(interaction):
-            await self.bot.jobs.imagine(interaction, params)
+        async with errors.replying(interaction), AckGuard(interaction) as guard:
+            await self.bot.jobs.start(guard, spec)
 
     @imagine.autocomplete("style")
     async def style_autocomplete(
-        self, interaction: discord.Interaction[ImagineBot], current: str
+        self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         """This server's styles plus the built-ins, best matches first (Discord shows 25)."""
         return style_choices(await self.bot.guild_settings.styles(interaction.guild_id), current)
 
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: Interaction) -> None:
+        await handle_remix_form(interaction)
 
-async def setup(bot: ImagineBot) -> None:
-    await bot.add_cog(ImagineCog(bot))
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(ImagineCog(imagine_client(bot)))

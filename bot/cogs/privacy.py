@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot import errors, render, views
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
+from bot.client import ImagineClient, imagine_client
+from bot.interaction import Interaction
 
 
 class PrivacyCog(commands.Cog):
-    def __init__(self, bot: ImagineBot) -> None:
+    def __init__(self, bot: ImagineClient) -> None:
         self.bot = bot
 
     @app_commands.command(
@@ -24,7 +20,7 @@ class PrivacyCog(commands.Cog):
     )
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     @app_commands.allowed_installs(guilds=True, users=False)
-    async def forget_me(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def forget_me(self, interaction: Interaction) -> None:
         """Only asks: the erasing happens on the confirmation button (``views.EraseButton``)."""
         await interaction.response.send_message(
             render.erase_question_text(),
@@ -34,5 +30,5 @@ class PrivacyCog(commands.Cog):
         )
 
 
-async def setup(bot: ImagineBot) -> None:
-    await bot.add_cog(PrivacyCog(bot))
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(PrivacyCog(imagine_client(bot)))

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import discord
 from discord import app_commands
 from discord.ext import commands
 
 import db
 from bot import errors, render
+from bot.client import ImagineClient, imagine_client
 from bot.imagine import utcnow
 from bot.imagine.policy import is_exempt
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
+from bot.interaction import Interaction
 
 
 class QuotaCog(commands.Cog):
-    def __init__(self, bot: ImagineBot) -> None:
+    def __init__(self, bot: ImagineClient) -> None:
         self.bot = bot
 
     @app_commands.command(name="quota", description="How many images you have left today")
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     @app_commands.allowed_installs(guilds=True, users=False)
-    async def quota(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def quota(self, interaction: Interaction) -> None:
         async with errors.replying(interaction):
             guilds = self.bot.guild_settings
             config = await guilds.config(interaction.guild_id)
@@ -55,5 +51,5 @@ class QuotaCog(commands.Cog):
             await errors.send_ephemeral(interaction, text)
 
 
-async def setup(bot: ImagineBot) -> None:
-    await bot.add_cog(QuotaCog(bot))
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(QuotaCog(imagine_client(bot)))

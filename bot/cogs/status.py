@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot import errors, render
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
+from bot.client import ImagineClient, imagine_client
+from bot.interaction import Interaction
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +20,7 @@ STATUS_TIMEOUT_S = 5.0
 
 
 class StatusCog(commands.Cog):
-    def __init__(self, bot: ImagineBot) -> None:
+    def __init__(self, bot: ImagineClient) -> None:
         self.bot = bot
 
     @app_commands.command(
@@ -30,7 +28,7 @@ class StatusCog(commands.Cog):
     )
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     @app_commands.allowed_installs(guilds=True, users=False)
-    async def status(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def status(self, interaction: Interaction) -> None:
         uptime = (discord.utils.utcnow() - self.bot.started_at).total_seconds()
         try:
             latency: float | None = self.bot.latency * 1000
@@ -40,7 +38,7 @@ class StatusCog(commands.Cog):
             latency = None
         store = await self.bot.images.report()  # the image store's line (never raises)
         try:
-            snapshot = await asyncio.wait_for(self.bot.backend.status(), STATUS_TIMEOUT_S)
+            snapshot = await asyncio.wait_for(self.bot.engine_status(), STATUS_TIMEOUT_S)
             embed = render.status_embed(
                 snapshot,
                 uptime_s=uptime,
@@ -55,11 +53,9 @@ class StatusCog(commands.Cog):
             )
         await errors.send_ephemeral(interaction, embed=embed)
 
-    def _owners(self, interaction: discord.Interaction[ImagineBot]) -> dict[str, int]:
+    def _owners(self, interaction: Interaction) -> dict[str, int]:
         """Requesters of the jobs this member may see named: this server's, or in a DM only
         the member's own. Whose image runs in another server is none of their business."""
-        if self.bot.jobs is None:
-            return {}
         guild_id = interaction.guild_id
         return {
             key: job.user_id
@@ -69,5 +65,5 @@ class StatusCog(commands.Cog):
         }
 
 
-async def setup(bot: ImagineBot) -> None:
-    await bot.add_cog(StatusCog(bot))
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(StatusCog(imagine_client(bot)))

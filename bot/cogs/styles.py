@@ -5,21 +5,17 @@ Changes go through ``bot.guild_settings``, which keeps /imagine's style cache ri
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import discord
 from discord import app_commands
 from discord.ext import commands
 
 import db
 from bot import errors, render
+from bot.client import ImagineClient, imagine_client
 from bot.cogs._admin import ADMIN_PERMISSIONS, require_manage_guild
 from bot.errors import UserError
 from bot.guild_settings import style_choices
+from bot.interaction import Interaction
 from engine.presets import MAX_PROMPT_CHARS
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
 
 MAX_TEMPLATE = 1000
 MAX_NEGATIVE = 1000
@@ -63,10 +59,10 @@ class StylesCog(commands.Cog):
         guild_only=True,
     )
 
-    def __init__(self, bot: ImagineBot) -> None:
+    def __init__(self, bot: ImagineClient) -> None:
         self.bot = bot
 
-    async def interaction_check(self, interaction: discord.Interaction[ImagineBot]) -> bool:  # type: ignore[override]
+    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
         return require_manage_guild(interaction)
 
     @styles.command(name="add", description="Add a style members can pick in /imagine")
@@ -78,7 +74,7 @@ class StylesCog(commands.Cog):
     )
     async def add(
         self,
-        interaction: discord.Interaction[ImagineBot],
+        interaction: Interaction,
         name: str,
         template: str,
         negative: str | None = None,
@@ -120,7 +116,7 @@ class StylesCog(commands.Cog):
     )
     async def edit(
         self,
-        interaction: discord.Interaction[ImagineBot],
+        interaction: Interaction,
         name: str,
         template: str | None = None,
         negative: str | None = None,
@@ -154,7 +150,7 @@ class StylesCog(commands.Cog):
 
     @styles.command(name="remove", description="Remove one of this server's styles")
     @app_commands.describe(name="The style to remove")
-    async def remove(self, interaction: discord.Interaction[ImagineBot], name: str) -> None:
+    async def remove(self, interaction: Interaction, name: str) -> None:
         async with errors.replying(interaction):
             assert interaction.guild_id is not None
             removed = await self.bot.guild_settings.remove_style(interaction.guild_id, name)
@@ -165,7 +161,7 @@ class StylesCog(commands.Cog):
             )
 
     @styles.command(name="list", description="Every style members can pick here")
-    async def list_(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def list_(self, interaction: Interaction) -> None:
         async with errors.replying(interaction):
             styles = await self.bot.guild_settings.styles(interaction.guild_id)
             await errors.send_ephemeral(interaction, embed=render.styles_list_embed(styles))
@@ -176,7 +172,7 @@ class StylesCog(commands.Cog):
     )
     async def preview(
         self,
-        interaction: discord.Interaction[ImagineBot],
+        interaction: Interaction,
         name: str,
         prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
     ) -> None:
@@ -192,14 +188,14 @@ class StylesCog(commands.Cog):
     @edit.autocomplete("name")
     @remove.autocomplete("name")
     async def own_style_autocomplete(
-        self, interaction: discord.Interaction[ImagineBot], current: str
+        self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         styles = await self.bot.guild_settings.styles(interaction.guild_id)
         return style_choices(styles, current, own_only=True)
 
     @preview.autocomplete("name")
     async def any_style_autocomplete(
-        self, interaction: discord.Interaction[ImagineBot], current: str
+        self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         return style_choices(await self.bot.guild_settings.styles(interaction.guild_id), current)
 
@@ -218,5 +214,5 @@ def _not_own(name: str, builtin: db.Style | None) -> str:
     return f"This server has no style called “{shown}”. See `/styles list`."
 
 
-async def setup(bot: ImagineBot) -> None:
-    await bot.add_cog(StylesCog(bot))
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(StylesCog(imagine_client(bot)))

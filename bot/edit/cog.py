@@ -1,29 +1,30 @@
 """/edit: change an uploaded image with an instruction (Qwen-Image-Edit).
 
 The command is thin, like every cog: ``bot.edit.service`` checks the uploads and runs the job.
-The Edit button under finished images is ``bot.edit.views``.
+The Edit button under finished images is ``bot.edit.views``; ``setup`` puts it there, and this
+cog's interaction listener answers its form.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot import errors
+from bot.client import ImagineClient, imagine_client
 from bot.cogs.imagine import MODE_CHOICES, PromptText
 from bot.edit import service as edit
+from bot.edit.views import EditButton, handle_edit_form
+from bot.imagine.ack import AckGuard
+from bot.interaction import Interaction
+from bot.views import DetailsButton, Presentation
 from engine.contract import Mode
 from engine.presets import MAX_PROMPT_CHARS, MAX_SEED
 
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
-
 
 class EditCog(commands.Cog):
-    def __init__(self, bot: ImagineBot) -> None:
+    def __init__(self, bot: ImagineClient) -> None:
         self.bot = bot
 
     @app_commands.command(name="edit", description="Change an image with an instruction")
@@ -40,7 +41,7 @@ class EditCog(commands.Cog):
     @app_commands.allowed_installs(guilds=True, users=False)
     async def edit(
         self,
-        interaction: discord.Interaction[ImagineBot],
+        interaction: Interaction,
         image: discord.Attachment,
         instruction: PromptText,
         image2: discord.Attachment | None = None,
@@ -49,17 +50,26 @@ class EditCog(commands.Cog):
         mode: str | None = None,
     ) -> None:
         attachments = [a for a in (image, image2, image3) if a is not None]
-        async with errors.replying(interaction):
-            assert self.bot.jobs is not None
+        async with errors.replying(interaction), AckGuard(interaction) as guard:
             await edit.edit_uploads(
                 self.bot.jobs,
-                interaction,
+                guard,
                 attachments,
                 instruction=instruction,
                 seed=seed,
                 mode=Mode(mode) if mode else self.bot.settings.default_mode,
             )
 
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: Interaction) -> None:
+        await handle_edit_form(interaction)
 
-async def setup(bot: ImagineBot) -> None:
-    await bot.add_cog(EditCog(bot))
+
+async def setup(bot: commands.Bot) -> None:
+    """/edit, and the Edit button under every finished image (before Details)."""
+    client = imagine_client(bot)
+    presentation = client.jobs.views
+    assert isinstance(presentation, Presentation)
+    presentation.add_result_button(EditButton, before=DetailsButton)
+    bot.add_dynamic_items(EditButton)
+    await bot.add_cog(EditCog(client))

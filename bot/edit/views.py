@@ -1,26 +1,25 @@
 """The Edit button under every finished image, and its form (the instruction).
 
 Like every button and form here it works from its custom id alone: the button opens the form
-for the job in its id, and the form is answered by ``handle_edit_form`` (called for every
-interaction by ``ImagineBot.on_interaction``), so both keep working across a restart. What the
-edit does is ``bot.edit.service``.
+for the job in its id, and the form is answered by ``handle_edit_form`` (the edit cog's
+interaction listener), so both keep working across a restart. What the edit does is
+``bot.edit.service``.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import discord
 
 from bot import errors
+from bot.client import imagine_client
 from bot.edit import service as edit
+from bot.imagine.ack import AckGuard
+from bot.interaction import Interaction
 from bot.views.base import KEY, JobButton
 from bot.views.forms import TEXT_INPUT_MAX, form_values
 from engine.presets import MAX_PROMPT_CHARS
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
 
 EDIT_FORM = re.compile(rf"imagine:edited:{KEY}")
 EDIT_INSTRUCTION = "instruction"
@@ -34,8 +33,8 @@ class EditButton(JobButton):
     emoji = "✏️"
     button_row = 0
 
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        await edit.open_edit(interaction.client, self.job_key)
+    async def run(self, interaction: Interaction) -> None:
+        await edit.open_edit(imagine_client(interaction.client).jobs, self.job_key)
         await interaction.response.send_modal(edit_form(self.job_key))
 
 
@@ -56,7 +55,7 @@ def edit_form(job_key: str) -> discord.ui.Modal:
     return modal
 
 
-async def handle_edit_form(interaction: discord.Interaction[ImagineBot]) -> bool:
+async def handle_edit_form(interaction: Interaction) -> bool:
     """Answer a submitted Edit form; False when the interaction is not one."""
     if interaction.type != discord.InteractionType.modal_submit:
         return False
@@ -68,10 +67,9 @@ async def handle_edit_form(interaction: discord.Interaction[ImagineBot]) -> bool
     instruction = form_values(data).get(EDIT_INSTRUCTION, "")
     try:
         async with errors.replying(interaction):
-            assert interaction.client.jobs is not None
-            await edit.edit_stored(
-                interaction.client.jobs, interaction, match["key"], instruction=instruction
-            )
+            jobs = imagine_client(interaction.client).jobs
+            async with AckGuard(interaction) as guard:
+                await edit.edit_stored(jobs, guard, match["key"], instruction=instruction)
     except Exception as exc:
         await errors.handle(interaction, exc)
     return True

@@ -8,16 +8,15 @@ there), and records whether they could manage the server at that moment; see ``b
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
 from bot import errors
+from bot.client import imagine_client
 from bot.gallery.wiring import admins_for, links_for
+from bot.interaction import Interaction
 from db import gallery as gallery_db
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
 
 GALLERY_OFF = (
     "The web gallery is off on this bot: its web server is turned off "
@@ -26,10 +25,10 @@ GALLERY_OFF = (
 
 
 async def gallery_answer(
-    interaction: discord.Interaction[ImagineBot],
+    interaction: Interaction,
 ) -> tuple[str, discord.ui.View]:
     """The ephemeral text and link button for the member who asked, where they asked."""
-    bot = interaction.client
+    bot = imagine_client(interaction.client)
     if not bot.settings.health_port:
         raise errors.UserError(GALLERY_OFF)
     guild_id = interaction.guild_id
@@ -72,13 +71,13 @@ class GalleryButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i
     @classmethod
     async def from_custom_id(
         cls,
-        interaction: discord.Interaction[Any],
+        interaction: Interaction,
         item: discord.ui.Button[Any],
         match: re.Match[str],
     ) -> GalleryButton:
         return cls()
 
-    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def callback(self, interaction: Interaction) -> None:
         try:
             async with errors.replying(interaction):
                 text, view = await gallery_answer(interaction)

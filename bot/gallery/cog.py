@@ -3,21 +3,17 @@ DMs). The answer itself is built in ``bot.gallery.answer``, shared with the Gall
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot import errors
+from bot.client import ImagineClient, imagine_client
 from bot.gallery.answer import GalleryButton, gallery_answer
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
+from bot.interaction import Interaction
 
 
 class GalleryCog(commands.Cog):
-    def __init__(self, bot: ImagineBot) -> None:
+    def __init__(self, bot: ImagineClient) -> None:
         self.bot = bot
 
     @app_commands.command(
@@ -25,12 +21,12 @@ class GalleryCog(commands.Cog):
     )
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
     @app_commands.allowed_installs(guilds=True, users=False)
-    async def gallery(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def gallery(self, interaction: Interaction) -> None:
         async with errors.replying(interaction):
             text, view = await gallery_answer(interaction)
             await errors.send_ephemeral(interaction, text, view=view)
 
 
-async def setup(bot: ImagineBot) -> None:
+async def setup(bot: commands.Bot) -> None:
     bot.add_dynamic_items(GalleryButton)
-    await bot.add_cog(GalleryCog(bot))
+    await bot.add_cog(GalleryCog(imagine_client(bot)))

@@ -9,17 +9,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import TYPE_CHECKING
 
 import discord
 
+from bot.client import ImagineClient
 from bot.gallery.admins import AdminConfirmations
 from bot.gallery.app import GalleryDeps
 from bot.gallery.files import ImageFiles
 from bot.gallery.links import GalleryLinks
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +25,7 @@ _ADMINS = "gallery_admins"
 ADMIN_CHECK_TIMEOUT_S = 5.0
 
 
-def links_for(bot: ImagineBot) -> GalleryLinks:
+def links_for(bot: ImagineClient) -> GalleryLinks:
     """The bot's one ``GalleryLinks`` (made on first use: reading or creating the key touches
     the data folder, which a bot with the web server off never needs)."""
     links: GalleryLinks | None = getattr(bot, _ATTRIBUTE, None)
@@ -38,7 +35,7 @@ def links_for(bot: ImagineBot) -> GalleryLinks:
     return links
 
 
-def admins_for(bot: ImagineBot) -> AdminConfirmations:
+def admins_for(bot: ImagineClient) -> AdminConfirmations:
     """The bot's one ``AdminConfirmations``: the gallery's pages and ``/gallery`` share what
     Discord said about each member's Manage Server."""
     admins: AdminConfirmations | None = getattr(bot, _ADMINS, None)
@@ -48,13 +45,12 @@ def admins_for(bot: ImagineBot) -> AdminConfirmations:
     return admins
 
 
-def _store(bot: ImagineBot) -> ImageFiles | None:
+def _store(bot: ImagineClient) -> ImageFiles | None:
     """The bot's image store (``bot.store``, a ``bot.store.ImageStore``), if it keeps images."""
-    store: ImageFiles | None = getattr(bot, "store", None)
-    return store
+    return bot.store
 
 
-def deps_for(bot: ImagineBot) -> GalleryDeps:
+def deps_for(bot: ImagineClient) -> GalleryDeps:
     """What the gallery pages read, from the bot: names come from Discord's cache only; the
     one Discord request a page view can make is an admin link's confirmation, cached per
     member (``bot.gallery.admins``)."""

@@ -16,6 +16,7 @@ import discord
 
 from bot import errors, metrics
 from bot.errors import UserError
+from bot.interaction import Interaction
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +34,7 @@ class AckGuard:
     deletes it and answers privately instead.
     """
 
-    def __init__(
-        self, interaction: discord.Interaction[Any], *, after_s: float = ACK_DEFER_AFTER_S
-    ) -> None:
+    def __init__(self, interaction: Interaction, *, after_s: float = ACK_DEFER_AFTER_S) -> None:
         self.interaction = interaction
         self.after_s = after_s
         self.started = time.perf_counter()

@@ -7,20 +7,19 @@ never resumed) is dropped from the backend and ended here, through the same ``Fi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import discord
+from typing import TYPE_CHECKING
 
 import db
 from bot import errors, render
 from bot.errors import UserError
 from bot.imagine.job import Outcome
+from bot.interaction import Interaction
 
 if TYPE_CHECKING:
     from bot.imagine.service import JobService
 
 
-async def cancel(service: JobService, interaction: discord.Interaction[Any], key: str) -> None:
+async def cancel(service: JobService, interaction: Interaction, key: str) -> None:
     """Stop a waiting or rendering job (who may: ``views.CancelButton`` checks it)."""
     row = await db.get_generation(service.db, key)
     if row is None:

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 import db
-from bot import metrics, render, views
+from bot import metrics, render
 from bot.delivery import MessageGone, StatusMessage, fit_to_limit
 from bot.imagine.job import Job, Outcome, utcnow
+from bot.imagine.presenting import Shown
 from engine.contract import FailureKind, JobFailed, JobResult
 
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
+if TYPE_CHECKING:  # the service builds the finisher from them; no import circle at run time
+    from bot.imagine.service import JobDeps
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +49,11 @@ def shows_on(target: StatusMessage) -> Show:
 class Finisher:
     """Ends jobs: ``deliver`` for a result, ``end`` for every outcome."""
 
-    def __init__(self, bot: ImagineBot) -> None:
-        self.bot = bot
-
-    @property
-    def db(self) -> db.Database:
-        assert self.bot.db is not None
-        return self.bot.db
+    def __init__(self, deps: JobDeps) -> None:
+        self.client = deps.client
+        self.db = deps.database
+        self.images = deps.images
+        self.views = deps.views
 
     async def deliver(self, job: Job, result: JobResult) -> str:
         """Write the result down, upload the image, then end the job as done.
@@ -64,10 +63,11 @@ class Finisher:
         back from Discord but the message's buttons.
         """
         await job.stop_progress()
+        image = result.image
         fields = db.JobResultFields(
-            seed=result.seed,
-            width=result.width,
-            height=result.height,
+            seed=image.seed,
+            width=image.width,
+            height=image.height,
             steps=result.steps,
             true_cfg_scale=result.true_cfg_scale,
             mode_used=str(result.mode),
@@ -86,8 +86,8 @@ class Finisher:
             return str(row.status)
         # The image is kept while it uploads: a full disk never delays or stops the delivery.
         keeping = asyncio.create_task(
-            self.bot.images.keep(
-                job_key=job.key, user_id=job.user_id, guild_id=job.guild_id, png=result.png
+            self.images.keep(
+                job_key=job.key, user_id=job.user_id, guild_id=job.guild_id, png=image.png
             ),
             name=f"keep-{job.key}",
         )
@@ -101,31 +101,26 @@ class Finisher:
     async def _upload(self, job: Job, result: JobResult, keeping: asyncio.Task[Any]) -> str:
         """Put the image in the job's message (or a reply), then end the job as done once the
         image is also kept (so a done job's Vary buttons find it)."""
-        requester = job.requester or self.bot.get_user(job.user_id)
+        requester = job.requester or self.client.get_user(job.user_id)
         if requester is None:  # a job resumed after a restart: only its id is known
             with contextlib.suppress(discord.HTTPException):
-                requester = await self.bot.fetch_user(job.user_id)
+                requester = await self.client.fetch_user(job.user_id)
+        renderer = self.views.renderer(job.kind)
+        png, stem = renderer.file(result)
 
         async def make_file(limit: int) -> tuple[discord.File, str | None]:
-            stem = f"imagine-{result.seed}"
-            data, filename, note = await asyncio.to_thread(fit_to_limit, result.png, limit, stem)
+            data, filename, note = await asyncio.to_thread(fit_to_limit, png, limit, stem)
             return discord.File(io.BytesIO(data), filename=filename), note
 
         def embed_for(filename: str, note: str | None) -> discord.Embed:
-            return render.result_embed(
-                result,
-                requester=requester,
-                requester_id=job.user_id,
-                filename=filename,
-                conversion_note=note,
-                negative_prompt=job.negative,
-            )
+            shown = Shown(requester, job.user_id, filename, note, job.negative)
+            return renderer.embed(result, shown)
 
         try:
             message_id = await job.target.deliver(
                 make_file=make_file,
                 embed_for=embed_for,
-                view=views.result_view(job.key),
+                view=renderer.view(job.key),
                 done_text=render.delivered_elsewhere_text(job.header),
             )
         except (discord.HTTPException, MessageGone) as exc:
@@ -134,7 +129,7 @@ class Finisher:
             ending = Outcome.failed(failure, error=f"could not deliver the image: {exc}")
             await self.end_job(job, ending)
             await asyncio.shield(keeping)
-            await self.bot.images.forget(job.key)  # nobody saw it: nothing to vary
+            await self.images.forget(job.key)  # nobody saw it: nothing to vary
             return "undeliverable"
         await asyncio.shield(keeping)
         return await self._record_delivered(job, message_id, result)

@@ -18,8 +18,9 @@ from typing import Any
 import discord
 
 import db
-from bot import metrics, render, views
+from bot import metrics, render
 from bot.imagine.job import Job, utcnow
+from bot.imagine.presenting import JobViews
 from bot.progress import ProgressReporter
 from engine.contract import ImageBackend, Progress, ProgressCallback
 
@@ -52,13 +53,15 @@ class Follower:
 
     def __init__(
         self,
-        backend: Callable[[], ImageBackend],
-        database: Callable[[], db.Database],
+        backend: ImageBackend,
+        database: db.Database,
         *,
+        views: JobViews,
         interval_s: float,
     ) -> None:
         self._backend = backend
         self._database = database
+        self._views = views
         self._interval_s = interval_s
         self.jobs: dict[str, Job] = {}
         # Progress that arrived before the job's status message existed.
@@ -109,7 +112,7 @@ class Follower:
 
     async def _mark_running(self, key: str) -> None:
         try:
-            await db.mark_running(self._database(), key, now=utcnow())
+            await db.mark_running(self._database, key, now=utcnow())
         except Exception:
             logger.exception("could not mark job %s running", key)
         await self.refresh_positions()
@@ -130,14 +133,16 @@ class Follower:
         async def edit(text: str) -> None:
             preview, job.preview = job.preview, None
             if preview is None:
-                await job.target.edit(content=text, view=views.status_view(job.key))
+                await job.target.edit(content=text, view=self._views.status_view(job.key))
                 return
             # At most one preview per edit, replacing the one before. The upload runs as its
             # own task so that the final image can abandon it (Job.stop_progress) rather than
             # wait for it; the final edit replaces every attachment anyway.
             file = discord.File(io.BytesIO(preview), filename=preview_name(preview) or "")
             upload = asyncio.ensure_future(
-                job.target.edit(content=text, view=views.status_view(job.key), attachments=[file])
+                job.target.edit(
+                    content=text, view=self._views.status_view(job.key), attachments=[file]
+                )
             )
             job.preview_upload = upload
             try:
@@ -192,7 +197,7 @@ class Follower:
     # ------------------------------------------------------------------ places in line
     async def position(self, key: str) -> int | None:
         try:
-            return await self._backend().position(key)
+            return await self._backend.position(key)
         except Exception as exc:  # a position is a nicety; never fail a job for it
             logger.debug("position of %s unavailable: %s", key, exc)
             return None

@@ -1,9 +1,9 @@
 """A job as this process follows it, and how it ends.
 
-``follow_job`` is the one place that builds a ``Job`` and ``request_for`` the one place that
-builds a ``JobRequest``; both start from the job's database row, so a fresh /imagine, a button
-and a job resumed after a restart cannot drift apart. ``Outcome`` says how a job ended;
-``JobService.end`` turns it into the row, the metric and the message.
+``follow_job`` is the one place that builds a ``Job``, from the job's database row, so a fresh
+/imagine, a button and a job resumed after a restart cannot drift apart (``spec.request_for``
+is the one place that builds its ``JobRequest``). ``Outcome`` says how a job ended;
+``Finisher.end`` turns it into the row, the metric and the message.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import discord
 import db
 from bot import render
 from bot.delivery import StatusMessage
-from bot.imagine.policy import spec_of
 from bot.progress import ProgressReporter
-from engine.contract import FailureKind, JobFailed, JobHandle, JobRequest, Mode, Progress
+from engine.contract import FailureKind, JobFailed, JobHandle, Progress
 
 
 def utcnow() -> dt.datetime:
@@ -88,42 +87,6 @@ def follow_job(
         requester=requester,
         negative=row.negative_prompt,
         position=position,
-    )
-
-
-def request_for(
-    row: db.Generation,
-    style: db.Style,
-    *,
-    deadline_s: float | None,
-    init_image: bytes | None = None,
-    edit_images: tuple[bytes, ...] = (),
-) -> JobRequest:
-    """What the engine renders for a job row: the same for a new job and a resumed one.
-
-    A variation (a row with a ``strength``) is image-to-image from ``init_image``, its parent's
-    stored PNG; the engine writes the parent job and the strength into the new PNG. An edit
-    (``bot.edit.service``) carries its input images; the prompt is the instruction.
-    """
-    variation: dict[str, Any] = {}
-    if row.strength is not None:
-        variation = {
-            "init_image": init_image,
-            "strength": row.strength,
-            "parent_job_id": row.parent_key,
-        }
-    return JobRequest(
-        job_id=row.job_key,
-        user_id=row.user_id,
-        prompt=row.prompt,
-        style=spec_of(style),
-        negative_prompt=row.negative_prompt,
-        aspect=row.aspect,
-        seed=row.seed,
-        mode=Mode(row.mode),
-        deadline_s=deadline_s,
-        edit_images=edit_images,
-        **variation,
     )
 
 

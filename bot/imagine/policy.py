@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import unicodedata
-from typing import Any
 
 import discord
 
@@ -17,28 +16,18 @@ import db
 from bot import render
 from bot.errors import UserError
 from bot.guild_settings import GuildSettings, QueueLimit
-from engine.contract import Mode, StyleSpec
+from bot.imagine.spec import JobSpec
+from bot.interaction import Interaction
+from engine.contract import StyleSpec
 from engine.presets import ASPECTS, DEFAULT_STYLE, MAX_PROMPT_CHARS, MAX_SEED
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ImagineParams:
-    """What a member asked for, before validation."""
-
-    prompt: str
-    style: str | None = None
-    aspect: str = "1:1"
-    negative: str | None = None
-    seed: int | None = None
-    mode: Mode = Mode.STANDARD
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class Admitted:
-    """A request that passed every rule: what to reserve, and the limits to reserve it under."""
+    """A request that passed every rule: the spec to reserve (its prompt and negative as they
+    will be stored, its style's canonical name), the style, and the limits to reserve it under."""
 
-    prompt: str
-    negative: str | None
+    spec: JobSpec
     style: db.Style
     daily_quota: int | None  # None: unlimited here, or the member's role is exempt
     queue: QueueLimit
@@ -61,9 +50,7 @@ def is_exempt(user: discord.abc.User, config: db.GuildConfig) -> bool:
     return config.is_exempt(role.id for role in roles)
 
 
-def check_place(
-    interaction: discord.Interaction[Any], config: db.GuildConfig, *, allow_dms: bool
-) -> None:
+def check_place(interaction: Interaction, config: db.GuildConfig, *, allow_dms: bool) -> None:
     """Refuse DMs (when configured) and channels outside the guild's allowed list."""
     if interaction.guild_id is None:
         if not allow_dms:
@@ -137,26 +124,20 @@ async def resolve_style(guilds: GuildSettings, guild_id: int | None, name: str |
     return style
 
 
-async def admit(
-    interaction: discord.Interaction[Any],
-    guilds: GuildSettings,
-    *,
-    prompt: str,
-    negative: str | None,
-    style: str | None,
-    aspect: str,
-    seed: int | None = None,
-) -> Admitted:
-    """Every rule of this server for one request, in the order a member would fix them."""
+async def admit(interaction: Interaction, guilds: GuildSettings, spec: JobSpec) -> Admitted:
+    """Every rule of this server for one request, in the order a member would fix them.
+
+    A job made from an earlier one (Reroll, Vary, Remix) is held to today's rules of the
+    server where it is asked for, not the original's: a prompt whose words were blocked since
+    is refused like a new one."""
     config = await guilds.config(interaction.guild_id)
     check_place(interaction, config, allow_dms=guilds.settings.allow_dms)
-    prompt, negative = check_prompt(prompt, negative, config)
-    check_options(aspect, seed)
-    chosen = await resolve_style(guilds, interaction.guild_id, style)
+    prompt, negative = check_prompt(spec.prompt, spec.negative, config)
+    check_options(spec.aspect, spec.seed)
+    chosen = await resolve_style(guilds, interaction.guild_id, spec.style)
     exempt = is_exempt(interaction.user, config)
     return Admitted(
-        prompt=prompt,
-        negative=negative,
+        spec=dataclasses.replace(spec, prompt=prompt, negative=negative, style=chosen.name),
         style=chosen,
         daily_quota=None if exempt else config.daily_quota,
         queue=await guilds.queue_limit(config),

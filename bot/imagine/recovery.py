@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import discord
 
 import db
-from bot import render, views
+from bot import render
 from bot.delivery import StatusMessage
 from bot.imagine.finish import shows_on
 from bot.imagine.job import Outcome, follow_job, utcnow
@@ -54,7 +54,8 @@ async def recover(service: JobService) -> None:
 
 async def resume(service: JobService, row: db.Generation) -> None:
     """Record, resubmit or refund one unfinished job of a previous run."""
-    delivered = await find_delivered(service.bot, row)
+    marker = service.views.renderer(row.kind).marker(row.job_key)
+    delivered = await find_delivered(service.client, row, marker)
     if delivered is not None:
         # The last run posted the image, then died before writing that down: the row already
         # holds the result (written before the upload); only the message id was missing.
@@ -65,7 +66,7 @@ async def resume(service: JobService, row: db.Generation) -> None:
             "job %s was delivered before the restart (message %s)", row.job_key, delivered.id
         )
         return
-    target = StatusMessage.from_row(service.bot, row)
+    target = StatusMessage.from_row(service.client, row)
     style = await db.get_style(service.db, row.guild_id, row.style)
     failure: JobFailed | None = None
     handle: JobHandle | None = None
@@ -110,17 +111,19 @@ async def resume(service: JobService, row: db.Generation) -> None:
     logger.info("job %s resumed after a restart", row.job_key)
 
 
-async def find_delivered(bot: discord.Client, row: db.Generation) -> discord.Message | None:
+async def find_delivered(
+    bot: discord.Client, row: db.Generation, marker: str
+) -> discord.Message | None:
     """The message that already carries this job's image, if the last run posted one.
 
     The image replaces the status message, or (late delivery) goes out as a reply right after
-    it; either way it carries this job's Reroll button, whose custom id names the job. Without
-    permission to read the channel the answer is "unknown", and the job is rendered again.
+    it; either way it carries a button of the job's result whose custom id (``marker``, its
+    renderer's: the Reroll button's for images) names the job. Without permission to read the
+    channel the answer is "unknown", and the job is rendered again.
     """
     if row.channel_id is None or row.message_id is None:
         return None
     channel = bot.get_partial_messageable(row.channel_id, guild_id=row.guild_id)
-    marker = views.RerollButton(row.job_key).custom_id
     try:
         status = await channel.fetch_message(row.message_id)
         if _carries(status, marker):

@@ -1,68 +1,96 @@
 """The job path: reserve → submit → answer → follow → finish.
 
-/imagine goes through ``_start``; Reroll, Variations, Vary and Remix through ``start_from`` (a
-finished job's request with new seeds), which ends in ``_start`` too; an edit
-(``bot.edit.service``) calls ``_start`` with its inputs kept; a job resumed after a restart
-joins at ``submit``. The Cancel button is ``bot.imagine.cancelling``. Every ending (an image
-delivered, an engine failure, a cancel, an upload Discord refused, a reply nobody saw, a job
-that cannot be resumed) goes through ``Finisher.end`` (``bot.imagine.finish``), so recording,
-refunding, counting and telling never drift apart.
+Every entry point builds a ``JobSpec`` and calls ``start(guard, spec)``: /imagine, Reroll,
+Variations, Vary, Remix (``bot.imagine.again``), /edit and the Edit form (``bot.edit``), and
+any kind an extension adds. A job resumed after a restart joins at ``submit``, which reads the
+job's inputs back from the image store by their keys exactly as for a fresh job. The Cancel
+button is ``bot.imagine.cancelling``. Every ending (an image delivered, an engine failure, a
+cancel, an upload Discord refused, a reply nobody saw, a job that cannot be resumed) goes
+through ``Finisher.end`` (``bot.imagine.finish``), so recording, refunding, counting and
+telling never drift apart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
 
 import discord
 
 import db
-from bot import errors, metrics, render, views
+from bot import errors, metrics, render
 from bot.delivery import TOKEN_LIFETIME, StatusMessage, interaction_time
-from bot.edit import service as edit
 from bot.errors import UserError
-from bot.imagine import cancelling, policy, recovery, variations
+from bot.guild_settings import GuildSettings
+from bot.images import ImageKeeper, NotStored
+from bot.imagine import cancelling, policy, recovery
 from bot.imagine.ack import AckGuard
 from bot.imagine.finish import Finisher
 from bot.imagine.following import Follower
-from bot.imagine.job import Job, Outcome, follow_job, request_for, utcnow
-from bot.imagine.policy import Admitted, ImagineParams
-from engine.contract import FailureKind, JobFailed, JobHandle, JobResult, Mode
+from bot.imagine.job import Job, Outcome, follow_job, utcnow
+from bot.imagine.kinds import JobKind, Kinds, UnknownKind
+from bot.imagine.policy import Admitted, spec_of
+from bot.imagine.presenting import JobViews, ResultRenderer
+from bot.imagine.spec import JobSpec, request_for
+from bot.interaction import Interaction
+from bot.settings import BotSettings
+from engine.contract import (
+    TASK_GENERATE,
+    FailureKind,
+    ImageBackend,
+    JobFailed,
+    JobHandle,
+    JobResult,
+)
 from engine.presets import MAX_SEED
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
 
 logger = logging.getLogger(__name__)
 
-VARIATION_COUNT = 2
+# How long a refusal may wait for the backend to say what it can run now.
+STATUS_TIMEOUT_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobDeps:
+    """What the job path works with, passed in (the bot builds it once it has them all)."""
+
+    client: discord.Client
+    settings: BotSettings
+    database: db.Database
+    backend: ImageBackend
+    images: ImageKeeper
+    guilds: GuildSettings
+    views: JobViews
 
 
 class JobService:
-    """Owns every job this bot process follows."""
+    """Owns every job this bot process follows, and the kinds of job it runs."""
 
-    def __init__(self, bot: ImagineBot) -> None:
-        self.bot = bot
-        self.settings = bot.settings
-        self.guilds = bot.guild_settings
-        self.finish = Finisher(bot)
+    def __init__(self, deps: JobDeps, kinds: Kinds | None = None) -> None:
+        self.deps = deps
+        self.client = deps.client
+        self.settings = deps.settings
+        self.db = deps.database
+        self.backend = deps.backend
+        self.images = deps.images
+        self.guilds = deps.guilds
+        self.views = deps.views
+        self.kinds = kinds if kinds is not None else Kinds()
+        self.finish = Finisher(deps)
         self.follower = Follower(
-            lambda: self.bot.backend,
-            lambda: self.db,
-            interval_s=self.settings.progress_interval_s,
+            deps.backend,
+            deps.database,
+            views=deps.views,
+            interval_s=deps.settings.progress_interval_s,
         )
 
-    @property
-    def db(self) -> db.Database:
-        assert self.bot.db is not None
-        return self.bot.db
-
-    @property
-    def backend(self) -> Any:
-        return self.bot.backend
+    def register(self, kind: JobKind, renderer: ResultRenderer) -> None:
+        """Run jobs of ``kind`` (an extension's), shown by ``renderer``."""
+        self.kinds.add(kind)
+        self.views.add_renderer(kind.name, renderer)
 
     def active_keys(self) -> list[str]:
         return list(self.follower.jobs)
@@ -71,148 +99,22 @@ class JobService:
         """Requester of every job this process follows, by job key."""
         return self.follower.owners()
 
-    # ------------------------------------------------------------------ entry points
-    async def imagine(self, interaction: discord.Interaction[Any], params: ImagineParams) -> None:
-        """/imagine: validate, charge, queue and answer; the job then runs on its own."""
-        async with AckGuard(interaction) as guard:
-            admitted = await policy.admit(
-                interaction,
-                self.guilds,
-                prompt=params.prompt,
-                negative=params.negative,
-                style=params.style,
-                aspect=params.aspect,
-                seed=params.seed,
-            )
-            await self._start(
-                interaction,
-                guard,
-                admitted,
-                aspect=params.aspect,
-                mode=Mode(params.mode),
-                seeds=[params.seed],
-                kind=db.GenerationKind.IMAGINE,
-                parent_key=None,
-            )
+    # ------------------------------------------------------------------ the one way in
+    async def start(self, guard: AckGuard, spec: JobSpec, *, copies: int = 1) -> None:
+        """Check, charge, queue and answer ``copies`` jobs of ``spec`` (each its own seed);
+        they then run on their own. Every refusal is a ``UserError`` with nothing charged.
 
-    async def reroll(self, interaction: discord.Interaction[Any], parent_key: str) -> None:
-        """Same parameters, new seed: a new generation charged to whoever clicked."""
-        parent = await db.get_generation(self.db, parent_key)
-        if parent is not None and parent.kind == db.GenerationKind.EDIT:
-            await edit.reroll(self, interaction, parent)  # the same edit of the same images
-            return
-        await self._again(interaction, parent_key, kind=db.GenerationKind.REROLL, count=1)
-
-    async def variations(self, interaction: discord.Interaction[Any], parent_key: str) -> None:
-        """Two more seeds of the same prompt: two new generations."""
-        await self._again(
-            interaction, parent_key, kind=db.GenerationKind.VARIATION, count=VARIATION_COUNT
-        )
-
-    async def vary(
-        self, interaction: discord.Interaction[Any], parent_key: str, *, strong: bool
-    ) -> None:
-        """Vary (Subtle / Strong): image-to-image from the stored image, new seed."""
-        await variations.vary(self, interaction, parent_key, strong=strong)
-
-    async def remix(
-        self,
-        interaction: discord.Interaction[Any],
-        parent_key: str,
-        *,
-        prompt: str,
-        negative: str | None,
-    ) -> None:
-        """The Remix form was sent: a strong variation with the edited prompt."""
-        await variations.remix(self, interaction, parent_key, prompt=prompt, negative=negative)
-
-    async def _again(
-        self, interaction: discord.Interaction[Any], parent_key: str, *, kind: str, count: int
-    ) -> None:
-        async with AckGuard(interaction) as guard:
-            parent = await db.get_generation(self.db, parent_key)
-            if parent is None:
-                raise UserError("I can't find that image any more.")
-            await self.start_from(interaction, guard, parent, kind=kind, count=count)
-
-    async def start_from(
-        self,
-        interaction: discord.Interaction[Any],
-        guard: AckGuard,
-        parent: db.Generation,
-        *,
-        kind: str,
-        count: int = 1,
-        text: tuple[str, str | None] | None = None,
-        strength: float | None = None,
-        init_image: bytes | None = None,
-    ) -> None:
-        """New jobs from a finished one (Reroll, Variations, Vary, Remix): the parent's
-        request, or ``text`` (prompt, negative) in its place, with new seeds.
-
-        Admitted by today's rules of the server where the button is clicked, not the
-        original's: a prompt whose words were blocked since is refused like a new one."""
-        prompt, negative = text if text is not None else (parent.prompt, parent.negative_prompt)
-        admitted = await policy.admit(
-            interaction,
-            self.guilds,
-            prompt=prompt,
-            negative=negative,
-            style=parent.style,
-            aspect=parent.aspect,
-        )
-        await self._start(
-            interaction,
-            guard,
-            admitted,
-            aspect=parent.aspect,
-            mode=Mode(parent.mode),
-            seeds=[None] * count,
-            kind=kind,
-            parent_key=parent.job_key,
-            strength=strength,
-            init_image=init_image,
-        )
-
-    # ------------------------------------------------------------------ reserve → submit
-    async def _start(
-        self,
-        interaction: discord.Interaction[Any],
-        guard: AckGuard,
-        admitted: Admitted,
-        *,
-        aspect: str,
-        mode: Mode,
-        seeds: list[int | None],
-        kind: str,
-        parent_key: str | None,
-        strength: float | None = None,
-        init_image: bytes | None = None,
-    ) -> None:
-        """Reserve and submit one job per seed, then post their status messages.
-
-        A variation (``strength``) renders from ``init_image``, its parent's stored PNG."""
+        With several copies, each is reserved in turn; a limit reached partway keeps those
+        already reserved and says why the rest were not made.
+        """
+        interaction = guard.interaction
+        admitted = await self.admit(guard, spec)
         planned: list[tuple[db.Generation, JobHandle]] = []
         shortfall: str | None = None
-        for index, wanted_seed in enumerate(seeds, start=1):
-            key = str(interaction.id) if len(seeds) == 1 else f"{interaction.id}:{index}"
-            new = db.NewGeneration(
-                job_key=key,
-                user_id=interaction.user.id,
-                channel_id=interaction.channel_id,
-                guild_id=interaction.guild_id,
-                prompt=admitted.prompt,
-                style=admitted.style.name,
-                aspect=aspect,
-                mode=str(mode),
-                negative_prompt=admitted.negative,
-                seed=wanted_seed if wanted_seed is not None else secrets.randbelow(MAX_SEED + 1),
-                kind=kind,
-                parent_key=parent_key,
-                strength=strength,
-            )
+        for index in range(1, copies + 1):
+            key = str(interaction.id) if copies == 1 else f"{interaction.id}:{index}"
             try:
-                started = await self._reserve_and_submit(new, admitted, init_image)
+                started = await self._reserve_and_submit(key, interaction, admitted)
             except UserError as refusal:
                 if not planned:
                     raise
@@ -226,14 +128,47 @@ class JobService:
                 break
             planned.append(started)
         for index, (row, handle) in enumerate(planned):
-            await self._announce(interaction, guard, row, handle, first=index == 0)
+            await self._announce(guard, row, handle, first=index == 0)
         if shortfall is not None:
             await errors.send_ephemeral(interaction, shortfall)
 
+    async def admit(self, guard: AckGuard, spec: JobSpec) -> Admitted:
+        """Every check before anything is charged, in the order a member would fix them: a
+        kind this bot runs, something here that runs its task now, the server's rules
+        (``policy.admit``). ``start`` runs it; an entry point with slow work before it (a
+        download) runs it first too, so a refusal costs nothing."""
+        try:
+            kind = self.kinds[spec.kind]
+        except UnknownKind:
+            raise UserError(render.unknown_kind_text()) from None
+        if kind.task != TASK_GENERATE:
+            await self.check_task(kind.task)
+        return await policy.admit(guard.interaction, self.guilds, spec)
+
+    async def check_task(self, task: str) -> None:
+        """Refuse at once (a ``UserError``) when nothing here can run ``task`` now, before
+        anything is charged or a member fills in a form for nothing."""
+        try:
+            status = await asyncio.wait_for(self.backend.status(), STATUS_TIMEOUT_S)
+        except Exception as exc:
+            logger.warning("a %s job refused: the backend's status failed (%s)", task, exc)
+            raise UserError(render.ENGINE_SILENT_TEXT) from None
+        if task not in status.capabilities:
+            raise UserError(render.task_unavailable_text(task, remote=status.backend == "redis"))
+
     async def _reserve_and_submit(
-        self, new: db.NewGeneration, admitted: Admitted, init_image: bytes | None = None
+        self, key: str, interaction: Interaction, admitted: Admitted
     ) -> tuple[db.Generation, JobHandle] | None:
         """Charge and write the row, then hand the job to the backend; None for a repeat."""
+        spec = admitted.spec
+        seed = spec.seed if spec.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        new = spec.new_row(
+            job_key=key,
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            seed=seed,
+        )
         try:
             row, fresh = await db.reserve_generation(
                 self.db,
@@ -249,55 +184,57 @@ class JobService:
         if not fresh:
             return None
         try:
-            handle = await self.submit(row, admitted.style, init_image=init_image)
+            handle = await self.submit(row, admitted.style)
         except JobFailed as failure:
             await self.finish.end(row.job_key, Outcome.failed(failure, metric="refused"))
             raise UserError(failure.user_message) from None
         return row, handle
 
-    async def submit(
-        self, row: db.Generation, style: db.Style, *, init_image: bytes | None = None
-    ) -> JobHandle:
+    async def submit(self, row: db.Generation, style: db.Style) -> JobHandle:
         """Hand a job row to the backend (a new job, or one resumed after a restart).
 
-        A variation resumed after a restart reads its parent's image from the store again;
-        ``JobFailed`` when it is gone (the caller refunds the job and says so).
+        The job's inputs are read from the image store by their keys; ``JobFailed`` when one
+        is gone (the caller refunds the job and says so), or when the row's kind is not one
+        this bot runs.
         """
-        if row.strength is not None and init_image is None:
-            init_image = await variations.parent_png(self.bot, row.parent_key)
-        edit_images: tuple[bytes, ...] = ()
-        if row.kind == db.GenerationKind.EDIT:
-            edit_images = await edit.inputs_for(self.bot, row)
+        spec = JobSpec.of_row(row)
+        try:
+            kind = self.kinds[spec.kind]
+        except UnknownKind:
+            raise JobFailed(FailureKind.INVALID, render.unknown_kind_reason()) from None
+        images = []
+        for key in spec.inputs:
+            try:
+                images.append(await self.images.read(key))
+            except NotStored:
+                raise JobFailed(FailureKind.ERROR, render.inputs_gone_reason()) from None
         request = request_for(
-            row,
-            style,
+            spec,
+            job_key=row.job_key,
+            user_id=row.user_id,
+            task=kind.task,
+            style=spec_of(style),
+            images=tuple(images),
             deadline_s=self.settings.job_deadline_s,
-            init_image=init_image,
-            edit_images=edit_images,
         )
         return await self.backend.submit(request, self.follower.on_progress(row.job_key))
 
     async def _announce(
-        self,
-        interaction: discord.Interaction[Any],
-        guard: AckGuard,
-        row: db.Generation,
-        handle: JobHandle,
-        *,
-        first: bool,
+        self, guard: AckGuard, row: db.Generation, handle: JobHandle, *, first: bool
     ) -> None:
         """Post a job's status message (the answer itself, or a followup) and follow it."""
+        interaction = guard.interaction
         key = row.job_key
         position = await self.follower.position(key)
         text = self.follower.queued_text(render.header_of(row), position)
         followup: discord.WebhookMessage | None = None
         try:
             if first:
-                message_id = await guard.respond(text, views.status_view(key))
+                message_id = await guard.respond(text, self.views.status_view(key))
             else:
                 followup = await interaction.followup.send(
                     text,
-                    view=views.status_view(key),
+                    view=self.views.status_view(key),
                     allowed_mentions=errors.NO_MENTIONS,
                     wait=True,
                 )
@@ -319,7 +256,7 @@ class JobService:
         )
         created = interaction_time(str(interaction.id)) or utcnow()
         target = StatusMessage(
-            self.bot,
+            self.client,
             requester_id=row.user_id,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
@@ -385,7 +322,7 @@ class JobService:
             )
 
     # ------------------------------------------------------------------ the Cancel button
-    async def cancel(self, interaction: discord.Interaction[Any], key: str) -> None:
+    async def cancel(self, interaction: Interaction, key: str) -> None:
         """Stop a waiting or rendering job (who may: ``views.CancelButton`` checks it)."""
         await cancelling.cancel(self, interaction, key)
 

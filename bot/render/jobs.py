@@ -22,7 +22,7 @@ from bot.render.text import (
     shown_status,
 )
 from bot.render.text import seconds as seconds_text
-from engine.contract import FailureKind, JobResult, Progress
+from engine.contract import TASK_EDIT, FailureKind, JobResult, Progress
 from engine.presets import NEUTRAL_NEGATIVE
 
 PROMPT_PREVIEW_CHARS = 300
@@ -126,12 +126,12 @@ def result_embed(
     embed.add_field(name="Style", value=shown(result.style, 64), inline=True)
     embed.add_field(
         name="Size",
-        value=f"{aspect_label(result.aspect)} · {result.width}×{result.height}",
+        value=f"{aspect_label(result.aspect)} · {result.image.width}×{result.image.height}",
         inline=True,
     )
     cfg = f" · CFG {result.true_cfg_scale:g}" if result.true_cfg_scale > 1 else ""
     embed.add_field(name="Mode", value=f"{result.mode} · {result.steps} steps{cfg}", inline=True)
-    embed.add_field(name="Seed", value=f"`{result.seed}`", inline=True)
+    embed.add_field(name="Seed", value=f"`{result.image.seed}`", inline=True)
     waited = f" (waited {seconds_text(result.queued_s)})" if result.queued_s >= 1 else ""
     embed.add_field(name="Time", value=f"{seconds_text(result.run_s)}{waited}", inline=True)
     if negative_prompt:
@@ -278,6 +278,30 @@ def image_gone_text() -> str:
     )
 
 
-def source_gone_reason() -> str:
-    """Why a variation resumed after a restart could not run: its source image went meanwhile."""
-    return "the image it varies is no longer stored"
+def inputs_gone_reason() -> str:
+    """Why a job could not be submitted: an image it is made from is no longer stored (a
+    variation's source, an edit's uploads), swept meanwhile by retention, Delete or an erase."""
+    return "an image it is made from is no longer stored"
+
+
+ENGINE_SILENT_TEXT = "The image engine is not answering right now; try again in a minute."
+EDIT_OFF_TEXT = "Image editing is turned off on this server. Nothing was charged."
+NO_EDIT_WORKER_TEXT = "No worker can edit right now. Nothing was charged; please try again later."
+TASK_OFF_TEXT = "This kind of image can't be made here right now. Nothing was charged."
+
+
+def task_unavailable_text(task: str, *, remote: bool) -> str:
+    """Nothing here runs ``task`` now: no worker that can (``remote``), or the engine can't."""
+    if task == TASK_EDIT:
+        return NO_EDIT_WORKER_TEXT if remote else EDIT_OFF_TEXT
+    return TASK_OFF_TEXT
+
+
+def unknown_kind_text() -> str:
+    """A button or command of a kind of job this bot no longer has (a removed extension)."""
+    return "This bot can't make that kind of image any more. Nothing was charged."
+
+
+def unknown_kind_reason() -> str:
+    """Why a resumed job of a kind this bot no longer has could not run."""
+    return "the bot no longer makes this kind of image"

@@ -13,6 +13,7 @@ buttons in every server stop working. Who may press a button is checked in each 
 - ``base``: the shared check and the custom id pattern.
 - ``jobs``: the buttons under a job's message.
 - ``forms``: the Remix form.
+- ``results``: how a finished job is shown (``Presentation``, the job path's ``JobViews``).
 - ``history``: /history pages.
 - ``erase``: the confirmation of /forget-me.
 """
@@ -23,7 +24,6 @@ from typing import Any
 
 import discord
 
-from bot.edit.views import EditButton, edit_form, handle_edit_form
 from bot.views.base import Guarded, JobButton, has_permission, job_row
 from bot.views.erase import EraseButton, erase_view
 from bot.views.forms import form_values, handle_remix_form, remix_form
@@ -38,9 +38,9 @@ from bot.views.jobs import (
     VariationsButton,
     VaryStrongButton,
     VarySubtleButton,
-    result_view,
     status_view,
 )
+from bot.views.results import ImageResult, Presentation
 
 # Every restart-proof button: those under a finished image, plus the ones that are not.
 DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
@@ -57,26 +57,24 @@ __all__ = [
     "CancelButton",
     "DeleteButton",
     "DetailsButton",
-    "EditButton",
     "EraseButton",
     "Guarded",
     "HistoryButton",
+    "ImageResult",
     "JobButton",
+    "Presentation",
     "RemixButton",
     "RerollButton",
     "VariationsButton",
     "VaryStrongButton",
     "VarySubtleButton",
     "can_view_others",
-    "edit_form",
     "erase_view",
     "form_values",
-    "handle_edit_form",
     "handle_remix_form",
     "has_permission",
     "history_page",
     "job_row",
     "remix_form",
-    "result_view",
     "status_view",
 ]

@@ -4,28 +4,27 @@ job-key pattern of custom ids, and the lookups a check needs."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import discord
 
 import db
 from bot import errors
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
+from bot.client import imagine_client
+from bot.interaction import Interaction
 
 KEY = r"(?P<key>[0-9]{1,20}(?::[0-9]{1,2})?)"
 
 
-async def job_row(interaction: discord.Interaction[ImagineBot], key: str) -> db.Generation:
+async def job_row(interaction: Interaction, key: str) -> db.Generation:
     """The job a button belongs to, or the answer that it is gone."""
-    row = await db.get_generation(interaction.client.db, key)
+    row = await db.get_generation(imagine_client(interaction.client).db, key)
     if row is None:
         raise errors.UserError("I can't find that image any more.")
     return row
 
 
-def has_permission(interaction: discord.Interaction[Any], permission: str) -> bool:
+def has_permission(interaction: Interaction, permission: str) -> bool:
     """A server permission of the member who clicked (never in DMs)."""
     if interaction.guild_id is None:
         return False
@@ -39,7 +38,7 @@ class Guarded:
     refusal is sent here: the member reads why, and the button's action never runs.
     """
 
-    async def interaction_check(self, interaction: discord.Interaction[ImagineBot]) -> bool:
+    async def interaction_check(self, interaction: Interaction) -> bool:
         try:
             await self.check(interaction)
         except Exception as exc:
@@ -47,17 +46,17 @@ class Guarded:
             return False
         return True
 
-    async def check(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def check(self, interaction: Interaction) -> None:
         """Raise a ``UserError`` when this member may not press this button."""
 
-    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def callback(self, interaction: Interaction) -> None:
         try:
             async with errors.replying(interaction):
                 await self.run(interaction)
         except Exception as exc:
             await errors.handle(interaction, exc)
 
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def run(self, interaction: Interaction) -> None:
         raise NotImplementedError
 
 
@@ -97,13 +96,13 @@ class JobButton(Guarded, discord.ui.DynamicItem[discord.ui.Button[Any]], templat
     @classmethod
     async def from_custom_id(
         cls,
-        interaction: discord.Interaction[Any],
+        interaction: Interaction,
         item: discord.ui.Button[Any],
         match: re.Match[str],
     ) -> Any:
         return cls(match["key"])
 
-    async def check(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def check(self, interaction: Interaction) -> None:
         if self.moderator_permission is None:
             return
         row = await job_row(interaction, self.job_key)

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
 from bot import errors, render
+from bot.client import imagine_client
+from bot.interaction import Interaction
 from bot.views.base import Guarded
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
 
 logger = logging.getLogger(__name__)
 
@@ -43,24 +42,24 @@ class EraseButton(
     @classmethod
     async def from_custom_id(
         cls,
-        interaction: discord.Interaction[Any],
+        interaction: Interaction,
         item: discord.ui.Button[Any],
         match: re.Match[str],
     ) -> EraseButton:
         return cls(int(match["user"]), match["answer"])
 
-    async def check(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def check(self, interaction: Interaction) -> None:
         if interaction.user.id != self.user_id:
             raise errors.UserError("Only the member who asked can answer this.")
 
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def run(self, interaction: Interaction) -> None:
         if self.answer != "yes":
             await interaction.response.edit_message(
                 content=render.erase_kept_text(), view=None, allowed_mentions=errors.NO_MENTIONS
             )
             return
         await interaction.response.defer()  # many files may go: answer Discord first
-        erased = await interaction.client.images.erase_user(self.user_id)
+        erased = await imagine_client(interaction.client).images.erase_user(self.user_id)
         logger.info("user %s erased their images and history", self.user_id)
         await interaction.edit_original_response(
             content=render.erased_text(erased.generations, erased.images, erased.kept_active),

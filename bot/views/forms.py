@@ -1,23 +1,23 @@
 """Forms (Discord modals): the Remix form, pre-filled with an image's prompt and negative.
 
 A form is answered from its custom id alone (``handle_remix_form``, called for every
-interaction by ``ImagineBot.on_interaction``), never by an object kept in memory, so a form
+interaction by ``ImagineClient.on_interaction``), never by an object kept in memory, so a form
 opened before a restart still works when it is sent after it.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
 from bot import errors
+from bot.client import imagine_client
+from bot.imagine import again
+from bot.imagine.ack import AckGuard
+from bot.interaction import Interaction
 from bot.views.base import KEY
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
-
 
 REMIX_FORM = re.compile(rf"imagine:remixed:{KEY}")
 REMIX_PROMPT = "prompt"
@@ -58,7 +58,7 @@ def remix_form(job_key: str, prompt: str, negative: str | None) -> discord.ui.Mo
     return modal
 
 
-def form_values(data: Any) -> dict[str, str]:
+def form_values(data: object) -> dict[str, str]:
     """The text inputs of a submitted form by custom id (any layout: rows or labels)."""
     values: dict[str, str] = {}
 
@@ -79,7 +79,7 @@ def form_values(data: Any) -> dict[str, str]:
     return values
 
 
-async def handle_remix_form(interaction: discord.Interaction[ImagineBot]) -> bool:
+async def handle_remix_form(interaction: Interaction) -> bool:
     """Answer a submitted Remix form; False when the interaction is not one."""
     if interaction.type != discord.InteractionType.modal_submit:
         return False
@@ -91,12 +91,15 @@ async def handle_remix_form(interaction: discord.Interaction[ImagineBot]) -> boo
     values = form_values(data)
     try:
         async with errors.replying(interaction):
-            await interaction.client.jobs.remix(
-                interaction,
-                match["key"],
-                prompt=values.get(REMIX_PROMPT, ""),
-                negative=values.get(REMIX_NEGATIVE) or None,
-            )
+            jobs = imagine_client(interaction.client).jobs
+            async with AckGuard(interaction) as guard:
+                await again.remix(
+                    jobs,
+                    guard,
+                    match["key"],
+                    prompt=values.get(REMIX_PROMPT, ""),
+                    negative=values.get(REMIX_NEGATIVE) or None,
+                )
     except Exception as exc:
         await errors.handle(interaction, exc)
     return True

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
 import db
 from bot import errors, render
+from bot.client import ImagineClient, imagine_client
 from bot.gallery.answer import GalleryButton
+from bot.interaction import Interaction
 from bot.views.base import Guarded, has_permission
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
 
 
 class HistoryButton(
@@ -43,7 +42,7 @@ class HistoryButton(
     @classmethod
     async def from_custom_id(
         cls,
-        interaction: discord.Interaction[Any],
+        interaction: Interaction,
         item: discord.ui.Button[Any],
         match: re.Match[str],
     ) -> HistoryButton:
@@ -55,7 +54,7 @@ class HistoryButton(
             disabled=False,
         )
 
-    async def check(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def check(self, interaction: Interaction) -> None:
         if interaction.user.id != self.viewer_id:
             raise errors.UserError("Only the person who opened this list can turn its pages.")
         if self.target_id != self.viewer_id and not can_view_others(interaction):
@@ -63,9 +62,9 @@ class HistoryButton(
                 "You need the **Manage Server** permission to see another member's history."
             )
 
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def run(self, interaction: Interaction) -> None:
         embed, view = await history_page(
-            interaction.client,
+            imagine_client(interaction.client),
             viewer_id=self.viewer_id,
             target_id=self.target_id,
             target_name=await _display_name(interaction, self.target_id),
@@ -77,11 +76,11 @@ class HistoryButton(
         )
 
 
-def can_view_others(interaction: discord.Interaction[Any]) -> bool:
+def can_view_others(interaction: Interaction) -> bool:
     return has_permission(interaction, "manage_guild")
 
 
-async def _display_name(interaction: discord.Interaction[Any], user_id: int) -> str:
+async def _display_name(interaction: Interaction, user_id: int) -> str:
     if user_id == interaction.user.id:
         return interaction.user.display_name
     guild = interaction.guild
@@ -93,7 +92,7 @@ async def _display_name(interaction: discord.Interaction[Any], user_id: int) -> 
 
 
 async def history_page(
-    bot: ImagineBot,
+    bot: ImagineClient,
     *,
     viewer_id: int,
     target_id: int,

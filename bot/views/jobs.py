@@ -5,19 +5,17 @@ that images posted before the Vary buttons still carry."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import discord
 
 import db
 from bot import errors, render
-from bot.edit.views import EditButton
-from bot.imagine import variations
+from bot.client import imagine_client
+from bot.imagine import again
+from bot.imagine.ack import AckGuard
+from bot.interaction import Interaction
 from bot.views.base import JobButton, job_row
 from bot.views.forms import remix_form
-
-if TYPE_CHECKING:
-    from bot.app import ImagineBot
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +27,9 @@ class RerollButton(JobButton):
     button_style = discord.ButtonStyle.primary
     button_row = 0
 
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        await interaction.client.jobs.reroll(interaction, self.job_key)
+    async def run(self, interaction: Interaction) -> None:
+        async with AckGuard(interaction) as guard:
+            await again.reroll(imagine_client(interaction.client).jobs, guard, self.job_key)
 
 
 class VariationsButton(JobButton):
@@ -41,8 +40,9 @@ class VariationsButton(JobButton):
     label = "Variations"
     emoji = "🔀"
 
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        await interaction.client.jobs.variations(interaction, self.job_key)
+    async def run(self, interaction: Interaction) -> None:
+        async with AckGuard(interaction) as guard:
+            await again.variations(imagine_client(interaction.client).jobs, guard, self.job_key)
 
 
 class VarySubtleButton(JobButton):
@@ -53,8 +53,10 @@ class VarySubtleButton(JobButton):
     emoji = "🪶"
     button_row = 0
 
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        await interaction.client.jobs.vary(interaction, self.job_key, strong=False)
+    async def run(self, interaction: Interaction) -> None:
+        jobs = imagine_client(interaction.client).jobs
+        async with AckGuard(interaction) as guard:
+            await again.vary(jobs, guard, self.job_key, strong=False)
 
 
 class VaryStrongButton(JobButton):
@@ -65,8 +67,10 @@ class VaryStrongButton(JobButton):
     emoji = "🌀"
     button_row = 0
 
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        await interaction.client.jobs.vary(interaction, self.job_key, strong=True)
+    async def run(self, interaction: Interaction) -> None:
+        jobs = imagine_client(interaction.client).jobs
+        async with AckGuard(interaction) as guard:
+            await again.vary(jobs, guard, self.job_key, strong=True)
 
 
 class RemixButton(JobButton):
@@ -78,8 +82,9 @@ class RemixButton(JobButton):
     emoji = "🎨"
     button_row = 0
 
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        prompt, negative = await variations.open_remix(interaction.client, self.job_key)
+    async def run(self, interaction: Interaction) -> None:
+        jobs = imagine_client(interaction.client).jobs
+        prompt, negative = await again.open_remix(jobs, self.job_key)
         await interaction.response.send_modal(remix_form(self.job_key, prompt, negative))
 
 
@@ -89,7 +94,7 @@ class DetailsButton(JobButton):
     emoji = "ℹ️"
     button_row = 1
 
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def run(self, interaction: Interaction) -> None:
         row = await job_row(interaction, self.job_key)
         await errors.send_ephemeral(interaction, embed=render.details_embed(row))
 
@@ -103,7 +108,7 @@ class DeleteButton(JobButton):
     denied = "Only the person who asked for this image or a moderator can delete it."
     button_row = 1
 
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
+    async def run(self, interaction: Interaction) -> None:
         await interaction.response.defer()
         try:
             await interaction.delete_original_response()
@@ -111,9 +116,10 @@ class DeleteButton(JobButton):
             if interaction.message is None:
                 raise
             await interaction.message.delete()
-        await db.set_message(interaction.client.db, self.job_key, message_id=None)
+        bot = imagine_client(interaction.client)
+        await db.set_message(bot.db, self.job_key, message_id=None)
         # The stored copy goes too (the file itself once no other job shares its bytes).
-        await interaction.client.images.forget(self.job_key)
+        await bot.images.forget(self.job_key)
         logger.info("job %s: image deleted by user %s", self.job_key, interaction.user.id)
 
 
@@ -125,8 +131,8 @@ class CancelButton(JobButton):
     moderator_permission = "manage_guild"
     denied = "Only the person who asked for this image or a server admin can cancel it."
 
-    async def run(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        await interaction.client.jobs.cancel(interaction, self.job_key)
+    async def run(self, interaction: Interaction) -> None:
+        await imagine_client(interaction.client).jobs.cancel(interaction, self.job_key)
 
 
 def status_view(job_key: str) -> discord.ui.View:
@@ -136,20 +142,13 @@ def status_view(job_key: str) -> discord.ui.View:
     return view
 
 
+# The buttons under a finished image, in their order; a feature adds its own
+# (``Presentation.add_result_button``: the Edit button of ``bot.edit``).
 RESULT_BUTTONS: tuple[type[JobButton], ...] = (
     RerollButton,
     VarySubtleButton,
     VaryStrongButton,
     RemixButton,
-    EditButton,
     DetailsButton,
     DeleteButton,
 )
-
-
-def result_view(job_key: str) -> discord.ui.View:
-    """The buttons under a finished image: making more on the first row, the rest below."""
-    view = discord.ui.View(timeout=None)
-    for cls in RESULT_BUTTONS:
-        view.add_item(cls(job_key))  # type: ignore[arg-type]
-    return view

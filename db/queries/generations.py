@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.database import Database
-from db.models import ACTIVE_STATUSES, Generation, GenerationKind, GenerationStatus
+from db.models import ACTIVE_STATUSES, Generation, GenerationStatus
 from db.queries.common import as_utc, limit_or_none, quota_guild, same_guild
 from db.queries.quota import (
     QuotaExceeded,
@@ -31,6 +31,7 @@ from db.queries.quota import (
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 2000
+MAX_KIND_CHARS = 16  # generations.kind
 # Discord interaction tokens stop working 15 minutes after the interaction.
 INTERACTION_TOKEN_TTL = dt.timedelta(minutes=15)
 
@@ -60,6 +61,7 @@ class NewGeneration:
     kind: str = "imagine"
     parent_key: str | None = None
     strength: float | None = None  # a variation's img2img strength
+    inputs: tuple[str, ...] = ()  # the job's input images, by image-store key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +112,8 @@ async def reserve_generation(
     unlimited (exempt members), and nothing is charged.
     """
     check_reset_hour(reset_hour)
-    if new.kind not in tuple(GenerationKind):
-        raise ValueError(f"unknown generation kind {new.kind!r}")
+    if not 0 < len(new.kind) <= MAX_KIND_CHARS:
+        raise ValueError(f"a generation kind is 1 to {MAX_KIND_CHARS} characters: {new.kind!r}")
     now = as_utc(now)
     day = quota_day(now, reset_hour)
     quota = limit_or_none(daily_quota)
@@ -136,6 +138,7 @@ async def reserve_generation(
                 kind=new.kind,
                 parent_key=new.parent_key,
                 strength=new.strength,
+                inputs=list(new.inputs),
                 guild_id=new.guild_id,
                 channel_id=new.channel_id,
                 user_id=new.user_id,

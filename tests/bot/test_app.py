@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from bot import create_bot, endpoints
 from bot.app import ImagineBot
+from bot.client import NotStarted
 from bot.endpoints import DiscordEndpoints
 from bot.health import HealthServer
 from bot.logsetup import REDACTED, RedactSecrets
@@ -60,21 +61,18 @@ def test_create_bot_is_unconnected(monkeypatch: pytest.MonkeyPatch) -> None:
     base = discord.http.Route.BASE
     bot = create_bot(BotSettings(_env_file=None))  # type: ignore[call-arg]
     assert isinstance(bot, ImagineBot) and not bot.is_ready() and bot.user is None
-    assert bot.backend is None and bot.db is None  # built in setup_hook, not at import
+    for service in ("backend", "db", "jobs"):  # built in setup_hook, not at import
+        with pytest.raises(NotStarted):
+            getattr(bot, service)
     assert base == discord.http.Route.BASE  # building a bot never moves discord.py elsewhere
     assert bot.allowed_mentions is not None and bot.allowed_mentions.everyone is False
     assert not bot.intents.message_content and not bot.intents.members
 
 
-def test_create_bot_takes_the_backend_and_still_accepts_engine_for_now() -> None:
+def test_create_bot_takes_the_backend() -> None:
     backend: Any = object()
     settings = BotSettings(_env_file=None)  # type: ignore[call-arg]
     assert create_bot(settings, backend=backend).backend is backend
-    with pytest.warns(DeprecationWarning, match="backend="):
-        old = create_bot(settings, engine=backend)
-    assert old.backend is backend
-    with pytest.raises(TypeError, match="only backend="), pytest.warns(DeprecationWarning):
-        create_bot(settings, backend=backend, engine=object())  # type: ignore[arg-type]
 
 
 def test_test_only_endpoints_come_from_the_environment_not_the_settings(

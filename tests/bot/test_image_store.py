@@ -162,7 +162,7 @@ async def test_variation_interrupted_by_a_restart_resumes_once(harness: Harness)
     await harness.restart()
     resubmitted = [r for r in harness.engine.submitted if r.job_id == key]
     assert len(resubmitted) == 2  # once before the restart, once after
-    assert resubmitted[1].init_image == resubmitted[0].init_image is not None  # read again
+    assert resubmitted[1].images == resubmitted[0].images != ()  # read again
     harness.engine.release()
     await harness.wait_jobs()
 

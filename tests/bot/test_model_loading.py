@@ -14,7 +14,7 @@ import discord
 import pytest
 
 from bot.app import ImagineBot
-from engine import edit as edit_package
+from engine import generators as generators_module
 from engine.queue import LOAD_FAILED_MESSAGE, LocalEngine
 from engine.settings import EngineSettings
 from tests.bot.harness import QUEUED_CEILING, ExternalEngine, Harness
@@ -30,9 +30,9 @@ class Gate:
 
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
-    """``Generators.load`` waits for the test (an artificial load delay), then loads or fails."""
+    """``load_generators`` waits for the test (an artificial load delay), then loads or fails."""
     gate = Gate()
-    real = edit_package.Generators.load
+    real = generators_module.load_generators
 
     def load(settings: EngineSettings, *args: Any, **kwargs: Any) -> Any:
         assert gate.open.wait(60), "the test never let the load go on"
@@ -40,7 +40,7 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
             raise RuntimeError("CUDA error: out of memory while loading /models/qwen")
         return real(settings, *args, **kwargs)
 
-    monkeypatch.setattr(edit_package.Generators, "load", staticmethod(load))
+    monkeypatch.setattr(generators_module, "load_generators", load)
     yield gate
     gate.open.set()
 

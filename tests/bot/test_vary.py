@@ -73,7 +73,7 @@ async def test_vary_and_remix_make_images_from_the_stored_image(harness: Harness
     )
 
     rows = await harness.rows()
-    assert [r.kind for r in rows] == ["imagine", "variation", "variation", "remix"]
+    assert [r.kind for r in rows] == ["imagine", "vary", "vary", "remix"]
     expected = [
         (subtle_png, rows[1], VARY_SUBTLE_STRENGTH, bob),
         (strong_png, rows[2], VARY_STRONG_STRENGTH, alice),

@@ -95,11 +95,14 @@ async def test_reserved_row_keeps_every_parameter(database: Database, new_job: M
     assert gen.id == row.id
 
 
-async def test_unknown_kind_is_refused(database: Database, new_job: MakeJob) -> None:
+@pytest.mark.parametrize("kind", ["", "k" * 17])
+async def test_a_kind_the_row_cannot_hold_is_refused(
+    database: Database, new_job: MakeJob, kind: str
+) -> None:
+    """Which kinds exist is the bot's (``bot.imagine.kinds``); the row holds any name of at
+    most 16 characters and refuses the rest before anything is written."""
     with pytest.raises(ValueError, match="kind"):
-        await reserve_generation(
-            database, new_job(kind="upscale"), daily_quota=None, max_queued=None
-        )
+        await reserve_generation(database, new_job(kind=kind), daily_quota=None, max_queued=None)
 
 
 async def test_full_lifecycle(database: Database, new_job: MakeJob) -> None:

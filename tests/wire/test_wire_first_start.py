@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine import edit as edit_package
+from engine import generators as generators_module
 from engine.settings import EngineSettings
 
 from .harness import Rig, delivered, settled
@@ -19,13 +19,13 @@ async def test_online_and_answering_while_the_model_loads(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = threading.Event()
-    real = edit_package.Generators.load
+    real = generators_module.load_generators
 
     def slow_load(settings: EngineSettings, *args: Any, **kwargs: Any) -> Any:
         assert gate.wait(60), "the test never let the load go on"  # the download, say
         return real(settings, *args, **kwargs)
 
-    monkeypatch.setattr(edit_package.Generators, "load", staticmethod(slow_load))
+    monkeypatch.setattr(generators_module, "load_generators", slow_load)
     emu = rig.emulator
     alice = emu.add_user("alice")
     engine = rig.engine(edit_model="")

@@ -32,6 +32,14 @@ def _running(emu: DiscordEmulator, interaction: Interaction) -> bool:
     return bool(messages) and any("Step **" in v.content for v in messages[0].history)
 
 
+async def _marked_running(database_url: str, interaction: Interaction) -> None:
+    """Until the job's row says "running". The first step's progress edit and the row's
+    update are independent writes: seeing the edit does not mean the row was written yet."""
+    async with asyncio.timeout(10):
+        while (await read_ledger(database_url)).row(interaction).status != "running":  # noqa: ASYNC110 - another process's row
+            await asyncio.sleep(0.05)
+
+
 def assert_every_job_accounted_for(
     emu: DiscordEmulator, ledger: Ledger, interactions: list[Interaction]
 ) -> dict[str, list[Interaction]]:
@@ -76,6 +84,7 @@ async def test_restart_with_jobs_queued_and_running(rig: Rig, tokens: str) -> No
         for job in jobs:
             await emu.wait_acked(job)
         await emu.wait_until(lambda: _running(emu, jobs[0]), what="the first job to run")
+        await _marked_running(rig.database_url, jobs[0])
     # The first bot is gone (SIGTERM-like close, engine closed): one job running, two queued.
     stopped = await read_ledger(rig.database_url)
     assert [stopped.row(j).status for j in jobs] == ["running", "queued", "queued"]
@@ -119,6 +128,7 @@ async def test_restart_refunds_and_tells_what_it_cannot_resume(rig: Rig) -> None
         first = await emu.wait_acked(await emu.slash(twice, "imagine", prompt="first of two"))
         second = await emu.wait_acked(await emu.slash(twice, "imagine", prompt="second of two"))
         await emu.wait_until(lambda: _running(emu, running), what="the first job to run")
+        await _marked_running(rig.database_url, running)
     jobs = [running, first, second]
     stopped = await read_ledger(rig.database_url)
     assert [stopped.row(j).status for j in jobs] == ["running", "queued", "queued"]
@@ -167,6 +177,7 @@ async def test_crash_kill_9_with_jobs_queued_and_running(rig: Rig, tmp_path: Pat
         for job in jobs:
             await emu.wait_acked(job)
         await emu.wait_until(lambda: _running(emu, jobs[0]), what="the first job to run")
+        await _marked_running(rig.database_url, jobs[0])
         process.kill()
         await process.wait()
     assert process.returncode == -signal.SIGKILL

@@ -81,8 +81,8 @@ async def test_vary_subtle_strong_and_remix_with_python_m_bot(rig: Rig, tmp_path
 
     parent = ledger.row(first)
     cases = [
-        (subtle, subtle_image, VARY_SUBTLE_STRENGTH, "variation"),
-        (strong, strong_image, VARY_STRONG_STRENGTH, "variation"),
+        (subtle, subtle_image, VARY_SUBTLE_STRENGTH, "vary"),
+        (strong, strong_image, VARY_STRONG_STRENGTH, "vary"),
         (remix, remix_image, VARY_STRONG_STRENGTH, "remix"),
     ]
     for interaction, image, strength, kind in cases:

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 import db
-from bot.edit.service import SOURCE_GONE_TEXT, input_key
+from bot.edit.service import SOURCE_GONE_TEXT
+from bot.imagine.spec import input_key
 from bot.uploads import validate_upload, without_metadata
 from engine.generators import Generators
 from engine.queue import LocalEngine
@@ -50,7 +51,8 @@ def local_engine(tiny_model_dir: Path, tiny_edit_dir: Path) -> Iterator[LocalEng
     engine = edit_engine(tiny_model_dir, tiny_edit_dir)
     asyncio.run(engine.start())
     asyncio.run(engine.loaded())  # start() returns at once; the models load on its thread
-    assert isinstance(engine._generator, Generators) and engine._generator.editor is not None
+    assert isinstance(engine._generator, Generators)
+    assert engine._generator.tasks() == ("generate", "edit")
     yield engine
     asyncio.run(engine.close())
 
@@ -225,8 +227,8 @@ async def test_an_edit_interrupted_by_a_restart_resumes_once(harness: Harness) -
     resubmitted = [r for r in harness.engine.submitted if r.job_id == key]
     assert len(resubmitted) == 2  # once before the restart, once after
     # After the restart the inputs come back from the image store, the same bytes.
-    assert resubmitted[1].edit_images == resubmitted[0].edit_images
-    assert len(resubmitted[1].edit_images) == 1
+    assert resubmitted[1].images == resubmitted[0].images
+    assert len(resubmitted[1].images) == 1
     harness.engine.release()
     await harness.wait_jobs()
 

@@ -8,7 +8,7 @@ import io
 
 from PIL import Image
 
-from bot.edit.service import EDIT_OFF_TEXT
+from bot.render import EDIT_OFF_TEXT
 from tests.bot.harness import Harness
 
 
