@@ -16,7 +16,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
@@ -44,8 +44,14 @@ from engine.presets import (
 from engine.previews import PreviewMaker
 from engine.settings import EngineSettings, MemoryMode
 
-if TYPE_CHECKING:
-    from engine.edit.swap import TransformerSwap
+
+class Residency(Protocol):
+    """Which transformer is on the accelerator when two share it (``engine.edit.swap``)."""
+
+    def activate(self, name: str) -> float: ...
+
+    def is_resident(self, name: str) -> bool: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +92,7 @@ class ImageGenerator(LightningModes, Generator):
         self.agree_stop: StopAgreement | None = None
         # Set by engine.edit when the edit model's transformer shares the accelerator with this
         # one and both don't fit: this one is made resident before each job.
-        self.swap: TransformerSwap | None = None
+        self.swap: Residency | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -1,10 +1,10 @@
-"""One cog per feature area; each module has an async ``setup(bot)`` and is loaded as an
-extension in ``setup_hook``."""
+"""The extensions ``setup_hook`` loads: one cog per feature area, each module (or feature
+package: ``bot.edit``, ``bot.gallery``, ``bot.history``) with an async ``setup(bot)``."""
 
 EXTENSIONS: tuple[str, ...] = (
     "bot.cogs.imagine",
     "bot.edit",
-    "bot.cogs.history",
+    "bot.history",
     "bot.cogs.quota",
     "bot.cogs.status",
     "bot.cogs.styles",

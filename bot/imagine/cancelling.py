@@ -7,19 +7,28 @@ never resumed) is dropped from the backend and ended here, through the same ``Fi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import db
 from bot import errors, render
 from bot.errors import UserError
+from bot.imagine.finish import Finisher
+from bot.imagine.following import Follower
 from bot.imagine.job import Outcome
 from bot.interaction import Interaction
-
-if TYPE_CHECKING:
-    from bot.imagine.service import JobService
+from engine.contract import ImageBackend
 
 
-async def cancel(service: JobService, interaction: Interaction, key: str) -> None:
+class Cancelling(Protocol):
+    """What cancelling needs of the job service (``JobService`` is it)."""
+
+    db: db.Database
+    backend: ImageBackend
+    follower: Follower
+    finish: Finisher
+
+
+async def cancel(service: Cancelling, interaction: Interaction, key: str) -> None:
     """Stop a waiting or rendering job (who may: ``views.CancelButton`` checks it)."""
     row = await db.get_generation(service.db, key)
     if row is None:

@@ -14,19 +14,17 @@ import contextlib
 import io
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
 import db
 from bot import metrics, render
 from bot.delivery import MessageGone, StatusMessage, fit_to_limit
+from bot.imagine.deps import JobDeps
 from bot.imagine.job import Job, Outcome, utcnow
 from bot.imagine.presenting import Shown
 from engine.contract import FailureKind, JobFailed, JobResult
-
-if TYPE_CHECKING:  # the service builds the finisher from them; no import circle at run time
-    from bot.imagine.service import JobDeps
 
 logger = logging.getLogger(__name__)
 

@@ -11,19 +11,33 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import discord
 
 import db
 from bot import render
 from bot.delivery import StatusMessage
-from bot.imagine.finish import shows_on
-from bot.imagine.job import Outcome, follow_job, utcnow
+from bot.imagine.finish import Finisher, shows_on
+from bot.imagine.following import Follower
+from bot.imagine.job import Job, Outcome, follow_job, utcnow
+from bot.imagine.presenting import JobViews
 from engine.contract import FailureKind, JobFailed, JobHandle
 
-if TYPE_CHECKING:
-    from bot.imagine.service import JobService
+
+class Resuming(Protocol):
+    """What recovery needs of the job service (``JobService`` is it)."""
+
+    db: db.Database
+    client: discord.Client
+    views: JobViews
+    follower: Follower
+    finish: Finisher
+
+    async def submit(self, row: db.Generation, style: db.Style) -> JobHandle: ...
+
+    async def run(self, job: Job) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +45,7 @@ logger = logging.getLogger(__name__)
 REPLY_SEARCH_LIMIT = 50
 
 
-async def recover(service: JobService) -> None:
+async def recover(service: Resuming) -> None:
     """Resume jobs a previous run left queued, running or delivering, or end them."""
     try:
         forgotten = await db.forget_expired_tokens(service.db, now=utcnow())
@@ -52,7 +66,7 @@ async def recover(service: JobService) -> None:
             logger.exception("could not resume job %s", row.job_key)
 
 
-async def resume(service: JobService, row: db.Generation) -> None:
+async def resume(service: Resuming, row: db.Generation) -> None:
     """Record, resubmit or refund one unfinished job of a previous run."""
     marker = service.views.renderer(row.kind).marker(row.job_key)
     delivered = await find_delivered(service.client, row, marker)

@@ -13,7 +13,6 @@ telling never drift apart.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import secrets
 import time
@@ -24,23 +23,21 @@ import db
 from bot import errors, metrics, render
 from bot.delivery import TOKEN_LIFETIME, StatusMessage, interaction_time
 from bot.errors import UserError
-from bot.guild_settings import GuildSettings
-from bot.images import ImageKeeper, NotStored
+from bot.images import NotStored
 from bot.imagine import cancelling, policy, recovery
 from bot.imagine.ack import AckGuard
+from bot.imagine.deps import JobDeps
 from bot.imagine.finish import Finisher
 from bot.imagine.following import Follower
 from bot.imagine.job import Job, Outcome, follow_job, utcnow
 from bot.imagine.kinds import JobKind, Kinds, UnknownKind
 from bot.imagine.policy import Admitted, spec_of
-from bot.imagine.presenting import JobViews, ResultRenderer
+from bot.imagine.presenting import ResultRenderer
 from bot.imagine.spec import JobSpec, request_for
 from bot.interaction import Interaction
-from bot.settings import BotSettings
 from engine.contract import (
     TASK_GENERATE,
     FailureKind,
-    ImageBackend,
     JobFailed,
     JobHandle,
     JobResult,
@@ -51,19 +48,6 @@ logger = logging.getLogger(__name__)
 
 # How long a refusal may wait for the backend to say what it can run now.
 STATUS_TIMEOUT_S = 5.0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class JobDeps:
-    """What the job path works with, passed in (the bot builds it once it has them all)."""
-
-    client: discord.Client
-    settings: BotSettings
-    database: db.Database
-    backend: ImageBackend
-    images: ImageKeeper
-    guilds: GuildSettings
-    views: JobViews
 
 
 class JobService:

@@ -14,7 +14,6 @@ buttons in every server stop working. Who may press a button is checked in each 
 - ``jobs``: the buttons under a job's message.
 - ``forms``: the Remix form.
 - ``results``: how a finished job is shown (``Presentation``, the job path's ``JobViews``).
-- ``history``: /history pages.
 - ``erase``: the confirmation of /forget-me.
 """
 
@@ -27,7 +26,6 @@ import discord
 from bot.views.base import Guarded, JobButton, has_permission, job_row
 from bot.views.erase import EraseButton, erase_view
 from bot.views.forms import form_values, handle_remix_form, remix_form
-from bot.views.history import HistoryButton, can_view_others, history_page
 from bot.views.jobs import (
     RESULT_BUTTONS,
     CancelButton,
@@ -47,7 +45,6 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     *RESULT_BUTTONS,
     VariationsButton,
     CancelButton,
-    HistoryButton,
     EraseButton,
 )
 
@@ -59,7 +56,6 @@ __all__ = [
     "DetailsButton",
     "EraseButton",
     "Guarded",
-    "HistoryButton",
     "ImageResult",
     "JobButton",
     "Presentation",
@@ -68,12 +64,10 @@ __all__ = [
     "VariationsButton",
     "VaryStrongButton",
     "VarySubtleButton",
-    "can_view_others",
     "erase_view",
     "form_values",
     "handle_remix_form",
     "has_permission",
-    "history_page",
     "job_row",
     "remix_form",
     "status_view",

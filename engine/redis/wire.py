@@ -116,7 +116,10 @@ class _Message(BaseModel):
         """This message from Redis, or ``WireError``."""
         document = _document(data)
         if document.get("v") == cls.VERSION - 1:
-            document = cls.upgrade(document)
+            try:
+                document = cls.upgrade(document)
+            except wire_v1.Unreadable as exc:
+                raise WireError(str(exc)) from None
         elif document.get("v") != cls.VERSION:
             raise WireError(f"wire version {document.get('v')!r} (this side speaks {cls.VERSION})")
         try:
@@ -296,7 +299,7 @@ class ResultEnvelope(_ContractMessage):
         """This envelope as a reader of ``version`` expects it: a worker answers a job in the
         version the job came in, so a bot one version older still reads its results."""
         if version == self.VERSION - 1:
-            return wire_v1.result_document(self)
+            return wire_v1.result_document(self.ok, self.result, self.error)
         return self.document()
 
 

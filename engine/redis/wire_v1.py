@@ -15,21 +15,20 @@ as version 2.
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine.contract import TASK_EDIT, TASK_GENERATE
-
-if TYPE_CHECKING:
-    from engine.redis.wire import ResultEnvelope
+from engine.contract import TASK_EDIT, TASK_GENERATE, Failure, JobResult
 
 V1 = 1
 V2 = 2
 
 
-def _error(what: str) -> Exception:
-    from engine.redis.wire import WireError  # the error type lives with the messages
+class Unreadable(ValueError):
+    """Not the version-1 shape (``engine.redis.wire`` reports it as a ``WireError``)."""
 
-    return WireError(f"version-1 {what} unreadable")
+
+def _error(what: str) -> Exception:
+    return Unreadable(f"version-1 {what} unreadable")
 
 
 def job_message(document: dict[str, Any]) -> dict[str, Any]:
@@ -93,11 +92,10 @@ NOT_FOR_V1_MESSAGE = (
 )
 
 
-def result_document(envelope: ResultEnvelope) -> dict[str, Any]:
-    """A version-2 envelope as a version-1 bot reads it: its first image (a version-1 result
-    is one image), or a failure the member can read."""
-    result = envelope.result
-    if envelope.ok and result is not None and len(result.images) == 1 and not result.texts:
+def result_document(ok: bool, result: JobResult | None, error: Failure | None) -> dict[str, Any]:
+    """A version-2 envelope's outcome as a version-1 bot reads it: its one image (a version-1
+    result is one image), or a failure the member can read."""
+    if ok and result is not None and len(result.images) == 1 and not result.texts:
         image = result.images[0]
         fields = {
             "job_id": result.job_id,
@@ -121,8 +119,8 @@ def result_document(envelope: ResultEnvelope) -> dict[str, Any]:
             "worker": result.worker,
         }
         return {"v": V1, "ok": True, "result": fields, "error": None}
-    if envelope.ok or envelope.error is None:
-        error = {"kind": "error", "user_message": NOT_FOR_V1_MESSAGE}
+    if ok or error is None:
+        told = {"kind": "error", "user_message": NOT_FOR_V1_MESSAGE}
     else:
-        error = {"kind": str(envelope.error.kind), "user_message": envelope.error.user_message}
-    return {"v": V1, "ok": False, "result": None, "error": error}
+        told = {"kind": str(error.kind), "user_message": error.user_message}
+    return {"v": V1, "ok": False, "result": None, "error": told}

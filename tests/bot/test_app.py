@@ -126,7 +126,7 @@ def test_redaction_filter_hides_the_token_everywhere() -> None:
 def test_bot_package_never_imports_torch() -> None:
     code = (
         "import sys, bot, bot.app, bot.imagine, bot.views, bot.health, bot.__main__\n"
-        "import bot.cogs.imagine, bot.cogs.history, bot.cogs.styles, bot.cogs.admin\n"
+        "import bot.cogs.imagine, bot.history, bot.cogs.styles, bot.cogs.admin\n"
         "import bot.cogs.quota, bot.cogs.status\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'diffusers' not in sys.modules, 'diffusers imported'\n"

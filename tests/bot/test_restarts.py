@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sqlite3
+from contextlib import closing
 from typing import Any
 
 import discord
@@ -160,3 +162,39 @@ async def test_buttons_with_todays_custom_ids_keep_working(harness: Harness) -> 
     assert page.acknowledged and not page.followups
     (embed,) = harness.message(listing.id).embeds
     assert embed.title == "Generations by alice" and embed.footer.text.startswith("Page 1 of")
+
+
+async def test_a_job_row_written_before_the_job_spec_migration_resumes(harness: Harness) -> None:
+    """A Vary job the bot of before ``0006_job_specs`` left unfinished (its row says only
+    "variation" and a strength; no kind of its own, no inputs) resumes after the upgrade from
+    the row alone: the migration names its input, the parent's stored image."""
+    from db.__main__ import main as db_main
+
+    alice = harness.member("alice")
+    result = await alice.slash(harness.channel, "imagine", prompt="a tide pool", seed=5)
+    await harness.wait_jobs()
+    assert result.response is not None
+    original = harness.message(result.response.id)
+    harness.engine.hold()
+    vary = await alice.click(original, label="Vary (Subtle)")
+    key = harness.key(vary)
+    await harness.bot.close_services()  # the old bot stops with the variation unfinished
+
+    url = harness.bot.settings.database_url
+    assert await asyncio.to_thread(db_main, ["--url", url, "downgrade", "0005_model_prompts"]) == 0
+    path = url.removeprefix("sqlite+aiosqlite:///")
+    with closing(sqlite3.connect(path)) as conn:
+        (old,) = conn.execute(
+            "SELECT kind, status, strength FROM generations WHERE job_key = ?", (key,)
+        ).fetchall()
+    assert old == ("variation", "queued", 0.35)  # the row as the bot of before wrote it
+    assert await asyncio.to_thread(db_main, ["--url", url, "upgrade", "head"]) == 0
+
+    await harness.restart()
+    harness.engine.release()
+    await harness.wait_jobs()
+    row = await harness.row(key)
+    assert (row.kind, row.status, row.inputs) == ("vary", "done", [harness.key(result)])
+    params = png_parameters(await attachment_bytes(harness.message(row.message_id)))
+    assert params["parent_job_id"] == harness.key(result) and params["strength"] == 0.35
+    assert (await harness.quota(alice)).used == 2  # the variation charged once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -214,3 +215,58 @@ async def test_a_schema_from_a_newer_bot_is_refused_with_a_clear_message(tmp_pat
 
     with pytest.raises(SchemaTooNew, match=r"from_the_future.*newer version"):
         await Database.open(url)
+
+
+def test_job_specs_map_every_row_written_before_them(tmp_path: Path) -> None:
+    """``0006_job_specs``: rows of 0005 get their kind and inputs (``bot.imagine.spec``'s
+    table): Vary rows (a strength) become ``vary`` with their parent's image as input, old
+    Variations rows stay ``variation``, edits get the image rows they kept, in order."""
+    path = tmp_path / "spec.db"
+    cfg = alembic_config(f"sqlite+aiosqlite:///{path}")
+    command.upgrade(cfg, "0005_model_prompts")
+    rows = [
+        # job_key, kind, parent_key, strength
+        ("1", "imagine", None, None),
+        ("2", "variation", "1", 0.7),  # Vary (Strong)
+        ("3", "variation", "1", None),  # the old Variations button
+        ("4", "remix", "1", 0.7),
+        ("5", "edit", None, None),  # an edit that kept two inputs
+        ("6", "edit", "1", None),  # an edit whose inputs were never kept
+        ("7", "reroll", "1", None),
+    ]
+    with closing(sqlite3.connect(path)) as conn, conn:
+        for key, kind, parent, strength in rows:
+            conn.execute(
+                "INSERT INTO generations (job_key, kind, parent_key, strength, user_id, prompt,"
+                " style, aspect, mode, status, charged, quota_day, created_at)"
+                " VALUES (?, ?, ?, ?, 1, 'p', 'none', '1:1', 'fast', 'queued', 1,"
+                " '2026-12-01', '2026-12-01 10:00:00')",
+                (key, kind, parent, strength),
+            )
+        for key in ("5:in2", "5:in1", "50:in1"):  # 50:in1 belongs to another job
+            conn.execute(
+                "INSERT INTO images (job_key, sha256, size, width, height, thumb_size, user_id,"
+                " created_at) VALUES (?, ?, 1, 1, 1, 1, 1, '2026-12-01 10:00:00')",
+                (key, key.replace(":", "-")),
+            )
+    command.upgrade(cfg, "0006_job_specs")
+    with closing(sqlite3.connect(path)) as conn, conn:
+        found = dict(
+            (key, (kind, json.loads(inputs)))
+            for key, kind, inputs in conn.execute(
+                "SELECT job_key, kind, inputs FROM generations ORDER BY job_key"
+            )
+        )
+    assert found == {
+        "1": ("imagine", []),
+        "2": ("vary", ["1"]),
+        "3": ("variation", []),
+        "4": ("remix", ["1"]),
+        "5": ("edit", ["5:in1", "5:in2"]),
+        "6": ("edit", []),
+        "7": ("reroll", []),
+    }
+    command.downgrade(cfg, "0005_model_prompts")
+    with closing(sqlite3.connect(path)) as conn, conn:
+        kinds = [k for (k,) in conn.execute("SELECT kind FROM generations ORDER BY job_key")]
+    assert kinds == ["imagine", "variation", "variation", "remix", "edit", "edit", "reroll"]

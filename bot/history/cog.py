@@ -6,8 +6,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import errors, views
+from bot import errors
 from bot.client import ImagineClient, imagine_client
+from bot.history.views import HistoryButton, can_view_others, history_page
 from bot.interaction import Interaction
 
 
@@ -30,11 +31,11 @@ class HistoryCog(commands.Cog):
     ) -> None:
         async with errors.replying(interaction):
             target = user or interaction.user
-            if target.id != interaction.user.id and not views.can_view_others(interaction):
+            if target.id != interaction.user.id and not can_view_others(interaction):
                 raise errors.UserError(
                     "You need the **Manage Server** permission to see another member's history."
                 )
-            embed, view = await views.history_page(
+            embed, view = await history_page(
                 self.bot,
                 viewer_id=interaction.user.id,
                 target_id=target.id,
@@ -48,4 +49,5 @@ class HistoryCog(commands.Cog):
 
 
 async def setup(bot: commands.Bot) -> None:
+    bot.add_dynamic_items(HistoryButton)
     await bot.add_cog(HistoryCog(imagine_client(bot)))
