@@ -11,6 +11,8 @@ SQLite notes, because they decide whether quotas hold under load:
   that would deadlock). Taking the write lock up front makes them queue instead.
   Read-only helpers use a deferred BEGIN through ``Database.readers`` so they never wait for a
   writer.
+* ``secure_delete`` is on for every connection (not left to how SQLite was built): deleted rows
+  are overwritten, so an erased prompt is not readable in free pages of the file.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ DEFAULT_URL = "sqlite+aiosqlite:///./data/imagine.db"
 BUSY_TIMEOUT_S = 30.0
 # Execution option that makes the ``begin`` hook emit a plain (deferred) BEGIN.
 _READ_ONLY = "imagine_read_only"
+# Execution option that makes the ``begin`` hook emit nothing: a checkpoint must run outside any
+# transaction.
+_NO_TRANSACTION = "imagine_no_transaction"
+# How long a checkpoint waits for readers and writers before it gives up for this time.
+CHECKPOINT_BUSY_MS = 2000
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
@@ -92,12 +99,16 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
             # possibly the last transactions on power loss, and it saves an fsync per commit.
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            cursor.execute("PRAGMA secure_delete=ON")
         finally:
             cursor.close()
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get(_READ_ONLY):
+        options = conn.get_execution_options()
+        if options.get(_NO_TRANSACTION):
+            return
+        if options.get(_READ_ONLY):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -260,6 +271,25 @@ class Database:
         cfg = alembic_config(self.engine.url.render_as_string(hide_password=False))
         async with self.engine.begin() as conn:
             await conn.run_sync(_upgrade, cfg, revision)
+
+    async def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the database file and empty it (SQLite only): the log
+        keeps old versions of pages, erased prompts included, until it is reset. Best effort:
+        False when readers or a writer kept it busy (the next checkpoint catches up)."""
+        if not _is_sqlite(self.engine.url):
+            return True
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(
+                isolation_level="AUTOCOMMIT", **{_NO_TRANSACTION: True}
+            )
+            await conn.exec_driver_sql(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
+            try:
+                busy, _, _ = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+            finally:
+                await conn.exec_driver_sql(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        if busy:
+            log.debug("database checkpoint skipped: the database was busy")
+        return not busy
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -226,6 +226,22 @@ async def children(db: Database, generation: Generation, *, limit: int = 12) -> 
     return [ChainLink(g, i) for g, i in rows]
 
 
+async def scrub_search_index(db: Database) -> None:
+    """Merge the search index so that deleted prompts leave no words in it, then checkpoint.
+
+    FTS5 records a deletion as a marker beside the old entry, and the words stay readable in
+    ``generations_fts_data`` until the segments are merged; ``optimize`` merges them all. Run
+    after /forget-me and after retention, not after every delete: it rewrites the whole index.
+    """
+    if db.engine.url.get_backend_name() != "sqlite":
+        return
+    async with db.sessions.begin() as session:
+        await session.execute(
+            text("INSERT INTO generations_fts(generations_fts) VALUES ('optimize')")
+        )
+    await db.checkpoint()
+
+
 async def gallery_public(db: Database, guild_id: int | None) -> bool:
     """Whether members of this server may see its whole gallery (DMs: never anyone else's)."""
     if guild_id is None:
