@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from bot.logsetup import setup_logging
 from bot.settings import TOKEN_ENV, BotSettings
+from engine.redis.redaction import url_secrets
 from engine.settings import describe_settings_error
 
 if TYPE_CHECKING:
@@ -66,7 +67,9 @@ def _settings() -> BotSettings | None:
 def _secrets(settings: BotSettings) -> list[str]:
     secrets = [settings.discord_token.get_secret_value()] if settings.discord_token else []
     if settings.redis_url is not None:
-        secrets.append(settings.redis_url.get_secret_value())
+        url = settings.redis_url.get_secret_value()
+        secrets.append(url)
+        secrets.extend(url_secrets(url))  # the password alone, wherever a message carries it
     return secrets
 
 

@@ -37,3 +37,15 @@ def test_a_bad_redis_setting_names_the_variable_and_no_secret(tmp_path: Path) ->
     assert "hunter2" not in output
     assert FAKE_TOKEN not in output and FAKE_TOKEN.split(".")[-1] not in output
     assert "Traceback" not in output
+
+
+def test_the_bots_log_filter_knows_the_redis_password_on_its_own() -> None:
+    """issue 20 item 5: the bot redacted its whole Redis URL, but not the password where a
+    message carries it alone or in a differently written URL."""
+    from bot.__main__ import _secrets
+    from bot.settings import BotSettings
+
+    settings = BotSettings(
+        discord_token=FAKE_TOKEN, redis_url="redis://h:6379/0?password=hunter2-redis-password"
+    )
+    assert "hunter2-redis-password" in _secrets(settings)
