@@ -13,7 +13,7 @@ import pytest
 
 from bot.gallery.admins import UNKNOWN_FOR_S
 from bot.gallery.auth import BadLink, LinkSigner, load_or_create_secret
-from bot.gallery.security import TokenBucket, client_address, parse_networks
+from bot.gallery.security import TokenBucket, client_address, parse_networks, rate_key
 from tests.bot.gallery.harness import ALICE, BOB, CAROL, GUILD, GalleryServer, Seeded
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -264,6 +264,36 @@ def test_a_flood_from_one_address_gets_429(tmp_path: Path) -> None:
         assert limited.headers["content-security-policy"].startswith("default-src 'none'")
     finally:
         server.stop()
+
+
+def test_ipv6_clients_share_a_bucket_per_64_network(tmp_path: Path) -> None:
+    """issue 20 item 7: every IPv6 client holds at least a /64, so 5,000 addresses of one
+    client each got a full burst; now the /64 is the client."""
+    server = GalleryServer(tmp_path, rate_per_s=0.5, burst=5).start()
+    try:
+        link = server.link()
+
+        def from_(address: str) -> int:  # through the reverse proxy on loopback
+            return fetch(link, headers={"X-Forwarded-For": address}).status
+
+        statuses = [from_(f"2001:db8:1:2:{n:x}::{n + 1:x}") for n in range(8)]
+        assert statuses[:5] == [200] * 5 and set(statuses[5:]) == {429}
+        assert from_("2001:db8:1:3::1") == 200  # the next /64 is someone else
+        # An IPv4 client written as IPv6 (a dual-stack socket) is still that IPv4 address.
+        assert [from_("::ffff:203.0.113.9") for _ in range(5)] == [200] * 5
+        assert from_("203.0.113.9") == 429
+    finally:
+        server.stop()
+
+
+def test_rate_keys_are_addresses_and_ipv6_networks() -> None:
+    """issue 20 item 7."""
+    assert rate_key("203.0.113.9") == "203.0.113.9"
+    assert rate_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd") == "2001:db8:1:2::/64"
+    assert rate_key("2001:DB8:1:2::1") == "2001:db8:1:2::/64"
+    assert rate_key("fe80::1%eth0") == "fe80::/64"
+    assert rate_key("::ffff:198.51.100.7") == "198.51.100.7"
+    assert rate_key("not an address") == "not an address"  # still a key of its own
 
 
 def test_token_bucket_refills_and_forgets_the_oldest_addresses() -> None:
