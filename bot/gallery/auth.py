@@ -115,21 +115,43 @@ class LinkSigner:
         return hmac.compare_digest(self.csrf_token(token), value)
 
 
+MIN_SECRET_BYTES = 32
+
+
+class SecretFileError(RuntimeError):
+    """The key file is there but unusable: the bot refuses to start rather than make a new key,
+    which would end every gallery link given out so far. The message says what to do."""
+
+
 def load_or_create_secret(path: Path) -> bytes:
     """The key kept in ``path``, made on first use, so that links survive a restart.
 
     The file is created readable by its owner only; a key that cannot be written is still used
-    for this run (links then last until the next restart) and the reason is logged.
+    for this run (links then last until the next restart) and the reason is logged. A file that
+    exists but cannot be read, or holds too short a key, raises ``SecretFileError``.
     """
     try:
         existing = path.read_bytes().strip()
     except FileNotFoundError:
-        existing = b""
+        return _create_secret(path)
     except OSError as exc:
-        logger.warning("cannot read the gallery secret at %s: %s", path, exc)
-        existing = b""
-    if len(existing) >= 32:
-        return existing
+        raise SecretFileError(
+            f"cannot read the gallery link key at {path} "
+            f"({exc.strerror or exc.__class__.__name__}): let this user read it, or set "
+            "IMAGINE_GALLERY_SECRET. No new key was made: one would end every gallery link "
+            "given out so far."
+        ) from None
+    if len(existing) < MIN_SECRET_BYTES:
+        raise SecretFileError(
+            f"the gallery link key at {path} is too short ({len(existing)} bytes; at least "
+            f"{MIN_SECRET_BYTES}): the bot did not write it, or it is damaged. Restore it, "
+            "delete it to make a new one (every gallery link given out so far stops working), "
+            "or set IMAGINE_GALLERY_SECRET."
+        )
+    return existing
+
+
+def _create_secret(path: Path) -> bytes:
     secret = secrets.token_urlsafe(48).encode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
