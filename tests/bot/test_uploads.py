@@ -186,8 +186,9 @@ def test_a_large_icc_profile_does_not_travel_into_the_stored_png(profile: bytes)
     engine) could not open the validated upload."""
     from bot.store import make_thumbnail
 
-    data = encode(Image.new("RGB", (100, 80), (200, 30, 40)), "JPEG", quality=95,
-                  icc_profile=profile)  # fmt: skip
+    data = encode(
+        Image.new("RGB", (100, 80), (200, 30, 40)), "JPEG", quality=95, icc_profile=profile
+    )
     result = validate_upload(data, "image/jpeg", "print.jpg")
     image = decoded(result)
     assert "icc_profile" not in image.info

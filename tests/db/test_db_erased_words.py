@@ -21,8 +21,9 @@ SECRET_WORDS = ("quixotryptich", "zanzibarwhorl")
 SECRET_PROMPT = f"my {SECRET_WORDS[0]} under a {SECRET_WORDS[1]} moon"
 
 
-async def _finished(database: Database, new_job: MakeJob, *, prompt: str, user_id: int,
-                    when: dt.datetime = NOON) -> str:  # fmt: skip
+async def _finished(
+    database: Database, new_job: MakeJob, *, prompt: str, user_id: int, when: dt.datetime = NOON
+) -> str:
     row, _ = await db.reserve_generation(
         database,
         new_job(prompt=prompt, user_id=user_id),
@@ -47,8 +48,9 @@ def _still_there(blob: bytes) -> list[str]:
 
 async def _some_history(database: Database, new_job: MakeJob) -> None:
     for n in range(30):  # other members' prompts, so the index has several segments
-        await _finished(database, new_job, prompt=f"a red fox number {n} in the snow",
-                        user_id=OTHER)  # fmt: skip
+        await _finished(
+            database, new_job, prompt=f"a red fox number {n} in the snow", user_id=OTHER
+        )
 
 
 async def test_forget_me_leaves_no_prompt_words_in_the_search_index(
@@ -72,8 +74,9 @@ async def test_retention_leaves_no_prompt_words_in_the_search_index(
 ) -> None:
     """issue 20 item 4: history retention, like /forget-me, must not leave old words behind."""
     await _some_history(database, new_job)
-    await _finished(database, new_job, prompt=SECRET_PROMPT, user_id=USER,
-                    when=NOON - dt.timedelta(days=60))  # fmt: skip
+    await _finished(
+        database, new_job, prompt=SECRET_PROMPT, user_id=USER, when=NOON - dt.timedelta(days=60)
+    )
     assert _still_there(await _index_bytes(database))
 
     pruned = await db.prune_history(database, older_than=NOON - dt.timedelta(days=30))
@@ -107,3 +110,27 @@ def _files_of(db_url: str) -> bytes:
     path = Path(db_url.split("///", 1)[1])
     files = [Path(f"{path}{suffix}") for suffix in ("", "-wal")]
     return b"".join(file.read_bytes() for file in files if file.exists())
+
+
+async def test_forget_me_keeps_what_other_members_made_from_your_images(
+    database: Database, new_job: MakeJob
+) -> None:
+    """issue 20 item 10: README and docs/BOT.md say that /forget-me does not erase other members'
+    variations of your images (they repeat your prompt); this is that behaviour."""
+    mine = await _finished(database, new_job, prompt=SECRET_PROMPT, user_id=USER)
+    row, _ = await db.reserve_generation(
+        database,
+        new_job(
+            prompt=SECRET_PROMPT, user_id=OTHER, kind="variation", parent_key=mine, strength=0.7
+        ),
+        daily_quota=None,
+        max_queued=None,
+        now=NOON,
+    )
+    await db.erase_user(database, USER)
+    assert await db.get_generation(database, mine) is None
+    theirs = await db.get_generation(database, row.job_key)
+    assert theirs is not None and theirs.prompt == SECRET_PROMPT
+    for doc in ("README.md", "docs/BOT.md"):
+        text = " ".join((Path(__file__).parents[2] / doc).read_text().split())
+        assert "Images other members made from yours (Vary, Remix, Edit) are theirs" in text, doc
