@@ -1,0 +1,50 @@
+"""What ``python -m engine generate`` shows on a terminal while it renders: one line that a
+carriage return rewrites, with the step, a bar, the percentage and the time left.
+
+Only on a terminal: piped or logged output (a harness, a CI log) stays free of carriage returns.
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+BAR_WIDTH = 24
+
+
+class StepBar:
+    """A step callback, ``bar(step, total, elapsed_s, sec_per_step)``, drawing on ``stream``."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        try:
+            self._on = stream.isatty()
+        except (AttributeError, ValueError):  # a closed or unusual stream: stay quiet
+            self._on = False
+        self._drawn = False
+
+    def __call__(self, step: int, total: int, elapsed_s: float, sec_per_step: float) -> None:
+        if not self._on or total <= 0:
+            return
+        step = max(0, min(step, total))
+        filled = round(BAR_WIDTH * step / total)
+        left = max(0.0, (total - step) * sec_per_step)
+        line = (
+            f"\rstep {step}/{total} [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] "
+            f"{100 * step // total:3d}%  {_seconds(left)} left "
+        )
+        self._stream.write(line)
+        self._stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        """End the bar's line, so what is printed next starts on a line of its own."""
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = False
+
+
+def _seconds(value: float) -> str:
+    if value >= 60:
+        return f"{int(value // 60)}m{int(value % 60):02d}s"
+    return f"{value:.0f}s"
