@@ -46,7 +46,7 @@ DEFAULT_URL = "sqlite+aiosqlite:///./data/imagine.db"
 # Seconds a writer waits for the lock before giving up with "database is locked".
 BUSY_TIMEOUT_S = 30.0
 # Execution option that makes the ``begin`` hook emit a plain (deferred) BEGIN.
-_READ_ONLY = "imagine_read_only"
+READ_ONLY = "imagine_read_only"
 # Execution option that makes the ``begin`` hook emit nothing: a checkpoint must run outside any
 # transaction.
 _NO_TRANSACTION = "imagine_no_transaction"
@@ -75,7 +75,7 @@ def _is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def _sqlite_file(url: URL) -> Path | None:
+def sqlite_file(url: URL) -> Path | None:
     """The file behind a SQLite URL, or None for memory databases and URI forms."""
     database = url.database or ""
     if not database or database == ":memory:" or database.startswith("file:"):
@@ -108,7 +108,7 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         options = conn.get_execution_options()
         if options.get(_NO_TRANSACTION):
             return
-        if options.get(_READ_ONLY):
+        if options.get(READ_ONLY):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -119,7 +119,7 @@ SQLITE_FILE_MODE = 0o600
 _SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
 
 
-def secure_sqlite_file(path: Path) -> None:
+def securesqlite_file(path: Path) -> None:
     """Create the SQLite file readable by this user only (0600), and tighten an existing one
     and its -wal / -shm files. SQLite gives the -wal and -shm files it creates later the
     database file's own permissions, so they follow."""
@@ -144,7 +144,7 @@ def ensure_sqlite_dir(url: str | URL) -> None:
     parsed = make_url(url)
     if not _is_sqlite(parsed):
         return
-    path = _sqlite_file(parsed)
+    path = sqlite_file(parsed)
     if path is None:
         log.warning(
             "SQLite memory database: contents vanish on exit and concurrent "
@@ -153,7 +153,7 @@ def ensure_sqlite_dir(url: str | URL) -> None:
         return
     path = path.expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    secure_sqlite_file(path)
+    securesqlite_file(path)
 
 
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
@@ -238,7 +238,7 @@ class Database:
         # Same pool, but transactions start with a deferred BEGIN: reads never queue behind
         # a writer in WAL mode.
         self.readers: async_sessionmaker[AsyncSession] = async_sessionmaker(
-            engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
+            engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
         )
 
     @property
