@@ -73,7 +73,15 @@ def _secrets(settings: BotSettings) -> list[str]:
     return secrets
 
 
+def _no_voice() -> None:
+    """The bot never joins a voice channel: discord.py's warnings that PyNaCl and davey are
+    missing ("voice will NOT be supported") are noise to an admin reading the start."""
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    _no_voice()
     args = sys.argv[1:] if argv is None else argv
     if args in (["-h"], ["--help"]):
         print(USAGE, end="")
@@ -118,7 +126,12 @@ def invite() -> int:
         )
         return 1
     except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
-        logger.error("could not ask Discord for the application id: %s", exc)
+        logger.error(
+            "could not ask Discord for the application id: %s. Set IMAGINE_APPLICATION_ID "
+            "(General Information → Application ID in the developer portal) to print the URL "
+            "without asking Discord.",
+            exc,
+        )
         return 1
     print(invite_url(application_id))
     return 0
