@@ -44,10 +44,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import db  # noqa: E402
-from bot.images import ImageKeeper  # noqa: E402
-from bot.store import ImageStore  # noqa: E402
 from bot.gallery import GalleryDeps, LinkSigner, mount_gallery  # noqa: E402
 from bot.gallery.security import TokenBucket  # noqa: E402
+from bot.images import ImageKeeper  # noqa: E402
+from bot.store import ImageStore  # noqa: E402
 
 GUILD = 900_000_000_000_000_001
 USERS = [900_000_000_000_001_000 + n for n in range(8)]
