@@ -5,6 +5,10 @@
 #     --env-file .env -p 127.0.0.1:8080:8080 -v imagine-data:/data imagine
 #   docker run -d --name imagine-gpu0 --restart unless-stopped --stop-timeout 660 \
 #     --gpus '"device=0"' --env-file .env -v imagine-data:/data imagine-worker
+#   docker compose up -d                                        # the same, from compose.yaml
+#
+# The image's user is uid 10001: a bind-mounted host folder in place of the /data volume must
+# belong to it (chown -R 10001:10001 FOLDER).
 #
 # The base is pinned by digest (the multi-platform index of this tag), so a rebuild next year
 # starts from the same bytes. Python packages come from constraints.txt, the versions the test
@@ -40,7 +44,6 @@ ENV DEBIAN_FRONTEND=noninteractive \
     IMAGINE_COMPILE_CACHE_DIR=/data/compile-cache \
     TORCHINDUCTOR_CACHE_DIR=/data/compile-cache \
     IMAGINE_DATABASE_URL=sqlite+aiosqlite:////data/imagine.db \
-    IMAGINE_DATA_DIR=/data \
     IMAGINE_IMAGE_DIR=/data/images \
     IMAGINE_HEALTH_HOST=0.0.0.0 \
     IMAGINE_HEALTH_PORT=8080
