@@ -122,7 +122,7 @@ class LinkSigner:
 
     def check_csrf(self, token: str, value: str | None) -> bool:
         """Constant-time check of a submitted CSRF value against the link's own."""
-        if not value:
+        if not value or not value.isascii():  # compare_digest raises for non-ASCII text
             return False
         return hmac.compare_digest(self.csrf_token(token), value)
 

@@ -329,7 +329,12 @@ def _same_origin(request: web.Request) -> bool:
 @_as_linked
 async def delete(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.StreamResponse:
     """Delete an image (its owner, or an admin): POST with the link's CSRF token only."""
-    form = await request.post()
+    try:
+        form = await request.post()
+    except web.HTTPException:  # a body over the size limit: aiohttp's own 413
+        raise
+    except Exception:  # not the form our page sends: broken multipart, an unknown charset
+        return plain_page(400, "400 Bad Request", "This form could not be read.")
     csrf = form.get("csrf")
     if not isinstance(csrf, str) or not deps.signer.check_csrf(request.match_info["token"], csrf):
         return forbidden("This form is out of date or did not come from the gallery.")

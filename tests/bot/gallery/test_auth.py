@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.gallery.auth import SecretFileError, load_or_create_secret
+from bot.gallery.auth import LinkSigner, SecretFileError, load_or_create_secret
 from bot.gallery.links import GalleryLinks
 from bot.settings import BotSettings
 
@@ -51,3 +51,13 @@ def test_the_bot_refuses_to_build_its_links_from_a_bad_key_file(tmp_path: Path) 
     )
     with pytest.raises(SecretFileError, match="too short"):
         GalleryLinks.from_settings(settings)
+
+
+def test_a_csrf_value_beyond_ascii_is_simply_wrong() -> None:
+    """issue 20 item 15 (b), found by the fuzz test: ``hmac.compare_digest`` raises TypeError
+    for a str with a character beyond ASCII, which made the delete form answer 500."""
+    signer = LinkSigner(b"k" * 32)
+    token = signer.sign(guild_id=1, user_id=2, admin=False, ttl_s=60)
+    assert signer.check_csrf(token, signer.csrf_token(token))
+    for value in ("\x80", "é" * 64, signer.csrf_token(token)[:-1] + "é"):
+        assert signer.check_csrf(token, value) is False
