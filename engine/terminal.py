@@ -12,7 +12,12 @@ BAR_WIDTH = 24
 
 
 class StepBar:
-    """A step callback, ``bar(step, total, elapsed_s, sec_per_step)``, drawing on ``stream``."""
+    """Draws the steps on ``stream``. Two shapes of the same thing: a step callback,
+    ``bar(step, total, elapsed_s, sec_per_step)``, and a job control (``followed``,
+    ``previews``, ``step(step, total, elapsed_s, preview)``, ``stop_reason()``) for a generator
+    that takes one."""
+
+    previews = False  # a terminal shows no pictures
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -35,6 +40,18 @@ class StepBar:
         self._stream.write(line)
         self._stream.flush()
         self._drawn = True
+
+    @property
+    def followed(self) -> bool:
+        """Whether the steps are worth reporting: only on a terminal."""
+        return self._on
+
+    def step(self, step: int, total: int, elapsed_s: float, preview: bytes | None = None) -> None:
+        self(step, total, elapsed_s, elapsed_s / step if step > 0 else 0.0)
+
+    def stop_reason(self) -> None:
+        """The command line never stops a job half way (Ctrl-C ends the process)."""
+        return None
 
     def close(self) -> None:
         """End the bar's line, so what is printed next starts on a line of its own."""

@@ -160,3 +160,25 @@ def test_the_progress_bar_is_silent_when_not_on_a_terminal() -> None:
     assert quiet.getvalue() == ""
     assert "\rstep 4/4" in shown.getvalue() and "100%" in shown.getvalue()
     assert shown.getvalue().endswith("\n")
+
+
+def test_the_progress_bar_is_also_a_job_control() -> None:
+    """issue 20 item 14: the same bar serves a generator that takes a job control
+    (``step``, ``followed``, ``previews``, ``stop_reason``) instead of a step callback."""
+    import io
+
+    from engine.terminal import StepBar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    shown, quiet = StepBar(Terminal()), StepBar(io.StringIO())
+    assert shown.followed and not quiet.followed and not shown.previews
+    assert shown.stop_reason() is None
+    for step in range(1, 11):
+        shown.step(step, 10, step * 2.0)
+    shown.close()
+    text = shown._stream.getvalue()  # type: ignore[attr-defined]
+    assert "step 10/10" in text and "100%" in text and "0s left" in text
+    assert "step 5/10" in text and "10s left" in text  # 2 s a step, 5 to go
