@@ -22,9 +22,6 @@ MOUNT = "/gallery"
 def data_dir(settings: BotSettings) -> Path:
     """Where the bot keeps its state: the SQLite database's folder (``/data`` in Docker),
     else ``./data``; the generated link key lives there, next to the database it protects."""
-    explicit = getattr(settings, "data_dir", None)
-    if explicit:
-        return Path(explicit)
     try:
         url = make_url(settings.database_url)
     except Exception:  # an unusual URL: fall back below
