@@ -5,6 +5,10 @@
 #     --env-file .env -p 127.0.0.1:8080:8080 -v imagine-data:/data imagine
 #   docker run -d --name imagine-gpu0 --restart unless-stopped --stop-timeout 660 \
 #     --gpus '"device=0"' --env-file .env -v imagine-data:/data imagine-worker
+#   docker compose up -d                                        # the same, from compose.yaml
+#
+# The image's user is uid 10001: a bind-mounted host folder in place of the /data volume must
+# belong to it (chown -R 10001:10001 FOLDER).
 #
 # The base is pinned by digest (the multi-platform index of this tag), so a rebuild next year
 # starts from the same bytes. Python packages come from constraints.txt, the versions the test
@@ -40,7 +44,6 @@ ENV DEBIAN_FRONTEND=noninteractive \
     IMAGINE_COMPILE_CACHE_DIR=/data/compile-cache \
     TORCHINDUCTOR_CACHE_DIR=/data/compile-cache \
     IMAGINE_DATABASE_URL=sqlite+aiosqlite:////data/imagine.db \
-    IMAGINE_DATA_DIR=/data \
     IMAGINE_IMAGE_DIR=/data/images \
     IMAGINE_HEALTH_HOST=0.0.0.0 \
     IMAGINE_HEALTH_PORT=8080
@@ -60,15 +63,17 @@ FROM runtime AS worker
 # /metrics (when IMAGINE_WORKER_METRICS_PORT is set) must listen on the container's interface to
 # be published (-p 127.0.0.1:9100:9100); outside a container the worker keeps 127.0.0.1.
 ENV IMAGINE_WORKER_METRICS_ADDR=0.0.0.0
-# Healthy while the worker's heartbeat to Redis is fresh (it writes a file at every beat); the
-# long start period covers the first model download and load.
-HEALTHCHECK --interval=30s --timeout=10s --start-period=900s --retries=3 \
+# Healthy while the worker's heartbeat to Redis is fresh (it writes a file at every beat). The
+# start period covers a first start: downloading both models (~99 GB with editing on, the
+# default) at 50 MB/s takes ~33 minutes, then loading and the warm-up image.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=2700s --retries=3 \
     CMD ["python", "-m", "engine.worker", "--healthcheck"]
 CMD ["python", "-m", "engine.worker"]
 
 # ---------------------------------------------------------------- the bot (default target)
 FROM runtime AS bot
 EXPOSE 8080
-HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
+# /healthz answers 503 until the model is loaded; the start period is the worker's (above).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=2700s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['IMAGINE_HEALTH_PORT']}/healthz\", timeout=4).status == 200 else 1)"]
 CMD ["python", "-m", "bot"]

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from bot.logsetup import setup_logging
 from bot.settings import TOKEN_ENV, BotSettings
+from engine.backends import backend_secrets
 from engine.settings import describe_settings_error
 
 if TYPE_CHECKING:
@@ -65,12 +66,20 @@ def _settings() -> BotSettings | None:
 
 def _secrets(settings: BotSettings) -> list[str]:
     secrets = [settings.discord_token.get_secret_value()] if settings.discord_token else []
-    if settings.redis_url is not None:
-        secrets.append(settings.redis_url.get_secret_value())
+    if settings.redis_url is not None:  # the URL, and its password alone
+        secrets.extend(backend_secrets(settings.redis_url.get_secret_value()))
     return secrets
 
 
+def _no_voice() -> None:
+    """The bot never joins a voice channel: discord.py's warnings that PyNaCl and davey are
+    missing ("voice will NOT be supported") are noise to an admin reading the start."""
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    _no_voice()
     args = sys.argv[1:] if argv is None else argv
     if args in (["-h"], ["--help"]):
         print(USAGE, end="")
@@ -115,7 +124,12 @@ def invite() -> int:
         )
         return 1
     except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
-        logger.error("could not ask Discord for the application id: %s", exc)
+        logger.error(
+            "could not ask Discord for the application id: %s. Set IMAGINE_APPLICATION_ID "
+            "(General Information → Application ID in the developer portal) to print the URL "
+            "without asking Discord.",
+            exc,
+        )
         return 1
     print(invite_url(application_id))
     return 0

@@ -164,6 +164,14 @@ class GuildSettings:
         finally:
             self._forget(guild_id)
 
+    async def revoke_gallery_links(self, guild_id: int) -> int:
+        """End every gallery link of the server given out so far (``db.gallery``: links carry
+        the server's link generation); returns the new generation."""
+        try:
+            return await gallery_db.revoke_gallery_links(self.db, guild_id)
+        finally:
+            self._forget(guild_id)
+
     async def _change_ids(
         self, guild_id: int, field: str, item: int | None, *, add: bool
     ) -> tuple[bool, db.GuildConfig]:

@@ -8,7 +8,8 @@ forget their rows. Every file operation runs in a thread (``asyncio.to_thread``)
 blocking disk I/O.
 
 Keeping an image is best effort: a full or read-only disk never stops a delivery. The failure
-is logged once per reason and remembered (``problem``) for ``/status``; the image simply has no
+is logged once per reason and remembered (``problem``: the store's own message, or the
+exception's class, never a database error's text) for ``/status``; the image simply has no
 stored copy, and its Vary buttons say so.
 """
 
@@ -88,9 +89,13 @@ class ImageKeeper:
 
     # ------------------------------------------------------------------ problems
     def _trouble(self, what: str, exc: BaseException) -> None:
-        reason = str(exc) or exc.__class__.__name__
+        """Log the failure in full; remember for ``/status`` only what is safe to show there:
+        the store's own messages, or the class of anything else (a database error's text
+        carries its SQL and parameters)."""
+        reason = str(exc) if isinstance(exc, StoreError) else ""
+        reason = reason or exc.__class__.__name__
         if reason != self._problem:
-            logger.error("image store: %s: %s", what, reason)
+            logger.error("image store: %s: %s", what, str(exc) or reason)
         else:
             logger.debug("image store: %s again: %s", what, reason)
         self._problem, self._problem_at = reason, time.time()

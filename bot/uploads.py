@@ -6,8 +6,9 @@ type and the file's magic bytes agree, within a byte cap (below Discord's upload
 cap checked on the header before any pixel is decoded (a small file claiming 100000×100000
 pixels costs nothing), and a minimum size. What comes out is what the model gets: EXIF rotation
 applied, alpha composited on white, at most ``MAX_OUTPUT_PIXELS`` (the model reads ~1 MP of it),
-re-encoded as an RGB PNG without metadata (no GPS or camera data travels on), with its SHA-256
-(the image store's key and the name the result's PNG chunks give it).
+colours converted to sRGB from an embedded ICC profile, re-encoded as an RGB PNG without
+metadata (no GPS or camera data, no profile: one of over 1 MB made the PNG unreadable to Pillow
+itself), with its SHA-256 (the image store's key and the name the result's PNG chunks give it).
 
 Every refusal raises ``UploadRefused`` whose ``user_message`` is short and safe to show.
 Pure PIL and stdlib: no discord, no torch.
@@ -22,7 +23,7 @@ import logging
 import math
 import warnings
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,28 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _in_srgb(rgb: Image.Image, profile: object) -> Image.Image:
+    """The pixels as sRGB would show them, when the upload names an RGB colour profile.
+
+    The model and the stored PNG read plain sRGB; a Display P3 photo kept as stored would lose
+    saturation. A profile lcms cannot read, or one for another colour space, leaves the pixels as
+    stored: the image still works, only its colours may be a little off."""
+    if not isinstance(profile, bytes) or not profile:
+        return rgb
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        if source.profile.xcolor_space.strip() != "RGB":
+            return rgb
+        converted = ImageCms.profileToProfile(rgb, source, _SRGB, outputMode="RGB")
+    except Exception as exc:  # lcms raises PyCMSError, OSError or ValueError for bad profiles
+        logger.info("upload colour profile ignored: %s", exc.__class__.__name__)
+        return rgb
+    return converted if isinstance(converted, Image.Image) else rgb
+
+
 def validate_upload(
     data: bytes,
     declared_type: str | None,
@@ -178,11 +201,13 @@ def validate_upload(
             "re-save it as a plain image and try again."
         )
     image = _open(data, actual, name, max_pixels)
+    profile = image.info.get("icc_profile")
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block: keep the pixels as stored
         logger.info("upload %r: unreadable EXIF orientation ignored", name)
-    rgb = _to_rgb(image)
+    rgb = _in_srgb(_to_rgb(image), profile)
+    rgb.info.pop("icc_profile", None)  # never written into the PNG (see the module docstring)
     if rgb.width * rgb.height > MAX_OUTPUT_PIXELS:
         scale = math.sqrt(MAX_OUTPUT_PIXELS / (rgb.width * rgb.height))
         size = (max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale)))

@@ -9,14 +9,27 @@ own revisions), then starting the old release. The URL comes from ``--url``, els
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 
 from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from dotenv import dotenv_values
+from sqlalchemy import pool
+from sqlalchemy.engine import URL, make_url
 
-from db.database import DEFAULT_URL, alembic_config, ensure_sqlite_dir
+from db.database import (
+    DEFAULT_URL,
+    READ_ONLY,
+    alembic_config,
+    create_engine,
+    ensure_sqlite_dir,
+    sqlite_file,
+)
 
 URL_ENV = "IMAGINE_DATABASE_URL"
 
@@ -44,6 +57,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def current(url: str, cfg: Config) -> int:
+    """Print the revision the database is at, or that none is: without creating the database
+    or its folder (Alembic's own ``current`` printed nothing for a fresh database, and made both
+    while looking)."""
+    parsed = make_url(url)
+    path = sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
+    if path is not None and not path.expanduser().exists():
+        print(
+            f"no migrations applied: there is no database at {path} yet (the bot makes it at "
+            "its first start, or run `python -m db upgrade`)"
+        )
+        return 0
+    heads = asyncio.run(_current_heads(parsed))
+    if not heads:
+        print("no migrations applied")
+        return 0
+    known_heads = set(ScriptDirectory.from_config(cfg).get_heads())
+    for revision in heads:
+        print(f"{revision} (head)" if revision in known_heads else revision)
+    return 0
+
+
+async def _current_heads(url: URL) -> tuple[str, ...]:
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:  # a deferred BEGIN: reading the revision never takes the running bot's write lock
+        async with engine.execution_options(**{READ_ONLY: True}).connect() as connection:
+            return await connection.run_sync(
+                lambda sync: tuple(MigrationContext.configure(sync).get_current_heads())
+            )
+    finally:
+        await engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one migration command; exit 2 with a plain message when Alembic refuses."""
     args = _parser().parse_args(argv)
@@ -51,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = alembic_config(url)
     try:
         if args.action == "current":
-            command.current(cfg, verbose=False)
+            return current(url, cfg)
         elif args.action == "history":
             command.history(cfg)
         elif args.action == "upgrade":

@@ -11,6 +11,8 @@ SQLite notes, because they decide whether quotas hold under load:
   that would deadlock). Taking the write lock up front makes them queue instead.
   Read-only helpers use a deferred BEGIN through ``Database.readers`` so they never wait for a
   writer.
+* ``secure_delete`` is on for every connection (not left to how SQLite was built): deleted rows
+  are overwritten, so an erased prompt is not readable in free pages of the file.
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ DEFAULT_URL = "sqlite+aiosqlite:///./data/imagine.db"
 # Seconds a writer waits for the lock before giving up with "database is locked".
 BUSY_TIMEOUT_S = 30.0
 # Execution option that makes the ``begin`` hook emit a plain (deferred) BEGIN.
-_READ_ONLY = "imagine_read_only"
+READ_ONLY = "imagine_read_only"
+# Execution option that makes the ``begin`` hook emit nothing: a checkpoint must run outside any
+# transaction.
+_NO_TRANSACTION = "imagine_no_transaction"
+# How long a checkpoint waits for readers and writers before it gives up for this time.
+CHECKPOINT_BUSY_MS = 2000
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
@@ -68,7 +75,7 @@ def _is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def _sqlite_file(url: URL) -> Path | None:
+def sqlite_file(url: URL) -> Path | None:
     """The file behind a SQLite URL, or None for memory databases and URI forms."""
     database = url.database or ""
     if not database or database == ":memory:" or database.startswith("file:"):
@@ -92,12 +99,16 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
             # possibly the last transactions on power loss, and it saves an fsync per commit.
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            cursor.execute("PRAGMA secure_delete=ON")
         finally:
             cursor.close()
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get(_READ_ONLY):
+        options = conn.get_execution_options()
+        if options.get(_NO_TRANSACTION):
+            return
+        if options.get(READ_ONLY):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -108,7 +119,7 @@ SQLITE_FILE_MODE = 0o600
 _SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
 
 
-def secure_sqlite_file(path: Path) -> None:
+def securesqlite_file(path: Path) -> None:
     """Create the SQLite file readable by this user only (0600), and tighten an existing one
     and its -wal / -shm files. SQLite gives the -wal and -shm files it creates later the
     database file's own permissions, so they follow."""
@@ -133,7 +144,7 @@ def ensure_sqlite_dir(url: str | URL) -> None:
     parsed = make_url(url)
     if not _is_sqlite(parsed):
         return
-    path = _sqlite_file(parsed)
+    path = sqlite_file(parsed)
     if path is None:
         log.warning(
             "SQLite memory database: contents vanish on exit and concurrent "
@@ -142,7 +153,7 @@ def ensure_sqlite_dir(url: str | URL) -> None:
         return
     path = path.expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    secure_sqlite_file(path)
+    securesqlite_file(path)
 
 
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
@@ -227,7 +238,7 @@ class Database:
         # Same pool, but transactions start with a deferred BEGIN: reads never queue behind
         # a writer in WAL mode.
         self.readers: async_sessionmaker[AsyncSession] = async_sessionmaker(
-            engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
+            engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
         )
 
     @property
@@ -260,6 +271,25 @@ class Database:
         cfg = alembic_config(self.engine.url.render_as_string(hide_password=False))
         async with self.engine.begin() as conn:
             await conn.run_sync(_upgrade, cfg, revision)
+
+    async def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the database file and empty it (SQLite only): the log
+        keeps old versions of pages, erased prompts included, until it is reset. Best effort:
+        False when readers or a writer kept it busy (the next checkpoint catches up)."""
+        if not _is_sqlite(self.engine.url):
+            return True
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(
+                isolation_level="AUTOCOMMIT", **{_NO_TRANSACTION: True}
+            )
+            await conn.exec_driver_sql(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
+            try:
+                busy, _, _ = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+            finally:
+                await conn.exec_driver_sql(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        if busy:
+            log.debug("database checkpoint skipped: the database was busy")
+        return not busy
 
     async def close(self) -> None:
         await self.engine.dispose()

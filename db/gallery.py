@@ -1,6 +1,6 @@
 """What the web gallery reads: stored images with their generation, newest first, by server or
 member, searched by prompt (SQLite FTS5, migration ``0004_gallery_search``), an image's parent
-chain, and whether a server's gallery is open to its members.
+chain, whether a server's gallery is open to its members, and the generation of its links.
 
 Every listing is scoped to one server (or, for direct messages, to one member's DMs) in SQL:
 the web layer cannot forget the scope, so a link for one server never lists another's images.
@@ -226,6 +226,22 @@ async def children(db: Database, generation: Generation, *, limit: int = 12) -> 
     return [ChainLink(g, i) for g, i in rows]
 
 
+async def scrub_search_index(db: Database) -> None:
+    """Merge the search index so that deleted prompts leave no words in it, then checkpoint.
+
+    FTS5 records a deletion as a marker beside the old entry, and the words stay readable in
+    ``generations_fts_data`` until the segments are merged; ``optimize`` merges them all. Run
+    after /forget-me and after retention, not after every delete: it rewrites the whole index.
+    """
+    if db.engine.url.get_backend_name() != "sqlite":
+        return
+    async with db.sessions.begin() as session:
+        await session.execute(
+            text("INSERT INTO generations_fts(generations_fts) VALUES ('optimize')")
+        )
+    await db.checkpoint()
+
+
 async def gallery_public(db: Database, guild_id: int | None) -> bool:
     """Whether members of this server may see its whole gallery (DMs: never anyone else's)."""
     if guild_id is None:
@@ -243,20 +259,53 @@ async def set_gallery_public(
     """Open (or close) a server's gallery to its members; returns whether it changed."""
     now = as_utc(now)
     async with db.sessions.begin() as session:
-        row = await session.get(GuildSettings, guild_id)
-        if row is None:
-            row = GuildSettings(
-                guild_id=guild_id,
-                blocked_words=[],
-                allowed_channels=[],
-                exempt_roles=[],
-                gallery_public=False,
-                updated_at=now,
-            )
-            session.add(row)
+        row = await _settings_row(session, guild_id, now)
         changed = bool(row.gallery_public) != public
         row.gallery_public = public
         row.updated_at = now
     if changed:
         log.info("gallery of guild %s is now %s", guild_id, "public" if public else "private")
     return changed
+
+
+async def gallery_links_epoch(db: Database, guild_id: int | None) -> int:
+    """The generation of a server's gallery links (0 until an admin first revoked them; DMs:
+    always 0, no one can revoke a member's DM links but the key)."""
+    if guild_id is None:
+        return 0
+    async with db.readers() as session:
+        value = await session.scalar(
+            select(GuildSettings.gallery_links_epoch).where(GuildSettings.guild_id == guild_id)
+        )
+    return int(value or 0)
+
+
+async def revoke_gallery_links(
+    db: Database, guild_id: int, *, now: dt.datetime | None = None
+) -> int:
+    """End every gallery link of a server given out so far; returns the new generation."""
+    now = as_utc(now)
+    async with db.sessions.begin() as session:
+        row = await _settings_row(session, guild_id, now)
+        row.gallery_links_epoch = int(row.gallery_links_epoch or 0) + 1
+        row.updated_at = now
+        epoch = row.gallery_links_epoch
+    log.info("gallery links of guild %s revoked (generation %d)", guild_id, epoch)
+    return epoch
+
+
+async def _settings_row(session: AsyncSession, guild_id: int, now: dt.datetime) -> GuildSettings:
+    """The server's settings row, made with the bot's defaults when it has none yet."""
+    row = await session.get(GuildSettings, guild_id)
+    if row is None:
+        row = GuildSettings(
+            guild_id=guild_id,
+            blocked_words=[],
+            allowed_channels=[],
+            exempt_roles=[],
+            gallery_public=False,
+            gallery_links_epoch=0,
+            updated_at=now,
+        )
+        session.add(row)
+    return row

@@ -19,6 +19,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.database import Database
+from db.gallery import scrub_search_index
 from db.models import ACTIVE_STATUSES, Generation, ImageRecord
 from db.queries.common import as_utc
 
@@ -210,6 +211,7 @@ async def erase_user(db: Database, user_id: int) -> ErasedUser:
         )
         await session.flush()
         unreferenced = await _unreferenced(session, [sha for _, sha in doomed])
+    await scrub_search_index(db)  # the erased prompts' words leave the search index too
     erased = ErasedUser(
         generations=int(result.rowcount or 0),
         images=len(doomed),

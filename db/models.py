@@ -115,6 +115,9 @@ class GuildSettings(Base):
     exempt_roles: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")
     # Members may see the whole server's web gallery (admins always can): /limits gallery.
     gallery_public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The generation of the server's gallery links: only links made in it work (/limits
+    # gallery_revoke moves it on, ending every link given out so far).
+    gallery_links_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 

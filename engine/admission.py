@@ -23,6 +23,8 @@ CANCELLED_MESSAGE = "The generation was cancelled."
 SHUT_DOWN_MESSAGE = "The image engine shut down."
 NOT_RUNNING_MESSAGE = "The image engine is not running."
 QUEUE_FULL_MESSAGE = "The queue is full right now; try again in a minute."
+EDIT_OFF_MESSAGE = "Image editing is turned off on this server."
+NOT_HERE_MESSAGE = "This GPU worker cannot run this kind of job."
 
 
 def ceiling_message(count: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from engine.contract import ImageBackend
+from engine.redis.redaction import url_secrets
 from engine.redis.settings import RemoteSettings
 from engine.settings import EngineSettings
 
@@ -29,6 +30,12 @@ def read_backend_settings(redis_url: str | None) -> BackendSettings:
     ``ValidationError`` names what is wrong."""
     remote = RemoteSettings(redis_url=redis_url) if redis_url else None
     return BackendSettings(engine=EngineSettings(), remote=remote)
+
+
+def backend_secrets(redis_url: str | None) -> list[str]:
+    """What the bot's log must never show of its backend's settings: the Redis URL and the
+    password in it, wherever a message carries them."""
+    return [redis_url, *url_secrets(redis_url)] if redis_url else []
 
 
 def build_backend(settings: BackendSettings) -> ImageBackend:

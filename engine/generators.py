@@ -16,14 +16,12 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 
+from engine.admission import EDIT_OFF_MESSAGE, NOT_HERE_MESSAGE
 from engine.contract import TASK_EDIT, TASK_GENERATE, FailureKind, JobFailed, JobRequest, JobResult
 from engine.generator import UNWATCHED, Generator, GeneratorInfo, JobControl, Plan
 from engine.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
-
-EDIT_OFF_MESSAGE = "Image editing is turned off on this server."
-NOT_HERE_MESSAGE = "This GPU worker cannot run this kind of job."
 
 
 class Generators(Generator):

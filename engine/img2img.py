@@ -116,7 +116,7 @@ def load_init_image(data: bytes, width: int, height: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=["PNG"])  # the bot sends PNG only
             if image.width * image.height > MAX_INPUT_IMAGE_PIXELS:
                 raise JobFailed(
                     FailureKind.INVALID,
@@ -129,7 +129,7 @@ def load_init_image(data: bytes, width: int, height: int) -> Image.Image:
         raise
     except Exception as exc:  # PIL raises many types for bad input
         raise JobFailed(
-            FailureKind.INVALID, "The source image could not be read as a PNG, JPEG or WebP."
+            FailureKind.INVALID, "The source image could not be read as a PNG."
         ) from exc
     if image.width < 1 or image.height < 1:
         raise JobFailed(FailureKind.INVALID, "The source image is empty.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ def load_pipeline(settings: EngineSettings) -> LoadedPipeline:
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
 
+    check_model_source(settings.model, "IMAGINE_MODEL")
     device = resolve_device(settings.device)
     tiny = tiny_defaults(settings.model) if Path(settings.model).is_dir() else None
     if device.type == "cpu" and tiny is None and not settings.allow_cpu:
@@ -93,6 +95,30 @@ def load_pipeline(settings: EngineSettings) -> LoadedPipeline:
         time.perf_counter() - started,
     )  # fmt: skip
     return LoadedPipeline(pipe, device, dtype, memory_mode, max_side, fast_available)
+
+
+# A Hugging Face id: owner/name, nothing more (a path has ./, ../, / or ~, or more parts).
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
+
+
+def check_model_source(value: str, variable: str) -> None:
+    """Refuse a model setting that is neither a folder here nor a Hugging Face id, naming it:
+    a mistyped path otherwise surfaced as "no usable CUDA GPU" (on a CPU) or as a Hub error."""
+    path = Path(value)
+    if path.is_dir():
+        return
+    if path.exists():
+        raise EngineUnavailable(
+            f"{variable}={value!r} is a file; give the folder of a diffusers pipeline or a "
+            "Hugging Face id such as Qwen/Qwen-Image."
+        )
+    if _HUB_ID.fullmatch(value) and not value.startswith((".", "~")):
+        return
+    raise EngineUnavailable(
+        f"{variable}={value!r}: there is no folder {path.absolute()} here, and it is not a "
+        "Hugging Face id (owner/name, such as Qwen/Qwen-Image). Check the path; a tiny model "
+        "for dry runs is made with `python -m engine tiny ./tiny-model`."
+    )
 
 
 def lightning_source(settings: EngineSettings, tiny: bool) -> tuple[str, str]:

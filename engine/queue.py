@@ -22,6 +22,8 @@ import time
 
 from engine.admission import (
     CANCELLED_MESSAGE,
+    EDIT_OFF_MESSAGE,
+    NOT_HERE_MESSAGE,
     NOT_RUNNING_MESSAGE,
     SHUT_DOWN_MESSAGE,
     FutureHandle,
@@ -264,8 +266,6 @@ class LocalEngine:
     def _task_off_message(self, task: str) -> str:
         """Why this engine does not run ``task`` (editing turned off, the edit model that did
         not load), in words a member can read."""
-        from engine.generators import EDIT_OFF_MESSAGE, NOT_HERE_MESSAGE
-
         off = self._info.edit_off if self._info is not None and task == TASK_EDIT else None
         return off or (EDIT_OFF_MESSAGE if task == TASK_EDIT else NOT_HERE_MESSAGE)
 

@@ -15,6 +15,7 @@ import signal
 import sys
 
 from engine.redis.health import check_health, health_file_path
+from engine.redis.redaction import install_log_redaction
 from engine.redis.settings import RemoteSettings
 from engine.redis.worker import Worker, default_worker_name
 from engine.settings import EngineSettings, load_settings
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         remote = load_settings(RemoteSettings)
+        install_log_redaction(remote.redis_url)  # the URL may hold a password
         if args.healthcheck:
             return healthcheck(remote, args.name)
         engine = load_settings(EngineSettings)

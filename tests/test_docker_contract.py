@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bot.settings import BotSettings
+from engine.redis.settings import RemoteSettings
+from engine.settings import EngineSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -140,3 +142,128 @@ def test_image_store_resolves_inside_the_data_volume(container_env: dict[str, st
     settings = BotSettings()
     assert settings.image_dir.is_absolute(), settings.image_dir
     assert Path("/data") in settings.image_dir.parents, settings.image_dir
+
+
+# ------------------------------------------------------------------- the documented recipes
+DOCS = [ROOT / "README.md", ROOT / "docs" / "SCALE_OUT.md"]
+
+
+def _docker_runs(path: Path) -> list[str]:
+    """Every ``docker run`` command of a document, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("docker run")]
+
+
+def _worker_runs(path: Path) -> list[str]:
+    return [run for run in _docker_runs(path) if "IMAGINE_WORKER_NAME" in run or "worker" in run]
+
+
+def worker_stop_timeout_s() -> float:
+    """The one stop timeout the docs give a worker: its job timeout and a minute to save."""
+    return EngineSettings.model_fields["job_timeout_s"].default + 60
+
+
+def test_docs_start_workers_from_the_worker_image() -> None:
+    """issue 20 item 12: the docs ran workers from the bot's image, whose HEALTHCHECK asks
+    port 8080, which a worker never serves: the container stayed unhealthy forever."""
+    for doc in DOCS:
+        runs = _worker_runs(doc)
+        assert runs, doc
+        for run in runs:
+            assert run.split()[-1] == "imagine-worker" or " imagine-worker " in run, run
+            assert " imagine python" not in run and not run.endswith(" imagine"), run
+        assert "docker build --target worker -t imagine-worker ." in doc.read_text(), doc
+
+
+def test_every_worker_stop_timeout_is_the_same_and_outlasts_a_job() -> None:
+    """issue 20 item 12: the docs said 600 s in one place and 660 s in another."""
+    wanted = worker_stop_timeout_s()
+    found: list[tuple[str, float]] = []
+    for doc in [*DOCS, DOCKERFILE]:
+        text = re.sub(r"\\\n\s*#?\s*", " ", doc.read_text())
+        for line in text.splitlines():
+            if "imagine-worker" in line or "IMAGINE_WORKER_NAME" in line:
+                found += [(doc.name, float(v)) for v in re.findall(r"--stop-timeout (\d+)", line)]
+        found += [(doc.name, float(v)) for v in re.findall(r"TimeoutStopSec=(\d+)", text)]
+    assert len(found) >= 5, found
+    assert {value for _, value in found} == {wanted}, found
+
+
+def test_every_variable_the_image_sets_is_a_setting() -> None:
+    """issue 20 item 12: ``IMAGINE_DATA_DIR`` was set and read by nothing."""
+    fields = {
+        f"IMAGINE_{name.upper()}"
+        for settings in (BotSettings, EngineSettings, RemoteSettings)
+        for name in settings.model_fields
+    }
+    for stage in ("runtime", "worker", "bot"):
+        unused = [k for k in _stage_env(stage) if k.startswith("IMAGINE_") and k not in fields]
+        assert unused == [], f"{stage}: {unused}"
+
+
+def test_the_docs_name_the_uid_that_must_own_a_bind_mounted_data_folder() -> None:
+    """issue 20 item 12: a bind-mounted /data owned by root leaves the image's user unable to
+    write the database, the model cache or the image store."""
+    runtime = " ".join(_stages()["runtime"])
+    uid = re.search(r"useradd [^&]*--uid (\d+)", runtime)
+    assert uid, runtime
+    readme = ROOT.joinpath("README.md").read_text()
+    assert f"chown -R {uid[1]}:{uid[1]} " in readme
+    assert "USER imagine" in " ".join(_stages()["runtime"])
+
+
+# ------------------------------------------------------------------- download and memory needs
+def _start_period_s(stage: str) -> float:
+    line = next(line for line in _stages()[stage] if line.startswith("HEALTHCHECK"))
+    match = re.search(r"--start-period=(\d+)s", line)
+    assert match, line
+    return float(match[1])
+
+
+def _quick_start() -> str:
+    readme = ROOT.joinpath("README.md").read_text()
+    start = readme.index("## Quick start")
+    return " ".join(readme[start : readme.index("\n## ", start + 5)].split())
+
+
+def test_the_quick_start_counts_the_edit_models_download() -> None:
+    """issue 20 item 13: editing is on by default (``IMAGINE_EDIT_MODEL``), and its transformer
+    is ~41 GB more to download; the quick start said ~58 GB in all."""
+    from engine.devices import TRANSFORMER_GIB
+
+    assert EngineSettings.model_fields["edit_model"].default  # on by default
+    text = _quick_start()
+    base = re.search(r"downloads Qwen-Image \(~(\d+) GB\)", text)
+    edit = re.search(r"Qwen-Image-Edit-2511 \(~(\d+) GB more, ~(\d+) GB in all[:)]", text)
+    assert base and edit, text
+    assert int(edit[1]) == round(TRANSFORMER_GIB)
+    assert int(edit[2]) == int(base[1]) + int(edit[1])
+    assert "IMAGINE_EDIT_MODEL=" in text  # how to turn it off and skip the download
+
+
+def test_the_gpu_table_counts_the_edit_transformers_memory() -> None:
+    """issue 20 item 13: the table gave ~57 GB as if text-to-image were the only model."""
+    from engine.devices import RESIDENT_GIB, TRANSFORMER_GIB
+    from engine.edit.swap import EDIT_ACTIVATIONS_GIB
+
+    readme = ROOT.joinpath("README.md").read_text()
+    table = readme[readme.index("## GPU requirements") :]
+    row = next(line for line in table.splitlines() if line.startswith("| editing on"))
+    both = RESIDENT_GIB + TRANSFORMER_GIB
+    assert f"+{TRANSFORMER_GIB:.0f} GB" in row and f"~{both:.0f} GB" in row, row
+    assert f"~{both + EDIT_ACTIVATIONS_GIB:.0f} GB" in row, row  # what choose_residency asks
+    assert "pinned host memory" in row and "IMAGINE_EDIT_MODEL=" in row
+
+
+# A slow but ordinary link: a first start downloads both models at this rate, then loads them.
+FIRST_PULL_MB_PER_S = 50
+LOAD_AND_WARM_UP_S = 600
+
+
+def test_the_health_checks_wait_for_a_first_download_of_both_models() -> None:
+    """issue 20 item 13: 900 s covered ~58 GB at best; both models are ~99 GB."""
+    text = _quick_start()
+    total_gb = int(re.search(r"~(\d+) GB in all", text)[1])  # type: ignore[index]
+    needed = total_gb * 1000 / FIRST_PULL_MB_PER_S + LOAD_AND_WARM_UP_S
+    for stage in ("bot", "worker"):
+        assert _start_period_s(stage) >= needed, (stage, _start_period_s(stage), needed)

@@ -1,4 +1,5 @@
-"""/limits and /blocked: a server's quotas, queue caps, exempt roles, channels and words.
+"""/limits and /blocked: a server's quotas, queue caps, exempt roles, channels and words, and
+its web gallery (open to members or not; every link given out ended at once).
 
 Every change goes through ``bot.guild_settings`` (``bot.guild_settings.GuildSettings``), which keeps
 /imagine's cache of these settings right by itself.
@@ -110,6 +111,18 @@ class AdminCog(commands.Cog):
         else:
             text = f"Members {now} see only their own images in /gallery (admins see all)."
         await errors.send_ephemeral(interaction, text)
+
+    @limits.command(
+        name="gallery_revoke", description="End every /gallery link given out in this server"
+    )
+    async def gallery_revoke(self, interaction: Interaction) -> None:
+        assert interaction.guild_id is not None
+        await self.bot.guild_settings.revoke_gallery_links(interaction.guild_id)
+        await errors.send_ephemeral(
+            interaction,
+            "Every gallery link given out in this server so far has stopped working. Members "
+            "(you too) get a new one with /gallery.",
+        )
 
     @exempt.command(name="add", description="Members with this role have no daily quota")
     async def exempt_add(self, interaction: Interaction, role: discord.Role) -> None:

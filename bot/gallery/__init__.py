@@ -10,8 +10,9 @@ store (``bot.store``).
 
 from discord.ext import commands
 
-from bot.gallery.app import GalleryDeps, build_gallery_app, mount_gallery
+from bot.gallery.app import build_gallery_app, mount_gallery
 from bot.gallery.auth import BadLink, Grant, LinkSigner
+from bot.gallery.deps import GalleryDeps
 from bot.gallery.links import MOUNT, GalleryLinks
 
 __all__ = [

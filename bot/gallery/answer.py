@@ -36,7 +36,8 @@ async def gallery_answer(
     if guild_id is not None:  # Discord's word of this moment: the link's pages start from it
         admins_for(bot).remember(guild_id, interaction.user.id, admin)
     links = links_for(bot)
-    url = links.url(guild_id=guild_id, user_id=interaction.user.id, admin=admin)
+    epoch = await gallery_db.gallery_links_epoch(bot.db, guild_id) if bot.db is not None else 0
+    url = links.url(guild_id=guild_id, user_id=interaction.user.id, admin=admin, epoch=epoch)
     hours = max(1, round(links.ttl_s / 3600))
     if guild_id is None:
         what = "your images from our direct messages"

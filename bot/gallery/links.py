@@ -22,9 +22,6 @@ MOUNT = "/gallery"
 def data_dir(settings: BotSettings) -> Path:
     """Where the bot keeps its state: the SQLite database's folder (``/data`` in Docker),
     else ``./data``; the generated link key lives there, next to the database it protects."""
-    explicit = getattr(settings, "data_dir", None)
-    if explicit:
-        return Path(explicit)
     try:
         url = make_url(settings.database_url)
     except Exception:  # an unusual URL: fall back below
@@ -60,10 +57,13 @@ class GalleryLinks:
             LinkSigner(secret), base_url=public_base(settings), ttl_s=settings.gallery_link_ttl_s
         )
 
-    def token(self, *, guild_id: int | None, user_id: int, admin: bool) -> str:
-        return self.signer.sign(guild_id=guild_id, user_id=user_id, admin=admin, ttl_s=self.ttl_s)
+    def token(self, *, guild_id: int | None, user_id: int, admin: bool, epoch: int = 0) -> str:
+        return self.signer.sign(
+            guild_id=guild_id, user_id=user_id, admin=admin, ttl_s=self.ttl_s, epoch=epoch
+        )
 
-    def url(self, *, guild_id: int | None, user_id: int, admin: bool) -> str:
-        """A fresh link to this member's view of this server (None: of their DMs)."""
-        token = self.token(guild_id=guild_id, user_id=user_id, admin=admin)
+    def url(self, *, guild_id: int | None, user_id: int, admin: bool, epoch: int = 0) -> str:
+        """A fresh link to this member's view of this server (None: of their DMs), of the
+        server's current link generation ``epoch`` (``db.gallery.gallery_links_epoch``)."""
+        token = self.token(guild_id=guild_id, user_id=user_id, admin=admin, epoch=epoch)
         return f"{self.base_url}{MOUNT}/{token}/"

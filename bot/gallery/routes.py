@@ -21,10 +21,10 @@ from yarl import URL
 
 import db
 from bot.gallery import pages
-from bot.gallery.admins import UNKNOWN_FOR_S
-from bot.gallery.app import CSS_VERSION, DEPS, STATIC_DIR, GalleryDeps
+from bot.gallery.admins import UNKNOWN_FOR_S, Standing
 from bot.gallery.auth import BadLink, Grant
 from bot.gallery.cards import CARD_QUALITY, CARD_SIDE
+from bot.gallery.deps import CSS_VERSION, DEPS, STATIC_DIR, GalleryDeps
 from bot.gallery.security import forbidden, plain_page
 from db import gallery
 
@@ -44,6 +44,15 @@ NOT_CONFIRMED = (
     "member sees. Reload in a moment."
 )
 DEMOTED = "You no longer have Manage Server here: this link shows what a member sees."
+MEMBER_NOT_CONFIRMED = (
+    "Discord has not confirmed that you are still a member of this server, so this page shows "
+    "only your own images. Reload in a moment."
+)
+# Why a link of a server no longer works at all.
+GONE = "This link no longer works: you are not a member of this server any more."
+REVOKED = "An admin of this server ended every gallery link given out before now."
+# The member of a link could not be confirmed (``granted``): only their own images show.
+UNCONFIRMED = web.RequestKey("member_unconfirmed", bool)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GrantedHandler = Callable[[web.Request, Grant, GalleryDeps], Awaitable[web.StreamResponse]]
@@ -57,9 +66,11 @@ def _database(deps: GalleryDeps) -> db.Database:
 
 
 def granted(handler: GrantedHandler) -> Handler:
-    """Check the link before anything else: a bad, forged or expired one gets a plain 403.
-    An admin link shows what a member sees until Discord confirms the member is still an
-    admin (``bot.gallery.admins``); the page then says why."""
+    """Check the link before anything else: a bad, forged, expired or revoked one, or one whose
+    member is no longer in its server, gets a plain 403. An admin link shows what a member sees
+    until Discord confirms the member is still an admin, and a member's link only their own
+    images until Discord confirms they are still a member (``bot.gallery.admins``); the page
+    then says why."""
     return _with_grant(handler, confirm_admin=True)
 
 
@@ -77,11 +88,17 @@ def _with_grant(handler: GrantedHandler, *, confirm_admin: bool) -> Handler:
             grant = deps.signer.load(request.match_info["token"])
         except BadLink:
             return forbidden()
-        if confirm_admin and grant.admin and grant.guild_id is not None:
-            still = await deps.admins.confirm(grant.guild_id, grant.user_id)
-            if still is not True:
+        if grant.guild_id is not None:
+            current = await gallery.gallery_links_epoch(_database(deps), grant.guild_id)
+            if grant.epoch != current:
+                return forbidden(REVOKED)
+            standing = await deps.admins.standing(grant.guild_id, grant.user_id)
+            if standing is Standing.GONE:
+                return forbidden(GONE)
+            request[UNCONFIRMED] = standing is None
+            if confirm_admin and grant.admin and standing is not Standing.ADMIN:
                 grant = dataclasses.replace(grant, admin=False)
-                request[ADMIN_NOTICE] = NOT_CONFIRMED if still is None else DEMOTED
+                request[ADMIN_NOTICE] = NOT_CONFIRMED if standing is None else DEMOTED
         return await handler(request, grant, deps)
 
     return wrapper
@@ -91,8 +108,8 @@ def _refused(request: web.Request, text: str) -> web.Response:
     """A 403 with ``text``; but where only an admin link's confirmation stood in the way, say
     so: a 503 to retry while Discord cannot tell, a 403 that says why once demoted."""
     notice = request.get(ADMIN_NOTICE)
-    if notice == NOT_CONFIRMED:
-        response = plain_page(503, "503 Service Unavailable", NOT_CONFIRMED)
+    if notice in (NOT_CONFIRMED, MEMBER_NOT_CONFIRMED):
+        response = plain_page(503, "503 Service Unavailable", notice)
         response.headers["Retry-After"] = str(round(UNKNOWN_FOR_S))
         return response
     if notice == DEMOTED:
@@ -100,10 +117,14 @@ def _refused(request: web.Request, text: str) -> web.Response:
     return forbidden(text)
 
 
-async def _see_all(deps: GalleryDeps, grant: Grant) -> bool:
+async def _see_all(request: web.Request, deps: GalleryDeps, grant: Grant) -> bool:
     if grant.admin:
         return True
-    return await gallery.gallery_public(_database(deps), grant.guild_id)
+    public = await gallery.gallery_public(_database(deps), grant.guild_id)
+    if public and request.get(UNCONFIRMED):
+        request.setdefault(ADMIN_NOTICE, MEMBER_NOT_CONFIRMED)  # say why the rest is missing
+        return False
+    return public
 
 
 def _scope_name(deps: GalleryDeps, grant: Grant) -> str:
@@ -176,7 +197,7 @@ async def _grid(
 @granted
 async def index(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.StreamResponse:
     """The server's gallery where the viewer may see it, else the viewer's own images."""
-    see_all = await _see_all(deps, grant)
+    see_all = await _see_all(request, deps, grant)
     if grant.guild_id is None:
         heading = "Your images in direct messages"
     elif see_all:
@@ -192,7 +213,7 @@ async def member(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.S
     user_id = int(request.match_info["user_id"])
     if user_id > gallery.MAX_ID:
         return plain_page(404, "404 Not Found", "There is no such member.")
-    see_all = await _see_all(deps, grant)
+    see_all = await _see_all(request, deps, grant)
     if not pages.may_view_member(user_id, grant, see_all=see_all):
         return _refused(
             request, "This server's gallery is private: you can see your own images only."
@@ -211,7 +232,7 @@ async def _visible_entry(
     if entry is None:
         return plain_page(404, "404 Not Found", "There is no such image (it may be deleted).")
     if see_all is None:
-        see_all = await _see_all(deps, grant)
+        see_all = await _see_all(request, deps, grant)
     if not pages.may_view(entry.image, grant, see_all=see_all):
         return _refused(request, "This image is not visible through this link.")
     return entry
@@ -219,7 +240,7 @@ async def _visible_entry(
 
 @granted
 async def image(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.StreamResponse:
-    see_all = await _see_all(deps, grant)
+    see_all = await _see_all(request, deps, grant)
     found = await _visible_entry(request, grant, deps, see_all=see_all)
     if isinstance(found, web.Response):
         return found
@@ -308,7 +329,12 @@ def _same_origin(request: web.Request) -> bool:
 @_as_linked
 async def delete(request: web.Request, grant: Grant, deps: GalleryDeps) -> web.StreamResponse:
     """Delete an image (its owner, or an admin): POST with the link's CSRF token only."""
-    form = await request.post()
+    try:
+        form = await request.post()
+    except web.HTTPException:  # a body over the size limit: aiohttp's own 413
+        raise
+    except Exception:  # not the form our page sends: broken multipart, an unknown charset
+        return plain_page(400, "400 Bad Request", "This form could not be read.")
     csrf = form.get("csrf")
     if not isinstance(csrf, str) or not deps.signer.check_csrf(request.match_info["token"], csrf):
         return forbidden("This form is out of date or did not come from the gallery.")

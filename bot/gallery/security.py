@@ -1,4 +1,5 @@
-"""What every gallery response gets: strict headers and a per-address rate limit.
+"""What every gallery response gets: strict headers and a per-client rate limit (an IPv4
+address, or an IPv6 /64).
 
 The pages run no script and load nothing from elsewhere, so the Content-Security-Policy can
 forbid everything except our own images, our own stylesheet and forms posted back to us. The
@@ -131,6 +132,28 @@ def client_address(request: web.Request, trusted: Networks = LOOPBACK) -> str:
     return peer
 
 
+# Every IPv6 client gets at least a /64 from its provider (RFC 6177): counting single addresses
+# would hand one client 2**64 full bursts.
+IPV6_CLIENT_PREFIX = 64
+
+
+def rate_key(address: str) -> str:
+    """The rate limit's client for an address: IPv4 as it is, IPv6 by its /64 (an IPv4 address
+    written as IPv6 is that IPv4 address). Anything unparsable counts as itself."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        host_bits = 128 - IPV6_CLIENT_PREFIX
+        return str(
+            ipaddress.IPv6Network((int(parsed) >> host_bits << host_bits, IPV6_CLIENT_PREFIX))
+        )
+    return str(parsed)
+
+
 def security_middleware(
     limiter: TokenBucket, trusted: Networks = LOOPBACK
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
@@ -138,7 +161,7 @@ def security_middleware(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        wait = limiter.take(client_address(request, trusted))
+        wait = limiter.take(rate_key(client_address(request, trusted)))
         if wait > 0:
             response: web.StreamResponse = plain_page(
                 429, "429 Too Many Requests", "Slow down a little and try again."

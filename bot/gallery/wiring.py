@@ -13,8 +13,8 @@ import logging
 import discord
 
 from bot.client import ImagineClient
-from bot.gallery.admins import AdminConfirmations
-from bot.gallery.app import GalleryDeps
+from bot.gallery.admins import AdminConfirmations, Standing
+from bot.gallery.deps import GalleryDeps
 from bot.gallery.files import ImageFiles
 from bot.gallery.links import GalleryLinks
 
@@ -37,10 +37,10 @@ def links_for(bot: ImagineClient) -> GalleryLinks:
 
 def admins_for(bot: ImagineClient) -> AdminConfirmations:
     """The bot's one ``AdminConfirmations``: the gallery's pages and ``/gallery`` share what
-    Discord said about each member's Manage Server."""
+    Discord said about each member (still in the server? Manage Server?)."""
     admins: AdminConfirmations | None = getattr(bot, _ADMINS, None)
     if admins is None:
-        admins = AdminConfirmations(functools.partial(still_admin, bot))
+        admins = AdminConfirmations(functools.partial(member_standing, bot))
         setattr(bot, _ADMINS, admins)
     return admins
 
@@ -52,8 +52,8 @@ def _store(bot: ImagineClient) -> ImageFiles | None:
 
 def deps_for(bot: ImagineClient) -> GalleryDeps:
     """What the gallery pages read, from the bot: names come from Discord's cache only; the
-    one Discord request a page view can make is an admin link's confirmation, cached per
-    member (``bot.gallery.admins``)."""
+    one Discord request a page view can make is a link's confirmation, cached per member
+    (``bot.gallery.admins``)."""
 
     def names(guild_id: int | None, user_id: int) -> str | None:
         guild = bot.get_guild(guild_id) if guild_id is not None else None
@@ -78,24 +78,24 @@ def deps_for(bot: ImagineClient) -> GalleryDeps:
     )
 
 
-async def still_admin(bot: discord.Client, guild_id: int, user_id: int) -> bool | None:
-    """Whether the member has Manage Server in that server now, asked of Discord (the bot has
-    no members intent, so its cache may hold an old copy of their roles, or none); None when
-    that cannot be told (not connected yet, Discord slow or failing: an admin link's page or
-    delete waits at most ``ADMIN_CHECK_TIMEOUT_S``). A member who left, or a server the bot
-    left, is no admin."""
+async def member_standing(bot: discord.Client, guild_id: int, user_id: int) -> Standing | None:
+    """Where the member stands in that server now, asked of Discord (the bot has no members
+    intent, so its cache may hold an old copy of their roles, or none): an admin (Manage
+    Server), a member, or gone (left, kicked, banned; or the bot left the server). None when
+    that cannot be told (not connected yet, Discord slow or failing: a link's page or delete
+    waits at most ``ADMIN_CHECK_TIMEOUT_S``)."""
     if not bot.is_ready():
         return None
     guild = bot.get_guild(guild_id)
     if guild is None:
-        return False
+        return Standing.GONE
     try:
         async with asyncio.timeout(ADMIN_CHECK_TIMEOUT_S):
             member = await guild.fetch_member(user_id)
     except discord.NotFound:
-        return False
+        return Standing.GONE
     except Exception as exc:  # HTTP errors, dropped connections, the timeout
         logger.warning("gallery: could not check member %s of guild %s: %r",
                        user_id, guild_id, exc)  # fmt: skip
         return None
-    return member.guild_permissions.manage_guild
+    return Standing.ADMIN if member.guild_permissions.manage_guild else Standing.MEMBER

@@ -9,7 +9,7 @@ else (no module-level state, nothing parsed from message text).
 Its input images are image-store keys, never bytes: the service reads them back from the store
 when it submits the job, the same way for a fresh job and a resumed one.
 
-How rows map to kinds (``bot.imagine.kinds``; ``0006_job_specs`` set the last two columns for
+How rows map to kinds (``bot.imagine.kinds``; ``0007_job_specs`` set the last two columns for
 rows written before):
 
 ==============  ====================================================  ==================

@@ -16,6 +16,7 @@ import logging
 from sqlalchemy import delete, or_, select
 
 from db.database import Database
+from db.gallery import scrub_search_index
 from db.models import ACTIVE_STATUSES, Generation, ImageRecord
 from db.queries.common import as_utc
 
@@ -92,6 +93,7 @@ async def prune_history(
         if len(keys) < batch:
             break
     if generations:
+        await scrub_search_index(db)  # the pruned prompts' words leave the search index too
         log.info(
             "history retention removed %d generations and %d stored image rows (%d files to "
             "delete)",

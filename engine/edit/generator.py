@@ -57,6 +57,7 @@ from engine.generation import (
     pick_seed,
 )
 from engine.generator import UNWATCHED, Generator, GeneratorInfo, JobControl, Plan
+from engine.loader import check_model_source
 from engine.pipeline import ImageGenerator
 from engine.prefetch import read_ahead
 from engine.presets import NEUTRAL_NEGATIVE, public_model_name
@@ -130,6 +131,7 @@ class EditGenerator(LightningModes, Generator):
         source = settings.edit_model.strip()
         if not source:
             raise EditUnavailable("Image editing is turned off on this server.")
+        check_model_source(source, "IMAGINE_EDIT_MODEL")  # a mistyped path, named as such
         tiny = tiny_defaults(source) if Path(source).is_dir() else None
         if base.device.type == "cpu" and tiny is None and not settings.allow_cpu:
             raise EngineUnavailable(

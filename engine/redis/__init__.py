@@ -4,6 +4,7 @@ One module per concern, each importable on its own (none of them imports torch: 
 imports this package; ``engine.worker`` is the process that runs ``task``):
 
 * ``settings`` — ``RemoteSettings`` (``IMAGINE_REDIS_*`` and friends), ``redact_url``;
+* ``redaction`` — the log filter that keeps Redis URLs and passwords out of every log line;
 * ``keys`` — every Redis key, channel and the taskiq task name, in one place;
 * ``wire`` — the versioned messages both sides exchange (job, progress events, result envelope,
   heartbeat, worker state) and their strict parsers;

@@ -18,6 +18,7 @@ from pathlib import Path
 from engine.contract import EngineStatus, JobFailed, JobRequest, Mode, Progress
 from engine.presets import ASPECTS, BUILTIN_STYLES, DEFAULT_ASPECT, DEFAULT_STYLE
 from engine.redis.backend import RedisBackend
+from engine.redis.redaction import install_log_redaction
 from engine.redis.settings import RemoteSettings
 from engine.settings import EngineSettings, load_settings
 
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(RemoteSettings)
+        install_log_redaction(settings.redis_url)  # the URL may hold a password
         engine_settings = load_settings(EngineSettings)
     except SystemExit as exc:  # the error is printed, by variable, without any value
         return int(exc.code or 2)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, model_validator
 
@@ -95,13 +95,35 @@ class RemoteSettings(ImagineBaseSettings):
         return min(3 * self.heartbeat_s, self.redeliver_after_s / 2)
 
 
+# Query keys whose values are secrets: redis-py reads ``?password=``; ``ssl_password`` and the like
+# are treated alike, since hiding a harmless value costs nothing.
+_SECRET_KEY = re.compile(r"pass|secret|token|auth", re.IGNORECASE)
+_QUERY_ITEM = re.compile(r"(?P<key>[^&;=]*)=(?P<value>[^&;]*)")
+
+
+def _redact_query(query: str) -> str:
+    def hide(item: re.Match[str]) -> str:
+        key = item["key"]
+        return f"{key}=***" if _SECRET_KEY.search(key) else item[0]
+
+    return _QUERY_ITEM.sub(hide, query)
+
+
 def redact_url(url: str) -> str:
-    """The Redis URL for logs: the password never appears."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The Redis URL for logs: no password, whether in its userinfo (``:pw@``) or its query
+    string (``?password=``). Plain string work, no URL parser: a malformed URL (a port that is
+    not a number) is redacted too, never raises."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:  # a user name alone is not a secret (redis-py sends it as one)
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    path, qmark, query = tail.partition("?")
+    if qmark:
+        query, hash_, fragment = query.partition("#")
+        tail = f"{path}?{_redact_query(query)}{hash_}{fragment}"
+    return f"{scheme}://{netloc}{tail}"

@@ -15,6 +15,7 @@ from typing import Any
 import discord
 import pytest
 from PIL import Image
+from sqlalchemy import text
 
 import db
 from bot.images import ImageKeeper
@@ -329,3 +330,21 @@ async def test_a_retention_sweep_never_forgets_a_twin_kept_while_its_file_went(
     assert await keeper.read("91") == png
     assert not await keeper.has("90")
     assert [p.name for p in (tmp_path / "images").rglob("*.png")] == [f"{stored.sha256}.png"]
+
+
+async def test_status_names_a_database_failure_by_its_kind_never_its_sql(
+    database: db.Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """issue 20 item 10: ``/status`` showed ``str(exc)`` of the failure to record an image, and
+    SQLAlchemy's text carries the statement (table names, parameters). The log keeps it."""
+    store = ImageStore(tmp_path / "images")
+    keeper = ImageKeeper(lambda: store, lambda: database)
+    await reserve(database, "90")
+    async with database.sessions.begin() as session:  # a database that cannot record images
+        await session.execute(text("DROP TABLE images"))
+
+    assert await keeper.keep(job_key="90", user_id=1, guild_id=3, png=artwork()) is None
+
+    report = await keeper.report()
+    assert report is not None and report.problem == "OperationalError"
+    assert "images" in caplog.text  # the operator's log still says what failed

@@ -73,3 +73,17 @@ def test_invite_without_token_or_application_id_says_what_to_set(tmp_path: Path)
     assert proc.returncode == 2
     assert "IMAGINE_DISCORD_TOKEN" in proc.stderr and "IMAGINE_APPLICATION_ID" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_invite_without_network_suggests_the_application_id(tmp_path: Path) -> None:
+    """issue 20 item 14: offline, the command failed without saying that the application id
+    can be given instead."""
+    proc = run_invite(
+        tmp_path,
+        IMAGINE_DISCORD_TOKEN="MTIzNDU2Nzg5MDEyMzQ1Njc4.Gabcde.fake-token-value-for-tests-only",
+        IMAGINE_DISCORD_API_BASE="http://127.0.0.1:9/api/v10",  # nobody listens: no network
+    )
+    assert proc.returncode == 1
+    assert "could not ask Discord for the application id" in proc.stderr
+    assert "IMAGINE_APPLICATION_ID" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""

@@ -165,7 +165,7 @@ async def test_buttons_with_todays_custom_ids_keep_working(harness: Harness) -> 
 
 
 async def test_a_job_row_written_before_the_job_spec_migration_resumes(harness: Harness) -> None:
-    """A Vary job the bot of before ``0006_job_specs`` left unfinished (its row says only
+    """A Vary job the bot of before ``0007_job_specs`` left unfinished (its row says only
     "variation" and a strength; no kind of its own, no inputs) resumes after the upgrade from
     the row alone: the migration names its input, the parent's stored image."""
     from db.__main__ import main as db_main
@@ -181,7 +181,10 @@ async def test_a_job_row_written_before_the_job_spec_migration_resumes(harness: 
     await harness.bot.close_services()  # the old bot stops with the variation unfinished
 
     url = harness.bot.settings.database_url
-    assert await asyncio.to_thread(db_main, ["--url", url, "downgrade", "0005_model_prompts"]) == 0
+    assert (
+        await asyncio.to_thread(db_main, ["--url", url, "downgrade", "0006_gallery_link_epoch"])
+        == 0
+    )
     path = url.removeprefix("sqlite+aiosqlite:///")
     with closing(sqlite3.connect(path)) as conn:
         (old,) = conn.execute(

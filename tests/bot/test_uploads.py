@@ -160,3 +160,49 @@ def test_a_large_photo_is_scaled_to_the_working_size_within_the_job_cap() -> Non
     assert result.width * result.height <= MAX_OUTPUT_PIXELS
     assert abs(result.width / result.height - 1.5) < 0.01
     assert len(result.png) <= MAX_EDIT_IMAGE_BYTES
+
+
+# ------------------------------------------------------------------- colour profiles
+def _srgb_profile(size: int | None = None) -> bytes:
+    """The sRGB profile, padded to ``size`` bytes (the header's length follows): a valid profile
+    as large as an attacker (or a print shop) likes."""
+    from PIL import ImageCms
+
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    if size is not None:
+        profile += b"\x00" * (size - len(profile))
+        profile[0:4] = struct.pack(">I", len(profile))
+    return bytes(profile)
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [_srgb_profile(1_200_000), b"not a colour profile " * 60_000],
+    ids=["a valid 1.2 MB profile", "1.2 MB of garbage"],
+)
+def test_a_large_icc_profile_does_not_travel_into_the_stored_png(profile: bytes) -> None:
+    """issue 20 item 3: ``convert("RGB")`` kept ``info["icc_profile"]``; PNG re-encoding wrote it
+    as an iCCP chunk past Pillow's 1 MB text limit, so the image store's thumbnail (and the
+    engine) could not open the validated upload."""
+    from bot.store import make_thumbnail
+
+    data = encode(
+        Image.new("RGB", (100, 80), (200, 30, 40)), "JPEG", quality=95, icc_profile=profile
+    )
+    result = validate_upload(data, "image/jpeg", "print.jpg")
+    image = decoded(result)
+    assert "icc_profile" not in image.info
+    red, green, blue = image.getpixel((50, 40))
+    assert abs(red - 200) <= 6 and green <= 40 and blue <= 50
+    _, width, height = make_thumbnail(result.png)
+    assert (width, height) == (100, 80)
+
+
+def test_an_srgb_profile_leaves_the_colours_as_they_were() -> None:
+    """issue 20 item 3: converting to sRGB first (so a Display P3 photo keeps its colours) is
+    the identity for an sRGB upload; the profile itself is dropped."""
+    source = Image.new("RGB", (80, 80), (12, 140, 230))
+    data = encode(source, "PNG", icc_profile=_srgb_profile())
+    image = decoded(validate_upload(data, "image/png", "srgb.png"))
+    assert "icc_profile" not in image.info
+    assert all(abs(a - b) <= 2 for a, b in zip(image.getpixel((5, 5)), (12, 140, 230), strict=True))

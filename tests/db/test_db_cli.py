@@ -59,3 +59,30 @@ def test_url_comes_from_env_then_dotenv(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("IMAGINE_DATABASE_URL", "sqlite+aiosqlite:///from-env.db")
     assert database_url() == "sqlite+aiosqlite:///from-env.db"
     assert database_url("sqlite+aiosqlite:///given.db") == "sqlite+aiosqlite:///given.db"
+
+
+def test_current_on_a_fresh_database_says_so_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 20 item 14: ``current`` printed nothing on a fresh database, and created its
+    folders (and an empty file) while looking."""
+    path = tmp_path / "not" / "yet" / "imagine.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    assert main(["--url", url, "current"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("no migrations applied") and str(path) in out
+    assert not (tmp_path / "not").exists()
+
+    path.parent.mkdir(parents=True)
+    sqlite3.connect(path).close()  # an empty database file
+    assert main(["--url", url, "current"]) == 0
+    assert capsys.readouterr().out.strip() == "no migrations applied"
+
+    assert main(["--url", url, "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["--url", url, "current"]) == 0
+    assert capsys.readouterr().out.strip() == f"{_revision(path)} (head)"
+    assert main(["--url", url, "downgrade", "0001"]) == 0
+    capsys.readouterr()
+    assert main(["--url", url, "current"]) == 0
+    assert capsys.readouterr().out.strip() == "0001"

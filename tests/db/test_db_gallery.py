@@ -228,6 +228,20 @@ async def test_gallery_public_is_off_until_an_admin_turns_it_on(database: Databa
     assert await g.gallery_public(database, GUILD) is False
 
 
+async def test_revoking_a_servers_links_moves_its_link_generation_on(database: Database) -> None:
+    """issue 20 item 9: the counter that signed gallery links carry; revoking moves it on, and
+    links of an older generation stop working."""
+    assert await g.gallery_links_epoch(database, GUILD) == 0
+    assert await g.gallery_links_epoch(database, None) == 0  # DMs: nothing to revoke
+    assert await g.revoke_gallery_links(database, GUILD) == 1
+    assert await g.revoke_gallery_links(database, GUILD) == 2
+    assert await g.gallery_links_epoch(database, GUILD) == 2
+    assert await g.gallery_links_epoch(database, OTHER_GUILD) == 0
+    assert await g.gallery_public(database, GUILD) is False  # nothing else changed
+    config = await db.get_guild_config(database, GUILD, default_quota=7, default_max_queued=2)
+    assert (config.daily_quota, config.custom_quota) == (7, False)
+
+
 def _fts_tables(path: Path) -> set[str]:
     with closing(sqlite3.connect(path)) as conn, conn:
         rows = conn.execute(

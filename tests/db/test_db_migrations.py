@@ -218,12 +218,12 @@ async def test_a_schema_from_a_newer_bot_is_refused_with_a_clear_message(tmp_pat
 
 
 def test_job_specs_map_every_row_written_before_them(tmp_path: Path) -> None:
-    """``0006_job_specs``: rows of 0005 get their kind and inputs (``bot.imagine.spec``'s
+    """``0007_job_specs``: rows of 0005 get their kind and inputs (``bot.imagine.spec``'s
     table): Vary rows (a strength) become ``vary`` with their parent's image as input, old
     Variations rows stay ``variation``, edits get the image rows they kept, in order."""
     path = tmp_path / "spec.db"
     cfg = alembic_config(f"sqlite+aiosqlite:///{path}")
-    command.upgrade(cfg, "0005_model_prompts")
+    command.upgrade(cfg, "0006_gallery_link_epoch")
     rows = [
         # job_key, kind, parent_key, strength
         ("1", "imagine", None, None),
@@ -249,7 +249,7 @@ def test_job_specs_map_every_row_written_before_them(tmp_path: Path) -> None:
                 " created_at) VALUES (?, ?, 1, 1, 1, 1, 1, '2026-12-01 10:00:00')",
                 (key, key.replace(":", "-")),
             )
-    command.upgrade(cfg, "0006_job_specs")
+    command.upgrade(cfg, "0007_job_specs")
     with closing(sqlite3.connect(path)) as conn, conn:
         found = dict(
             (key, (kind, json.loads(inputs)))
@@ -266,7 +266,7 @@ def test_job_specs_map_every_row_written_before_them(tmp_path: Path) -> None:
         "6": ("edit", []),
         "7": ("reroll", []),
     }
-    command.downgrade(cfg, "0005_model_prompts")
+    command.downgrade(cfg, "0006_gallery_link_epoch")
     with closing(sqlite3.connect(path)) as conn, conn:
         kinds = [k for (k,) in conn.execute("SELECT kind FROM generations ORDER BY job_key")]
     assert kinds == ["imagine", "variation", "variation", "remix", "edit", "edit", "reroll"]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import os
+import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 
@@ -20,15 +25,47 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_on_a_terminal(*args: str, cwd: Path) -> tuple[int, str, str]:
+    """Like ``run``, with stderr a terminal (as in a shell): (exit code, stdout, what the
+    terminal showed)."""
+    main, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+        )
+        os.close(terminal)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # the terminal closed: the process has exited
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        stdout, _ = proc.communicate(timeout=300)
+    finally:
+        os.close(main)
+    return proc.returncode, stdout, b"".join(chunks).decode("utf-8", "replace")
+
+
 def test_tiny_then_generate_writes_an_exact_16_9_png_twice_identically(tmp_path: Path) -> None:
     built = run("tiny", "tiny-model", cwd=tmp_path)
     assert built.returncode == 0, built.stderr
     assert (tmp_path / "tiny-model" / "model_index.json").is_file()
 
     args = ("generate", "a red fox", "--model", "tiny-model", "--aspect", "16:9", "--seed", "7")
-    first = run(*args, "--out", "fox.png", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    assert "fox.png" in first.stdout and "seed 7" in first.stdout
+    code, stdout, shown = run_on_a_terminal(*args, "--out", "fox.png", cwd=tmp_path)
+    assert code == 0, shown
+    assert "fox.png" in stdout and "seed 7" in stdout
+    # issue 20 item 14: on a terminal, a progress line runs to the last step.
+    steps = re.findall(r"step (\d+)/(\d+)", shown)
+    assert steps and steps[-1][0] == steps[-1][1], shown
+    assert "100%" in shown
     second = run(*args, "--out", "fox2.png", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
 
@@ -53,3 +90,95 @@ def test_generate_refuses_the_real_model_without_a_gpu(tmp_path: Path) -> None:
 def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
     result = run("generate", "x", "--aspect", "5:4", "--out", "x.png", cwd=tmp_path)
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_help_shows_no_internal_note(tmp_path: Path) -> None:
+    """issue 20 item 14: ``--help`` printed the module docstring, a note to maintainers."""
+    result = run("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "harness" not in result.stdout and "keep their flags stable" not in result.stdout
+    assert "generate" in result.stdout and "tiny" in result.stdout
+
+
+def test_an_out_file_the_cli_cannot_write_is_refused_before_loading(tmp_path: Path) -> None:
+    """issue 20 item 14: ``--out x.bmp`` (or any name) got PNG bytes; now the extension decides
+    the format (PNG, JPEG, WebP) and anything else is refused at once."""
+    result = run("generate", "x", "--model", "nowhere", "--out", "x.bmp", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--out must end in .png, .jpg, .jpeg or .webp" in result.stderr
+
+
+def test_a_mistyped_model_path_is_named_not_blamed_on_the_gpu(tmp_path: Path) -> None:
+    """issue 20 item 14: ``IMAGINE_MODEL=./tiny-modle`` was reported as "no usable CUDA GPU"."""
+    from engine.devices import EngineUnavailable
+    from engine.loader import check_model_source, load_pipeline
+    from engine.settings import EngineSettings
+
+    for typo in ("./tiny-modle", "tiny-modle", str(tmp_path / "models" / "qwen"), "a/b/c"):
+        with pytest.raises(EngineUnavailable) as refused:
+            load_pipeline(EngineSettings(model=typo, warmup=False))
+        assert "there is no folder" in str(refused.value) and "CUDA" not in str(refused.value)
+    (tmp_path / "weights.safetensors").write_bytes(b"x")
+    with pytest.raises(EngineUnavailable, match="is a file"):
+        check_model_source(str(tmp_path / "weights.safetensors"), "IMAGINE_MODEL")
+    check_model_source("Qwen/Qwen-Image", "IMAGINE_MODEL")  # a Hugging Face id
+    check_model_source(str(tmp_path), "IMAGINE_MODEL")  # a folder
+
+
+def test_out_writes_the_format_its_extension_names(tmp_path: Path) -> None:
+    """issue 20 item 14: ``--out x.jpg`` held PNG bytes."""
+    from engine.__main__ import write_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 16), (10, 200, 30)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    assert write_image(tmp_path / "a.png", png) is None
+    assert (tmp_path / "a.png").read_bytes() == png
+    for name, fmt in (("b.jpg", "JPEG"), ("c.JPEG", "JPEG"), ("d.webp", "WEBP")):
+        note = write_image(tmp_path / "out" / name, png)
+        assert note is not None and ".png does" in note
+        with Image.open(tmp_path / "out" / name) as image:
+            assert image.format == fmt and image.size == (32, 16)
+
+
+def test_the_progress_bar_is_silent_when_not_on_a_terminal() -> None:
+    """issue 20 item 14: piped or logged output stays free of carriage returns."""
+    import io
+
+    from engine.terminal import StepBar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    quiet, shown = io.StringIO(), Terminal()
+    for stream in (quiet, shown):
+        bar = StepBar(stream)
+        for step in range(1, 5):
+            bar.step(step, 4, step * 0.5)
+        bar.close()
+    assert quiet.getvalue() == ""
+    assert "\rstep 4/4" in shown.getvalue() and "100%" in shown.getvalue()
+    assert shown.getvalue().endswith("\n")
+
+
+def test_the_progress_bar_is_the_jobs_control() -> None:
+    """issue 20 item 14: the bar is the job's control on the command line (``step``,
+    ``followed``, ``previews``, ``stop_reason``)."""
+    import io
+
+    from engine.terminal import StepBar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    shown, quiet = StepBar(Terminal()), StepBar(io.StringIO())
+    assert shown.followed and not quiet.followed and not shown.previews
+    assert shown.stop_reason() is None
+    for step in range(1, 11):
+        shown.step(step, 10, step * 2.0)
+    shown.close()
+    text = shown._stream.getvalue()  # type: ignore[attr-defined]
+    assert "step 10/10" in text and "100%" in text and "0s left" in text
+    assert "step 5/10" in text and "10s left" in text  # 2 s a step, 5 to go

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 
 import db
 from bot.gallery import GalleryDeps, LinkSigner, mount_gallery
-from bot.gallery.admins import CONFIRMED_FOR_S, AdminConfirmations
+from bot.gallery.admins import CONFIRMED_FOR_S, AdminConfirmations, Standing
 from bot.gallery.security import TokenBucket
 from bot.images import ImageKeeper
 from bot.store import ImageStore
@@ -98,16 +98,17 @@ class GalleryServer:
         self.runner: web.AppRunner | None = None
         self.base_url = ""
         self._limiter = TokenBucket(rate_per_s, burst)
-        # What Discord says now about a member's Manage Server (None: Discord did not answer);
+        # What Discord says now about a member: a ``Standing`` (``Standing.GONE``: left, kicked
+        # or banned), or a bool for Manage Server alone (None: Discord did not answer);
         # members not named here still have what their link says.
-        self.admin_now: dict[int, bool | None] = {}
+        self.admin_now: dict[int, Standing | bool | None] = {}
         self.clock = 0.0  # the admin answers' clock (``later`` moves it on)
 
     def later(self, seconds: float = CONFIRMED_FOR_S) -> None:
         """Let ``seconds`` pass for the cached admin answers (by default: all of them expire)."""
         self.clock += seconds + 1
 
-    async def _still_admin(self, guild_id: int, user_id: int) -> bool | None:
+    async def _still_admin(self, guild_id: int, user_id: int) -> Standing | bool | None:
         return self.admin_now.get(user_id, True)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
@@ -237,6 +238,13 @@ class GalleryServer:
         assert self.database is not None
         self.call(gallery.set_gallery_public(self.database, guild_id, public))
 
+    def revoke(self, guild_id: int = GUILD) -> int:
+        """What ``/limits gallery_revoke`` does: every link of the server given out so far ends."""
+        from db import gallery
+
+        assert self.database is not None
+        return self.call(gallery.revoke_gallery_links(self.database, guild_id))
+
     def exists(self, image_id: int) -> bool:
         from db import gallery
 
@@ -252,7 +260,14 @@ class GalleryServer:
         admin: bool = False,
         ttl_s: float = 3600,
     ) -> str:
-        token = self.signer.sign(guild_id=guild_id, user_id=user_id, admin=admin, ttl_s=ttl_s)
+        """A link as ``/gallery`` makes it now (of the server's current link generation)."""
+        from db import gallery
+
+        assert self.database is not None
+        epoch = self.call(gallery.gallery_links_epoch(self.database, guild_id))
+        token = self.signer.sign(
+            guild_id=guild_id, user_id=user_id, admin=admin, ttl_s=ttl_s, epoch=epoch
+        )
         return f"{self.base_url}/gallery/{token}/"
 
 

@@ -9,21 +9,21 @@ import logging
 import pytest
 
 from bot.gallery import admins
-from bot.gallery.admins import CONFIRMED_FOR_S, UNKNOWN_FOR_S, AdminConfirmations
+from bot.gallery.admins import CONFIRMED_FOR_S, UNKNOWN_FOR_S, AdminConfirmations, Standing
 
 GUILD, ALICE, BOB = 900, 1, 2
 
 
 class Discord:
-    """Answers ``still_admin`` from ``answers`` and counts the questions."""
+    """Answers ``member_standing`` from ``answers`` and counts the questions."""
 
     def __init__(self) -> None:
-        self.answers: dict[int, bool | Exception | None] = {}
+        self.answers: dict[int, Standing | bool | Exception | None] = {}
         self.asked: list[int] = []
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def check(self, guild_id: int, user_id: int) -> bool | None:
+    async def check(self, guild_id: int, user_id: int) -> Standing | bool | None:
         self.asked.append(user_id)
         await self.gate.wait()
         answer = self.answers.get(user_id, True)
@@ -156,3 +156,20 @@ async def test_what_an_interaction_showed_replaces_an_older_answer() -> None:
     confirmations.remember(GUILD, ALICE, True)  # /gallery: Discord says she manages it now
     assert await confirmations.confirm(GUILD, ALICE) is True
     assert discord.asked == [ALICE]
+
+
+async def test_a_member_who_left_is_known_once_the_answer_expires() -> None:
+    """issue 20 item 9: the same cached question tells whether the member is still there."""
+    discord, clock = Discord(), Clock()
+    confirmations = AdminConfirmations(discord.check, clock=clock)
+    discord.answers[BOB] = Standing.MEMBER
+    assert await confirmations.standing(GUILD, BOB) is Standing.MEMBER
+    assert await confirmations.confirm(GUILD, BOB) is False  # a member, no admin
+    discord.answers[BOB] = Standing.GONE  # banned
+    assert await confirmations.standing(GUILD, BOB) is Standing.MEMBER  # the answer stands
+    clock.now += CONFIRMED_FOR_S + 1
+    assert await confirmations.standing(GUILD, BOB) is Standing.GONE
+    assert await confirmations.confirm(GUILD, BOB) is False
+    assert discord.asked == [BOB, BOB]
+    confirmations.remember(GUILD, BOB, False)  # /gallery: Discord says Bob is back
+    assert await confirmations.standing(GUILD, BOB) is Standing.MEMBER

@@ -165,3 +165,42 @@ async def test_a_new_admin_link_starts_from_what_discord_says_now(
     status, page = await page_text(link_of(answer))
     assert status == 200
     assert "bob&#39;s windmill" in page and "no longer have Manage Server" not in page
+
+
+async def test_an_admin_ends_every_gallery_link_of_the_server(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """issue 20 item 9: ``/limits gallery_revoke`` ends every link given out here; the next
+    /gallery gives a link that works."""
+    harness.bot.store = ImageStore(tmp_path / "images")  # type: ignore[attr-defined]
+    alice = harness.member("alice")
+    await store_image(harness, alice, "alice's lighthouse")
+    old = link_of(await alice.slash(harness.channel, "gallery"))
+    assert (await page_text(old))[0] == 200
+    with pytest.raises(simcord.SetupError, match="not visible"):  # admins only
+        await alice.slash(harness.channel, "limits gallery_revoke")
+
+    revoked = await harness.admin.slash(harness.channel, "limits gallery_revoke")
+
+    assert revoked.ephemeral
+    assert revoked.response.content == (
+        "Every gallery link given out in this server so far has stopped working. Members (you "
+        "too) get a new one with /gallery."
+    )
+    status, page = await page_text(old)
+    assert status == 403 and "An admin of this server ended every gallery link" in page
+    status, page = await page_text(link_of(await alice.slash(harness.channel, "gallery")))
+    assert status == 200 and "alice&#39;s lighthouse" in page
+
+
+async def test_discord_tells_the_gallery_who_is_still_a_member(harness: Harness) -> None:
+    """issue 20 item 9: the question a link asks, against the real bot's Discord client."""
+    from bot.gallery.admins import Standing
+    from bot.gallery.wiring import member_standing
+
+    alice = harness.member("alice")
+    guild_id = harness.guild.id
+    assert await member_standing(harness.bot, guild_id, alice.id) is Standing.MEMBER
+    assert await member_standing(harness.bot, guild_id, harness.admin.id) is Standing.ADMIN
+    harness.guild.remove_member(alice)
+    assert await member_standing(harness.bot, guild_id, alice.id) is Standing.GONE

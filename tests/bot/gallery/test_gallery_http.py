@@ -11,10 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from bot.gallery.admins import UNKNOWN_FOR_S
+from bot.gallery.admins import UNKNOWN_FOR_S, Standing
 from bot.gallery.auth import BadLink, LinkSigner, load_or_create_secret
-from bot.gallery.security import TokenBucket, client_address, parse_networks
-from tests.bot.gallery.harness import ALICE, BOB, CAROL, GUILD, GalleryServer, Seeded
+from bot.gallery.security import TokenBucket, client_address, parse_networks, rate_key
+from tests.bot.gallery.harness import (
+    ALICE,
+    BOB,
+    CAROL,
+    GUILD,
+    OTHER_GUILD,
+    GalleryServer,
+    Seeded,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -212,6 +220,118 @@ def test_an_admin_link_shows_the_whole_gallery_only_while_discord_confirms_its_a
         gallery.later()
 
 
+def test_a_member_link_stops_working_once_its_member_left_the_server(
+    gallery: GalleryServer, thirty: list[Seeded]
+) -> None:
+    """issue 20 item 9: a member who left (or was kicked or banned) kept their view for the
+    link's whole life. Now the link asks Discord like an admin link does (cached five minutes;
+    while Discord cannot tell, only the member's own images, and come back in a moment)."""
+    bobs = next(s for s in thirty if s.user_id == BOB)
+    alices = next(s for s in thirty if s.user_id == ALICE)
+    link = gallery.link(user_id=BOB)
+    csrf = {"csrf": gallery.signer.csrf_token(token_of(link)), "confirm": "yes"}
+    paths = ("", f"i/{bobs.image_id}", f"t/{bobs.image_id}.webp", f"f/{bobs.image_id}.png")
+    try:
+        gallery.later()
+        assert fetch(link).status == 200
+        gallery.admin_now[BOB] = Standing.GONE  # left, kicked or banned
+        assert fetch(link).status == 200  # the answer stands a while
+        gallery.later()
+        for path in (*paths, f"u/{BOB}"):
+            refused = fetch(link + path)
+            assert refused.status == 403, path
+            assert "not a member of this server any more" in refused.text
+        refused = fetch(link + f"i/{bobs.image_id}/delete", form=csrf)
+        assert refused.status == 403 and gallery.exists(bobs.image_id)
+        gallery.admin_now[BOB] = None  # Discord does not answer: only Bob's own images
+        gallery.later()
+        gallery.set_public(True)
+        assert all(fetch(link + path).status == 200 for path in paths)
+        page = fetch(link).text
+        assert "Discord has not confirmed that you are still a member" in page
+        assert "Your images here" in page
+        wait = fetch(link + f"i/{alices.image_id}")
+        assert wait.status == 503 and wait.headers["retry-after"] == "20"
+        assert "Discord has not confirmed that you are still a member" in wait.text
+        gallery.admin_now[BOB] = Standing.MEMBER  # back in the server
+        gallery.later(UNKNOWN_FOR_S)
+        assert fetch(link + f"i/{alices.image_id}").status == 200
+        assert "every image" in fetch(link).text
+    finally:
+        gallery.set_public(False)
+        gallery.admin_now.clear()
+        gallery.later()
+
+
+def test_an_admin_link_of_someone_who_left_does_not_work_either(
+    gallery: GalleryServer, thirty: list[Seeded]
+) -> None:
+    """issue 20 item 9: not even a member's view is left."""
+    link = gallery.link(user_id=ALICE, admin=True)
+    try:
+        gallery.admin_now[ALICE] = Standing.GONE
+        gallery.later()
+        refused = fetch(link)
+        assert refused.status == 403 and "not a member of this server any more" in refused.text
+    finally:
+        gallery.admin_now.clear()
+        gallery.later()
+
+
+def test_an_admin_ends_every_link_of_the_server_at_once(tmp_path: Path) -> None:
+    """issue 20 item 9: admins had no way to end links given out (a leaked one, a member who
+    must stop seeing the gallery). Revoking moves the server's link generation on."""
+    server = GalleryServer(tmp_path).start()
+    try:
+        picture = server.add("a lighthouse at dawn")
+        members = server.link(user_id=ALICE)
+        admins = server.link(user_id=BOB, admin=True)
+        elsewhere = server.link(user_id=ALICE, guild_id=OTHER_GUILD)
+        dms = server.link(user_id=ALICE, guild_id=None)
+        for link in (members, admins, elsewhere, dms):
+            assert fetch(link).status == 200
+
+        assert server.revoke() == 1
+
+        for link in (members, admins):
+            for path in ("", f"i/{picture.image_id}", f"t/{picture.image_id}.webp"):
+                refused = fetch(link + path)
+                assert refused.status == 403, path
+                assert "An admin of this server ended every gallery link" in refused.text
+        assert fetch(elsewhere).status == 200 and fetch(dms).status == 200  # not theirs
+        fresh = server.link(user_id=ALICE)  # /gallery after the revocation
+        assert fetch(fresh).status == 200 and fetch(fresh + f"i/{picture.image_id}").status == 200
+        server.revoke()
+        assert fetch(fresh).status == 403
+    finally:
+        server.stop()
+
+
+def test_a_link_carries_its_generation_and_old_links_are_generation_zero() -> None:
+    """issue 20 item 9: links made before revocation existed keep working until the first."""
+    signer = LinkSigner(b"k" * 32)
+    assert (
+        signer.load(
+            signer.sign(guild_id=GUILD, user_id=ALICE, admin=False, ttl_s=60, epoch=3)
+        ).epoch
+        == 3
+    )
+    from itsdangerous import URLSafeSerializer
+
+    from bot.gallery.auth import LINK_SALT
+
+    old = URLSafeSerializer(b"k" * 32, salt=LINK_SALT).dumps(
+        {"g": str(GUILD), "u": str(ALICE), "a": 0, "e": 2**40}
+    )
+    assert signer.load(str(old)).epoch == 0
+    for bad in ("x", -1, 2**63):
+        forged = URLSafeSerializer(b"k" * 32, salt=LINK_SALT).dumps(
+            {"g": str(GUILD), "u": str(ALICE), "a": 0, "e": 2**40, "v": bad}
+        )
+        with pytest.raises(BadLink):
+            signer.load(str(forged))
+
+
 def test_a_dm_link_shows_only_that_members_dm_images(
     gallery: GalleryServer, thirty: list[Seeded]
 ) -> None:
@@ -264,6 +384,36 @@ def test_a_flood_from_one_address_gets_429(tmp_path: Path) -> None:
         assert limited.headers["content-security-policy"].startswith("default-src 'none'")
     finally:
         server.stop()
+
+
+def test_ipv6_clients_share_a_bucket_per_64_network(tmp_path: Path) -> None:
+    """issue 20 item 7: every IPv6 client holds at least a /64, so 5,000 addresses of one
+    client each got a full burst; now the /64 is the client."""
+    server = GalleryServer(tmp_path, rate_per_s=0.5, burst=5).start()
+    try:
+        link = server.link()
+
+        def from_(address: str) -> int:  # through the reverse proxy on loopback
+            return fetch(link, headers={"X-Forwarded-For": address}).status
+
+        statuses = [from_(f"2001:db8:1:2:{n:x}::{n + 1:x}") for n in range(8)]
+        assert statuses[:5] == [200] * 5 and set(statuses[5:]) == {429}
+        assert from_("2001:db8:1:3::1") == 200  # the next /64 is someone else
+        # An IPv4 client written as IPv6 (a dual-stack socket) is still that IPv4 address.
+        assert [from_("::ffff:203.0.113.9") for _ in range(5)] == [200] * 5
+        assert from_("203.0.113.9") == 429
+    finally:
+        server.stop()
+
+
+def test_rate_keys_are_addresses_and_ipv6_networks() -> None:
+    """issue 20 item 7."""
+    assert rate_key("203.0.113.9") == "203.0.113.9"
+    assert rate_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd") == "2001:db8:1:2::/64"
+    assert rate_key("2001:DB8:1:2::1") == "2001:db8:1:2::/64"
+    assert rate_key("fe80::1%eth0") == "fe80::/64"
+    assert rate_key("::ffff:198.51.100.7") == "198.51.100.7"
+    assert rate_key("not an address") == "not an address"  # still a key of its own
 
 
 def test_token_bucket_refills_and_forgets_the_oldest_addresses() -> None:

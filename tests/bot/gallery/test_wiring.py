@@ -1,4 +1,4 @@
-"""``bot.gallery.wiring.still_admin``: an admin link's delete asks Discord about the member now."""
+"""``bot.gallery.wiring.member_standing``: a link asks Discord about its member now."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 import discord
 import pytest
 
-from bot.gallery.wiring import still_admin
+from bot.gallery.admins import Standing
+from bot.gallery.wiring import member_standing
 
 GUILD, ALICE = 900, 1
 
@@ -43,9 +44,9 @@ def member(manage_guild: bool) -> Any:
 @pytest.mark.parametrize(
     ("answer", "expected"),
     [
-        (member(True), True),
-        (member(False), False),  # demoted since the link was made
-        (http_error(discord.NotFound, 404), False),  # left the server
+        (member(True), Standing.ADMIN),
+        (member(False), Standing.MEMBER),  # demoted since the link was made
+        (http_error(discord.NotFound, 404), Standing.GONE),  # left the server (issue 20 item 9)
         (http_error(discord.HTTPException, 503), None),  # Discord did not answer
         (TimeoutError(), None),
         (ConnectionResetError(), None),
@@ -53,20 +54,20 @@ def member(manage_guild: bool) -> Any:
     ],
 )
 async def test_the_member_is_fetched_from_discord_not_the_cache(
-    answer: Any, expected: bool | None
+    answer: Any, expected: Standing | None
 ) -> None:
     guild = Guild(answer)
-    assert await still_admin(bot_with(guild), GUILD, ALICE) is expected
+    assert await member_standing(bot_with(guild), GUILD, ALICE) is expected
     assert guild.asked == [ALICE]
 
 
-async def test_a_server_the_bot_left_has_no_admins() -> None:
-    assert await still_admin(bot_with(None), GUILD, ALICE) is False
+async def test_a_server_the_bot_left_has_no_members() -> None:
+    assert await member_standing(bot_with(None), GUILD, ALICE) is Standing.GONE
 
 
 async def test_before_the_bot_is_connected_nothing_can_be_told() -> None:
     guild = Guild(member(True))
-    assert await still_admin(bot_with(guild, ready=False), GUILD, ALICE) is None
+    assert await member_standing(bot_with(guild, ready=False), GUILD, ALICE) is None
     assert guild.asked == []
 
 
@@ -80,4 +81,4 @@ async def test_a_discord_that_does_not_answer_is_given_up_on(
             await asyncio.sleep(60)
 
     monkeypatch.setattr(wiring, "ADMIN_CHECK_TIMEOUT_S", 0.05)
-    assert await still_admin(bot_with(Hanging(None)), GUILD, ALICE) is None
+    assert await member_standing(bot_with(Hanging(None)), GUILD, ALICE) is None

@@ -14,8 +14,8 @@ again is on the row, never anywhere else. Two things were implicit before:
 Plain ADD/DROP COLUMN (no batch move-and-copy), so the prompt search triggers of
 ``0004_gallery_search`` on ``generations`` stay as they are.
 
-Revision ID: 0006_job_specs
-Revises: 0005_model_prompts
+Revision ID: 0007_job_specs
+Revises: 0006_gallery_link_epoch
 Create Date: 2026-12-07 12:00:00
 """
 
@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = "0006_job_specs"
-down_revision: str | Sequence[str] | None = "0005_model_prompts"
+revision: str = "0007_job_specs"
+down_revision: str | Sequence[str] | None = "0006_gallery_link_epoch"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
