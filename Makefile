@@ -31,12 +31,14 @@ worker: $(STAMP)
 tiny: $(STAMP)
 	$(PY) -m engine tiny tiny-model
 
-# Ruff, then the import contracts of pyproject.toml ([tool.importlinter]: bot never imports
-# torch/diffusers; engine never discord/db/bot; db never bot/engine/discord/torch).
+# Ruff, the import contracts of pyproject.toml ([tool.importlinter]: bot never imports
+# torch/diffusers and only the engine's public modules; engine never discord/db/bot; db never
+# bot/engine/discord/torch; the bot's layers; no circles), then the type checker ([tool.mypy]).
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix .
