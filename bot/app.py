@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import discord
 from discord.ext import commands
@@ -181,9 +180,11 @@ class ImagineBot(commands.Bot):
         )
         await self.presence.poll_once()  # what the engine is doing, shown at once
 
-    async def _change_presence(self, **kwargs: Any) -> None:
+    async def _change_presence(
+        self, *, status: discord.Status, activity: discord.BaseActivity
+    ) -> None:
         # Looked up at call time, so a harness can watch what the bot shows.
-        await self.change_presence(**kwargs)
+        await self.change_presence(status=status, activity=activity)
 
     async def close_services(self) -> None:
         """Stop following jobs (they stay resumable), then close what this bot opened."""

@@ -9,16 +9,19 @@ replying to the status message and naming the requester.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 import discord
+from discord.utils import MISSING
 from PIL import Image
 
+import db
 from bot import render
+from bot.interaction import Interaction
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,26 @@ class MessageGone(Exception):
     """The status message can no longer be reached (deleted, or no way left to edit it)."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Edit:
+    """One edit of a message: what it changes (``MISSING``: left as it is); it never mentions
+    anyone."""
+
+    content: str | None = MISSING
+    embed: discord.Embed | None = MISSING
+    attachments: Sequence[discord.File] = MISSING
+    view: discord.ui.View | None = MISSING
+
+    async def apply(self, message: discord.PartialMessage | discord.WebhookMessage) -> None:
+        await message.edit(
+            content=self.content,
+            embed=self.embed,
+            attachments=self.attachments,
+            view=self.view,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+
 class StatusMessage:
     """One job's message: edit it while the token lives, else through the channel API.
 
@@ -71,7 +94,7 @@ class StatusMessage:
         guild_id: int | None,
         channel_id: int | None,
         message_id: int | None,
-        interaction: discord.Interaction[Any] | None = None,
+        interaction: Interaction | None = None,
         followup: discord.WebhookMessage | None = None,
         token_expires_at: dt.datetime | None = None,
         upload_limit: int | None = None,
@@ -88,7 +111,7 @@ class StatusMessage:
         self.gone = False
 
     @classmethod
-    def from_row(cls, bot: discord.Client, row: Any) -> StatusMessage:
+    def from_row(cls, bot: discord.Client, row: db.Generation) -> StatusMessage:
         """Rebuild the target of a stored job (after a restart): channel API only."""
         return cls(
             bot,
@@ -121,11 +144,23 @@ class StatusMessage:
             return guild.filesize_limit
         return self._upload_limit or DEFAULT_UPLOAD_LIMIT
 
-    async def _webhook_edit(self, **fields: Any) -> discord.Message:
+    async def _webhook_edit(self, edit: Edit) -> discord.Message:
         if self._followup is not None:
-            return await self._followup.edit(**fields)
+            return await self._followup.edit(
+                content=edit.content,
+                embed=edit.embed,
+                attachments=edit.attachments,
+                view=edit.view,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
         assert self._interaction is not None
-        return await self._interaction.edit_original_response(**fields)
+        return await self._interaction.edit_original_response(
+            content=edit.content,
+            embed=edit.embed,
+            attachments=edit.attachments,
+            view=edit.view,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
 
     def _partial(self) -> discord.PartialMessage:
         if self.channel_id is None or self.message_id is None:
@@ -134,14 +169,22 @@ class StatusMessage:
         return channel.get_partial_message(self.message_id)
 
     # ------------------------------------------------------------------ editing
-    async def edit(self, **fields: Any) -> None:
-        """Edit the status message (content, embed, attachments, view) by whichever path works."""
+    async def edit(
+        self,
+        *,
+        content: str | None = MISSING,
+        embed: discord.Embed | None = MISSING,
+        attachments: Sequence[discord.File] = MISSING,
+        view: discord.ui.View | None = MISSING,
+    ) -> None:
+        """Edit the status message (what is given of content, embed, attachments and buttons)
+        by whichever path works; nobody is ever mentioned by it."""
         if self.gone:
             raise MessageGone("the status message was deleted")
-        fields.setdefault("allowed_mentions", discord.AllowedMentions.none())
+        edit = Edit(content, embed, attachments, view)
         if self.token_alive():
             try:
-                await self._webhook_edit(**fields)
+                await self._webhook_edit(edit)
                 return
             except discord.HTTPException as exc:
                 if exc.code == UNKNOWN_MESSAGE:
@@ -154,7 +197,7 @@ class StatusMessage:
                 )
                 self.forget_token()
         try:
-            await self._partial().edit(**fields)
+            await edit.apply(self._partial())
         except discord.NotFound as exc:
             self.gone = True
             raise MessageGone("the status message was deleted") from exc
@@ -178,11 +221,7 @@ class StatusMessage:
             file, note = await make_file(self.upload_limit)
             try:
                 message = await self._webhook_edit(
-                    content=None,
-                    embed=embed_for(file.filename, note),
-                    attachments=[file],
-                    view=view,
-                    allowed_mentions=discord.AllowedMentions.none(),
+                    Edit(None, embed_for(file.filename, note), [file], view)
                 )
                 return message.id
             except discord.HTTPException as exc:
@@ -216,7 +255,7 @@ class StatusMessage:
             # The status message was deleted but the token lives: a followup needs no
             # channel permission at all.
             file, note = await make_file(self.upload_limit)
-            message = await self._interaction.followup.send(
+            followup = await self._interaction.followup.send(
                 content,
                 embed=embed_for(file.filename, note),
                 file=file,
@@ -224,7 +263,7 @@ class StatusMessage:
                 allowed_mentions=mention_only_requester,
                 wait=True,
             )
-            return message.id
+            return followup.id
         if self.channel_id is None:
             raise MessageGone("no channel to deliver to")
         file, note = await make_file(self.channel_upload_limit())
@@ -271,23 +310,21 @@ def fit_to_limit(png: bytes, limit: int, stem: str) -> tuple[bytes, str, str | N
         return png, f"{stem}.png", None
     with Image.open(io.BytesIO(png)) as opened:
         image = opened.convert("RGB")
-    attempts: list[tuple[str, str, dict[str, Any]]] = [
-        ("WEBP", "webp", {"quality": 90, "method": 4}),
-        ("JPEG", "jpg", {"quality": 92, "optimize": True}),
-        ("WEBP", "webp", {"quality": 80, "method": 4}),
-        ("JPEG", "jpg", {"quality": 85, "optimize": True}),
-        ("JPEG", "jpg", {"quality": 75, "optimize": True}),
-    ]
+    attempts = [("WEBP", 90), ("JPEG", 92), ("WEBP", 80), ("JPEG", 85), ("JPEG", 75)]
     scaled = image
     for _ in range(4):
-        for fmt, ext, options in attempts:
+        for fmt, quality in attempts:
             buffer = io.BytesIO()
-            scaled.save(buffer, format=fmt, **options)
+            if fmt == "WEBP":
+                scaled.save(buffer, format=fmt, quality=quality, method=4)
+            else:
+                scaled.save(buffer, format=fmt, quality=quality, optimize=True)
             data = buffer.getvalue()
             if len(data) <= limit:
+                ext = "webp" if fmt == "WEBP" else "jpg"
                 note = render.conversion_note(
                     fmt,
-                    options["quality"],
+                    quality,
                     scaled=None if scaled is image else scaled.size,
                     png_bytes=len(png),
                     limit=limit,

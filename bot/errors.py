@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import discord
 from discord import app_commands
+
+from bot.interaction import Interaction
 
 logger = logging.getLogger(__name__)
 
@@ -64,25 +65,35 @@ def describe(error: BaseException) -> str | None:
 
 
 async def send_ephemeral(
-    interaction: discord.Interaction[Any],
+    interaction: Interaction,
     content: str | None = None,
     *,
     embed: discord.Embed | None = None,
     view: discord.ui.View | None = None,
 ) -> None:
     """Answer privately whether or not the interaction was already acknowledged."""
-    kwargs: dict[str, Any] = {"ephemeral": True, "allowed_mentions": NO_MENTIONS}
-    if embed is not None:
-        kwargs["embed"] = embed
-    if view is not None:
-        kwargs["view"] = view
+    missing = discord.utils.MISSING
+    shown_embed = embed if embed is not None else missing
+    shown_view = view if view is not None else missing
     if interaction.response.is_done():
-        await interaction.followup.send(content or discord.utils.MISSING, **kwargs)
+        await interaction.followup.send(
+            content or missing,
+            embed=shown_embed,
+            view=shown_view,
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
     else:
-        await interaction.response.send_message(content, **kwargs)
+        await interaction.response.send_message(
+            content,
+            embed=shown_embed,
+            view=shown_view,
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
 
 
-def _where(interaction: discord.Interaction[Any]) -> str:
+def _where(interaction: Interaction) -> str:
     command = interaction.command.qualified_name if interaction.command else None
     custom_id = (interaction.data or {}).get("custom_id") if interaction.data else None
     return (
@@ -91,7 +102,7 @@ def _where(interaction: discord.Interaction[Any]) -> str:
     )
 
 
-async def handle(interaction: discord.Interaction[Any], error: BaseException) -> None:
+async def handle(interaction: Interaction, error: BaseException) -> None:
     """Reply to the user and log unexpected errors; never raises."""
     text = describe(error)
     if text is None:
@@ -112,7 +123,7 @@ async def handle(interaction: discord.Interaction[Any], error: BaseException) ->
 
 
 @contextlib.asynccontextmanager
-async def replying(interaction: discord.Interaction[Any]) -> AsyncIterator[None]:
+async def replying(interaction: Interaction) -> AsyncIterator[None]:
     """Turn a ``UserError`` raised inside the block into its ephemeral answer.
 
     Refusals are answers, not errors: they never reach ``tree.on_error`` or the error log.
@@ -123,12 +134,10 @@ async def replying(interaction: discord.Interaction[Any]) -> AsyncIterator[None]
         await send_ephemeral(interaction, refusal.message)
 
 
-def install(tree: app_commands.CommandTree[Any]) -> None:
+def install(tree: app_commands.CommandTree[discord.Client]) -> None:
     """Make ``handle`` the command tree's single error handler."""
 
-    async def on_error(
-        interaction: discord.Interaction[Any], error: app_commands.AppCommandError
-    ) -> None:
+    async def on_error(interaction: Interaction, error: app_commands.AppCommandError) -> None:
         await handle(interaction, error)
 
     tree.on_error = on_error  # type: ignore[method-assign]

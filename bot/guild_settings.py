@@ -16,11 +16,11 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Literal, TypedDict
 
 from discord import app_commands
 
-import db
+import db as dbmod
 from bot import render
 from bot.settings import BotSettings
 from db import gallery as gallery_db
@@ -53,12 +53,22 @@ def queue_limit(max_queued: int, ceiling: int | None) -> QueueLimit:
     return QueueLimit(own)
 
 
+class GuildDefaults(TypedDict):
+    """The bot-wide defaults a guild without its own limits follows."""
+
+    default_quota: int
+    default_max_queued: int
+
+
+IdList = Literal["allowed_channels", "exempt_roles"]
+
+
 class GuildSettings:
     """Owns the cache of every guild's limits and styles; the only writer of either."""
 
     def __init__(
         self,
-        database: Callable[[], db.Database],
+        database: Callable[[], dbmod.Database],
         settings: BotSettings,
         engine_status: Callable[[], Awaitable[EngineStatus]],
         *,
@@ -68,47 +78,48 @@ class GuildSettings:
         self.settings = settings
         self._engine_status = engine_status
         self._ttl_s = ttl_s
-        self._configs: dict[int | None, tuple[float, db.GuildConfig]] = {}
-        self._styles: dict[int | None, tuple[float, list[db.Style]]] = {}
+        self._configs: dict[int | None, tuple[float, dbmod.GuildConfig]] = {}
+        self._styles: dict[int | None, tuple[float, list[dbmod.Style]]] = {}
         self._ceiling: tuple[float, int | None] | None = None
 
     @property
-    def db(self) -> db.Database:
+    def db(self) -> dbmod.Database:
         return self._database()
 
-    def _defaults(self) -> dict[str, int]:
-        return {
-            "default_quota": self.settings.default_daily_quota,
-            "default_max_queued": self.settings.default_max_queued,
-        }
+    @property
+    def _defaults(self) -> GuildDefaults:
+        return GuildDefaults(
+            default_quota=self.settings.default_daily_quota,
+            default_max_queued=self.settings.default_max_queued,
+        )
 
     def _forget(self, guild_id: int | None) -> None:
         self._configs.pop(guild_id, None)
         self._styles.pop(guild_id, None)
 
     # ------------------------------------------------------------------ reads (cached)
-    async def config(self, guild_id: int | None) -> db.GuildConfig:
+    async def config(self, guild_id: int | None) -> dbmod.GuildConfig:
         """The guild's limits, cached: /imagine must answer within 3 s even under load."""
         cached = self._configs.get(guild_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        config = await db.get_guild_config(self.db, guild_id, **self._defaults())
+        config = await dbmod.get_guild_config(self.db, guild_id, **self._defaults)
         self._configs[guild_id] = (time.monotonic() + self._ttl_s, config)
         return config
 
-    async def styles(self, guild_id: int | None) -> list[db.Style]:
+    async def styles(self, guild_id: int | None) -> list[dbmod.Style]:
         """The styles members can pick here (the guild's own and the built-ins it does not
         shadow), cached like the limits; autocomplete asks on every keystroke."""
         cached = self._styles.get(guild_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        styles = await db.list_styles(self.db, guild_id)
+        styles = await dbmod.list_styles(self.db, guild_id)
         self._styles[guild_id] = (time.monotonic() + self._ttl_s, styles)
         return styles
 
-    async def style(self, guild_id: int | None, name: str) -> db.Style | None:
+    async def style(self, guild_id: int | None, name: str) -> dbmod.Style | None:
         """A style members can pick here, by name (any case)."""
-        key = db.style_key(name)
+        key = dbmod.style_key(name)
         return next((s for s in await self.styles(guild_id) if s.name_key == key), None)
 
     async def ceiling(self) -> int | None:
@@ -129,30 +140,30 @@ class GuildSettings:
         self._ceiling = (time.monotonic() + self._ttl_s, known)
         return known
 
-    async def queue_limit(self, config: db.GuildConfig) -> QueueLimit:
+    async def queue_limit(self, config: dbmod.GuildConfig) -> QueueLimit:
         """What stops a member here: the server's cap or, above it, the engine's ceiling."""
         return queue_limit(config.max_queued, await self.ceiling())
 
     # ------------------------------------------------------------------ writes (drop the cache)
     async def update_limits(
         self, guild_id: int, *, daily_quota: int | None = None, max_queued: int | None = None
-    ) -> db.GuildConfig:
+    ) -> dbmod.GuildConfig:
         """Set the daily quota and/or the queued cap (None leaves one as it is)."""
         try:
-            return await db.update_guild_config(
+            return await dbmod.update_guild_config(
                 self.db,
                 guild_id,
-                **self._defaults(),
+                **self._defaults,
                 daily_quota=daily_quota,
                 max_queued=max_queued,
             )
         finally:
             self._forget(guild_id)
 
-    async def reset_limits(self, guild_id: int) -> db.GuildConfig:
+    async def reset_limits(self, guild_id: int) -> dbmod.GuildConfig:
         """Follow the bot's default quota and queued cap again."""
         try:
-            return await db.reset_guild_limits(self.db, guild_id, **self._defaults())
+            return await dbmod.reset_guild_limits(self.db, guild_id, **self._defaults)
         finally:
             self._forget(guild_id)
 
@@ -165,7 +176,7 @@ class GuildSettings:
             self._forget(guild_id)
 
     async def revoke_gallery_links(self, guild_id: int) -> int:
-        """End every gallery link of the server given out so far (``db.gallery``: links carry
+        """End every gallery link of the server given out so far (``dbmod.gallery``: links carry
         the server's link generation); returns the new generation."""
         try:
             return await gallery_db.revoke_gallery_links(self.db, guild_id)
@@ -173,8 +184,8 @@ class GuildSettings:
             self._forget(guild_id)
 
     async def _change_ids(
-        self, guild_id: int, field: str, item: int | None, *, add: bool
-    ) -> tuple[bool, db.GuildConfig]:
+        self, guild_id: int, field: IdList, item: int | None, *, add: bool
+    ) -> tuple[bool, dbmod.GuildConfig]:
         """Add ``item`` to (or remove it from) a list of ids; ``item`` None with ``add`` False
         clears the list. Returns whether anything changed, and the settings after."""
         config = await self.config(guild_id)
@@ -188,66 +199,86 @@ class GuildSettings:
         if item is not None and len(wanted) == len(current):
             return False, config
         try:
-            config = await db.update_guild_config(
-                self.db, guild_id, **self._defaults(), **{field: wanted}
-            )
+            if field == "allowed_channels":
+                config = await dbmod.update_guild_config(
+                    self.db, guild_id, **self._defaults, allowed_channels=wanted
+                )
+            else:
+                config = await dbmod.update_guild_config(
+                    self.db, guild_id, **self._defaults, exempt_roles=wanted
+                )
         finally:
             self._forget(guild_id)
         return True, config
 
-    async def add_exempt_role(self, guild_id: int, role_id: int) -> tuple[bool, db.GuildConfig]:
+    async def add_exempt_role(self, guild_id: int, role_id: int) -> tuple[bool, dbmod.GuildConfig]:
         """Members with this role get no daily quota; False if it already was exempt."""
         return await self._change_ids(guild_id, "exempt_roles", role_id, add=True)
 
-    async def remove_exempt_role(self, guild_id: int, role_id: int) -> tuple[bool, db.GuildConfig]:
+    async def remove_exempt_role(
+        self, guild_id: int, role_id: int
+    ) -> tuple[bool, dbmod.GuildConfig]:
         return await self._change_ids(guild_id, "exempt_roles", role_id, add=False)
 
-    async def allow_channel(self, guild_id: int, channel_id: int) -> tuple[bool, db.GuildConfig]:
+    async def allow_channel(self, guild_id: int, channel_id: int) -> tuple[bool, dbmod.GuildConfig]:
         """/imagine works in this channel (and then only in the listed ones)."""
         return await self._change_ids(guild_id, "allowed_channels", channel_id, add=True)
 
-    async def disallow_channel(self, guild_id: int, channel_id: int) -> tuple[bool, db.GuildConfig]:
+    async def disallow_channel(
+        self, guild_id: int, channel_id: int
+    ) -> tuple[bool, dbmod.GuildConfig]:
         return await self._change_ids(guild_id, "allowed_channels", channel_id, add=False)
 
-    async def allow_every_channel(self, guild_id: int) -> db.GuildConfig:
+    async def allow_every_channel(self, guild_id: int) -> dbmod.GuildConfig:
         return (await self._change_ids(guild_id, "allowed_channels", None, add=False))[1]
 
     async def add_blocked_word(self, guild_id: int, word: str) -> bool:
         """Refuse prompts with this word or phrase; False if it was blocked already."""
         try:
-            return await db.add_blocked_word(self.db, guild_id, word)
+            return await dbmod.add_blocked_word(self.db, guild_id, word)
         finally:
             self._forget(guild_id)
 
     async def remove_blocked_word(self, guild_id: int, word: str) -> bool:
         try:
-            return await db.remove_blocked_word(self.db, guild_id, word)
+            return await dbmod.remove_blocked_word(self.db, guild_id, word)
         finally:
             self._forget(guild_id)
 
-    async def add_style(self, guild_id: int, name: str, **fields: Any) -> db.Style:
-        """A new style of the guild's own (``db.StyleExists`` if it has one by that name)."""
+    async def add_style(
+        self,
+        guild_id: int,
+        name: str,
+        *,
+        template: str,
+        negative: str,
+        description: str,
+        created_by: int,
+    ) -> dbmod.Style:
+        """A new style of the guild's own (``dbmod.StyleExists`` if it has one by that name)."""
         try:
-            return await db.add_style(self.db, guild_id, name, **fields)
+            return await dbmod.add_style(
+                self.db, guild_id, name, template, negative, description, created_by
+            )
         finally:
             self._forget(guild_id)
 
-    async def edit_style(self, guild_id: int, name: str, **fields: str | None) -> db.Style:
-        """Change one of the guild's own styles (``db.StyleNotFound`` otherwise)."""
+    async def edit_style(self, guild_id: int, name: str, **fields: str | None) -> dbmod.Style:
+        """Change one of the guild's own styles (``dbmod.StyleNotFound`` otherwise)."""
         try:
-            return await db.edit_style(self.db, guild_id, name, **fields)
+            return await dbmod.edit_style(self.db, guild_id, name, **fields)
         finally:
             self._forget(guild_id)
 
     async def remove_style(self, guild_id: int, name: str) -> bool:
         try:
-            return await db.remove_style(self.db, guild_id, name)
+            return await dbmod.remove_style(self.db, guild_id, name)
         finally:
             self._forget(guild_id)
 
 
 def style_choices(
-    styles: Sequence[db.Style], current: str, *, own_only: bool = False
+    styles: Sequence[dbmod.Style], current: str, *, own_only: bool = False
 ) -> list[app_commands.Choice[str]]:
     """Autocomplete choices for a style option: names that start with what was typed first,
     then names that contain it, then descriptions that do (Discord shows 25). ``own_only``:

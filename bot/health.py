@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -68,7 +67,7 @@ class HealthServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def report(self) -> tuple[bool, dict[str, Any]]:
+    async def report(self) -> tuple[bool, dict[str, object]]:
         bot = self.bot
         gateway = bot.is_ready() and not bot.is_closed()
         backend_ready = False
@@ -84,7 +83,7 @@ class HealthServer:
             pass  # still starting: the backend is not ready, and that is all
         except Exception as exc:  # an unreachable backend is a health answer, not a crash
             backend_error = type(exc).__name__
-        body: dict[str, Any] = {
+        body: dict[str, object] = {
             "status": "ok" if gateway and backend_ready else "unavailable",
             "gateway": gateway,
             "backend": backend_ready,

@@ -1,4 +1,4 @@
-"""The bot's kept images: the image store (``bot.store``, files) and its rows (``db.images``)
+"""The bot's kept images: the image store (``bot.store``, files) and its rows (``dbmod.images``)
 working together.
 
 ``ImageKeeper`` is the one place that writes either: a delivered image is kept (``keep``), a
@@ -21,10 +21,10 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TypeVar
 
-import db
+import db as dbmod
 from bot.store import (
     ImageGone,
     ImageStore,
@@ -63,7 +63,7 @@ class ImageKeeper:
     def __init__(
         self,
         store: Callable[[], ImageStore | None],
-        database: Callable[[], db.Database],
+        database: Callable[[], dbmod.Database],
     ) -> None:
         self._store = store
         self._database = database
@@ -72,19 +72,20 @@ class ImageKeeper:
         self._lock = asyncio.Lock()  # one sweep at a time
         # Images being kept right now, by job: a Vary click that races the end of a delivery
         # (the buttons show while the image is still being written) waits for it.
-        self._keeping: dict[str, asyncio.Task[Any]] = {}
+        self._keeping: dict[str, asyncio.Task[object]] = {}
         # One lock per file: keeping an image (file, then row) and deleting a file nothing
         # references (check, then delete) must not interleave for the same bytes, or a kept
         # twin of a deleted image loses its file. Entries go when nobody holds or waits.
         self._file_locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._holding: set[asyncio.Task[Any]] = set()  # locked work that outlives its caller
+        # Locked work that outlives its caller (the set holds the tasks, so they are not lost).
+        self._holding: set[object] = set()
 
     @property
     def store(self) -> ImageStore | None:
         return self._store()
 
     @property
-    def db(self) -> db.Database:
+    def db(self) -> dbmod.Database:
         return self._database()
 
     # ------------------------------------------------------------------ problems
@@ -115,7 +116,7 @@ class ImageKeeper:
         if self.store is None:
             return None
         try:
-            images, total = await db.image_totals(self.db)
+            images, total = await dbmod.image_totals(self.db)
         except Exception as exc:
             logger.warning("image store totals unavailable: %s", exc)
             images, total = 0, 0
@@ -168,7 +169,7 @@ class ImageKeeper:
             else:
                 self._file_locks[sha256] = (lock, users - 1)
 
-    async def _locked(self, sha256s: Iterable[str], work: Coroutine[Any, Any, T]) -> T:
+    async def _locked(self, sha256s: Iterable[str], work: Awaitable[T]) -> T:
         """Run ``work`` under the files' locks, to its end even if the caller is cancelled: a
         thread writing or deleting a file cannot be stopped, so the lock must outlast it.
 
@@ -229,7 +230,7 @@ class ImageKeeper:
             self._trouble(f"job {job_key}'s image was not kept", exc)
             return None
         try:
-            _, replaced = await db.add_image(
+            _, replaced = await dbmod.add_image(
                 self.db,
                 job_key=job_key,
                 sha256=stored.sha256,
@@ -251,7 +252,7 @@ class ImageKeeper:
         if store.max_total_bytes is None:
             return
         try:
-            _, total = await db.image_totals(self.db)
+            _, total = await dbmod.image_totals(self.db)
         except Exception as exc:
             logger.warning("image store totals unavailable: %s", exc)
             return
@@ -272,7 +273,7 @@ class ImageKeeper:
         if store is None:
             raise NotStored(job_key)
         await self._being_kept(job_key)
-        record = await db.get_image(self.db, job_key)
+        record = await dbmod.get_image(self.db, job_key)
         if record is None:
             raise NotStored(job_key)
         try:
@@ -289,7 +290,7 @@ class ImageKeeper:
         if store is None:
             return False
         await self._being_kept(job_key)
-        record = await db.get_image(self.db, job_key)
+        record = await dbmod.get_image(self.db, job_key)
         if record is None:
             return False
         return await asyncio.to_thread(store.exists, record.sha256)
@@ -311,7 +312,7 @@ class ImageKeeper:
 
     async def _delete_if_unreferenced(self, store: ImageStore, sha256: str) -> int:
         try:
-            if await db.image_references(self.db, sha256):
+            if await dbmod.image_references(self.db, sha256):
                 return 0
             await asyncio.to_thread(store.delete, sha256)
             return 1
@@ -322,17 +323,17 @@ class ImageKeeper:
     async def forget(self, job_key: str) -> bool:
         """The Delete button: drop a job's stored image (the file goes when no other job shares
         it). Returns whether there was one."""
-        record = await db.get_image(self.db, job_key)
+        record = await dbmod.get_image(self.db, job_key)
         if record is None:
             return False
-        sha256 = await db.delete_image(self.db, job_key)
+        sha256 = await dbmod.delete_image(self.db, job_key)
         if sha256 is not None:
             await self.delete_unreferenced([sha256])
         return True
 
-    async def erase_user(self, user_id: int) -> db.ErasedUser:
+    async def erase_user(self, user_id: int) -> dbmod.ErasedUser:
         """A member's erase command: their history rows and stored images, files included."""
-        erased = await db.erase_user(self.db, user_id)
+        erased = await dbmod.erase_user(self.db, user_id)
         await self.delete_unreferenced(erased.unreferenced)
         return erased
 
@@ -366,7 +367,7 @@ class ImageKeeper:
 
         deleted = await asyncio.to_thread(delete)
         if deleted:
-            await db.forget_images(self.db, [entry.sha256 for entry, _ in deleted])
+            await dbmod.forget_images(self.db, [entry.sha256 for entry, _ in deleted])
         return deleted
 
     async def sweep_forever(self, interval_s: float) -> None:

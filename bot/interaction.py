@@ -13,3 +13,5 @@ from typing import TypeAlias
 import discord
 
 Interaction: TypeAlias = discord.Interaction[discord.Client]
+# A button in a view (every restart-proof button of the bot is one).
+ViewButton: TypeAlias = discord.ui.Button[discord.ui.View]

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Protocol
 
 import discord
 
@@ -34,13 +34,19 @@ PRESENCE_MIN_INTERVAL_S = 20.0
 STATUS_TIMEOUT_S = 5.0
 
 
+class ChangePresence(Protocol):
+    """``discord.Client.change_presence``, as the presence uses it."""
+
+    async def __call__(self, *, status: discord.Status, activity: discord.BaseActivity) -> None: ...
+
+
 class EnginePresence:
     """Polls the backend and mirrors its state in the bot's presence (see the module doc)."""
 
     def __init__(
         self,
         status: Callable[[], Awaitable[EngineStatus]],
-        change_presence: Callable[..., Awaitable[Any]],
+        change_presence: ChangePresence,
         connected: Callable[[], bool],
     ) -> None:
         self._status = status

@@ -167,11 +167,12 @@ def make_thumbnail(png: bytes) -> tuple[bytes, int, int]:
         raise
     except Exception as exc:  # PIL raises many types for bad input
         raise StoreError("not a readable PNG") from exc
-    if image.mode not in ("RGB", "RGBA"):
-        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-    image.thumbnail((THUMB_MAX_SIDE, THUMB_MAX_SIDE), Image.Resampling.LANCZOS)
+    thumb: Image.Image = image
+    if thumb.mode not in ("RGB", "RGBA"):
+        thumb = thumb.convert("RGBA" if "A" in thumb.getbands() else "RGB")
+    thumb.thumbnail((THUMB_MAX_SIDE, THUMB_MAX_SIDE), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    image.save(buffer, format="WEBP", quality=THUMB_QUALITY, method=4)
+    thumb.save(buffer, format="WEBP", quality=THUMB_QUALITY, method=4)
     return buffer.getvalue(), width, height
 
 

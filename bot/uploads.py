@@ -25,6 +25,8 @@ import warnings
 
 from PIL import Image, ImageCms, ImageOps
 
+from engine.contract import MAX_INPUT_ASPECT_RATIO
+
 logger = logging.getLogger(__name__)
 
 # Discord lets anyone upload 10 MiB; the bot's setting may lower the cap, never raise it.
@@ -32,6 +34,12 @@ MAX_UPLOAD_BYTES = 10 * 2**20
 # 4096×4096: any photo a phone takes; far below PIL's own bomb threshold (89 MP).
 MAX_UPLOAD_PIXELS = 4096 * 4096
 MIN_SIDE = 64
+# A JPEG's start-of-scan marker, and how many scans an upload may have: libjpeg's progressive
+# default has 10, mozjpeg's up to about 12; baseline JPEGs have one per colour component or one.
+# 0xFF 0xDA never occurs inside entropy-coded data (every 0xFF there is followed by 0x00 or a
+# restart marker), so counting it counts the scans, plus one per embedded EXIF thumbnail.
+SOS = b"\xff\xda"
+MAX_JPEG_SCANS = 32
 # What is kept of a large upload: the edit model reads ~1 MP (1024² VAE, 384² vision), so 2 MP
 # loses nothing and keeps the PNG well under the job contract's per-image cap.
 MAX_OUTPUT_PIXELS = 2 * 1024 * 1024
@@ -120,6 +128,18 @@ def _open(data: bytes, fmt: str, name: str, max_pixels: int) -> Image.Image:
                 raise UploadRefused(
                     f"{name} is too small ({width}×{height}); send at least "
                     f"{MIN_SIDE}×{MIN_SIDE} pixels."
+                )
+            if max(width, height) > MAX_INPUT_ASPECT_RATIO * min(width, height):
+                raise UploadRefused(
+                    f"{name} is {width}×{height}, longer than {MAX_INPUT_ASPECT_RATIO}:1; "
+                    "crop it closer to the part to edit."
+                )
+            if fmt == "JPEG" and data.count(SOS) > MAX_JPEG_SCANS:
+                # Each scan of a progressive JPEG is decoded over the whole image: thousands
+                # of tiny ones make a small file pin a CPU for minutes (issue 20 item 1).
+                raise UploadRefused(
+                    f"{name} is a JPEG of {data.count(SOS):,} scans; the limit is "
+                    f"{MAX_JPEG_SCANS}. Save it again as a plain JPEG or PNG."
                 )
             if fmt == "GIF":
                 image.seek(0)  # an animation edits its first frame

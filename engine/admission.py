@@ -23,7 +23,16 @@ CANCELLED_MESSAGE = "The generation was cancelled."
 SHUT_DOWN_MESSAGE = "The image engine shut down."
 NOT_RUNNING_MESSAGE = "The image engine is not running."
 QUEUE_FULL_MESSAGE = "The queue is full right now; try again in a minute."
-EDIT_OFF_MESSAGE = "Image editing is turned off on this server."
+# Why editing is off, in words members read (/edit, the Edit button, /status): never "turned
+# off on this server" when no admin of the server turned anything off.
+EDIT_OFF_MESSAGE = "Image editing is turned off on this bot by its operator."
+EDIT_FAILED_MESSAGE = (
+    "Image editing is unavailable: the edit model could not be loaded (the bot's log says why)."
+)
+EDIT_NEEDS_GPU_MESSAGE = "Image editing is unavailable: the edit model needs a GPU."
+EDIT_NOT_ACROSS_GPUS_MESSAGE = (
+    "Image editing is unavailable while each image runs across several GPUs (IMAGINE_GPUS)."
+)
 NOT_HERE_MESSAGE = "This GPU worker cannot run this kind of job."
 
 

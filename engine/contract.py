@@ -111,6 +111,11 @@ MAX_INPUT_IMAGES: Final = 3
 MAX_INPUT_IMAGE_BYTES: Final = 20 * 2**20
 MAX_INPUT_BYTES: Final = 32 * 2**20
 MAX_INPUT_IMAGE_PIXELS: Final = 4096 * 4096
+# The longest side over the shortest of an input image. Qwen2-VL's image processor refuses
+# anything past 200:1 (a plain ValueError deep in the pipeline); past about 20:1 its short side
+# shrinks to a few patches at the model's condition size, and the edit's output is clamped to
+# 3:1 anyway. The bot refuses such an upload, the engine such an input from anywhere.
+MAX_INPUT_ASPECT_RATIO: Final = 20
 # An edit takes up to three images (the first is edited), each a normalised RGB PNG.
 MAX_EDIT_IMAGES: Final = 3
 MAX_EDIT_IMAGE_BYTES: Final = 8 * 2**20
@@ -297,6 +302,9 @@ class EngineStatus:
     load_progress: float | None = None
     load_eta_s: float | None = None
     load_error: str | None = None
+    # Why this backend cannot edit, where it cannot (members read it): the operator turned
+    # editing off, or the edit model could not load here.
+    edit_off: str | None = None
 
 
 ProgressCallback = Callable[[Progress], None]

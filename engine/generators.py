@@ -16,7 +16,13 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 
-from engine.admission import EDIT_OFF_MESSAGE, NOT_HERE_MESSAGE
+from engine.admission import (
+    EDIT_FAILED_MESSAGE,
+    EDIT_NEEDS_GPU_MESSAGE,
+    EDIT_NOT_ACROSS_GPUS_MESSAGE,
+    EDIT_OFF_MESSAGE,
+    NOT_HERE_MESSAGE,
+)
 from engine.contract import TASK_EDIT, TASK_GENERATE, FailureKind, JobFailed, JobRequest, JobResult
 from engine.generator import UNWATCHED, Generator, GeneratorInfo, JobControl, Plan
 from engine.settings import EngineSettings
@@ -128,7 +134,7 @@ def load_generators(settings: EngineSettings, main: Generator | None = None) -> 
         return Generators({TASK_GENERATE: main}, off={TASK_EDIT: EDIT_OFF_MESSAGE})
     if not isinstance(main, ImageGenerator):  # engine.parallel: no single pipeline to share
         logger.warning("image editing is off: it does not run with IMAGINE_GPUS")
-        return Generators({TASK_GENERATE: main}, off={TASK_EDIT: EDIT_OFF_MESSAGE})
+        return Generators({TASK_GENERATE: main}, off={TASK_EDIT: EDIT_NOT_ACROSS_GPUS_MESSAGE})
     try:
         editor = EditGenerator.load(main, settings)
     except EditUnavailable as exc:
@@ -136,7 +142,7 @@ def load_generators(settings: EngineSettings, main: Generator | None = None) -> 
         return Generators({TASK_GENERATE: main}, off={TASK_EDIT: str(exc)})
     except EngineUnavailable as exc:  # the real edit model on a CPU: expected, not a fault
         logger.warning("image editing is off: %s", exc)
-        return Generators({TASK_GENERATE: main}, off={TASK_EDIT: EDIT_OFF_MESSAGE})
+        return Generators({TASK_GENERATE: main}, off={TASK_EDIT: EDIT_NEEDS_GPU_MESSAGE})
     except Exception as exc:  # missing files, a bad checkpoint, out of memory
         logger.error(
             "image editing is off: the edit model %r could not be loaded (%s: %s)",
@@ -144,5 +150,5 @@ def load_generators(settings: EngineSettings, main: Generator | None = None) -> 
             exc.__class__.__name__,
             (str(exc).splitlines() or [""])[0][:300],
         )
-        return Generators({TASK_GENERATE: main}, off={TASK_EDIT: EDIT_OFF_MESSAGE})
+        return Generators({TASK_GENERATE: main}, off={TASK_EDIT: EDIT_FAILED_MESSAGE})
     return Generators({TASK_GENERATE: main, TASK_EDIT: editor})

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 
 from engine.contract import MAX_INPUT_IMAGE_PIXELS, FailureKind, JobFailed, JobRequest
 from engine.generator import Plan
+from engine.inputs import check_aspect
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ def load_init_image(data: bytes, width: int, height: int) -> Image.Image:
                     f"The source image is too large ({image.width}×{image.height}); the limit "
                     f"is {MAX_INPUT_IMAGE_PIXELS // 1_000_000} megapixels.",
                 )
+            check_aspect(image.width, image.height, "The source image")
             image.load()
             image = ImageOps.exif_transpose(image)
     except JobFailed:

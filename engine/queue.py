@@ -249,6 +249,7 @@ class LocalEngine:
             load_progress=load.progress,
             load_eta_s=load.eta_s,
             load_error=self._load_error,
+            edit_off=self._edit_off(),
         )
 
     # ------------------------------------------------------------------ models
@@ -262,6 +263,18 @@ class LocalEngine:
             return (TASK_GENERATE,)
         wanted = (TASK_GENERATE, TASK_EDIT)
         return wanted if self.settings.edit_model.strip() else wanted[:1]
+
+    def _edit_off(self) -> str | None:
+        """Why this engine does not edit (None while it does, or may once loaded)."""
+        if TASK_EDIT in self._capabilities():
+            return None
+        if not self.settings.edit_model.strip():
+            return EDIT_OFF_MESSAGE
+        if self._load_error is not None:
+            return self._load_error
+        if self._info is not None and self._info.edit_off:
+            return self._info.edit_off
+        return EDIT_OFF_MESSAGE if self._loaded.is_set() else None
 
     def _task_off_message(self, task: str) -> str:
         """Why this engine does not run ``task`` (editing turned off, the edit model that did

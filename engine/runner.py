@@ -8,7 +8,11 @@ whichever backend runs the job, and a fix to one reaches both.
 What the runner guarantees: ``run`` never raises. A ``JobFailed`` from the generator (bad input,
 out of memory, a cancel or the deadline, decided at a step) is the job's answer; any other
 exception fails that job only, with a plain message, after the accelerator's cached memory is
-released, and is reported as a crash so a worker can tell a sick GPU from a bad job.
+released. Only an error that means the GPU's CUDA context is lost (an illegal memory access, a
+device-side assert, "CUDA error" from the driver) is reported as a crash: after such an error
+every later job fails the same way until the process starts again, so a worker counts those
+and exits for its supervisor to restart it. A bug or a model library that refuses one odd
+input (a ``ValueError`` from an image processor) costs that job, never a 20B model reload.
 """
 
 from __future__ import annotations
@@ -31,10 +35,26 @@ StopCheck = Callable[[], FailureKind | None]
 """Why the job must stop now (checked at every step), or None."""
 
 
+# What a CUDA error says when the context is gone for good (torch words them after the driver).
+CONTEXT_LOST = (
+    "cuda error",
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "misaligned address",
+)
+
+
+def context_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the GPU's CUDA context is lost (every later job would fail too)."""
+    text = str(exc).lower()
+    return any(words in text for words in CONTEXT_LOST)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Ran:
-    """How one job ended on the GPU: its result or failure, and whether it crashed (an
-    exception the generator did not turn into a ``JobFailed``)."""
+    """How one job ended on the GPU: its result or failure, and whether it crashed the GPU
+    (an error after which the CUDA context is lost: ``context_lost``)."""
 
     outcome: JobResult | JobFailed
     crashed: bool = False
@@ -94,10 +114,11 @@ class JobRunner:
         except JobFailed as exc:
             logger.info("job %s failed: %s", request.job_id, exc)
             return Ran(exc)
-        except Exception:
-            logger.exception("job %s crashed", request.job_id)
+        except Exception as exc:
+            lost = context_lost(exc)
+            logger.exception("job %s %s", request.job_id, "lost the GPU" if lost else "crashed")
             self.free_memory()
-            return Ran(JobFailed(FailureKind.ERROR, ERROR_MESSAGE), crashed=True)
+            return Ran(JobFailed(FailureKind.ERROR, ERROR_MESSAGE), crashed=lost)
         if result.steps:
             self._step_times.append(result.run_s / result.steps)
         return Ran(result)

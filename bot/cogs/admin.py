@@ -48,7 +48,7 @@ class AdminCog(commands.Cog):
     def __init__(self, bot: ImagineClient) -> None:
         self.bot = bot
 
-    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+    async def interaction_check(self, interaction: Interaction) -> bool:
         return require_manage_guild(interaction)
 
     async def _show(

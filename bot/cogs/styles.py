@@ -62,7 +62,7 @@ class StylesCog(commands.Cog):
     def __init__(self, bot: ImagineClient) -> None:
         self.bot = bot
 
-    async def interaction_check(self, interaction: Interaction) -> bool:  # type: ignore[override]
+    async def interaction_check(self, interaction: Interaction) -> bool:
         return require_manage_guild(interaction)
 
     @styles.command(name="add", description="Add a style members can pick in /imagine")

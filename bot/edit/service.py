@@ -108,10 +108,10 @@ async def download(client: discord.Client, attachment: discord.Attachment, cap: 
     if not isinstance(session, aiohttp.ClientSession) or session.closed:
         # A client without an HTTP session of its own (an in-process test transport): its
         # own reader, held to the same cap.
-        data = await attachment.read()
-        if len(data) > cap:
+        whole = await attachment.read()
+        if len(whole) > cap:
             raise too_big
-        return data
+        return whole
     url = attachment.url
     if not url.startswith(("https://", "http://")):
         raise UploadRefused(f"{name} could not be downloaded from Discord.")

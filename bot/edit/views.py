@@ -9,6 +9,7 @@ interaction listener), so both keep working across a restart. What the edit does
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import discord
 
@@ -17,8 +18,9 @@ from bot.client import imagine_client
 from bot.edit import service as edit
 from bot.imagine.ack import AckGuard
 from bot.interaction import Interaction
-from bot.views.base import KEY, JobButton
+from bot.views.base import KEY, JobButton, own_job_row
 from bot.views.forms import TEXT_INPUT_MAX, form_values
+from engine.contract import TASK_EDIT
 from engine.presets import MAX_PROMPT_CHARS
 
 EDIT_FORM = re.compile(rf"imagine:edited:{KEY}")
@@ -29,6 +31,7 @@ class EditButton(JobButton):
     """Opens the Edit form; its answer edits this image as the image store keeps it."""
 
     action = "edit"
+    needs_task = TASK_EDIT
     label = "Edit"
     emoji = "✏️"
     button_row = 0
@@ -59,7 +62,7 @@ async def handle_edit_form(interaction: Interaction) -> bool:
     """Answer a submitted Edit form; False when the interaction is not one."""
     if interaction.type != discord.InteractionType.modal_submit:
         return False
-    data = interaction.data if isinstance(interaction.data, dict) else {}
+    data: Mapping[str, object] = interaction.data if isinstance(interaction.data, dict) else {}
     custom_id = data.get("custom_id")
     match = EDIT_FORM.fullmatch(custom_id) if isinstance(custom_id, str) else None
     if match is None:
@@ -67,6 +70,7 @@ async def handle_edit_form(interaction: Interaction) -> bool:
     instruction = form_values(data).get(EDIT_INSTRUCTION, "")
     try:
         async with errors.replying(interaction):
+            await own_job_row(interaction, match["key"])
             jobs = imagine_client(interaction.client).jobs
             async with AckGuard(interaction) as guard:
                 await edit.edit_stored(jobs, guard, match["key"], instruction=instruction)

@@ -8,14 +8,13 @@ there), and records whether they could manage the server at that moment; see ``b
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import discord
 
 from bot import errors
 from bot.client import imagine_client
 from bot.gallery.wiring import admins_for, links_for
-from bot.interaction import Interaction
+from bot.interaction import Interaction, ViewButton
 from db import gallery as gallery_db
 
 GALLERY_OFF = (
@@ -56,7 +55,7 @@ async def gallery_answer(
     return text, view
 
 
-class GalleryButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:gallery"):
+class GalleryButton(discord.ui.DynamicItem[ViewButton], template=r"imagine:gallery"):
     """The Gallery button under /history: answers with a fresh link for whoever clicks it."""
 
     def __init__(self) -> None:
@@ -73,7 +72,7 @@ class GalleryButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i
     async def from_custom_id(
         cls,
         interaction: Interaction,
-        item: discord.ui.Button[Any],
+        item: discord.ui.Item[discord.ui.View],
         match: re.Match[str],
     ) -> GalleryButton:
         return cls()

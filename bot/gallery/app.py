@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
 
 import aiohttp_jinja2
 import jinja2
@@ -21,6 +20,7 @@ from bot.gallery.links import MOUNT
 from bot.gallery.security import LOOPBACK, Networks, TokenBucket, security_middleware
 
 logger = logging.getLogger(__name__)
+
 
 def build_gallery_app(
     deps: GalleryDeps,
@@ -49,8 +49,14 @@ def build_gallery_app(
     return app
 
 
-def mount_gallery(parent: web.Application, deps: GalleryDeps, **kwargs: Any) -> web.Application:
+def mount_gallery(
+    parent: web.Application,
+    deps: GalleryDeps,
+    *,
+    limiter: TokenBucket | None = None,
+    trusted_proxies: Networks = LOOPBACK,
+) -> web.Application:
     """Add the gallery under ``/gallery`` to an existing application (the health server's)."""
-    app = build_gallery_app(deps, **kwargs)
+    app = build_gallery_app(deps, limiter=limiter, trusted_proxies=trusted_proxies)
     parent.add_subapp(MOUNT, app)
     return app

@@ -16,7 +16,7 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class CardCache:
             card = await asyncio.to_thread(shrink, thumb_path)
         except FileNotFoundError:
             return None
-        except (OSError, Image.UnidentifiedImageError, ValueError):
+        except (OSError, UnidentifiedImageError, ValueError):
             logger.warning("cannot read the thumbnail of image %s", sha256[:12])
             return None
         if sha256 not in self._items:

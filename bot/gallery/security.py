@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from html import escape
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +155,7 @@ def rate_key(address: str) -> str:
     return str(parsed)
 
 
-def security_middleware(
-    limiter: TokenBucket, trusted: Networks = LOOPBACK
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def security_middleware(limiter: TokenBucket, trusted: Networks = LOOPBACK) -> Middleware:
     """Headers on every answer (errors included) and a 429 past the address's rate."""
 
     @web.middleware

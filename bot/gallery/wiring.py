@@ -78,7 +78,7 @@ def deps_for(bot: ImagineClient) -> GalleryDeps:
     )
 
 
-async def member_standing(bot: discord.Client, guild_id: int, user_id: int) -> Standing | None:
+async def member_standing(bot: ImagineClient, guild_id: int, user_id: int) -> Standing | None:
     """Where the member stands in that server now, asked of Discord (the bot has no members
     intent, so its cache may hold an old copy of their roles, or none): an admin (Manage
     Server), a member, or gone (left, kicked, banned; or the bot left the server). None when

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
 
 import discord
 
@@ -12,13 +11,13 @@ import db
 from bot import errors, render
 from bot.client import ImagineClient, imagine_client
 from bot.gallery.answer import GalleryButton
-from bot.interaction import Interaction
+from bot.interaction import Interaction, ViewButton
 from bot.views.base import Guarded, has_permission
 
 
 class HistoryButton(
     Guarded,
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    discord.ui.DynamicItem[ViewButton],
     template=r"imagine:hist:(?P<viewer>[0-9]{1,20}):(?P<target>[0-9]{1,20}):(?P<page>[0-9]{1,6}):(?P<dir>[pn])",
 ):
     """Previous/next page of a /history listing. Only the person who opened it may page."""
@@ -43,7 +42,7 @@ class HistoryButton(
     async def from_custom_id(
         cls,
         interaction: Interaction,
-        item: discord.ui.Button[Any],
+        item: discord.ui.Item[discord.ui.View],
         match: re.Match[str],
     ) -> HistoryButton:
         return cls(

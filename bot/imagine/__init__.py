@@ -13,10 +13,11 @@ builds the jobs the buttons under a result make (Reroll, Variations, Vary, Remix
 """
 
 from bot.imagine.ack import ACK_DEFER_AFTER_S, AckGuard
+from bot.imagine.deps import JobDeps
 from bot.imagine.job import Job, Outcome, utcnow
 from bot.imagine.kinds import JobKind, Kinds
 from bot.imagine.policy import style_description
-from bot.imagine.service import JobDeps, JobService
+from bot.imagine.service import JobService
 from bot.imagine.spec import JobSpec
 
 __all__ = [

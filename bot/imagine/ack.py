@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from types import TracebackType
 
 import discord
 
@@ -46,7 +46,12 @@ class AckGuard:
         self._watchdog = asyncio.get_running_loop().create_task(self._watch())
         return self
 
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._watchdog is not None and not self._watchdog.done():
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import db
+import db as dbmod
 from bot import errors, render
 from bot.errors import UserError
 from bot.imagine.finish import Finisher
@@ -22,7 +22,7 @@ from engine.contract import ImageBackend
 class Cancelling(Protocol):
     """What cancelling needs of the job service (``JobService`` is it)."""
 
-    db: db.Database
+    db: dbmod.Database
     backend: ImageBackend
     follower: Follower
     finish: Finisher
@@ -30,7 +30,7 @@ class Cancelling(Protocol):
 
 async def cancel(service: Cancelling, interaction: Interaction, key: str) -> None:
     """Stop a waiting or rendering job (who may: ``views.CancelButton`` checks it)."""
-    row = await db.get_generation(service.db, key)
+    row = await dbmod.get_generation(service.db, key)
     if row is None:
         raise UserError("I can't find that image any more.")
     if row.finished:
@@ -61,7 +61,7 @@ async def cancel(service: Cancelling, interaction: Interaction, key: str) -> Non
         header=render.header_of(row),
         requester_id=row.user_id,
     )
-    if status == db.GenerationStatus.DONE:
+    if status == dbmod.GenerationStatus.DONE:
         raise UserError("It's too late to cancel: the image was already delivered.")
     if not interaction.response.is_done():  # the message could not be edited
         await errors.send_ephemeral(interaction, "Cancelled.")

@@ -14,7 +14,6 @@ import contextlib
 import io
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import discord
 
@@ -24,15 +23,18 @@ from bot.delivery import MessageGone, StatusMessage, fit_to_limit
 from bot.imagine.deps import JobDeps
 from bot.imagine.job import Job, Outcome, utcnow
 from bot.imagine.presenting import Shown
+from bot.store import StoredImage
 from engine.contract import FailureKind, JobFailed, JobResult
 
 logger = logging.getLogger(__name__)
 
-Show = Callable[[str], Awaitable[Any]]
+Show = Callable[[str], Awaitable[None]]
 
 # Pauses between attempts to record a delivered image as done (a busy or briefly unreachable
 # database); after the last one the row waits for the next start's recovery.
 RECORD_RETRY_DELAYS_S: tuple[float, ...] = (0.5, 2.0, 5.0)
+# How long a delivery waits to hear what the backend runs (which buttons to show).
+STATUS_TIMEOUT_S = 2.0
 
 
 def shows_on(target: StatusMessage) -> Show:
@@ -52,6 +54,7 @@ class Finisher:
         self.db = deps.database
         self.images = deps.images
         self.views = deps.views
+        self.backend = deps.backend
 
     async def deliver(self, job: Job, result: JobResult) -> str:
         """Write the result down, upload the image, then end the job as done.
@@ -96,7 +99,9 @@ class Finisher:
             if not keeping.done():
                 await asyncio.shield(keeping)
 
-    async def _upload(self, job: Job, result: JobResult, keeping: asyncio.Task[Any]) -> str:
+    async def _upload(
+        self, job: Job, result: JobResult, keeping: asyncio.Task[StoredImage | None]
+    ) -> str:
         """Put the image in the job's message (or a reply), then end the job as done once the
         image is also kept (so a done job's Vary buttons find it)."""
         requester = job.requester or self.client.get_user(job.user_id)
@@ -105,6 +110,7 @@ class Finisher:
                 requester = await self.client.fetch_user(job.user_id)
         renderer = self.views.renderer(job.kind)
         png, stem = renderer.file(result)
+        tasks = await self._tasks()
 
         async def make_file(limit: int) -> tuple[discord.File, str | None]:
             data, filename, note = await asyncio.to_thread(fit_to_limit, png, limit, stem)
@@ -118,7 +124,7 @@ class Finisher:
             message_id = await job.target.deliver(
                 make_file=make_file,
                 embed_for=embed_for,
-                view=renderer.view(job.key),
+                view=renderer.view(job.key, tasks),
                 done_text=render.delivered_elsewhere_text(job.header),
             )
         except (discord.HTTPException, MessageGone) as exc:
@@ -131,6 +137,16 @@ class Finisher:
             return "undeliverable"
         await asyncio.shield(keeping)
         return await self._record_delivered(job, message_id, result)
+
+    async def _tasks(self) -> frozenset[str] | None:
+        """What the backend runs now, for the result's buttons (None: it did not say in time;
+        then every button shows, and pressing one checks)."""
+        try:
+            status = await asyncio.wait_for(self.backend.status(), STATUS_TIMEOUT_S)
+        except Exception as exc:
+            logger.debug("the backend's tasks are unknown at delivery: %s", exc)
+            return None
+        return frozenset(status.capabilities)
 
     async def _record_delivered(self, job: Job, message_id: int | None, result: JobResult) -> str:
         """Record a delivered job as done. An image the member has is never taken back: a

@@ -13,7 +13,6 @@ import contextvars
 import io
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
 
 import discord
 
@@ -66,15 +65,15 @@ class Follower:
         self.jobs: dict[str, Job] = {}
         # Progress that arrived before the job's status message existed.
         self._early: dict[str, Progress] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._refresh_pending = False
         # A line under the place in line while the engine's model loads (bot.presence).
         self.note: Callable[[], str | None] = lambda: None
         self.closing = False
 
     def spawn(
-        self, coro: Coroutine[Any, Any, Any], *, context: contextvars.Context | None = None
-    ) -> asyncio.Task[Any]:
+        self, coro: Coroutine[object, None, None], *, context: contextvars.Context | None = None
+    ) -> asyncio.Task[None]:
         """A task this follower owns: kept alive until done, cancelled at ``close``."""
         loop = asyncio.get_running_loop()
         task = (
@@ -120,7 +119,7 @@ class Follower:
     def follow(
         self,
         job: Job,
-        run: Callable[[Job], Coroutine[Any, Any, None]],
+        run: Callable[[Job], Coroutine[object, None, None]],
         *,
         shown_text: str | None = None,
     ) -> None:

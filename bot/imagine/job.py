@@ -12,7 +12,6 @@ import asyncio
 import contextvars
 import dataclasses
 import datetime as dt
-from typing import Any
 
 import discord
 
@@ -52,7 +51,7 @@ class Job:
     task: asyncio.Task[None] | None = None
     # The newest preview of the image forming, not shown yet, and the edit uploading one.
     preview: bytes | None = None
-    preview_upload: asyncio.Future[Any] | None = None
+    preview_upload: asyncio.Future[None] | None = None
 
     async def stop_progress(self) -> None:
         """No progress edit after this: a preview upload in flight is abandoned (the final

@@ -33,7 +33,10 @@ class ResultRenderer(Protocol):
 
     def embed(self, result: JobResult, shown: Shown) -> discord.Embed: ...
 
-    def view(self, job_key: str) -> discord.ui.View: ...
+    def view(self, job_key: str, tasks: frozenset[str] | None) -> discord.ui.View:
+        """The buttons under the result; ``tasks``: what the backend runs now (None: unknown),
+        so a button whose job nothing here could run (Edit, with editing off) is left out."""
+        ...
 
     def marker(self, job_key: str) -> str:
         """A custom id its view carries: how a restart finds a result it already posted."""

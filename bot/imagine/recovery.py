@@ -3,7 +3,7 @@
 Recovery works from the database alone. A job whose image the last run already posted (it
 died between the upload and recording it) is found by its Reroll button's custom id and
 completed from the result fields its row got before the upload; nothing reads the wording of
-a message back. Any other unfinished job is submitted again under the same key (the engine
+a message back. Every other unfinished job is submitted again under the same key (the engine
 runs a key once) or, when that is impossible, refunded with its message saying so.
 """
 
@@ -15,7 +15,7 @@ from typing import Protocol
 
 import discord
 
-import db
+import db as dbmod
 from bot import render
 from bot.delivery import StatusMessage
 from bot.imagine.finish import Finisher, shows_on
@@ -28,13 +28,13 @@ from engine.contract import FailureKind, JobFailed, JobHandle
 class Resuming(Protocol):
     """What recovery needs of the job service (``JobService`` is it)."""
 
-    db: db.Database
+    db: dbmod.Database
     client: discord.Client
     views: JobViews
     follower: Follower
     finish: Finisher
 
-    async def submit(self, row: db.Generation, style: db.Style) -> JobHandle: ...
+    async def submit(self, row: dbmod.Generation, style: dbmod.Style) -> JobHandle: ...
 
     async def run(self, job: Job) -> None: ...
 
@@ -48,10 +48,10 @@ REPLY_SEARCH_LIMIT = 50
 async def recover(service: Resuming) -> None:
     """Resume jobs a previous run left queued, running or delivering, or end them."""
     try:
-        forgotten = await db.forget_expired_tokens(service.db, now=utcnow())
+        forgotten = await dbmod.forget_expired_tokens(service.db, now=utcnow())
         if forgotten:
             logger.debug("dropped %d expired interaction tokens", forgotten)
-        rows = await db.unfinished_generations(service.db)
+        rows = await dbmod.unfinished_generations(service.db)
     except Exception:
         logger.exception("could not read unfinished jobs")
         return
@@ -66,7 +66,7 @@ async def recover(service: Resuming) -> None:
             logger.exception("could not resume job %s", row.job_key)
 
 
-async def resume(service: Resuming, row: db.Generation) -> None:
+async def resume(service: Resuming, row: dbmod.Generation) -> None:
     """Record, resubmit or refund one unfinished job of a previous run."""
     marker = service.views.renderer(row.kind).marker(row.job_key)
     delivered = await find_delivered(service.client, row, marker)
@@ -81,7 +81,7 @@ async def resume(service: Resuming, row: db.Generation) -> None:
         )
         return
     target = StatusMessage.from_row(service.client, row)
-    style = await db.get_style(service.db, row.guild_id, row.style)
+    style = await dbmod.get_style(service.db, row.guild_id, row.style)
     failure: JobFailed | None = None
     handle: JobHandle | None = None
     if style is None:
@@ -126,7 +126,7 @@ async def resume(service: Resuming, row: db.Generation) -> None:
 
 
 async def find_delivered(
-    bot: discord.Client, row: db.Generation, marker: str
+    bot: discord.Client, row: dbmod.Generation, marker: str
 ) -> discord.Message | None:
     """The message that already carries this job's image, if the last run posted one.
 

@@ -138,7 +138,7 @@ class JobService:
             logger.warning("a %s job refused: the backend's status failed (%s)", task, exc)
             raise UserError(render.ENGINE_SILENT_TEXT) from None
         if task not in status.capabilities:
-            raise UserError(render.task_unavailable_text(task, remote=status.backend == "redis"))
+            raise UserError(render.task_unavailable_text(task, status))
 
     async def _reserve_and_submit(
         self, key: str, interaction: Interaction, admitted: Admitted
@@ -284,11 +284,11 @@ class JobService:
             raise
         except Exception:
             logger.exception("job %s crashed in the bot", job.key)
-            failure = JobFailed(
+            crashed = JobFailed(
                 FailureKind.ERROR, "Something went wrong while delivering the image."
             )
             try:
-                outcome = await self.finish.end_job(job, Outcome.failed(failure))
+                outcome = await self.finish.end_job(job, Outcome.failed(crashed))
             except Exception:  # the database itself is failing; the next start resumes it
                 logger.exception("job %s could not be ended either", job.key)
         finally:

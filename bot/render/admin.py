@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import discord
 
+import db
 from bot.render.jobs import model_negative_text
 from bot.render.text import COLOR_INFO, clip, shown
 from engine.contract import StyleSpec
@@ -18,7 +18,7 @@ def ceiling_binds(max_queued: int, ceiling: int | None) -> bool:
     return ceiling is not None and (max_queued <= 0 or max_queued > ceiling)
 
 
-def limits_embed(config: Any, *, ceiling: int | None = None) -> discord.Embed:
+def limits_embed(config: db.GuildConfig, *, ceiling: int | None = None) -> discord.Embed:
     """/limits: what applies in this server now (``config`` is a ``db.GuildConfig``).
 
     ``ceiling`` is the image engine's per-member ceiling, shown where it binds (the server set
@@ -58,7 +58,7 @@ def blocked_words_embed(words: Sequence[str]) -> discord.Embed:
     )
 
 
-def style_embed(style: Any, sample: str) -> discord.Embed:
+def style_embed(style: db.Style, sample: str) -> discord.Embed:
     """One style (a ``db.Style``) and exactly what the model reads for ``sample`` with it."""
     spec = StyleSpec(style.name, style.template, style.negative or "")
     origin = "built-in" if style.builtin else "this server's own"
@@ -90,12 +90,12 @@ def style_embed(style: Any, sample: str) -> discord.Embed:
     return embed
 
 
-def styles_list_embed(styles: Sequence[Any]) -> discord.Embed:
+def styles_list_embed(styles: Sequence[db.Style]) -> discord.Embed:
     """/styles list: this server's own styles, then the built-ins."""
     own = [s for s in styles if not s.builtin]
     builtin = [s for s in styles if s.builtin]
 
-    def lines(rows: list[Any]) -> str:
+    def lines(rows: list[db.Style]) -> str:
         out = []
         for s in rows:
             desc = f" — {shown(s.description, 80)}" if s.description else ""

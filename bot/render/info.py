@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
 
 import discord
 
+import db
+from bot.images import StoreReport
 from bot.render.text import (
     COLOR_FAIL,
     COLOR_INFO,
@@ -37,7 +38,7 @@ _LINKED = ("done", "queued", "running", "delivering")
 
 
 def history_embed(
-    rows: Sequence[Any],
+    rows: Sequence[db.Generation],
     *,
     target_name: str,
     page: int,
@@ -121,7 +122,7 @@ def status_embed(
     latency_ms: float | None,
     error: str | None = None,
     owners: dict[str, int] | None = None,
-    store: Any = None,
+    store: StoreReport | None = None,
 ) -> discord.Embed:
     """``owners`` maps the running jobs of *this* server (or this member's DM) to their
     requesters, so "Running" can say whose image it is; any other job is "from elsewhere",
@@ -191,7 +192,7 @@ def status_embed(
     return embed
 
 
-def _store_field(embed: discord.Embed, store: Any) -> None:
+def _store_field(embed: discord.Embed, store: StoreReport | None) -> None:
     """The image store's line (a ``bot.images.StoreReport``): how much it keeps, and the
     latest failure to keep an image (a full or read-only disk), which never stops delivery."""
     if store is None:
@@ -246,7 +247,9 @@ def editing_text(status: EngineStatus) -> str:
     if "edit" not in status.capabilities:
         if status.backend == "redis":
             return "No worker that can edit is online."
-        return "Off (no edit model is loaded)."
+        return clip(status.edit_off or status.load_error or "Off.", 500)
+    if not status.ready:
+        return "Loading: edits wait in line until the models are ready."
     resident = [model_name(m) for m in status.resident_models]
     if not resident:
         return "On."

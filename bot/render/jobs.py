@@ -4,10 +4,10 @@ image's embed, failures and cancellations, and the refusals of a request."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 import discord
 
+import db
 from bot.render.text import (
     COLOR_INFO,
     COLOR_OK,
@@ -22,7 +22,7 @@ from bot.render.text import (
     shown_status,
 )
 from bot.render.text import seconds as seconds_text
-from engine.contract import TASK_EDIT, FailureKind, JobResult, Progress
+from engine.contract import TASK_EDIT, EngineStatus, FailureKind, JobResult, Progress
 from engine.presets import NEUTRAL_NEGATIVE
 
 PROMPT_PREVIEW_CHARS = 300
@@ -157,7 +157,7 @@ def model_negative_text(negative: str) -> str:
     return shown(negative, 1000)
 
 
-def details_embed(row: Any) -> discord.Embed:
+def details_embed(row: db.Generation) -> discord.Embed:
     """Every parameter of a generation (from its database row), for the Details button."""
     embed = discord.Embed(title="Generation details", colour=COLOR_INFO)
     embed.add_field(name="Prompt", value=shown(row.prompt, 1000) or "(empty)", inline=False)
@@ -221,7 +221,7 @@ def conversion_note(
     )
 
 
-def header_of(row: Any) -> str:
+def header_of(row: db.Generation) -> str:
     """The status header of a stored job (a restart, or a button on an old message)."""
     return job_header(row.user_id, row.prompt, row.style, row.aspect, row.mode, row.seed)
 
@@ -285,16 +285,21 @@ def inputs_gone_reason() -> str:
 
 
 ENGINE_SILENT_TEXT = "The image engine is not answering right now; try again in a minute."
-EDIT_OFF_TEXT = "Image editing is turned off on this server. Nothing was charged."
+EDIT_OFF_TEXT = "Image editing is turned off on this bot. Nothing was charged."
 NO_EDIT_WORKER_TEXT = "No worker can edit right now. Nothing was charged; please try again later."
 TASK_OFF_TEXT = "This kind of image can't be made here right now. Nothing was charged."
 
 
-def task_unavailable_text(task: str, *, remote: bool) -> str:
-    """Nothing here runs ``task`` now: no worker that can (``remote``), or the engine can't."""
-    if task == TASK_EDIT:
-        return NO_EDIT_WORKER_TEXT if remote else EDIT_OFF_TEXT
-    return TASK_OFF_TEXT
+def task_unavailable_text(task: str, status: EngineStatus) -> str:
+    """Nothing here runs ``task`` now, and why: no worker that can (Redis), the engine that
+    could not load, or (editing) the operator's setting or an edit model that did not load."""
+    if status.backend == "redis":
+        return NO_EDIT_WORKER_TEXT if task == TASK_EDIT else TASK_OFF_TEXT
+    if status.load_error:
+        return f"{status.load_error} Nothing was charged."
+    if task == TASK_EDIT and status.edit_off:
+        return f"{status.edit_off} Nothing was charged."
+    return EDIT_OFF_TEXT if task == TASK_EDIT else TASK_OFF_TEXT
 
 
 def unknown_kind_text() -> str:

@@ -19,10 +19,9 @@ buttons in every server stop working. Who may press a button is checked in each 
 
 from __future__ import annotations
 
-from typing import Any
-
 import discord
 
+from bot.interaction import ViewButton
 from bot.views.base import Guarded, JobButton, has_permission, job_row
 from bot.views.erase import EraseButton, erase_view
 from bot.views.forms import form_values, handle_remix_form, remix_form
@@ -41,7 +40,7 @@ from bot.views.jobs import (
 from bot.views.results import ImageResult, Presentation
 
 # Every restart-proof button: those under a finished image, plus the ones that are not.
-DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
+DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[ViewButton]], ...] = (
     *RESULT_BUTTONS,
     VariationsButton,
     CancelButton,

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
 import discord
 
 from bot import errors, render
 from bot.client import imagine_client
-from bot.interaction import Interaction
+from bot.interaction import Interaction, ViewButton
 from bot.views.base import Guarded
 
 logger = logging.getLogger(__name__)
@@ -22,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 class EraseButton(
     Guarded,
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    discord.ui.DynamicItem[ViewButton],
     template=r"imagine:erase:(?P<user>[0-9]{1,20}):(?P<answer>yes|no)",
 ):
     """ "Erase everything" or "Keep it" under the ephemeral /forget-me question."""
@@ -43,7 +42,7 @@ class EraseButton(
     async def from_custom_id(
         cls,
         interaction: Interaction,
-        item: discord.ui.Button[Any],
+        item: discord.ui.Item[discord.ui.View],
         match: re.Match[str],
     ) -> EraseButton:
         return cls(int(match["user"]), match["answer"])

@@ -8,7 +8,7 @@ opened before a restart still works when it is sent after it.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Mapping
 
 import discord
 
@@ -17,7 +17,7 @@ from bot.client import imagine_client
 from bot.imagine import again
 from bot.imagine.ack import AckGuard
 from bot.interaction import Interaction
-from bot.views.base import KEY
+from bot.views.base import KEY, own_job_row
 
 REMIX_FORM = re.compile(rf"imagine:remixed:{KEY}")
 REMIX_PROMPT = "prompt"
@@ -62,7 +62,7 @@ def form_values(data: object) -> dict[str, str]:
     """The text inputs of a submitted form by custom id (any layout: rows or labels)."""
     values: dict[str, str] = {}
 
-    def walk(items: Any) -> None:
+    def walk(items: object) -> None:
         if not isinstance(items, list):
             return
         for item in items:
@@ -83,7 +83,7 @@ async def handle_remix_form(interaction: Interaction) -> bool:
     """Answer a submitted Remix form; False when the interaction is not one."""
     if interaction.type != discord.InteractionType.modal_submit:
         return False
-    data = interaction.data if isinstance(interaction.data, dict) else {}
+    data: Mapping[str, object] = interaction.data if isinstance(interaction.data, dict) else {}
     custom_id = data.get("custom_id")
     match = REMIX_FORM.fullmatch(custom_id) if isinstance(custom_id, str) else None
     if match is None:
@@ -91,6 +91,7 @@ async def handle_remix_form(interaction: Interaction) -> bool:
     values = form_values(data)
     try:
         async with errors.replying(interaction):
+            await own_job_row(interaction, match["key"])
             jobs = imagine_client(interaction.client).jobs
             async with AckGuard(interaction) as guard:
                 await again.remix(

@@ -38,11 +38,13 @@ class ImageResult:
             negative_prompt=shown.negative,
         )
 
-    def view(self, job_key: str) -> discord.ui.View:
-        """The buttons under a finished image: making more on the first row, the rest below."""
+    def view(self, job_key: str, tasks: frozenset[str] | None) -> discord.ui.View:
+        """The buttons under a finished image: making more on the first row, the rest below;
+        one whose task nothing here runs now is left out (pressing it would only be refused)."""
         view = discord.ui.View(timeout=None)
         for button in self.buttons:
-            view.add_item(button(job_key))
+            if tasks is None or button.needs_task is None or button.needs_task in tasks:
+                view.add_item(button(job_key))
         return view
 
     def marker(self, job_key: str) -> str:
@@ -70,7 +72,3 @@ class Presentation:
         """A feature's button under every finished image, placed before ``before``."""
         if button not in self.result_buttons:
             self.result_buttons.insert(self.result_buttons.index(before), button)
-
-    def result_view(self, job_key: str) -> discord.ui.View:
-        """The buttons under a finished image (its kind's renderer's)."""
-        return self.images.view(job_key)

@@ -9,6 +9,7 @@ import warnings
 from PIL import Image, ImageOps
 
 from engine.contract import MAX_INPUT_IMAGE_PIXELS, FailureKind, JobFailed
+from engine.inputs import check_aspect
 
 # diffusers' target area for the output (``calculate_dimensions(1024 * 1024, ratio)``).
 EDIT_TARGET_AREA = 1024 * 1024
@@ -43,6 +44,7 @@ def decode_edit_image(data: bytes) -> Image.Image:
             image = Image.open(io.BytesIO(data), formats=["PNG"])  # the bot sends PNG only
             if image.width * image.height > MAX_INPUT_IMAGE_PIXELS:
                 raise JobFailed(FailureKind.INVALID, "An edit image is too large.")
+            check_aspect(image.width, image.height, "An edit image")
             image.load()
             image = ImageOps.exif_transpose(image)
     except JobFailed:

@@ -65,8 +65,9 @@ class RemoteSettings(ImagineBaseSettings):
     worker_max_crashes: int = Field(
         3,
         ge=1,
-        description="a worker whose jobs crash this many times in a row exits, so that its "
-        "supervisor (Docker, systemd) restarts it with a fresh GPU context",
+        description="a worker whose jobs lose the GPU's CUDA context this many times in a row "
+        "exits, so that its supervisor (Docker, systemd) restarts it with a fresh context; any "
+        "other failure costs its job only",
     )
     worker_health_file: Path | None = Field(
         None,

@@ -395,8 +395,9 @@ class Worker:
         return await self._render(parsed, picked_at)
 
     def _count_crash(self) -> None:
-        """After ``IMAGINE_WORKER_MAX_CRASHES`` crashes in a row the GPU is likely in a bad state
-        that only a new process clears: stop (this job's answer is saved first) and exit 1."""
+        """After ``IMAGINE_WORKER_MAX_CRASHES`` jobs in a row that lost the CUDA context
+        (``engine.runner.context_lost``) the GPU is in a state only a new process clears: stop
+        (this job's answer is saved first) and exit 1. Any other failure costs its job only."""
         self._crashes += 1
         limit = self.remote.worker_max_crashes
         if self._crashes >= limit and not self._crashed_out:

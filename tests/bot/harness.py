@@ -314,9 +314,13 @@ async def attachment_bytes(message: discord.Message) -> bytes:
     return await message.attachments[0].read()
 
 
-async def post_old_buttons(harness: Harness, *custom_ids: str) -> discord.Message:
+async def post_old_buttons(
+    harness: Harness, *custom_ids: str, for_job: str | None = None
+) -> discord.Message:
     """A message with buttons exactly as an earlier version of the bot posted them (raw JSON:
-    nothing of today's views is involved)."""
+    nothing of today's views is involved). ``for_job``: the message is that job's own (its
+    row says so, as it would of the message an earlier version posted for it); a job's
+    buttons work on its own message only."""
     buttons = [
         {"type": 2, "style": 2, "label": custom_id.split(":")[1], "custom_id": custom_id}
         for custom_id in custom_ids
@@ -328,4 +332,6 @@ async def post_old_buttons(harness: Harness, *custom_ids: str) -> discord.Messag
     )
     data = await harness.bot.http.request(route, json=payload)
     await harness.env.settle(timeout=30)
+    if for_job is not None:
+        await db.set_message(harness.database, for_job, message_id=int(data["id"]))
     return harness.message(int(data["id"]))

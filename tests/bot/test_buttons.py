@@ -17,7 +17,7 @@ RESULT_BUTTONS = [
     "Vary (Subtle)",
     "Vary (Strong)",
     "Remix",
-    "Edit",
+    # No Edit: this bot cannot edit (no edit model), so the button would only refuse.
     "Details",
     "Delete",
 ]
@@ -70,7 +70,7 @@ async def test_reroll_is_a_new_generation_charged_to_the_clicker(harness: Harnes
 async def old_variations_button(harness: Harness, message: discord.Message) -> discord.Message:
     """The Variations button as images posted before the Vary buttons carry it."""
     row = next(r for r in await harness.rows() if r.message_id == message.id)
-    return await post_old_buttons(harness, f"imagine:vary:{row.job_key}")
+    return await post_old_buttons(harness, f"imagine:vary:{row.job_key}", for_job=row.job_key)
 
 
 async def test_variations_make_two_more_images(harness: Harness) -> None:
@@ -359,3 +359,69 @@ async def test_image_posted_just_before_a_crash_is_not_posted_again(
     assert [r.job_id for r in harness.engine.submitted].count(key) == 1  # never rendered again
     assert len([m for m in harness.channel.history() if m.attachments]) == 1
     assert (await harness.quota(alice)).used == 1
+
+
+async def post_buttons(harness: Harness, channel: Any, *custom_ids: str) -> discord.Message:
+    """A message of the bot's in ``channel`` carrying buttons with these custom ids."""
+    buttons = [
+        {"type": 2, "style": 2, "label": custom_id.split(":")[1], "custom_id": custom_id}
+        for custom_id in custom_ids
+    ]
+    route = discord.http.Route("POST", "/channels/{channel_id}/messages", channel_id=channel.id)
+    payload = {
+        "content": "not this job's message",
+        "components": [{"type": 1, "components": buttons}],
+    }
+    data = await harness.bot.http.request(route, json=payload)
+    await harness.env.settle(timeout=30)
+    return harness.message(int(data["id"]), channel)
+
+
+async def test_a_button_works_only_on_its_jobs_own_message(harness: Harness) -> None:
+    """issue 20 item 8: a custom id carries the job's key and nothing vouches for it; a press
+    on another message is refused before anything runs or is charged."""
+    alice, bob = harness.member("alice"), harness.member("bob")
+    original = await finished_image(harness, alice, prompt="a tea house", seed=8)
+    (row,) = await harness.rows()
+    elsewhere = await post_buttons(
+        harness, harness.channel, f"imagine:reroll:{row.job_key}", f"imagine:delete:{row.job_key}"
+    )
+    for custom_id in (f"imagine:reroll:{row.job_key}", f"imagine:delete:{row.job_key}"):
+        refused = await alice.click(elsewhere, custom_id=custom_id)
+        assert refused.ephemeral and "belongs to another image" in refused.response.content
+    assert len(await harness.rows()) == 1 and (await harness.quota(alice)).used == 1
+    assert elsewhere.id in [m.id for m in harness.channel.history()]  # nothing deleted
+    # The job's own message: the same buttons work.
+    again = await bob.click(original, label="Reroll")
+    assert not again.ephemeral
+    await harness.wait_jobs()
+    assert len(await harness.rows()) == 2
+
+
+async def test_a_button_works_only_in_its_jobs_own_server(harness: Harness) -> None:
+    """issue 20 item 8: even on the message the row names, a press from another server (the
+    same key in a crafted interaction) is refused."""
+    alice = harness.member("alice")
+    await finished_image(harness, alice, prompt="a harbour", seed=9)
+    (row,) = await harness.rows()
+    other = harness.env.create_guild("Elsewhere")
+    channel = other.create_text_channel("general")
+    stranger = other.add_member(harness.env.create_user("mallory"))
+    crafted = await post_buttons(harness, channel, f"imagine:details:{row.job_key}")
+    await db.set_message(harness.database, row.job_key, message_id=crafted.id)
+    refused = await stranger.click(crafted, custom_id=f"imagine:details:{row.job_key}")
+    assert refused.ephemeral and "belongs to another image" in refused.response.content
+
+
+async def test_a_remix_form_from_another_message_is_refused(harness: Harness) -> None:
+    """issue 20 item 8: forms are answered from their custom id too, and checked the same way."""
+    alice = harness.member("alice")
+    original = await finished_image(harness, alice, prompt="a lantern", seed=10)
+    (row,) = await harness.rows()
+    form = await alice.click(original, label="Remix")
+    assert form.modal is not None
+    elsewhere = await post_buttons(harness, harness.channel, f"imagine:remix:{row.job_key}")
+    await db.set_message(harness.database, row.job_key, message_id=elsewhere.id)
+    sent = await alice.submit_modal(form, {"prompt": "a lantern at night", "negative": ""})
+    assert sent.ephemeral and "belongs to another image" in sent.response.content
+    assert len(await harness.rows()) == 1

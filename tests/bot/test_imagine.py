@@ -80,8 +80,7 @@ async def test_imagine_answers_shows_progress_then_the_image(harness: Harness) -
         "Reroll",
         "Vary (Subtle)",
         "Vary (Strong)",
-        "Remix",
-        "Edit",
+        "Remix",  # no Edit: this bot cannot edit (no edit model)
         "Details",
         "Delete",
     ]

@@ -103,7 +103,7 @@ class SwatchRenderer:
         embed.set_image(url=f"attachment://{shown.filename}")
         return embed
 
-    def view(self, job_key: str) -> discord.ui.View:
+    def view(self, job_key: str, tasks: frozenset[str] | None) -> discord.ui.View:
         view = discord.ui.View(timeout=None)
         view.add_item(DeleteButton(job_key))
         return view

@@ -115,7 +115,7 @@ async def test_buttons_with_todays_custom_ids_keep_working(harness: Harness) -> 
     await harness.wait_jobs()
     key = harness.key(first)
     ids = [fmt.format(key=key) for fmt in (OLD_REROLL, OLD_VARY, OLD_DETAILS, OLD_DELETE)]
-    old = await post_old_buttons(harness, *ids)
+    old = await post_old_buttons(harness, *ids, for_job=key)
 
     details = await bob.click(old, custom_id=OLD_DETAILS.format(key=key))
     assert details.ephemeral and details.response.embeds[0].title == "Generation details"
@@ -141,7 +141,9 @@ async def test_buttons_with_todays_custom_ids_keep_working(harness: Harness) -> 
     harness.engine.inner.settings.test_step_delay_s = 0.25
     slow = await alice.slash(harness.channel, "imagine", prompt="slow", mode="standard")
     slow_key = harness.key(slow)
-    cancel_message = await post_old_buttons(harness, OLD_CANCEL.format(key=slow_key))
+    cancel_message = await post_old_buttons(
+        harness, OLD_CANCEL.format(key=slow_key), for_job=slow_key
+    )
     refused = await bob.click(cancel_message, custom_id=OLD_CANCEL.format(key=slow_key))
     assert refused.ephemeral and "Only the person who asked" in refused.response.content
     cancelled = await alice.click(cancel_message, custom_id=OLD_CANCEL.format(key=slow_key))

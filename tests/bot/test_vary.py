@@ -18,7 +18,7 @@ RESULT_BUTTONS = [
     "Vary (Subtle)",
     "Vary (Strong)",
     "Remix",
-    "Edit",
+    # No Edit: this bot cannot edit (no edit model), so the button would only refuse.
     "Details",
     "Delete",
 ]

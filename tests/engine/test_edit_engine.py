@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.admission import EDIT_NEEDS_GPU_MESSAGE
 from engine.contract import TASK_EDIT, FailureKind, JobFailed, JobRequest, JobResult, Mode
 from engine.cudagraph import GraphedForward
 from engine.edit import EditGenerator, TransformerSwap
@@ -118,7 +119,7 @@ async def test_without_an_edit_model_an_edit_job_is_refused_at_submit(
         with pytest.raises(JobFailed) as refused:
             await engine.submit(edit_job("e-off"))
         assert refused.value.kind == FailureKind.UNAVAILABLE
-        assert refused.value.user_message == "Image editing is turned off on this server."
+        assert refused.value.user_message == EDIT_NEEDS_GPU_MESSAGE  # why, in plain words
         status = await engine.status()
         assert status.capabilities == ("generate",)
         assert status.resident_models == (public_model_name(str(tiny_settings.model)),)
@@ -134,7 +135,7 @@ def test_an_edit_model_that_cannot_load_leaves_text_to_image_running(
     generators = load_generators(settings, main=generator)
     assert generators.tasks() == ("generate",)
     assert "image editing is off" in caplog.text
-    assert generators.info().edit_off == "Image editing is turned off on this server."
+    assert generators.info().edit_off == EDIT_NEEDS_GPU_MESSAGE  # says why, no admin did it
 
 
 # ------------------------------------------------------------------- one transformer at a time

@@ -14,11 +14,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from engine.contract import FailureKind, JobFailed, JobRequest
+from engine.contract import FailureKind, JobFailed, JobRequest, JobResult
+from engine.generator import JobControl, Plan
 from engine.pipeline import ImageGenerator
 from engine.redis.backend import RedisBackend
 from engine.redis.settings import RemoteSettings
@@ -35,10 +35,14 @@ class CrashingGenerator(GatedGenerator):
     """Jobs named ``crash*`` crash, and so does freeing memory after them (a CUDA context in a
     bad state: every job from now on would crash the same way)."""
 
-    def generate(self, request: JobRequest, on_step: Any = None, should_stop: Any = None) -> Any:
+    def generate(
+        self, request: JobRequest, control: JobControl, plan: Plan | None = None
+    ) -> JobResult:
         if request.job_id.startswith("crash"):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return super().generate(request, on_step, should_stop)
+        if request.job_id.startswith("odd"):
+            raise ValueError("absolute aspect ratio must be smaller than 200, got 2979.6")
+        return super().generate(request, control, plan)
 
     def free_memory(self) -> None:
         raise RuntimeError("CUDA error: an illegal memory access (while freeing)")
@@ -82,6 +86,40 @@ async def test_a_worker_exits_after_crashes_in_a_row_so_its_supervisor_restarts_
         if not running.done():
             worker.request_stop()
             await running
+
+
+async def test_a_job_the_pipeline_refuses_costs_that_job_not_the_worker(
+    redis_server: RedisServer,
+    tiny_settings: EngineSettings,
+    generator: ImageGenerator,
+    tmp_path: Path,
+) -> None:
+    """issue 20 item 2: an exception from a pipeline call that is no lost CUDA context (here
+    the edit processor's ``ValueError`` on an extreme aspect ratio) fails its job only; the
+    worker goes on, however many come in a row."""
+    remote = remote_settings(redis_server, worker_max_crashes=2)
+    worker = Worker(remote, tiny_settings, CrashingGenerator(generator), name="steady")
+    running = asyncio.create_task(worker.run())
+    backend = RedisBackend(remote, tiny_settings)
+    await backend.start()
+    try:
+
+        async def ready() -> bool:
+            return (await backend.status()).ready
+
+        await eventually(ready, "the worker's first heartbeat")
+        for n in range(4):
+            handle = await backend.submit(request(f"odd-{n}", user_id=n))
+            with pytest.raises(JobFailed) as failed:
+                await handle.result()
+            assert failed.value.kind == FailureKind.ERROR  # refunded, in plain words
+        fine = await backend.submit(request("fine", user_id=9))
+        assert (await fine.result()).image.png.startswith(b"\x89PNG")
+        assert not running.done() and worker.exit_code == 0
+    finally:
+        await backend.close()
+        worker.request_stop()
+        await running
 
 
 def healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
