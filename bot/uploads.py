@@ -16,7 +16,10 @@ Pure PIL and stdlib: no discord, no torch.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import io
 import logging
@@ -258,3 +261,42 @@ def without_metadata(png: bytes) -> bytes:
         out = io.BytesIO()
         image.save(out, format="PNG")
     return out.getvalue()
+
+
+# How long one upload's checks may take: a ~2 MP image decodes in well under a second; past
+# this the member is told to send a plainer file (the thread finishes on its own meanwhile).
+DECODE_TIMEOUT_S = 10.0
+DECODE_WORKERS = 2
+
+
+class UploadChecks:
+    """``validate_upload`` on threads of its own: at most ``workers`` uploads are decoded at
+    once, each answered within ``timeout_s``, so hostile files can occupy these threads and
+    nothing else; deliveries (encoding, the image store) run on the default executor and never
+    wait behind them."""
+
+    def __init__(self, workers: int = DECODE_WORKERS, timeout_s: float = DECODE_TIMEOUT_S) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="imagine-upload"
+        )
+        self.timeout_s = timeout_s
+
+    async def validate(
+        self, data: bytes, declared_type: str | None, filename: str, *, max_bytes: int
+    ) -> ValidatedImage:
+        """``validate_upload`` in the pool; ``UploadRefused`` when it takes too long."""
+        loop = asyncio.get_running_loop()
+        check = functools.partial(
+            validate_upload, data, declared_type, filename, max_bytes=max_bytes
+        )
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._pool, check), self.timeout_s)
+        except TimeoutError:
+            name = (filename or "The image").strip()[:80] or "The image"
+            logger.warning("upload %r: its checks took over %.0f s", name, self.timeout_s)
+            raise UploadRefused(
+                f"{name} took too long to read; save it again as a plain PNG or JPEG."
+            ) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -18,6 +18,7 @@ from bot.edit import service as edit
 from bot.edit.views import EditButton, handle_edit_form
 from bot.imagine.ack import AckGuard
 from bot.interaction import Interaction
+from bot.uploads import UploadChecks
 from bot.views import DetailsButton, Presentation
 from engine.contract import Mode
 from engine.presets import MAX_PROMPT_CHARS, MAX_SEED
@@ -26,6 +27,11 @@ from engine.presets import MAX_PROMPT_CHARS, MAX_SEED
 class EditCog(commands.Cog):
     def __init__(self, bot: ImagineClient) -> None:
         self.bot = bot
+        # Uploads are checked on threads of their own (see ``UploadChecks``).
+        self.checks = UploadChecks()
+
+    async def cog_unload(self) -> None:
+        self.checks.close()
 
     @app_commands.command(name="edit", description="Change an image with an instruction")
     @app_commands.describe(
@@ -53,6 +59,7 @@ class EditCog(commands.Cog):
         async with errors.replying(interaction), AckGuard(interaction) as guard:
             await edit.edit_uploads(
                 self.bot.jobs,
+                self.checks,
                 guard,
                 attachments,
                 instruction=instruction,

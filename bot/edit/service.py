@@ -28,6 +28,7 @@ import unicodedata
 
 import aiohttp
 import discord
+import yarl
 
 import db
 from bot import metrics
@@ -39,10 +40,10 @@ from bot.imagine.service import JobService
 from bot.imagine.spec import JobSpec
 from bot.uploads import (
     MAX_UPLOAD_BYTES,
+    UploadChecks,
     UploadRefused,
     ValidatedImage,
     size_text,
-    validate_upload,
     without_metadata,
 )
 from engine.contract import MAX_EDIT_IMAGES, TASK_EDIT, Mode
@@ -59,6 +60,29 @@ SOURCE_GONE_TEXT = (
 )
 DOWNLOAD_TIMEOUT_S = 30.0
 DOWNLOAD_CHUNK = 64 * 1024
+# Where Discord serves attachments from: an upload is fetched from these, over HTTPS, and
+# never by following a redirect (an attachment's URL is the interaction's data, and nothing
+# the bot fetches may be steered elsewhere).
+DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
+PRODUCTION_API = yarl.URL(discord.http.Route.BASE)
+
+
+def attachment_url_allowed(url: str) -> bool:
+    """Whether ``url`` is one an attachment may be downloaded from: HTTPS on Discord's CDN,
+    or (TEST ONLY, when ``bot.endpoints`` aimed discord.py at an emulator, which the log says)
+    the emulator's own origin."""
+    try:
+        parsed = yarl.URL(url)
+    except ValueError:
+        return False
+    if parsed.scheme == "https" and parsed.host in DISCORD_CDN_HOSTS:
+        return True
+    api = yarl.URL(discord.http.Route.BASE)
+    return (
+        api.origin() != PRODUCTION_API.origin()
+        and parsed.is_absolute()
+        and (parsed.origin() == api.origin())
+    )
 
 
 def nearest_aspect(width: int, height: int) -> str:
@@ -113,7 +137,8 @@ async def download(client: discord.Client, attachment: discord.Attachment, cap: 
             raise too_big
         return whole
     url = attachment.url
-    if not url.startswith(("https://", "http://")):
+    if not attachment_url_allowed(url):
+        logger.warning("upload %r: refused to fetch it from outside Discord's CDN", name)
         raise UploadRefused(f"{name} could not be downloaded from Discord.")
     data = bytearray()
     try:
@@ -121,6 +146,7 @@ async def download(client: discord.Client, attachment: discord.Attachment, cap: 
             url,
             proxy=http.proxy,
             proxy_auth=http.proxy_auth,
+            allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT_S),
         ) as response:
             if response.status != 200:
@@ -142,28 +168,23 @@ async def download(client: discord.Client, attachment: discord.Attachment, cap: 
 
 
 async def read_uploads(
-    jobs: JobService, attachments: list[discord.Attachment]
+    jobs: JobService, checks: UploadChecks, attachments: list[discord.Attachment]
 ) -> list[ValidatedImage]:
-    """Download and check every upload, in order; the first refusal is the answer."""
+    """Download and check every upload, in order (the checks in their own bounded pool); the
+    first refusal is the answer."""
     cap = upload_cap(jobs)
     images = []
     for attachment in attachments:
         data = await download(jobs.client, attachment, cap)
-        images.append(
-            await asyncio.to_thread(
-                validate_upload,
-                data,
-                attachment.content_type,
-                attachment.filename or "The image",
-                max_bytes=cap,
-            )
-        )
+        name = attachment.filename or "The image"
+        images.append(await checks.validate(data, attachment.content_type, name, max_bytes=cap))
     return images
 
 
 # ---------------------------------------------------------------------- the entry points
 async def edit_uploads(
     jobs: JobService,
+    checks: UploadChecks,
     guard: AckGuard,
     attachments: list[discord.Attachment],
     *,
@@ -172,15 +193,16 @@ async def edit_uploads(
     mode: Mode,
 ) -> None:
     """/edit: check, download and validate the uploads, keep them, then charge, queue and
-    answer."""
+    answer. Everything that costs nothing comes first: whether anything here edits, the
+    server's rules, the member's quota and queue (``JobService.admit``); then the downloads."""
     await jobs.check_task(TASK_EDIT)
     check_instruction(instruction)
     spec = edit_spec(instruction, aspect=DEFAULT_ASPECT, mode=mode, seed=seed)
-    await jobs.admit(guard, spec)  # the server's rules, before anything is downloaded
+    await jobs.admit(guard, spec)  # rules, quota and queue, before anything is downloaded
     if not 1 <= len(attachments) <= MAX_EDIT_IMAGES:
         raise UserError(f"Send one to {MAX_EDIT_IMAGES} images to edit.")
     try:
-        uploads = await read_uploads(jobs, attachments)
+        uploads = await read_uploads(jobs, checks, attachments)
     except UploadRefused as refused:
         metrics.JOBS.labels("refused").inc()
         raise UserError(refused.user_message) from None

@@ -127,7 +127,33 @@ class JobService:
             raise UserError(render.unknown_kind_text()) from None
         if kind.task != TASK_GENERATE:
             await self.check_task(kind.task)
-        return await policy.admit(guard.interaction, self.guilds, spec)
+        admitted = await policy.admit(guard.interaction, self.guilds, spec)
+        await self.check_room(guard.interaction, admitted)
+        return admitted
+
+    async def check_room(self, interaction: Interaction, admitted: Admitted) -> None:
+        """Refuse (nothing written) when the member has no quota left today or as many jobs
+        waiting as they may: before any slow work an entry point does, such as downloading
+        uploads. The reservation checks again, atomically; this only answers early."""
+        guild_id, user_id = interaction.guild_id, interaction.user.id
+        quota = await db.quota_status(
+            self.db,
+            guild_id=guild_id,
+            user_id=user_id,
+            daily_quota=admitted.daily_quota,
+            reset_hour=self.settings.quota_reset_hour,
+            now=utcnow(),
+        )
+        refusal: db.QuotaExceeded | db.TooManyQueued | None = None
+        if quota.limit is not None and quota.remaining is not None and quota.remaining < 1:
+            refusal = db.QuotaExceeded(quota.used, quota.limit, quota.resets_at)
+        elif admitted.queue.limit is not None:
+            active = await db.count_active(self.db, guild_id=guild_id, user_id=user_id)
+            if active >= admitted.queue.limit:
+                refusal = db.TooManyQueued(active, admitted.queue.limit)
+        if refusal is not None:
+            metrics.JOBS.labels("refused").inc()
+            raise UserError(policy.refusal(refusal, admitted.queue))
 
     async def check_task(self, task: str) -> None:
         """Refuse at once (a ``UserError``) when nothing here can run ``task`` now, before

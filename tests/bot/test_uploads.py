@@ -3,14 +3,18 @@ upright RGB PNG on white, with the hash it is stored under."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import struct
+import threading
+import time
 import zlib
 
 import pytest
 from PIL import Image
 
+from bot import uploads
 from bot.uploads import (
     MAX_OUTPUT_PIXELS,
     MAX_UPLOAD_BYTES,
@@ -206,3 +210,77 @@ def test_an_srgb_profile_leaves_the_colours_as_they_were() -> None:
     image = decoded(validate_upload(data, "image/png", "srgb.png"))
     assert "icc_profile" not in image.info
     assert all(abs(a - b) <= 2 for a, b in zip(image.getpixel((5, 5)), (12, 140, 230), strict=True))
+
+
+# ---------------------------------------------------------------------- issue 20 items 1, 2
+def many_scans(extra: int, side: int = 2048) -> bytes:
+    """A progressive JPEG with ``extra`` more scans: one of its empty AC scans (35 bytes or so:
+    a flat image has nothing to refine) repeated before the end. Small, and a decoder processes
+    every scan over the whole image (issue 20 item 1: 20,000 of them decoded for 21 s, 716 KB)."""
+    data = encode(Image.new("RGB", (side, side), (120, 40, 200)), "JPEG", progressive=True)
+    starts = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
+    ends = [*starts[1:], len(data) - 2]
+    empty = min((data[a:b] for a, b in zip(starts, ends, strict=True)), key=len)
+    return data[:-2] + empty * extra + b"\xff\xd9"
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_it_is_decoded() -> None:
+    """issue 20 item 1: refused at once by counting its scans; nothing is decoded."""
+    crafted = many_scans(2_000)
+    assert len(crafted) < 200_000 and crafted.count(b"\xff\xda") > 2_000
+    started = time.process_time()
+    message = refusal(crafted, "image/jpeg", "scans.jpg")
+    assert time.process_time() - started < 1.0
+    assert "2,010 scans" in message and "limit is 32" in message
+
+
+@pytest.mark.parametrize("scans", [1, 10, 12])
+def test_ordinary_jpegs_of_a_few_scans_are_accepted(scans: int) -> None:
+    """Baseline JPEGs, libjpeg's progressive default (10 scans) and mozjpeg's (up to ~12)."""
+    image = Image.effect_noise((128, 96), 30).convert("RGB")
+    data = encode(image, "JPEG") if scans == 1 else many_scans(scans - 10, side=128)
+    assert data.count(b"\xff\xda") <= 32
+    checked = validate_upload(data, "image/jpeg", "photo.jpg")
+    assert checked.source_format == "JPEG"
+
+
+@pytest.mark.parametrize("size", [(64, 2000), (3000, 100), (64, 262144)])
+def test_an_extreme_aspect_ratio_is_refused(size: tuple[int, int]) -> None:
+    """issue 20 item 2: 64×262144 passed (as 22×92681) and crashed the edit pipeline."""
+    width, height = size
+    data = (
+        png_header_only(width, height)
+        if width * height > 4096**2
+        else encode(Image.new("RGB", size, (9, 9, 9)), "PNG")
+    )
+    message = refusal(data, "image/png", "strip.png")
+    assert "longer than 20:1" in message or "too large" in message
+    assert validate_upload(encode(Image.new("RGB", (64, 1280)), "PNG"), None, "ok.png")
+
+
+async def test_hostile_uploads_never_hold_up_a_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 20 item 1: uploads were checked on the default thread pool, the one every delivery
+    uses (encoding, the image store); a dozen slow files would have held deliveries up. Now at
+    most two are decoded at once, on threads of their own, each answered within its timeout."""
+    release = threading.Event()
+
+    def slow(*args: object, **kwargs: object) -> ValidatedImage:
+        release.wait(5)  # a decode that takes minutes, as the crafted JPEG did
+        raise UploadRefused("never reached")
+
+    monkeypatch.setattr(uploads, "validate_upload", slow)
+    checks = uploads.UploadChecks(workers=2, timeout_s=0.5)
+    try:
+        hostile = [
+            asyncio.ensure_future(checks.validate(b"x", None, f"{n}.jpg", max_bytes=2**20))
+            for n in range(12)
+        ]
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        await asyncio.to_thread(time.sleep, 0.01)  # a delivery's work on the default pool
+        assert time.perf_counter() - started < 1.0
+        answers = await asyncio.wait_for(asyncio.gather(*hostile, return_exceptions=True), 2.0)
+        assert all(isinstance(a, UploadRefused) and "too long" in a.user_message for a in answers)
+    finally:
+        release.set()
+        checks.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -14,6 +15,7 @@ from PIL import Image
 from bot import metrics
 from tests.bot.edit.test_edit import local_engine  # noqa: F401 - this module's engine edits too
 from tests.bot.harness import Harness
+from tests.bot.test_uploads import many_scans
 
 CAP_KIB = 64  # IMAGINE_MAX_UPLOAD_MB here: 1/16 MB
 
@@ -142,3 +144,40 @@ async def test_a_blocked_word_in_an_instruction_is_refused_like_a_prompt(
     )
     assert result.ephemeral and "doesn't allow" in result.response.content
     assert await harness.rows() == []
+
+
+async def test_a_jpeg_of_thousands_of_scans_is_refused_at_once_and_charges_nothing(
+    harness: Harness,
+) -> None:
+    """issue 20 item 1: a small progressive JPEG of 2,000 empty scans took seconds of a CPU per
+    image (minutes at 300,000) before it was accepted; it is refused on its scan count."""
+    alice = harness.member("alice")
+    crafted = many_scans(2_000, side=1024)
+    assert len(crafted) < CAP_KIB * 1024
+    started = time.perf_counter()
+    result = await alice.slash(
+        harness.channel, "edit", image=("scans.jpg", crafted), instruction="make it pop"
+    )
+    assert time.perf_counter() - started < 1.0
+    assert result.ephemeral and "scans; the limit is 32" in result.response.content
+    assert await harness.rows() == [] and (await harness.quota(alice)).used == 0
+    assert harness.engine.submitted == []
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_upload_mb": CAP_KIB / 1024}])
+async def test_quota_and_queue_are_checked_before_any_upload_is_read(
+    harness: Harness, settings_overrides: dict[str, Any]
+) -> None:
+    """issue 20 item 1: a member with no quota left (or a full queue) is answered before their
+    uploads are downloaded or decoded: the answer is the quota's, although the upload is one
+    that would have been refused as unreadable."""
+    await harness.admin.slash(harness.channel, "limits set", daily_quota=1)
+    alice = harness.member("alice")
+    made = await alice.slash(harness.channel, "imagine", prompt="a calm lake")
+    await harness.wait_jobs()
+    assert not made.ephemeral and (await harness.quota(alice, limit=1)).used == 1
+    result = await alice.slash(
+        harness.channel, "edit", image=("junk.png", b"not an image at all"), instruction="x"
+    )
+    assert result.ephemeral and "used all 1 images of today's quota" in result.response.content
+    assert len(await harness.rows()) == 1
