@@ -77,7 +77,7 @@ async def remix(
 ) -> None:
     """The Remix form's answer: a strong variation with the edited prompt and negative.
 
-    The edited text passes exactly the checks of /imagine (``policy.admit``): an empty or
+    The edited text passes exactly the checks of /imagine (``policy.server_rules``): an empty or
     over-long prompt, or a blocked word, is refused privately and charges nothing.
     """
     parent = await stored_parent(jobs, parent_key)

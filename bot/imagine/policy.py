@@ -2,7 +2,7 @@
 prompt may contain, which style and options exist, and the limits it is reserved under.
 
 Every refusal is a ``UserError`` with a specific, private answer; nothing is written before
-``admit`` returns, so a refused request costs nothing.
+``server_rules`` returns, so a refused request costs nothing.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ async def resolve_style(guilds: GuildSettings, guild_id: int | None, name: str |
     return style
 
 
-async def admit(interaction: Interaction, guilds: GuildSettings, spec: JobSpec) -> Admitted:
+async def server_rules(interaction: Interaction, guilds: GuildSettings, spec: JobSpec) -> Admitted:
     """Every rule of this server for one request, in the order a member would fix them.
 
     A job made from an earlier one (Reroll, Vary, Remix) is held to today's rules of the

@@ -119,7 +119,7 @@ class JobService:
     async def admit(self, guard: AckGuard, spec: JobSpec) -> Admitted:
         """Every check before anything is charged, in the order a member would fix them: a
         kind this bot runs, something here that runs its task now, the server's rules
-        (``policy.admit``). ``start`` runs it; an entry point with slow work before it (a
+        (``policy.server_rules``). ``start`` runs it; an entry point with slow work before it (a
         download) runs it first too, so a refusal costs nothing."""
         try:
             kind = self.kinds[spec.kind]
@@ -127,11 +127,11 @@ class JobService:
             raise UserError(render.unknown_kind_text()) from None
         if kind.task != TASK_GENERATE:
             await self.check_task(kind.task)
-        admitted = await policy.admit(guard.interaction, self.guilds, spec)
-        await self.check_room(guard.interaction, admitted)
+        admitted = await policy.server_rules(guard.interaction, self.guilds, spec)
+        await self.check_limits(guard.interaction, admitted)
         return admitted
 
-    async def check_room(self, interaction: Interaction, admitted: Admitted) -> None:
+    async def check_limits(self, interaction: Interaction, admitted: Admitted) -> None:
         """Refuse (nothing written) when the member has no quota left today or as many jobs
         waiting as they may: before any slow work an entry point does, such as downloading
         uploads. The reservation checks again, atomically; this only answers early."""
