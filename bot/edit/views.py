@@ -9,17 +9,16 @@ interaction listener), so both keep working across a restart. What the edit does
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 
 import discord
 
-from bot import errors
 from bot.client import imagine_client
 from bot.edit import service as edit
 from bot.imagine.ack import AckGuard
+from bot.imagine.service import JobService
 from bot.interaction import Interaction
-from bot.views.base import KEY, JobButton, own_job_row
-from bot.views.forms import TEXT_INPUT_MAX, form_values
+from bot.views.base import KEY, JobButton
+from bot.views.forms import TEXT_INPUT_MAX, answer_job_form
 from engine.contract import TASK_EDIT
 from engine.presets import MAX_PROMPT_CHARS
 
@@ -60,20 +59,8 @@ def edit_form(job_key: str) -> discord.ui.Modal:
 
 async def handle_edit_form(interaction: Interaction) -> bool:
     """Answer a submitted Edit form; False when the interaction is not one."""
-    if interaction.type != discord.InteractionType.modal_submit:
-        return False
-    data: Mapping[str, object] = interaction.data if isinstance(interaction.data, dict) else {}
-    custom_id = data.get("custom_id")
-    match = EDIT_FORM.fullmatch(custom_id) if isinstance(custom_id, str) else None
-    if match is None:
-        return False
-    instruction = form_values(data).get(EDIT_INSTRUCTION, "")
-    try:
-        async with errors.replying(interaction):
-            await own_job_row(interaction, match["key"])
-            jobs = imagine_client(interaction.client).jobs
-            async with AckGuard(interaction) as guard:
-                await edit.edit_stored(jobs, guard, match["key"], instruction=instruction)
-    except Exception as exc:
-        await errors.handle(interaction, exc)
-    return True
+
+    async def edit_it(jobs: JobService, guard: AckGuard, key: str, values: dict[str, str]) -> None:
+        await edit.edit_stored(jobs, guard, key, instruction=values.get(EDIT_INSTRUCTION, ""))
+
+    return await answer_job_form(interaction, EDIT_FORM, edit_it)

@@ -8,7 +8,7 @@ opened before a restart still works when it is sent after it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import discord
 
@@ -16,6 +16,7 @@ from bot import errors
 from bot.client import imagine_client
 from bot.imagine import again
 from bot.imagine.ack import AckGuard
+from bot.imagine.service import JobService
 from bot.interaction import Interaction
 from bot.views.base import KEY, own_job_row
 
@@ -79,13 +80,20 @@ def form_values(data: object) -> dict[str, str]:
     return values
 
 
-async def handle_remix_form(interaction: Interaction) -> bool:
-    """Answer a submitted Remix form; False when the interaction is not one."""
+FormAnswer = Callable[[JobService, AckGuard, str, dict[str, str]], Awaitable[None]]
+
+
+async def answer_job_form(
+    interaction: Interaction, custom_id: re.Pattern[str], answer: FormAnswer
+) -> bool:
+    """Answer a submitted form of a job, from its custom id alone (``custom_id`` matches it
+    and names the job's key): on the job's own message, in its own server, within Discord's 3
+    seconds, every error told. False when the interaction is not such a form."""
     if interaction.type != discord.InteractionType.modal_submit:
         return False
     data: Mapping[str, object] = interaction.data if isinstance(interaction.data, dict) else {}
-    custom_id = data.get("custom_id")
-    match = REMIX_FORM.fullmatch(custom_id) if isinstance(custom_id, str) else None
+    submitted = data.get("custom_id")
+    match = custom_id.fullmatch(submitted) if isinstance(submitted, str) else None
     if match is None:
         return False
     values = form_values(data)
@@ -94,13 +102,17 @@ async def handle_remix_form(interaction: Interaction) -> bool:
             await own_job_row(interaction, match["key"])
             jobs = imagine_client(interaction.client).jobs
             async with AckGuard(interaction) as guard:
-                await again.remix(
-                    jobs,
-                    guard,
-                    match["key"],
-                    prompt=values.get(REMIX_PROMPT, ""),
-                    negative=values.get(REMIX_NEGATIVE) or None,
-                )
+                await answer(jobs, guard, match["key"], values)
     except Exception as exc:
         await errors.handle(interaction, exc)
     return True
+
+
+async def handle_remix_form(interaction: Interaction) -> bool:
+    """Answer a submitted Remix form; False when the interaction is not one."""
+
+    async def remix(jobs: JobService, guard: AckGuard, key: str, values: dict[str, str]) -> None:
+        prompt, negative = values.get(REMIX_PROMPT, ""), values.get(REMIX_NEGATIVE) or None
+        await again.remix(jobs, guard, key, prompt=prompt, negative=negative)
+
+    return await answer_job_form(interaction, REMIX_FORM, remix)
