@@ -64,7 +64,7 @@ DOWNLOAD_CHUNK = 64 * 1024
 # never by following a redirect (an attachment's URL is the interaction's data, and nothing
 # the bot fetches may be steered elsewhere).
 DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
-PRODUCTION_API = yarl.URL(discord.http.Route.BASE)
+DISCORD_API_HOSTS = frozenset({"discord.com", "discordapp.com"})
 
 
 def attachment_url_allowed(url: str) -> bool:
@@ -78,11 +78,8 @@ def attachment_url_allowed(url: str) -> bool:
     if parsed.scheme == "https" and parsed.host in DISCORD_CDN_HOSTS:
         return True
     api = yarl.URL(discord.http.Route.BASE)
-    return (
-        api.origin() != PRODUCTION_API.origin()
-        and parsed.is_absolute()
-        and (parsed.origin() == api.origin())
-    )
+    emulated = api.host not in DISCORD_API_HOSTS
+    return emulated and parsed.is_absolute() and parsed.origin() == api.origin()
 
 
 def nearest_aspect(width: int, height: int) -> str:
