@@ -56,8 +56,9 @@ async def insert_ignore(
 
 
 async def rows_changed(session: AsyncSession, statement: Update | Delete) -> int:
-    """Run an UPDATE or DELETE (without RETURNING) and count the rows it changed."""
+    """The rows an UPDATE or DELETE (without RETURNING) changed, read in one place: the ORM
+    answers such a statement with a CursorResult, but a session cannot promise one for every
+    statement, so ``execute`` is typed to return a plain Result (no ``rowcount``)."""
     result = await session.execute(statement)
-    # The ORM answers such a statement with a CursorResult, but a session cannot promise one for
-    # every statement, so execute() says Result: SQLAlchemy's advice (2.0.44) is this cast.
+    # SQLAlchemy's own advice (changelog 2.0.44) where the statement is known to be DML.
     return cast("CursorResult[*tuple[object, ...]]", result).rowcount or 0
