@@ -1,15 +1,16 @@
 """The parts of diffusers' pipelines and models the engine touches, written down as Protocols.
 
 Why not diffusers' own classes: to a type checker ``from diffusers import QwenImagePipeline`` is
-the placeholder diffusers keeps for installs without torch (its ``__init__`` imports the dummy
-objects under ``TYPE_CHECKING``); the real classes register their modules at run time, so
-``pipe.transformer`` has no declared type, and ``from_pretrained`` and the
-``@register_to_config`` constructors carry no annotations. The engine also rewires the
-transformer itself (``engine.cudagraph`` and ``engine.parallel`` replace its ``forward``). So
-each Protocol names only what the engine uses: a typo or a wrong argument is caught without
-claiming more about diffusers than the engine relies on, and a test's fake needs only these
-members. Loaded objects take these types where they are loaded (``engine.loader``,
-``engine.edit.generator``). Nothing here runs torch or diffusers code at import.
+the untyped placeholder diffusers keeps for installs without torch (its ``__init__`` imports the
+dummy objects under ``TYPE_CHECKING``), which is why the engine imports diffusers' classes from
+the modules that define them. Even those register a pipeline's modules at run time, so
+``pipe.transformer`` has no declared type, and their ``@register_to_config`` constructors lose
+their annotations. The engine also rewires the transformer itself (``engine.cudagraph`` and
+``engine.parallel`` replace its ``forward``). So each Protocol names only what the engine uses:
+a typo or a wrong argument is caught without claiming more about diffusers than the engine
+relies on, and a test's fake needs only these members. Loaded objects take these types where
+they are loaded (``engine.loader``, ``engine.edit.generator``). Nothing here runs torch or
+diffusers code at import.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def load_pipeline(settings: EngineSettings) -> LoadedPipeline:
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated there
+    # transformers leaves it unannotated.
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     check_model_source(settings.model, "IMAGINE_MODEL")
     device = resolve_device(settings.device)

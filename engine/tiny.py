@@ -22,19 +22,6 @@ logger = logging.getLogger(__name__)
 
 # Marks a directory as a tiny model; the engine then defaults to small output sizes.
 TINY_MARKER = "imagine_tiny.json"
-
-
-class TinyMarker(TypedDict, total=False):
-    """What the marker file holds (the edit build adds its image areas)."""
-
-    tiny: bool
-    edit: bool
-    max_side: int
-    seed: int
-    edit_condition_area: int
-    edit_vae_area: int
-
-
 TINY_MAX_SIDE = 256
 TINY_LORA_DIR = "lightning"
 # Qwen/Qwen-Image's scheduler_config.json: the tiny model and the GPU benchmark use the real one.
@@ -288,6 +275,17 @@ def write_random_lora(
     target_path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(target_path))
     return target_path
+
+
+class TinyMarker(TypedDict, total=False):
+    """What the marker file holds (the edit build adds its image areas)."""
+
+    tiny: bool
+    edit: bool
+    max_side: int
+    seed: int
+    edit_condition_area: int
+    edit_vae_area: int
 
 
 def tiny_defaults(model_path: str | Path) -> TinyMarker | None:
