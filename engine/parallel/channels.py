@@ -65,14 +65,14 @@ class GlooChannel:
         dist.broadcast_object_list(box, src=0, group=self.group)
         return _message(box[0])
 
+    def close(self) -> None:
+        pass
+
 
 def _message(received: object) -> Message:
     if not isinstance(received, tuple):
         raise RuntimeError(f"expected a message tuple from rank 0, got {type(received).__name__}")
     return received
-
-    def close(self) -> None:
-        pass
 
 
 def init_group(rank: int, world: int, init_method: str, device: torch.device) -> None:
