@@ -202,7 +202,7 @@ class ResilientStreamBroker(RedisStreamBroker):
     async def _read_new(
         redis: Redis, group: str, consumer: str, stream: str, block: int | None = None
     ) -> list[Entry]:
-        """At most one entry of ``stream`` no consumer of the group was given yet."""
+        """At most one new entry of ``stream``: a worker holds only the job it runs next."""
         reply = await redis.xreadgroup(group, consumer, {stream: ">"}, count=1, block=block)
         # redis-py types the reply for RESP3 and decoded strings too; these connections
         # speak RESP2 and decode nothing.
