@@ -24,7 +24,6 @@ import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -33,12 +32,14 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         # SQLAlchemy emits BEGIN itself (below); the driver must not emit its own.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -156,14 +157,14 @@ def ensure_sqlite_dir(url: str | URL) -> None:
     securesqlite_file(path)
 
 
-def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
-    """An async engine with the SQLite tuning above (also used by the Alembic CLI env)."""
+def create_engine(url: str | URL, *, poolclass: type[Pool] | None = None) -> AsyncEngine:
+    """An async engine with the SQLite tuning above (also used by the Alembic CLI env);
+    ``poolclass`` None is the dialect's own."""
     parsed = make_url(url)
+    connect_args: dict[str, object] = {}
     if _is_sqlite(parsed):
-        connect_args = dict(kwargs.pop("connect_args", {}))
-        connect_args.setdefault("timeout", BUSY_TIMEOUT_S)
-        kwargs["connect_args"] = connect_args
-    engine = create_async_engine(parsed, **kwargs)
+        connect_args["timeout"] = BUSY_TIMEOUT_S
+    engine = create_async_engine(parsed, poolclass=poolclass, connect_args=connect_args)
     if _is_sqlite(parsed):
         _install_sqlite_hooks(engine)
     return engine
@@ -214,8 +215,8 @@ class SerializedWrites:
         self._factory = factory
         self._lock = asyncio.Lock()
 
-    def __call__(self, **kwargs: Any) -> AsyncSession:
-        return self._factory(**kwargs)
+    def __call__(self) -> AsyncSession:
+        return self._factory()
 
     @contextlib.asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncSession]:
@@ -284,7 +285,9 @@ class Database:
             )
             await conn.exec_driver_sql(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
             try:
-                busy, _, _ = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+                # The row is (busy, log pages, pages checkpointed): only the first matters.
+                checkpoint = await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                busy = checkpoint.scalar_one()
             finally:
                 await conn.exec_driver_sql(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         if busy:

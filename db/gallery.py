@@ -16,9 +16,8 @@ import dataclasses
 import datetime as dt
 import logging
 import re
-from typing import Any
 
-from sqlalchemy import and_, literal_column, or_, select, table, text
+from sqlalchemy import ColumnElement, Integer, and_, literal_column, or_, select, table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.database import Database
@@ -102,7 +101,8 @@ def parse_cursor(cursor: str | None) -> tuple[dt.datetime, int] | None:
     return (stamp, image_id) if image_id <= MAX_ID else None
 
 
-def _scope(guild_id: int | None, user_id: int | None) -> list[Any]:
+def _scope(guild_id: int | None, user_id: int | None) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]]
     if guild_id is None:
         if user_id is None:
             raise ValueError("a gallery of direct messages belongs to one member: give user_id")
@@ -114,10 +114,10 @@ def _scope(guild_id: int | None, user_id: int | None) -> list[Any]:
     return where
 
 
-def _search_filter(session: AsyncSession, terms: list[str]) -> Any:
+def _search_filter(session: AsyncSession, terms: list[str]) -> ColumnElement[bool]:
     if session.get_bind().dialect.name == "sqlite":
         ids = (
-            select(literal_column("rowid"))
+            select(literal_column("rowid", Integer))
             .select_from(table("generations_fts"))
             .where(text("generations_fts MATCH :match").bindparams(match=fts_match(terms)))
         )

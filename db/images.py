@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.database import Database
 from db.gallery import scrub_search_index
 from db.models import ACTIVE_STATUSES, Generation, ImageRecord
-from db.queries.common import as_utc
+from db.queries.common import as_utc, rows_changed
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,12 @@ async def forget_images(db: Database, sha256s: Iterable[str]) -> int:
     removed = 0
     async with db.sessions.begin() as session:
         for chunk in _chunks(shas):
-            result = await session.execute(
+            removed += await rows_changed(
+                session,
                 delete(ImageRecord)
                 .where(ImageRecord.sha256.in_(chunk))
-                .execution_options(synchronize_session=False)
+                .execution_options(synchronize_session=False),
             )
-            removed += int(result.rowcount or 0)
     if removed:
         log.info("forgot %d stored image rows whose files were swept", removed)
     return removed
@@ -204,16 +204,17 @@ async def erase_user(db: Database, user_id: int) -> ErasedUser:
                 .where(ImageRecord.job_key.in_(chunk))
                 .execution_options(synchronize_session=False)
             )
-        result = await session.execute(
+        generations = await rows_changed(
+            session,
             delete(Generation)
             .where(Generation.user_id == user_id, Generation.status.not_in(ACTIVE_STATUSES))
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
         await session.flush()
         unreferenced = await _unreferenced(session, [sha for _, sha in doomed])
     await scrub_search_index(db)  # the erased prompts' words leave the search index too
     erased = ErasedUser(
-        generations=int(result.rowcount or 0),
+        generations=generations,
         images=len(doomed),
         unreferenced=unreferenced,
         kept_active=len(active_keys),

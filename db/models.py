@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -56,14 +55,16 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
     impl = DateTime
     cache_ok = True
 
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             return value
         return value.astimezone(dt.UTC).replace(tzinfo=None)
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:

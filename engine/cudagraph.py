@@ -17,10 +17,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 import torch
+
+from engine.diffusers_types import Forward, Transformer, TransformerOutput
+
+if TYPE_CHECKING:
+    from torch.cuda import _POOL_HANDLE
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +44,9 @@ _UNSUPPORTED = (
 
 
 class _Graph:
-    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: dict[str, torch.Tensor], out: Any):
+    def __init__(
+        self, graph: torch.cuda.CUDAGraph, inputs: dict[str, torch.Tensor], out: torch.Tensor
+    ) -> None:
         self.graph = graph
         self.inputs = inputs
         self.out = out
@@ -48,42 +55,49 @@ class _Graph:
 class GraphedForward:
     """A drop-in for ``transformer.forward`` that replays captured CUDA graphs."""
 
-    def __init__(self, forward: Callable[..., Any], max_graphs: int = MAX_GRAPHS) -> None:
+    def __init__(self, forward: Forward, max_graphs: int = MAX_GRAPHS) -> None:
         self.forward = forward
         self.max_graphs = max_graphs
         self.enabled = True
-        self.graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
-        self.pool: Any = None
+        self.graphs: OrderedDict[tuple[Hashable, ...], _Graph] = OrderedDict()
+        self.pool: _POOL_HANDLE | None = None
         self.captures = 0
         self.replays = 0
 
-    def _key(self, kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    def _graph_inputs(
+        self, kwargs: dict[str, object]
+    ) -> tuple[tuple[Hashable, ...], list[torch.Tensor]] | None:
+        """The graph's key for this call (shapes, dtypes, devices, image layout) and its input
+        tensors in ``_TENSORS`` order; None when no graph covers the call."""
         if not self.enabled or torch.is_grad_enabled():
             return None
         if any(kwargs.get(name) is not None for name in _UNSUPPORTED):
             return None
         if kwargs.get("attention_kwargs"):
             return None
-        tensors = [kwargs.get(name) for name in _TENSORS]
-        if not all(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors):
+        tensors = [
+            t for name in _TENSORS if isinstance(t := kwargs.get(name), torch.Tensor) and t.is_cuda
+        ]
+        if len(tensors) != len(_TENSORS):
             return None
         shapes = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
-        return (*shapes, repr(kwargs.get("img_shapes")))
+        return (*shapes, repr(kwargs.get("img_shapes"))), tensors
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key = None if args else self._key(kwargs)
-        if key is None:
+    def __call__(self, *args: object, **kwargs: object) -> TransformerOutput:
+        found = None if args else self._graph_inputs(kwargs)
+        if found is None:
             return self.forward(*args, **kwargs)
+        key, tensors = found
         entry = self.graphs.get(key)
         if entry is None:
-            entry = self._capture(kwargs)
+            entry = self._capture(kwargs, tensors)
             self.graphs[key] = entry
             while len(self.graphs) > self.max_graphs:
                 self.graphs.popitem(last=False)
         else:
             self.graphs.move_to_end(key)
-        for name in _TENSORS:
-            entry.inputs[name].copy_(kwargs[name])
+        for name, tensor in zip(_TENSORS, tensors, strict=True):
+            entry.inputs[name].copy_(tensor)
         entry.graph.replay()
         self.replays += 1
         out = entry.out.clone()
@@ -93,11 +107,11 @@ class GraphedForward:
             return Transformer2DModelOutput(sample=out)
         return (out,)
 
-    def _capture(self, kwargs: dict[str, Any]) -> _Graph:
+    def _capture(self, kwargs: dict[str, object], tensors: list[torch.Tensor]) -> _Graph:
         started = time.perf_counter()
-        inputs = {name: kwargs[name].clone() for name in _TENSORS}
+        inputs = {name: tensor.clone() for name, tensor in zip(_TENSORS, tensors, strict=True)}
         call = {**kwargs, **inputs, "return_dict": False}
-        stream = torch.cuda.Stream()
+        stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]  # unannotated in torch
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up off the default stream, as capture needs
             for _ in range(WARM_CALLS if self.captures else WARM_CALLS_FIRST):
@@ -107,7 +121,7 @@ class GraphedForward:
         # One memory pool for every shape: replays never overlap and each output is copied
         # out at once, so no graph's memory is live while another one runs.
         with torch.cuda.graph(graph, pool=self.pool):
-            out = self.forward(**call)[0]
+            out: torch.Tensor = self.forward(**call)[0]
         self.pool = graph.pool()
         self.captures += 1
         logger.info(
@@ -123,7 +137,7 @@ class GraphedForward:
         self.pool = None
 
 
-def install(transformer: Any) -> GraphedForward:
+def install(transformer: Transformer) -> GraphedForward:
     """Wrap ``transformer.forward`` (whatever is installed there now) in graphs."""
     current = transformer.forward
     if isinstance(current, GraphedForward):

@@ -93,6 +93,7 @@ class FairQueue(Generic[T]):
             user_id = min(self._lines, key=lambda u: self._lines[u].key())
             return self._take(user_id, self._lines[user_id].jobs[0][0])
         head: str | None = None
+        chosen: str | None = None
         passed: list[str] = []
         for key in self.order():
             group = self._group[key]
@@ -101,19 +102,19 @@ class FairQueue(Generic[T]):
             if head is None:
                 head = key
             if prefer is None or group == prefer:
+                chosen = key
                 break
             passed.append(key)
         else:
-            key = head  # nothing of the preferred group: the oldest job that may run
-        if key is None:
+            chosen = head  # nothing of the preferred group: the oldest job that may run
+        if chosen is None or head is None:
             return None
-        if key != head and any(self._jumped[k] >= self.max_jumps for k in passed):
-            key = head  # someone was jumped often enough: it goes now, swap or not
-        if key != head:
+        if chosen != head and any(self._jumped[k] >= self.max_jumps for k in passed):
+            chosen = head  # someone was jumped often enough: it goes now, swap or not
+        if chosen != head:
             for other in passed:
                 self._jumped[other] += 1
-        assert key is not None
-        return self._take(self._owner[key], key)
+        return self._take(self._owner[chosen], chosen)
 
     def _take(self, user_id: int, key: str) -> tuple[str, T]:
         """Serve ``key`` (any of the user's waiting jobs): it counts as the user's turn."""

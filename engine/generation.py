@@ -17,13 +17,13 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, OutputImage
+from engine.diffusers_types import Pipeline, Scheduler
 from engine.generator import JobControl, Plan
 from engine.pnginfo import a1111_parameters
 from engine.presets import MAX_SEED
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 StopAgreement = Callable[[FailureKind | None], FailureKind | None]
 
 # Lightning's distilled sampler: a fixed shift of 3 (log(3) on both ends), no terminal shift.
-LIGHTNING_SCHEDULER_OVERRIDES: dict[str, Any] = {
+LIGHTNING_SCHEDULER_OVERRIDES: dict[str, object] = {
     "base_shift": math.log(3),
     "max_shift": math.log(3),
     "shift_terminal": None,
@@ -56,14 +56,14 @@ class LightningModes:
     weights itself), replaces PEFT's enable/disable.
     """
 
-    pipe: Any
+    pipe: Pipeline
     fast_available: bool
     lora_adapter: str
     lora_switch: Callable[[bool], None] | None = None
 
     def _init_modes(self) -> None:
         self._base_scheduler = self.pipe.scheduler
-        self._fast_scheduler = None
+        self._fast_scheduler: Scheduler | None = None
         if self.fast_available:
             self._fast_scheduler = type(self.pipe.scheduler).from_config(
                 {**dict(self.pipe.scheduler.config), **LIGHTNING_SCHEDULER_OVERRIDES}
@@ -80,12 +80,15 @@ class LightningModes:
             self.pipe.set_adapters([self.lora_adapter], adapter_weights=[1.0])
         else:
             self.pipe.disable_lora()
-        self.pipe.scheduler = self._fast_scheduler if fast else self._base_scheduler
+        if fast and self._fast_scheduler is not None:  # fast_available: it was made
+            self.pipe.scheduler = self._fast_scheduler
+        else:
+            self.pipe.scheduler = self._base_scheduler
         self._lora_active = fast
 
 
 def load_lightning_lora(
-    pipe: Any,
+    pipe: Pipeline,
     source: str,
     weight_name: str | None,
     adapter: str,
@@ -151,7 +154,9 @@ class StepWatch:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    def __call__(self, pipe: Any, index: int, _t: object, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def __call__(
+        self, pipe: Pipeline, index: int, _t: object, kwargs: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         if self.delay_s:
             time.sleep(self.delay_s)
         step, total = index + 1, self.total
@@ -201,11 +206,11 @@ def call_arguments(
     seed: int,
     max_sequence_length: int,
     callback: StepWatch | None = None,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """The arguments every Qwen-Image pipeline call here takes from a plan. True CFG runs only
     with a negative prompt (an empty one means none); the noise comes from a CPU generator,
     so one seed makes the same image on any device."""
-    arguments: dict[str, Any] = {
+    arguments: dict[str, object] = {
         "prompt": prompt,
         "negative_prompt": plan.negative_prompt or None,
         "true_cfg_scale": plan.true_cfg_scale,

@@ -14,11 +14,12 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import torch
 
 from engine.devices import EngineUnavailable, choose_memory_mode, resolve_device, resolve_dtype
+from engine.diffusers_types import Pipeline
 from engine.generation import load_lightning_lora
 from engine.prefetch import read_ahead
 from engine.settings import EngineSettings, MemoryMode
@@ -33,7 +34,7 @@ LORA_ADAPTER = "lightning"
 class LoadedPipeline:
     """A pipeline on its device, and what was decided while loading it."""
 
-    pipe: Any
+    pipe: Pipeline
     device: torch.device
     dtype: torch.dtype
     memory_mode: MemoryMode
@@ -43,12 +44,15 @@ class LoadedPipeline:
 
 def load_pipeline(settings: EngineSettings) -> LoadedPipeline:
     """Load the pipeline once. Refuses the real model on a CPU before downloading anything."""
-    from diffusers import QwenImagePipeline
+    # The defining module: to a type checker ``diffusers.QwenImagePipeline`` is diffusers'
+    # untyped placeholder (engine.diffusers_types says why).
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage import QwenImagePipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    # transformers leaves it unannotated.
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     check_model_source(settings.model, "IMAGINE_MODEL")
     device = resolve_device(settings.device)
@@ -82,10 +86,15 @@ def load_pipeline(settings: EngineSettings) -> LoadedPipeline:
         cache=settings.hf_cache_dir,
         enabled=settings.prefetch_weights,
     ):
-        pipe = QwenImagePipeline.from_pretrained(
-            settings.model,
-            dtype=dtype,
-            cache_dir=str(settings.hf_cache_dir) if settings.hf_cache_dir else None,
+        # Its modules are registered at run time, so diffusers' class declares none of what
+        # the engine uses: here it becomes the engine's view of a pipeline.
+        pipe = cast(
+            Pipeline,
+            QwenImagePipeline.from_pretrained(
+                settings.model,
+                dtype=dtype,
+                cache_dir=str(settings.hf_cache_dir) if settings.hf_cache_dir else None,
+            ),
         )
         pipe.set_progress_bar_config(disable=True)
         fast_available = load_lightning(pipe, lora, lora_weight)
@@ -130,7 +139,7 @@ def lightning_source(settings: EngineSettings, tiny: bool) -> tuple[str, str]:
     return settings.lightning_lora, settings.lightning_weight_name
 
 
-def load_lightning(pipe: Any, source: str, weight_name: str) -> bool:
+def load_lightning(pipe: Pipeline, source: str, weight_name: str) -> bool:
     """Load the Lightning LoRA for fast mode; on failure fast mode falls back to standard."""
     return load_lightning_lora(
         pipe,
@@ -144,7 +153,7 @@ def load_lightning(pipe: Any, source: str, weight_name: str) -> bool:
     )
 
 
-def place(pipe: Any, memory_mode: MemoryMode, device: torch.device) -> None:
+def place(pipe: Pipeline, memory_mode: MemoryMode, device: torch.device) -> None:
     """Put the pipeline where the memory mode says: all on the device, or offloaded."""
     if memory_mode == MemoryMode.RESIDENT:
         pipe.to(device)

@@ -9,7 +9,8 @@ can scrape the bot (``bot/metrics.py``) and every worker without clashes.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -78,7 +79,7 @@ class WorkerMetrics:
         )
         self.info = Info("imagine_worker", "GPU, model and memory mode", registry=self.registry)
 
-    def describe(self, details: dict[str, Any]) -> None:
+    def describe(self, details: Mapping[str, object]) -> None:
         self.info.info({k: str(v) for k, v in details.items() if v is not None})
 
     def outcome(self, outcome: str) -> None:
@@ -87,7 +88,7 @@ class WorkerMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> Any:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> WSGIServer | None:
         """Start the /metrics HTTP server on a daemon thread; returns the server (or None)."""
         if not port:
             return None

@@ -16,11 +16,12 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from engine.contract import TASK_GENERATE, FailureKind, JobFailed, JobRequest, JobResult, Mode
+from engine.diffusers_types import Pipeline
 from engine.generation import (
     LightningModes,
     StepWatch,
@@ -63,7 +64,7 @@ class ImageGenerator(LightningModes, Generator):
 
     def __init__(
         self,
-        pipe: Any,
+        pipe: Pipeline,
         settings: EngineSettings,
         *,
         device: torch.device,
@@ -152,9 +153,10 @@ class ImageGenerator(LightningModes, Generator):
     def preferred_task(self) -> str | None:
         return None
 
-    def img2img_pipeline(self) -> Any:
+    def img2img_pipeline(self) -> Pipeline:
         """The ``QwenImageImg2ImgPipeline`` over this pipeline's modules (built on first use)."""
-        return self._img2img.get(self.pipe)
+        view: Pipeline = self._img2img.get(self.pipe)  # engine.img2img leaves it untyped
+        return view
 
     # --------------------------------------------------------------- generation
     def plan(self, request: JobRequest) -> Plan:
@@ -233,7 +235,8 @@ class ImageGenerator(LightningModes, Generator):
         if self.swap is not None:
             self.swap.activate(self.model_name)
         self._set_mode(plan.mode == Mode.FAST)
-        pipe, image_kwargs = self.pipe, {}
+        pipe = self.pipe
+        image_kwargs: dict[str, object] = {}
         if init_image is not None:
             pipe = self.img2img_pipeline()  # after _set_mode: it follows the scheduler
             image_kwargs = {"image": init_image, "strength": plan.strength}

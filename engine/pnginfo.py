@@ -16,14 +16,17 @@ of our own. No imaging library here: this only formats text.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Mapping
+
+# A plan's PNG parameters (``Plan.png_parameters``), by name.
+Parameters = Mapping[str, str | int | float]
 
 # Qwen-Image samples with diffusers' FlowMatchEulerDiscreteScheduler: Euler steps on the flow.
 SAMPLER = "Euler"
 NEGATIVE_MARKER = "Negative prompt:"
 
 
-def a1111_parameters(parameters: dict[str, Any]) -> str:
+def a1111_parameters(parameters: Parameters) -> str:
     """The ``parameters`` chunk for a generation's parameters (as ``ImageGenerator.plan``
     builds them); keys that are missing are left out."""
     prompt = str(parameters.get("full_prompt") or parameters.get("instruction") or "")
@@ -32,7 +35,7 @@ def a1111_parameters(parameters: dict[str, Any]) -> str:
     negative = str(parameters.get("negative_prompt") or "").strip()
     if negative:
         lines.append(f"{NEGATIVE_MARKER} {_prompt_text(negative)}")
-    pairs: list[tuple[str, Any]] = [
+    pairs: list[tuple[str, object]] = [
         ("Steps", parameters.get("steps")),
         ("Sampler", SAMPLER if "steps" in parameters else None),
         ("CFG scale", _number(parameters.get("true_cfg_scale"))),
@@ -66,14 +69,14 @@ def _quote(value: str) -> str:
     return value
 
 
-def _number(value: Any) -> str | None:
+def _number(value: str | int | float | None) -> str | None:
     return None if value is None else f"{float(value):g}"
 
 
-def _size(parameters: dict[str, Any]) -> str | None:
+def _size(parameters: Parameters) -> str | None:
     width, height = parameters.get("width"), parameters.get("height")
     return f"{width}x{height}" if width and height else None
 
 
-def _style(name: Any) -> str | None:
+def _style(name: object) -> str | None:
     return None if name in (None, "", "none") else str(name)

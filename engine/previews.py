@@ -36,11 +36,12 @@ import io
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from engine.diffusers_types import Pipeline, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def estimate_x0(
     return (sigma_next * previous.float() - sigma_t * current.float()) / denominator
 
 
-def decode_preview(pipe: Any, packed_x0: torch.Tensor, width: int, height: int) -> bytes:
+def decode_preview(pipe: Pipeline, packed_x0: torch.Tensor, width: int, height: int) -> bytes:
     """A JPEG of at most ``PREVIEW_MAX_SIDE`` px on its long side from packed latents."""
     factor = int(pipe.vae_scale_factor)
     latents = pipe._unpack_latents(packed_x0, height, width, factor)[:, :, 0]  # B, C, h, w
@@ -109,7 +110,7 @@ class PreviewMaker:
             return False
         return self._last_at is None or self.clock() - self._last_at >= self.interval_s
 
-    def observe(self, pipe: Any, step: int, latents: torch.Tensor) -> bytes | None:
+    def observe(self, pipe: Pipeline, step: int, latents: torch.Tensor) -> bytes | None:
         """Called from ``callback_on_step_end`` with the latents after ``step``; returns a JPEG
         when this step gets a preview. Never raises."""
         previous, self._previous = self._previous, latents  # a reference: the step made a copy
@@ -130,7 +131,7 @@ class PreviewMaker:
         return preview
 
 
-def _step_sigmas(scheduler: Any) -> tuple[float, float] | None:
+def _step_sigmas(scheduler: Scheduler) -> tuple[float, float] | None:
     """(sigma_t, sigma_next) of the step the scheduler just took, or None if unusable."""
     if getattr(scheduler.config, "stochastic_sampling", False):
         return None

@@ -177,7 +177,7 @@ def _variable(loc: tuple[int | str, ...]) -> str:
     return ".".join([name, *rest])
 
 
-def _secret_inputs(loc: tuple[int | str, ...], value: Any) -> list[str]:
+def _secret_inputs(loc: tuple[int | str, ...], value: object) -> list[str]:
     """The inputs of secret-looking fields: those of a rule across fields, or the field's own."""
     found: list[str] = []
     if isinstance(value, dict):

@@ -13,6 +13,10 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformer2DModel
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +93,8 @@ def _train_tokenizer(out_dir: Path) -> None:
     tok.train_from_iterator(_CORPUS, trainer=trainer)
     with tempfile.TemporaryDirectory() as tmp:
         vocab_file, merges_file = tok.model.save(tmp)
-        kwargs = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+        # transformers annotates ``merges`` as strings and ``unk_token`` as always set: its BPE
+        # takes (left, right) pairs too, and Qwen's tokenizer has no unknown token.
         try:  # transformers 5: the tokenizer takes the vocabulary and merges themselves
             vocab = json.loads(Path(vocab_file).read_text())
             merges = [
@@ -97,10 +102,22 @@ def _train_tokenizer(out_dir: Path) -> None:
                 for line in Path(merges_file).read_text().splitlines()
                 if line and not line.startswith("#version")
             ]
-            qwen_tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, **kwargs)
+            qwen_tok = Qwen2Tokenizer(
+                vocab=vocab,
+                merges=merges,  # type: ignore[arg-type]
+                unk_token=None,  # type: ignore[arg-type]
+                bos_token=None,
+                eos_token="<|im_end|>",
+                pad_token="<|endoftext|>",
+            )
         except TypeError:  # transformers 4: file paths
             qwen_tok = Qwen2Tokenizer(
-                vocab_file=vocab_file, merges_file=merges_file, unk_token=None, **kwargs
+                vocab_file=vocab_file,
+                merges_file=merges_file,
+                unk_token=None,  # type: ignore[arg-type]
+                bos_token=None,
+                eos_token="<|im_end|>",
+                pad_token="<|endoftext|>",
             )
         qwen_tok.add_special_tokens({"additional_special_tokens": _SPECIAL[1:] + _VISION_SPECIAL})
         qwen_tok.model_max_length = 2048
@@ -110,14 +127,16 @@ def _train_tokenizer(out_dir: Path) -> None:
 TINY_TEXT_HIDDEN = 32
 
 
-def tiny_transformer(**overrides: object) -> object:
+def tiny_transformer(**overrides: object) -> QwenImageTransformer2DModel:
     """A random ``QwenImageTransformer2DModel`` with the real block structure, shrunk.
 
     The text width must match the tiny encoder's hidden size, and ``axes_dims_rope`` must sum
     to ``attention_head_dim``. The edit checkpoint passes ``zero_cond_t=True`` like
     Qwen-Image-Edit-2511's transformer config.
     """
-    from diffusers import QwenImageTransformer2DModel
+    # The defining module: to a type checker ``diffusers.QwenImageTransformer2DModel`` is
+    # diffusers' untyped placeholder (engine.diffusers_types says why).
+    from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformer2DModel
 
     config: dict[str, object] = {
         "patch_size": 2,
@@ -131,29 +150,36 @@ def tiny_transformer(**overrides: object) -> object:
         "axes_dims_rope": (8, 4, 4),
     }
     config.update(overrides)
-    return QwenImageTransformer2DModel(**config)
+    model: QwenImageTransformer2DModel = QwenImageTransformer2DModel(**config)
+    return model
 
 
 def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random ``QwenImagePipeline`` to ``out_dir`` and return the path."""
     import torch
-    from diffusers import (
-        AutoencoderKLQwenImage,
+    from diffusers.models.autoencoders.autoencoder_kl_qwenimage import AutoencoderKLQwenImage
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage import QwenImagePipeline
+    from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
         FlowMatchEulerDiscreteScheduler,
-        QwenImagePipeline,
     )
     from transformers import (
-        AutoTokenizer,
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
+        Qwen2Tokenizer,
     )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok_dir = out / "tokenizer"
     _train_tokenizer(tok_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    tokenizer = Qwen2Tokenizer.from_pretrained(tok_dir)
     vocab = len(tokenizer)
+
+    def token_id(token: str) -> int:
+        found = tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(found, int):  # one token in, one id out
+            raise TypeError(f"no single id for {token!r}")
+        return found
 
     torch.manual_seed(seed)
     hidden = TINY_TEXT_HIDDEN
@@ -169,7 +195,9 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
         latents_std=[1.0] * 16,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(**QWEN_IMAGE_SCHEDULER)
-    config = Qwen2_5_VLConfig(
+    # The flat keys after vision_config are stored on the config as they are; the config's
+    # dataclass signature does not list them.
+    config = Qwen2_5_VLConfig(  # type: ignore[call-arg]
         text_config={
             "hidden_size": hidden,
             "intermediate_size": 64,
@@ -180,8 +208,8 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
             "rope_theta": 1000000.0,
             "vocab_size": vocab,
             "max_position_embeddings": 2048,
-            "bos_token_id": tokenizer.convert_tokens_to_ids("<|im_start|>"),
-            "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            "bos_token_id": token_id("<|im_start|>"),
+            "eos_token_id": token_id("<|im_end|>"),
             "pad_token_id": tokenizer.pad_token_id,
         },
         vision_config={
@@ -193,16 +221,17 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
         },
         hidden_size=hidden,
         vocab_size=vocab,
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
-        vision_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+        vision_token_id=token_id("<|vision_start|>"),
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
+        bos_token_id=token_id("<|im_start|>"),
+        eos_token_id=token_id("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
     )
-    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    text_encoder.eval()  # type: ignore[no-untyped-call]  # transformers leaves eval() unannotated
     pipe = QwenImagePipeline(
         scheduler=scheduler,
         vae=vae,
@@ -219,7 +248,9 @@ def build_tiny_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def write_random_lora(transformer: object, path: str | Path, *, rank: int, seed: int = 0) -> Path:
+def write_random_lora(
+    transformer: QwenImageTransformer2DModel, path: str | Path, *, rank: int, seed: int = 0
+) -> Path:
     """A random LoRA in the Lightning files' layout (``lora_down``/``lora_up``/``alpha`` per
     block linear), so fast mode loads through the same ``load_lora_weights`` path as the real
     file. Works for the tiny and the full-size transformer (the GPU benchmark uses it)."""
@@ -228,11 +259,13 @@ def write_random_lora(transformer: object, path: str | Path, *, rank: int, seed:
 
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
-    modules = dict(transformer.named_modules())  # type: ignore[attr-defined]
-    for index in range(len(transformer.transformer_blocks)):  # type: ignore[attr-defined]
+    modules = dict(transformer.named_modules())
+    for index in range(len(transformer.transformer_blocks)):
         for target in LORA_TARGETS:
             name = f"transformer_blocks.{index}.{target}"
             linear = modules[name]
+            if not isinstance(linear, torch.nn.Linear):
+                raise TypeError(f"{name} is not a linear layer")
             down = torch.randn(rank, linear.in_features, generator=generator) * 0.01
             up = torch.randn(linear.out_features, rank, generator=generator) * 0.01
             tensors[f"{name}.lora_down.weight"] = down.to(torch.bfloat16)
@@ -244,12 +277,24 @@ def write_random_lora(transformer: object, path: str | Path, *, rank: int, seed:
     return target_path
 
 
-def tiny_defaults(model_path: str | Path) -> dict[str, object] | None:
+class TinyMarker(TypedDict, total=False):
+    """What the marker file holds (the edit build adds its image areas)."""
+
+    tiny: bool
+    edit: bool
+    max_side: int
+    seed: int
+    edit_condition_area: int
+    edit_vae_area: int
+
+
+def tiny_defaults(model_path: str | Path) -> TinyMarker | None:
     """The tiny marker's contents when ``model_path`` is a tiny model folder, else None."""
     marker = Path(model_path) / TINY_MARKER
     if not marker.is_file():
         return None
-    return json.loads(marker.read_text())
+    contents: TinyMarker = json.loads(marker.read_text())  # written by the builders below
+    return contents
 
 
 # The tiny edit checkpoint: its transformer comes from another seed, everything else is the
@@ -287,7 +332,7 @@ def build_tiny_edit_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed + TINY_EDIT_SEED_OFFSET)
     transformer = tiny_transformer(zero_cond_t=True)
     shutil.rmtree(out / "transformer")
-    transformer.save_pretrained(out / "transformer")  # type: ignore[attr-defined]
+    transformer.save_pretrained(out / "transformer")
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
     min_pixels, max_pixels = TINY_VISION_PIXELS
     image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
@@ -300,7 +345,7 @@ def build_tiny_edit_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
     index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     lora = out / TINY_LORA_DIR / TINY_LORA_FILE
     write_random_lora(transformer, lora, rank=4, seed=seed + TINY_EDIT_SEED_OFFSET)
-    marker = {
+    marker: TinyMarker = {
         "tiny": True,
         "edit": True,
         "max_side": TINY_MAX_SIDE,

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import os
 from logging.config import fileConfig
+from typing import Literal
 
 from alembic import context
 from sqlalchemy import pool
@@ -40,7 +41,7 @@ def _url() -> str:
     )
 
 
-def _render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+def _render_item(type_: str, obj: object, autogen_context: object) -> str | Literal[False]:
     # Migrations stay frozen plain SQL types, never importing today's Python-side types.
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime()"
@@ -53,15 +54,26 @@ def _include_name(name: str | None, type_: str, parent_names: object) -> bool:
     return not (type_ == "table" and name is not None and name.startswith("generations_fts"))
 
 
-def _configure(**kwargs: object) -> None:
+def _configure(
+    *,
+    connection: Connection | None = None,
+    url: str | None = None,
+    transactional_ddl: bool | None = None,
+    literal_binds: bool = False,
+    dialect_opts: dict[str, str] | None = None,
+) -> None:
     context.configure(
+        connection=connection,
+        url=url,
+        transactional_ddl=transactional_ddl,
+        literal_binds=literal_binds,
+        dialect_opts=dialect_opts,
         target_metadata=target_metadata,
         render_item=_render_item,
         include_name=_include_name,
         # SQLite cannot ALTER most things: batch mode copies the table instead.
         render_as_batch=True,
         compare_type=True,
-        **kwargs,
     )
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Mapping
+from typing import cast
 
+from sqlalchemy import ColumnElement, CursorResult, Delete, Update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import DM_GUILD_ID, Generation
+from db.models import DM_GUILD_ID, Base, Generation
 
 
 def utcnow() -> dt.datetime:
@@ -33,16 +35,30 @@ def quota_guild(guild_id: int | None) -> int:
     return DM_GUILD_ID if guild_id is None else guild_id
 
 
-def same_guild(guild_id: int | None) -> Any:
+def same_guild(guild_id: int | None) -> ColumnElement[bool]:
     """A WHERE clause for generations in this guild (None: in direct messages)."""
     return Generation.guild_id.is_(None) if guild_id is None else Generation.guild_id == guild_id
 
 
-async def insert_ignore(session: AsyncSession, model: type[Any], values: dict[str, Any]) -> None:
+async def insert_ignore(
+    session: AsyncSession, model: type[Base], values: Mapping[str, object]
+) -> None:
     """INSERT ... ON CONFLICT DO NOTHING in the dialect at hand (SQLite, or PostgreSQL)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects import postgresql
+
+        await session.execute(postgresql.insert(model).values(**values).on_conflict_do_nothing())
     else:
-        from sqlalchemy.dialects.sqlite import insert
-    await session.execute(insert(model).values(**values).on_conflict_do_nothing())
+        from sqlalchemy.dialects import sqlite
+
+        await session.execute(sqlite.insert(model).values(**values).on_conflict_do_nothing())
+
+
+async def rows_changed(session: AsyncSession, statement: Update | Delete) -> int:
+    """The rows an UPDATE or DELETE (without RETURNING) changed, read in one place: the ORM
+    answers such a statement with a CursorResult, but a session cannot promise one for every
+    statement, so ``execute`` is typed to return a plain Result (no ``rowcount``)."""
+    result = await session.execute(statement)
+    # SQLAlchemy's own advice (changelog 2.0.44) where the statement is known to be DML.
+    return cast("CursorResult[*tuple[object, ...]]", result).rowcount or 0

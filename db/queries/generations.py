@@ -8,7 +8,6 @@ import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -16,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.database import Database
 from db.models import ACTIVE_STATUSES, Generation, GenerationStatus
-from db.queries.common import as_utc, limit_or_none, quota_guild, same_guild
+from db.queries.common import as_utc, limit_or_none, quota_guild, rows_changed, same_guild
 from db.queries.quota import (
     QuotaExceeded,
     TooManyQueued,
@@ -168,13 +167,14 @@ async def reserve_generation(
 async def mark_running(db: Database, job_key: str, *, now: dt.datetime | None = None) -> bool:
     """queued -> running; False (and no change) if the job is not queued."""
     async with db.sessions.begin() as session:
-        result = await session.execute(
+        changed = await rows_changed(
+            session,
             update(Generation)
             .where(Generation.job_key == job_key, Generation.status == GenerationStatus.QUEUED)
             .values(status=GenerationStatus.RUNNING, started_at=as_utc(now))
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        return bool(result.rowcount)
+        return bool(changed)
 
 
 async def set_message(
@@ -189,19 +189,20 @@ async def set_message(
 
     Returns False if there is no such job.
     """
-    values: dict[str, Any] = {"message_id": message_id}
+    values: dict[str, int | str | None] = {"message_id": message_id}
     if channel_id is not None:
         values["channel_id"] = channel_id
     if interaction_token is not None:
         values["interaction_token"] = interaction_token
     async with db.sessions.begin() as session:
-        result = await session.execute(
+        changed = await rows_changed(
+            session,
             update(Generation)
             .where(Generation.job_key == job_key)
             .values(**values)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        return bool(result.rowcount)
+        return bool(changed)
 
 
 def _apply_result(gen: Generation, result: JobResultFields, now: dt.datetime) -> None:
@@ -372,10 +373,10 @@ async def forget_expired_tokens(db: Database, *, now: dt.datetime | None = None)
     """Drop interaction tokens older than Discord's 15 minutes: useless, and still secrets."""
     cutoff = as_utc(now) - INTERACTION_TOKEN_TTL
     async with db.sessions.begin() as session:
-        result = await session.execute(
+        return await rows_changed(
+            session,
             update(Generation)
             .where(Generation.interaction_token.is_not(None), Generation.created_at < cutoff)
             .values(interaction_token=None)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        return int(result.rowcount or 0)

@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.database import Database
 from db.models import ACTIVE_STATUSES, Generation, QuotaUsage
-from db.queries.common import as_utc, insert_ignore, limit_or_none, quota_guild, same_guild
+from db.queries.common import (
+    as_utc,
+    insert_ignore,
+    limit_or_none,
+    quota_guild,
+    rows_changed,
+    same_guild,
+)
 
 
 class QuotaExceeded(Exception):
@@ -79,13 +86,14 @@ async def charge(
         QuotaUsage.user_id == user_id,
         QuotaUsage.day == day,
     )
-    result = await session.execute(
+    taken = await rows_changed(
+        session,
         update(QuotaUsage)
         .where(*key, QuotaUsage.used < limit)
         .values(used=QuotaUsage.used + 1)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if result.rowcount == 1:
+    if taken == 1:
         return None
     return int(await session.scalar(select(QuotaUsage.used).where(*key)) or 0)
 

@@ -18,7 +18,7 @@ from sqlalchemy import delete, or_, select
 from db.database import Database
 from db.gallery import scrub_search_index
 from db.models import ACTIVE_STATUSES, Generation, ImageRecord
-from db.queries.common import as_utc
+from db.queries.common import as_utc, rows_changed
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,16 @@ async def prune_history(
             )
             rows = (await session.execute(select(ImageRecord.sha256).where(owned))).scalars()
             shas = set(rows.all())
-            removed = await session.execute(
-                delete(ImageRecord).where(owned).execution_options(synchronize_session=False)
+            images += await rows_changed(
+                session,
+                delete(ImageRecord).where(owned).execution_options(synchronize_session=False),
             )
-            images += int(removed.rowcount or 0)
-            result = await session.execute(
+            generations += await rows_changed(
+                session,
                 delete(Generation)
                 .where(Generation.job_key.in_(keys))
-                .execution_options(synchronize_session=False)
+                .execution_options(synchronize_session=False),
             )
-            generations += int(result.rowcount or 0)
             await session.flush()
             if shas:
                 still = set(

@@ -4,14 +4,13 @@ templates, which shadow a built-in of the same name in that guild."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from db.database import Database
 from db.models import BUILTIN_GUILD_ID, Style
-from db.queries.common import utcnow
+from db.queries.common import rows_changed, utcnow
 
 MAX_STYLE_NAME = 64
 
@@ -56,9 +55,9 @@ async def sync_builtin_styles(db: Database, styles: Iterable[tuple[str, str, str
             await session.scalars(select(Style).where(Style.guild_id == BUILTIN_GUILD_ID))
         ).all()
         existing = {row.name_key: row for row in rows}
-        for key, row in existing.items():
+        for key, old in existing.items():
             if key not in wanted:
-                await session.delete(row)
+                await session.delete(old)
         for key, (name, template, negative, description) in wanted.items():
             row = existing.get(key)
             if row is None:
@@ -86,7 +85,7 @@ async def sync_builtin_styles(db: Database, styles: Iterable[tuple[str, str, str
                 row.updated_at = now
 
 
-def _guild_scope(guild_id: int | None) -> Any:
+def _guild_scope(guild_id: int | None) -> ColumnElement[bool]:
     if guild_id is None or guild_id == BUILTIN_GUILD_ID:
         return Style.guild_id == BUILTIN_GUILD_ID
     return Style.guild_id.in_((BUILTIN_GUILD_ID, guild_id))
@@ -188,7 +187,8 @@ async def remove_style(db: Database, guild_id: int, name: str) -> bool:
     if guild_id == BUILTIN_GUILD_ID:
         return False
     async with db.sessions.begin() as session:
-        result = await session.execute(
-            delete(Style).where(Style.guild_id == guild_id, Style.name_key == style_key(name))
+        removed = await rows_changed(
+            session,
+            delete(Style).where(Style.guild_id == guild_id, Style.name_key == style_key(name)),
         )
-        return bool(result.rowcount)
+        return bool(removed)

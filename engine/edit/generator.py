@@ -24,8 +24,9 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import torch
 from PIL import Image
@@ -42,6 +43,7 @@ from engine.contract import (
     Mode,
 )
 from engine.devices import EngineUnavailable
+from engine.diffusers_types import Pipeline
 from engine.edit.images import decode_edit_image, edit_output_size
 from engine.edit.processor import edit_image_sizes, load_processor
 from engine.edit.sharing import same_weights
@@ -85,7 +87,7 @@ class EditGenerator(LightningModes, Generator):
 
     def __init__(
         self,
-        pipe: Any,
+        pipe: Pipeline,
         base: ImageGenerator,
         *,
         settings: EngineSettings,
@@ -125,7 +127,11 @@ class EditGenerator(LightningModes, Generator):
     def load(cls, base: ImageGenerator, settings: EngineSettings | None = None) -> EditGenerator:
         """Load ``settings.edit_model`` next to ``base``. Raises ``EditUnavailable`` when editing
         is off (empty setting) and ``EngineUnavailable`` for the real model on a CPU."""
-        from diffusers import QwenImageEditPlusPipeline
+        # The defining module: to a type checker ``diffusers.QwenImageEditPlusPipeline`` is
+        # diffusers' untyped placeholder (engine.diffusers_types says why).
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
+            QwenImageEditPlusPipeline,
+        )
 
         settings = settings or base.settings
         source = settings.edit_model.strip()
@@ -142,7 +148,7 @@ class EditGenerator(LightningModes, Generator):
         cache_dir = str(settings.hf_cache_dir) if settings.hf_cache_dir else None
         resident = base.memory_mode == MemoryMode.RESIDENT
         shared: dict[str, str] = {}
-        components: dict[str, Any] = {}
+        components: dict[str, object] = {}
         for name in SHARABLE:
             if not resident:
                 shared[name] = f"not shared: memory mode {base.memory_mode} offloads each pipeline"
@@ -162,8 +168,13 @@ class EditGenerator(LightningModes, Generator):
             skip=components,  # shared with the base pipeline: already in memory
         ):
             components["processor"] = load_processor(source, cache_dir)
-            pipe = QwenImageEditPlusPipeline.from_pretrained(
-                source, dtype=base.dtype, cache_dir=cache_dir, **components
+            # Its modules are registered at run time, so diffusers' class declares none of what
+            # the engine uses: here it becomes the engine's view of a pipeline.
+            pipe = cast(
+                Pipeline,
+                QwenImageEditPlusPipeline.from_pretrained(
+                    source, dtype=base.dtype, cache_dir=cache_dir, **components
+                ),
             )
             pipe.set_progress_bar_config(disable=True)
             fast_available = cls._load_lightning(pipe, settings)
@@ -185,7 +196,7 @@ class EditGenerator(LightningModes, Generator):
         return editor
 
     @staticmethod
-    def _load_lightning(pipe: Any, settings: EngineSettings) -> bool:
+    def _load_lightning(pipe: Pipeline, settings: EngineSettings) -> bool:
         """The edit Lightning LoRA for fast edits; without one, fast edits run standard."""
         lora, weight_name = (
             settings.edit_lightning_lora.strip(),
@@ -210,7 +221,7 @@ class EditGenerator(LightningModes, Generator):
 
     @staticmethod
     def _place(
-        pipe: Any, base: ImageGenerator, source: str, shared: dict[str, Any]
+        pipe: Pipeline, base: ImageGenerator, source: str, shared: Mapping[str, object]
     ) -> TransformerSwap | None:
         """Put the edit pipeline's own modules where they run; the shared ones stay put."""
         device = base.device

@@ -26,7 +26,6 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from transformers import Qwen2VLProcessor
 
@@ -44,13 +43,16 @@ class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
 
     def __init__(
         self,
-        image_processor: Any = None,
-        tokenizer: Any = None,
+        image_processor: object = None,
+        tokenizer: object = None,
         chat_template: str | None = None,
-        **kwargs: Any,
+        **kwargs: object,
     ) -> None:
         # ProcessorMixin takes its sub-processor names from this signature: no video_processor.
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+        # (transformers leaves Qwen2VLProcessor.__init__ unannotated.)
+        super().__init__(  # type: ignore[no-untyped-call]
+            image_processor, tokenizer, None, chat_template=chat_template, **kwargs
+        )
 
 
 def load_processor(source: str, cache_dir: str | None = None) -> ImageOnlyQwen2VLProcessor:

@@ -26,7 +26,6 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +43,11 @@ class Fingerprint:
     """What identifies one component: its weight files' SHA-256 and its normalised config."""
 
     weights: dict[str, str]
-    config: dict[str, Any] | None
+    config: dict[str, object] | None  # JSON, only compared
 
 
-def _normalise_config(config: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _normalise_config(config: dict[str, object]) -> dict[str, object]:
+    out: dict[str, object] = {}
     for key, value in config.items():
         if key in VOLATILE_CONFIG_KEYS or key == "dtype":
             continue
@@ -56,7 +55,7 @@ def _normalise_config(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_config(path: Path) -> dict[str, Any] | None:
+def _read_config(path: Path) -> dict[str, object] | None:
     if not path.is_file():
         return None
     return _normalise_config(json.loads(path.read_text()))

@@ -25,16 +25,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from engine import optimize
+from engine.diffusers_types import Transformer
 from engine.optimize import _try
 from engine.settings import MemoryMode
+
+if TYPE_CHECKING:
+    from engine.edit.generator import EditGenerator
 
 logger = logging.getLogger(__name__)
 
 
-def apply_edit_speedups(editor: Any, *, cpu_compile_backend: str | None = None) -> list[str]:
+def apply_edit_speedups(
+    editor: EditGenerator, *, cpu_compile_backend: str | None = None
+) -> list[str]:
     """Apply what is valid for the edit pipeline of ``editor`` (an ``EditGenerator``); returns
     the names applied, for ``info()``.
 
@@ -89,12 +95,12 @@ def apply_edit_speedups(editor: Any, *, cpu_compile_backend: str | None = None) 
     return applied
 
 
-def _set_backend(transformer: Any, backend: str) -> None:
+def _set_backend(transformer: Transformer, backend: str) -> None:
     transformer.set_attention_backend(backend)
 
 
 @contextmanager
-def _edit_transformer_resident(editor: Any) -> Iterator[None]:
+def _edit_transformer_resident(editor: EditGenerator) -> Iterator[None]:
     """Swap the edit transformer in for the steps that run it, and text-to-image back after
     (a swap drops the CUDA graphs it made stale itself)."""
     swap = editor.swap

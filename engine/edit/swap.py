@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 
@@ -25,7 +27,18 @@ logger = logging.getLogger(__name__)
 EDIT_ACTIVATIONS_GIB = 8.0
 
 
-def module_bytes(module: torch.nn.Module) -> int:
+class Weights(Protocol):
+    """A module as far as its weights go: an ``nn.Module``, or a pipeline's transformer as
+    ``engine.diffusers_types`` sees it."""
+
+    def named_modules(self) -> Iterator[tuple[str, torch.nn.Module]]: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def buffers(self) -> Iterator[torch.Tensor]: ...
+
+
+def module_bytes(module: Weights) -> int:
     """Bytes of a module's parameters and buffers."""
     tensors = [*module.parameters(), *module.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -50,7 +63,7 @@ def choose_residency(
     )
 
 
-def forget_captured_graphs(transformer: torch.nn.Module) -> int:
+def forget_captured_graphs(transformer: Weights) -> int:
     """Drop the CUDA graphs captured on ``transformer`` (``engine.cudagraph``); returns how
     many graph wrappers were cleared.
 
@@ -89,7 +102,7 @@ class TransformerSwap:
         self.keep_all = keep_all
         self.host = torch.device("cpu")
         self._pin = device.type == "cuda" and torch.cuda.is_available()
-        self._modules: dict[str, torch.nn.Module] = {}
+        self._modules: dict[str, Weights] = {}
         self._on_device: set[str] = set()
         # One host tensor per parameter/buffer, allocated (pinned) once and reused by every swap.
         self._host_copies: dict[str, dict[str, torch.Tensor]] = {}
@@ -97,7 +110,7 @@ class TransformerSwap:
         self.swaps = 0
         self.last_swap_s = 0.0
 
-    def add(self, name: str, module: torch.nn.Module, *, on_device: bool) -> None:
+    def add(self, name: str, module: Weights, *, on_device: bool) -> None:
         """Register a transformer; ``on_device`` says where it is now (it is not moved).
 
         Every host copy is allocated here, at start-up: pinning is slow (38 GiB took ~41 s on
@@ -147,15 +160,15 @@ class TransformerSwap:
         return elapsed
 
     # ----------------------------------------------------------------- moves
-    def _tensors(self, module: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str, bool]]:
+    def _tensors(self, module: Weights) -> dict[str, tuple[torch.nn.Module, str, bool]]:
         """Every parameter and buffer as (owner module, attribute name, is_parameter)."""
         found: dict[str, tuple[torch.nn.Module, str, bool]] = {}
         for prefix, sub in module.named_modules():
-            for key, value in sub._parameters.items():
-                if value is not None:
+            for key, parameter in sub._parameters.items():
+                if parameter is not None:
                     found[f"{prefix}.{key}"] = (sub, key, True)
-            for key, value in sub._buffers.items():
-                if value is not None:
+            for key, buffer in sub._buffers.items():
+                if buffer is not None:
                     found[f"{prefix}.{key}"] = (sub, key, False)
         return found
 

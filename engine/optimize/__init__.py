@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from engine.optimize.attention import (
     ATTENTION_CANDIDATES,
@@ -80,6 +80,9 @@ from engine.optimize.prompt_cache import PROMPT_CACHE_SIZE, PromptCache, install
 from engine.optimize.rope import install_real_rotary, rotary_real
 from engine.optimize.vae import install_vae_single_frame
 from engine.settings import MemoryMode
+
+if TYPE_CHECKING:
+    from engine.pipeline import ImageGenerator
 
 __all__ = [
     "ATTENTION_CANDIDATES",
@@ -126,7 +129,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def apply(generator: Any) -> list[str]:
+def apply(generator: ImageGenerator) -> list[str]:
     """Apply every speed-up this machine supports to a freshly loaded ``ImageGenerator``."""
     applied: list[str] = []
     pipe = generator.pipe

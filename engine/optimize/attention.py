@@ -4,9 +4,10 @@ timing the candidates at start-up on the model's own head shape."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
+
+from engine.diffusers_types import Transformer
 
 logger = logging.getLogger(__name__)
 
@@ -39,26 +40,31 @@ def time_attention(
     backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeats: int = 5
 ) -> tuple[float, torch.Tensor]:
     """Median seconds of one call, and its output."""
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
+    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 
-    out = dispatch_attention_fn(q, k, v, backend=backend)
+    name = AttentionBackendName(backend)  # what dispatch_attention_fn makes of the string
+    out = dispatch_attention_fn(q, k, v, backend=name)
     for _ in range(2):
-        dispatch_attention_fn(q, k, v, backend=backend)
+        dispatch_attention_fn(q, k, v, backend=name)
     times = []
     for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
+        start, end = _timing_event(), _timing_event()
         start.record()
-        dispatch_attention_fn(q, k, v, backend=backend)
+        dispatch_attention_fn(q, k, v, backend=name)
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1000)
     return sorted(times)[len(times) // 2], out
 
 
+def _timing_event() -> torch.cuda.Event:
+    # torch leaves Event.__new__ unannotated.
+    return torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+
+
 @torch.no_grad()
 def pick_attention_backend(
-    transformer: Any, device: torch.device, tokens: int = ATTENTION_PROBE_TOKENS
+    transformer: Transformer, device: torch.device, tokens: int = ATTENTION_PROBE_TOKENS
 ) -> str:
     """Time each installed exact attention kernel on this model's head shape; keep the fastest."""
     heads = transformer.config.num_attention_heads

@@ -8,9 +8,10 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from engine.diffusers_types import Transformer
 
 logger = logging.getLogger(__name__)
 
@@ -45,20 +46,24 @@ def configure_compile_cache(path: Path | None) -> Path:
 
 
 def compile_transformer(
-    transformer: Any, *, backend: str = "inductor", dynamic: bool = True, fullgraph: bool = True
+    transformer: Transformer,
+    *,
+    backend: str = "inductor",
+    dynamic: bool = True,
+    fullgraph: bool = True,
 ) -> None:
     """Regional compilation of the repeated blocks: one graph for all 60, any sequence length."""
     transformer.compile_repeated_blocks(fullgraph=fullgraph, dynamic=dynamic, backend=backend)
 
 
-def uncompile_transformer(transformer: Any) -> None:
+def uncompile_transformer(transformer: Transformer) -> None:
     for module in transformer.modules():
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
 
 
 def smoke_forward(
-    transformer: Any,
+    transformer: Transformer,
     device: torch.device,
     *,
     grid: tuple[int, int] = (24, 22),
@@ -83,7 +88,9 @@ def smoke_forward(
         )[0]
 
 
-def compile_and_check(transformer: Any, device: torch.device, backend: str = "inductor") -> bool:
+def compile_and_check(
+    transformer: Transformer, device: torch.device, backend: str = "inductor"
+) -> bool:
     """Compile now (not on the first user's image) and fall back to eager if it breaks."""
     compile_transformer(transformer, backend=backend)
     started = time.perf_counter()

@@ -7,12 +7,11 @@ This changes the output slightly (measured error in docs/PERFORMANCE.md), so it 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from torch import nn
 
-from engine.optimize.lora import LoraFusion
+from engine.optimize.lora import LoraFusion, Switchable
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +80,13 @@ class FP8Linear(nn.Module):
     by ``swap()``: both sets are buffers of identical shape, so a compiled graph serves both.
     """
 
+    # The buffers registered below (nn.Module's own attribute lookup knows no types).
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None
+    alt_weight: torch.Tensor | None
+    alt_weight_scale: torch.Tensor | None
+
     def __init__(
         self,
         weight: torch.Tensor,
@@ -105,7 +111,7 @@ class FP8Linear(nn.Module):
         return cls(linear.weight.detach(), linear.bias, alt_weight)
 
     def swap(self) -> None:
-        if self.alt_weight is None:
+        if self.alt_weight is None or self.alt_weight_scale is None:  # no second set (both or none)
             return
         self.weight, self.alt_weight = self.alt_weight, self.weight
         self.weight_scale, self.alt_weight_scale = self.alt_weight_scale, self.weight_scale
@@ -123,6 +129,15 @@ def fp8_eligible(name: str, module: nn.Module) -> bool:
         return False
     # FP8 matmuls need both dimensions to be multiples of 16.
     return module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+
+def _fp8_targets(block: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """The linears of one block that become FP8, listed before any is replaced."""
+    return [
+        (name, module)
+        for name, module in block.named_modules()
+        if isinstance(module, nn.Linear) and fp8_eligible(name, module)
+    ]
 
 
 def check_fp8_kernel(
@@ -148,30 +163,26 @@ FP8_CHECK_ROWS = (257, 4099)  # odd row counts, like real token counts
 
 
 @torch.no_grad()
-def enable_fp8(generator: Any) -> int:
+def enable_fp8(generator: Switchable) -> int:
     """Replace the image stream's attention and MLP linears by ``FP8Linear`` (returns how
     many)."""
     transformer = generator.pipe.transformer
     shapes = {
         (m.in_features, m.out_features)
         for block in transformer.transformer_blocks
-        for name, m in block.named_modules()
-        if fp8_eligible(name, m)
+        for _name, m in _fp8_targets(block)
     }
     rows = FP8_CHECK_ROWS if generator.device.type == "cuda" else (37,)
     check_fp8_kernel(generator.device, generator.dtype, shapes, rows)
-    fusion = getattr(generator, "lora_switch", None)
-    if not isinstance(fusion, LoraFusion):
-        fusion = None
+    switch = generator.lora_switch
+    fusion = switch if isinstance(switch, LoraFusion) else None
     if fusion is not None:
         fusion(False)  # quantise from the base weights
         if generator._lora_active:
             generator._lora_active = False
     converted = 0
     for block in transformer.transformer_blocks:
-        for name, module in list(block.named_modules()):
-            if not fp8_eligible(name, module):
-                continue
+        for name, module in _fp8_targets(block):
             delta = fusion.take(module.weight) if fusion is not None else None
             alt = None
             if delta is not None:

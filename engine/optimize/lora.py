@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
+
+from engine.diffusers_types import Pipeline
 
 if TYPE_CHECKING:
     from engine.optimize.fp8 import FP8Linear
@@ -21,6 +24,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LORA_ADAPTER = "lightning"
+
+
+class Switchable(Protocol):
+    """A generator whose fast mode these steps take over (``ImageGenerator``,
+    ``EditGenerator``): its pipeline, where it runs, and fast mode's switch
+    (``engine.generation.LightningModes``)."""
+
+    lora_switch: Callable[[bool], None] | None
+    _lora_active: bool | None
+
+    @property
+    def pipe(self) -> Pipeline: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
 
 # Exact-restore corrections are kept while they cost at most this many bytes on the device.
 LORA_CORRECTION_BUDGET_BYTES = 256 * 2**20
@@ -73,7 +95,7 @@ class _Delta:
 
     def unfuse(self) -> None:
         self.add(-1.0)
-        if self.fix_index is not None:
+        if self.fix_index is not None and self.fix_value is not None:  # set together
             self.weight.view(-1).index_copy_(0, self.fix_index.long(), self.fix_value)
 
 
@@ -137,7 +159,7 @@ class LoraFusion:
 
 
 @torch.no_grad()
-def install_lora_fusion(generator: Any, adapter: str = LORA_ADAPTER) -> LoraFusion | bool:
+def install_lora_fusion(generator: Switchable, adapter: str = LORA_ADAPTER) -> LoraFusion | bool:
     """Take the loaded LoRA out of PEFT's wrappers and let the generator merge it on demand."""
     from peft.tuners.lora import LoraLayer
 
@@ -146,6 +168,7 @@ def install_lora_fusion(generator: Any, adapter: str = LORA_ADAPTER) -> LoraFusi
     if not layers:
         logger.info("no LoRA layers to fuse")
         return False
+    linears: list[tuple[str, nn.Linear, nn.Linear, nn.Linear, float]] = []  # base, down, up
     for name, layer in layers:
         if adapter not in layer.lora_A:
             logger.info("LoRA fusion skipped: %s has no %r adapter", name, adapter)
@@ -153,17 +176,21 @@ def install_lora_fusion(generator: Any, adapter: str = LORA_ADAPTER) -> LoraFusi
         if layer.use_dora.get(adapter) or layer.lora_bias.get(adapter):
             logger.info("LoRA fusion skipped: %s uses DoRA or a LoRA bias", name)
             return False
-        if not isinstance(layer.get_base_layer(), nn.Linear):
+        base, down, up = layer.get_base_layer(), layer.lora_A[adapter], layer.lora_B[adapter]
+        if not (
+            isinstance(base, nn.Linear)
+            and isinstance(down, nn.Linear)
+            and isinstance(up, nn.Linear)
+        ):
             logger.info("LoRA fusion skipped: %s is not a linear layer", name)
             return False
+        linears.append((name, base, down, up, layer.scaling[adapter]))
     deltas = []
-    for name, layer in layers:
-        weight = layer.get_base_layer().weight
-        up = layer.lora_B[adapter].weight.detach().to(weight.device, weight.dtype)
-        down = layer.lora_A[adapter].weight.detach().to(weight.device, weight.dtype)
-        deltas.append(
-            _Delta(name, weight, up.contiguous(), down.contiguous(), layer.scaling[adapter])
-        )
+    for name, base, down, up, scale in linears:
+        weight = base.weight
+        up_weight = up.weight.detach().to(weight.device, weight.dtype)
+        down_weight = down.weight.detach().to(weight.device, weight.dtype)
+        deltas.append(_Delta(name, weight, up_weight.contiguous(), down_weight.contiguous(), scale))
     transformer.unload_lora()  # plain nn.Linear again; the LoRA now lives in ``deltas`` only
     fusion = LoraFusion(deltas)
     fusion.prepare()

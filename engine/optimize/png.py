@@ -4,7 +4,12 @@ threads."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+    from PIL import Image
 
 PNG_WORKERS = 8
 PNG_LEVEL = 6  # zlib level PIL used here before: same size class, now in parallel
@@ -22,7 +27,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     )
 
 
-def _png_filter_up(pixels: Any) -> Any:
+def _png_filter_up(pixels: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """PNG "Up" filtering (each byte minus the byte above it): one vectorised subtraction.
 
     Measured on a photo-like 1328x1328 image: files about 15% larger than Pillow's adaptive
@@ -38,7 +43,7 @@ def _png_filter_up(pixels: Any) -> Any:
     return out
 
 
-def encode_png(image: Any, texts: list[tuple[str, str]], level: int = PNG_LEVEL) -> bytes:
+def encode_png(image: Image.Image, texts: list[tuple[str, str]], level: int = PNG_LEVEL) -> bytes:
     """PNG bytes with text chunks, the compression split across threads.
 
     Pieces of the filtered image are deflated independently (zlib releases the GIL) and joined

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 import torch
+
+from engine.diffusers_types import EncodedPrompt, Pipeline
 
 PROMPT_CACHE_SIZE = 32
 
@@ -22,12 +23,14 @@ class PromptCache:
     handing back the same tensors is exact. Pre-computed embeddings bypass the cache.
     """
 
-    def __init__(self, encode: Callable[..., Any], size: int = PROMPT_CACHE_SIZE) -> None:
+    def __init__(self, encode: Callable[..., EncodedPrompt], size: int = PROMPT_CACHE_SIZE) -> None:
         self.encode = encode
         self.size = size
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._entries: OrderedDict[tuple[tuple[str, ...], int, int, str], EncodedPrompt] = (
+            OrderedDict()
+        )
 
     def __call__(
         self,
@@ -37,7 +40,7 @@ class PromptCache:
         prompt_embeds: torch.Tensor | None = None,
         prompt_embeds_mask: torch.Tensor | None = None,
         max_sequence_length: int = 1024,
-    ) -> Any:
+    ) -> EncodedPrompt:
         kwargs = {
             "prompt": prompt,
             "device": device,
@@ -67,7 +70,7 @@ class PromptCache:
         self._entries.clear()
 
 
-def install_prompt_cache(pipe: Any) -> PromptCache:
+def install_prompt_cache(pipe: Pipeline) -> PromptCache:
     existing = pipe.__dict__.get("encode_prompt")
     if isinstance(existing, PromptCache):
         return existing

@@ -4,8 +4,27 @@ fuse."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, cast
 
 import torch
+
+# ``apply_rotary_emb_qwen``'s shape: (x, freqs_cis, use_real, use_real_unbind_dim) -> x rotated.
+Rotary = Callable[[torch.Tensor, torch.Tensor, bool, int], torch.Tensor]
+
+
+class _RotaryModule(Protocol):
+    """diffusers' ``transformer_qwenimage`` module as far as its rotary embeddings go."""
+
+    apply_rotary_emb_qwen: Rotary
+    _imagine_stock_rotary: Rotary  # set by install_real_rotary, read with getattr
+
+
+def _qwen_module() -> _RotaryModule:
+    from diffusers.models.transformers import transformer_qwenimage as module
+
+    # diffusers annotates apply_rotary_emb_qwen as returning a (query, key) pair; it returns the
+    # one rotated tensor it was given.
+    return cast(_RotaryModule, module)
 
 
 def rotary_real(
@@ -32,16 +51,15 @@ def rotary_real(
     return out.flatten(-2).type_as(x)
 
 
-def _stock_rotary() -> Callable[..., torch.Tensor]:
-    from diffusers.models.transformers import transformer_qwenimage as module
-
-    return getattr(module, "_imagine_stock_rotary", module.apply_rotary_emb_qwen)
+def _stock_rotary() -> Rotary:
+    module = _qwen_module()
+    stock: Rotary = getattr(module, "_imagine_stock_rotary", module.apply_rotary_emb_qwen)
+    return stock
 
 
 def install_real_rotary() -> bool:
     """Route Qwen-Image's attention processor to ``rotary_real`` (process-wide)."""
-    from diffusers.models.transformers import transformer_qwenimage as module
-
+    module = _qwen_module()
     if module.apply_rotary_emb_qwen is not rotary_real:
         module._imagine_stock_rotary = module.apply_rotary_emb_qwen
         module.apply_rotary_emb_qwen = rotary_real

@@ -7,13 +7,17 @@ single frame: same result, a third of the decoder's convolution work.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+
+from engine.diffusers_types import Vae
+
+if TYPE_CHECKING:
+    from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 
 
-def _single_frame_forward(conv: nn.Conv3d) -> Callable[..., torch.Tensor]:
+def _single_frame_forward(conv: QwenImageCausalConv3d) -> Callable[..., torch.Tensor]:
     """A causal 3D convolution on one frame with no cached frames sees zeros in all but its
     last temporal tap, so it is exactly a 2D convolution with that tap: a third of the work."""
     stock = conv.forward
@@ -21,7 +25,8 @@ def _single_frame_forward(conv: nn.Conv3d) -> Callable[..., torch.Tensor]:
     def forward(x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
         if cache_x is not None or x.shape[2] != 1 or conv.stride[0] != 1:
             return stock(x, cache_x)
-        pad_w0, pad_w1, pad_h0, pad_h1, pad_t0, pad_t1 = conv._padding
+        # Numbers: nn.Conv3d's padding may be a string only as an argument.
+        pad_w0, pad_w1, pad_h0, pad_h1, pad_t0, pad_t1 = (int(p) for p in conv._padding)
         if pad_t1 != 0 or pad_t0 != conv.kernel_size[0] - 1:
             return stock(x, cache_x)
         frame = torch.nn.functional.pad(x[:, :, 0], (pad_w0, pad_w1, pad_h0, pad_h1))
@@ -33,13 +38,17 @@ def _single_frame_forward(conv: nn.Conv3d) -> Callable[..., torch.Tensor]:
     return forward
 
 
-def install_vae_single_frame(vae: Any) -> int:
+def install_vae_single_frame(vae: Vae) -> int:
     """Decode still images with 2D convolutions (returns how many layers were switched)."""
+    from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
+
     count = 0
     for module in vae.modules():
-        if type(module).__name__ == "QwenImageCausalConv3d" and module.kernel_size[0] > 1:
+        if isinstance(module, QwenImageCausalConv3d) and module.kernel_size[0] > 1:
             if not hasattr(module, "_stock_forward"):
-                module._stock_forward = module.forward
-                module.forward = _single_frame_forward(module)
+                # Patched on this instance: the stock forward is kept (it also marks the layer
+                # as switched) though nn.Module types its attributes as tensors and modules.
+                module._stock_forward = module.forward  # type: ignore[assignment]
+                module.forward = _single_frame_forward(module)  # type: ignore[method-assign]
             count += 1
     return count

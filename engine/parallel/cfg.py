@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.distributed as dist
+
+from engine.diffusers_types import Forward, Transformer, TransformerOutput
+
+# The transformer attribute that holds its split, found by ``installed_split``
+# (``engine.edit.swap`` looks for it too).
+SPLIT_ATTRIBUTE = "_imagine_cfg_split"
 
 
 class CfgSplit:
@@ -19,7 +23,9 @@ class CfgSplit:
     Outside ``begin()``/``end()`` the stock forward runs untouched.
     """
 
-    def __init__(self, transformer: Any, rank: int, group: Any = None) -> None:
+    def __init__(
+        self, transformer: Transformer, rank: int, group: dist.ProcessGroup | None = None
+    ) -> None:
         if rank > 1:
             raise ValueError("CFG-parallel uses ranks 0 and 1")
         self.transformer = transformer
@@ -28,9 +34,9 @@ class CfgSplit:
         self.active = False
         self.calls = 0
         self._pending: torch.Tensor | None = None
-        self._stock = transformer.forward
+        self._stock: Forward = transformer.forward
         transformer.forward = self.forward
-        transformer._imagine_cfg_split = self
+        setattr(transformer, SPLIT_ATTRIBUTE, self)
 
     def begin(self) -> None:
         self.active, self.calls, self._pending = True, 0, None
@@ -38,23 +44,28 @@ class CfgSplit:
     def end(self) -> None:
         self.active, self._pending = False, None
 
-    def _shape(self, kwargs: dict[str, Any]) -> tuple[torch.Size, torch.dtype, torch.device]:
+    def _shape(
+        self, kwargs: dict[str, object]
+    ) -> tuple[tuple[int, ...], torch.dtype, torch.device]:
         hidden = kwargs["hidden_states"]
+        if not isinstance(hidden, torch.Tensor):
+            raise TypeError("CFG-parallel: the transformer was called without hidden_states")
         proj = self.transformer.proj_out
         return (*hidden.shape[:-1], proj.out_features), proj.weight.dtype, hidden.device
 
-    def _compute(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-        out = self._stock(*args, **{**kwargs, "return_dict": False})[0].contiguous()
+    def _compute(self, args: tuple[object, ...], kwargs: dict[str, object]) -> torch.Tensor:
+        out: torch.Tensor = self._stock(*args, **{**kwargs, "return_dict": False})[0]
+        out = out.contiguous()
         shape, _dtype, _device = self._shape(kwargs)
         if tuple(out.shape) != tuple(shape):  # the peer's buffer must match exactly
             raise RuntimeError(f"transformer output {tuple(out.shape)}, expected {shape}")
         return out
 
-    def _empty(self, kwargs: dict[str, Any]) -> torch.Tensor:
+    def _empty(self, kwargs: dict[str, object]) -> torch.Tensor:
         shape, dtype, device = self._shape(kwargs)
         return torch.empty(shape, dtype=dtype, device=device)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: object, **kwargs: object) -> TransformerOutput:
         if not self.active:
             return self._stock(*args, **kwargs)
         branch = self.calls % 2  # 0: the prompt, 1: the negative prompt
@@ -76,3 +87,9 @@ class CfgSplit:
 
     def _global(self, rank: int) -> int:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+
+def installed_split(transformer: Transformer) -> CfgSplit | None:
+    """The split installed on ``transformer``, if any."""
+    split = getattr(transformer, SPLIT_ATTRIBUTE, None)
+    return split if isinstance(split, CfgSplit) else None

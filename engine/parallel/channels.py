@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Protocol, TypeAlias
 
 import torch
 import torch.distributed as dist
@@ -18,12 +18,17 @@ for _name, _value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTIC
 COLLECTIVE_TIMEOUT = dt.timedelta(minutes=30)
 
 
+# A tuple whose first item names it: ("generate", request, plan, how), ("stop", reason),
+# ("setup", name, args), ("attention", backend) or ("exit",). Pickled as it is.
+Message: TypeAlias = tuple[object, ...]
+
+
 class Channel(Protocol):
     """Rank 0 -> every follower, in order: requests and each step's stop decision."""
 
-    def send(self, message: Any) -> None: ...
+    def send(self, message: Message) -> None: ...
 
-    def recv(self) -> Any: ...
+    def recv(self) -> Message: ...
 
     def close(self) -> None: ...
 
@@ -34,12 +39,12 @@ class PipeChannel:
     def __init__(self, conns: list[Connection]) -> None:
         self.conns = conns
 
-    def send(self, message: Any) -> None:
+    def send(self, message: Message) -> None:
         for conn in self.conns:
             conn.send(message)
 
-    def recv(self) -> Any:
-        return self.conns[0].recv()
+    def recv(self) -> Message:
+        return _message(self.conns[0].recv())
 
     def close(self) -> None:
         for conn in self.conns:
@@ -52,16 +57,22 @@ class GlooChannel:
     def __init__(self) -> None:
         self.group = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
 
-    def send(self, message: Any) -> None:
+    def send(self, message: Message) -> None:
         dist.broadcast_object_list([message], src=0, group=self.group)
 
-    def recv(self) -> Any:
-        box: list[Any] = [None]
+    def recv(self) -> Message:
+        box: list[object] = [None]
         dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
+        return _message(box[0])
 
     def close(self) -> None:
         pass
+
+
+def _message(received: object) -> Message:
+    if not isinstance(received, tuple):
+        raise RuntimeError(f"expected a message tuple from rank 0, got {type(received).__name__}")
+    return received
 
 
 def init_group(rank: int, world: int, init_method: str, device: torch.device) -> None:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch.distributed as dist
 
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, Mode
 from engine.generator import UNWATCHED, Generator, GeneratorInfo, JobControl, Plan
 from engine.parallel.cfg import CfgSplit
-from engine.parallel.channels import Channel
+from engine.parallel.channels import Channel, Message
 from engine.parallel.sequence import SETUPS, fast_sequence
 from engine.pipeline import ImageGenerator
 
@@ -31,7 +30,7 @@ class ParallelGenerator(Generator):
         channel: Channel,
         *,
         devices: list[str],
-        processes: list[multiprocessing.process.BaseProcess] | None = None,
+        processes: Sequence[multiprocessing.process.BaseProcess] | None = None,
     ) -> None:
         self.local = local
         self.channel = channel
@@ -44,7 +43,7 @@ class ParallelGenerator(Generator):
         # split inside each forward.
         self.sequence = False
 
-    def configure(self, name: str, *args: Any) -> None:
+    def configure(self, name: str, *args: object) -> None:
         """Run one of ``SETUPS`` on every rank (rank 0 last)."""
         self.channel.send(("setup", name, args))
         SETUPS[name](self.local, *args)
@@ -230,10 +229,11 @@ def follow(local: ImageGenerator, channel: Channel, rank: int) -> None:
     split = CfgSplit(local.pipe.transformer, rank=rank)
 
     def agree(_own: FailureKind | None) -> FailureKind | None:
-        kind, reason = channel.recv()
-        if kind != "stop":
-            raise RuntimeError(f"follower expected a stop decision, got {kind!r}")
-        return reason
+        match channel.recv():
+            case ("stop", (FailureKind() | None) as reason):
+                return reason
+            case message:
+                raise RuntimeError(f"follower expected a stop decision, got {_kind(message)!r}")
 
     while True:
         try:
@@ -241,27 +241,30 @@ def follow(local: ImageGenerator, channel: Channel, rank: int) -> None:
         except (EOFError, OSError, RuntimeError):
             logger.info("rank %d: rank 0 is gone; exiting", rank)
             return
-        kind = message[0]
-        if kind == "exit":
-            return
-        if kind == "attention":
-            local.pipe.transformer.set_attention_backend(message[1])
-            continue
-        if kind == "setup":
-            SETUPS[message[1]](local, *message[2])
-            continue
-        if kind != "generate":
-            raise RuntimeError(f"rank {rank}: unknown message {kind!r}")
-        _, request, plan, how = message
-        arrange(local, split, how)
-        local.agree_stop = agree
-        try:
-            local.generate(request, plan=plan)
-        except JobFailed as exc:  # cancel or deadline, decided by rank 0 for every rank
-            logger.info("rank %d: job %s stopped (%s)", rank, request.job_id, exc.kind)
-        finally:
-            split.end()
-            local.agree_stop = None
+        match message:
+            case ("exit", *_):
+                return
+            case ("attention", str() as backend):
+                local.pipe.transformer.set_attention_backend(backend)
+            case ("setup", str() as name, tuple() as args):
+                SETUPS[name](local, *args)
+            case ("generate", JobRequest() as request, Plan() as plan, str() as how):
+                arrange(local, split, how)
+                local.agree_stop = agree
+                try:
+                    local.generate(request, plan=plan)
+                except JobFailed as exc:  # cancel or deadline, decided by rank 0 for every rank
+                    logger.info("rank %d: job %s stopped (%s)", rank, request.job_id, exc.kind)
+                finally:
+                    split.end()
+                    local.agree_stop = None
+            case _:
+                raise RuntimeError(f"rank {rank}: unknown message {_kind(message)!r}")
+
+
+def _kind(message: Message) -> object:
+    """What a message says it is (its first item), for an error."""
+    return message[0] if message else None
 
 
 def attention_choice(generator: ImageGenerator) -> str | None:

@@ -93,7 +93,8 @@ def load(settings: EngineSettings, gpus: list[int] | None = None) -> ParallelGen
     devices = rank_devices(settings, gpus)
     init_method = f"tcp://127.0.0.1:{_free_port()}"
     context = multiprocessing.get_context("spawn")
-    processes, conns = [], []
+    processes: list[multiprocessing.process.BaseProcess] = []
+    conns: list[Connection] = []
     for rank in range(1, len(devices)):
         ours, theirs = context.Pipe()
         process = context.Process(

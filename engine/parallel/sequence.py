@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
+from engine.diffusers_types import Forward, TransformerOutput
+from engine.parallel.cfg import installed_split
 from engine.pipeline import ImageGenerator
 
 logger = logging.getLogger(__name__)
@@ -19,7 +22,7 @@ def set_graphs(generator: ImageGenerator, enabled: bool) -> None:
     from engine import cudagraph
 
     transformer = generator.pipe.transformer
-    split = getattr(transformer, "_imagine_cfg_split", None)
+    split = installed_split(transformer)
     if split is not None:  # wrap the forward the split calls
         if not isinstance(split._stock, cudagraph.GraphedForward):
             split._stock = cudagraph.GraphedForward(split._stock)
@@ -59,7 +62,7 @@ class LocalSizes:
     eager calls only, and the table is replaced only when the shares change.
     """
 
-    def __init__(self, forward: Callable[..., Any], rank: int, world: int) -> None:
+    def __init__(self, forward: Forward, rank: int, world: int) -> None:
         self.forward = forward
         self.rank = rank
         self.world = world
@@ -67,10 +70,10 @@ class LocalSizes:
         self.answered = 0
         self.asked_peers = 0
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: object, **kwargs: object) -> TransformerOutput:
         hidden, text = kwargs.get("hidden_states"), kwargs.get("encoder_hidden_states")
         table: dict[int, list[int]] = {}
-        if hidden is not None and text is not None:
+        if isinstance(hidden, torch.Tensor) and isinstance(text, torch.Tensor):
             image = split_sizes(hidden.shape[1], self.world)
             words = split_sizes(text.shape[1], self.world)
             joint = [a + b for a, b in zip(image, words, strict=True)]
@@ -81,7 +84,7 @@ class LocalSizes:
             self.table = table
         return self.forward(*args, **kwargs)
 
-    def gather(self, size: int, group: Any) -> list[int]:
+    def gather(self, size: int, group: dist.ProcessGroup | None) -> list[int]:
         sizes = self.table.get(size)
         counting = not torch.compiler.is_compiling()  # traced code leaves the counters out
         if sizes is None or dist.get_world_size(group=group) != self.world:
@@ -94,10 +97,12 @@ class LocalSizes:
 
 
 _ACTIVE: list[LocalSizes] = []
-_STOCK_GATHER: list[Callable[..., list[int]]] = []
+_STOCK_GATHER: list[Callable[[int, dist.ProcessGroup | None], list[int]]] = []
+# The function diffusers asks (in every module that imported it).
+_GATHER_NAME = "gather_size_by_comm"
 
 
-def _gather_size(size: int, group: Any) -> list[int]:
+def _gather_size(size: int, group: dist.ProcessGroup | None) -> list[int]:
     if _ACTIVE:
         return _ACTIVE[0].gather(size, group)
     return _STOCK_GATHER[0](size, group)
@@ -114,13 +119,13 @@ def _install_size_answers(sizes: LocalSizes) -> None:
     )
     for name in names:
         module = importlib.import_module(name)
-        current = getattr(module, "gather_size_by_comm", None)
+        current = getattr(module, _GATHER_NAME, None)
         if current is None:
             continue
         if current is not _gather_size:
             if not _STOCK_GATHER:
                 _STOCK_GATHER.append(current)
-            module.gather_size_by_comm = _gather_size
+            setattr(module, _GATHER_NAME, _gather_size)
     _ACTIVE[:] = [sizes]
 
 
@@ -141,8 +146,9 @@ def run_ulysses_glue_eagerly() -> None:
 
     glue = attention_dispatch._templated_context_parallel_attention
     if not getattr(glue, "_imagine_eager", False):
-        eager = torch._dynamo.disable(glue, recursive=True)
-        eager._imagine_eager = True  # type: ignore[attr-defined]
+        # torch leaves disable() unannotated.
+        eager = torch._dynamo.disable(glue, recursive=True)  # type: ignore[no-untyped-call]
+        eager._imagine_eager = True
         attention_dispatch._templated_context_parallel_attention = eager
 
 
@@ -154,7 +160,9 @@ def enable_sequence_parallel(generator: ImageGenerator, fullgraph: bool = False)
     sync. The blocks are compiled again (``fullgraph`` if asked) since the attention changed.
     Calling it again only recompiles.
     """
-    from diffusers import ContextParallelConfig
+    # The defining module: to a type checker ``diffusers.ContextParallelConfig`` is diffusers'
+    # untyped placeholder (engine.diffusers_types says why).
+    from diffusers.models._modeling_parallel import ContextParallelConfig
 
     from engine import optimize
 
@@ -168,7 +176,7 @@ def enable_sequence_parallel(generator: ImageGenerator, fullgraph: bool = False)
         config = ContextParallelConfig(ulysses_degree=world, ulysses_anything=True)
         transformer.enable_parallelism(config=config)
         sizes = LocalSizes(transformer.forward, dist.get_rank(), world)
-        split = getattr(transformer, "_imagine_cfg_split", None)
+        split = installed_split(transformer)
         if split is not None:  # under the CFG split (inactive in this mode), over the rest
             sizes.forward = split._stock
             split._stock = sizes
@@ -178,6 +186,24 @@ def enable_sequence_parallel(generator: ImageGenerator, fullgraph: bool = False)
     if compiled:
         optimize.compile_transformer(transformer, fullgraph=fullgraph)
     logger.info("Ulysses sequence parallelism over %d ranks", dist.get_world_size())
+
+
+# The transformer attribute that holds its ``FastSequence`` (``fast_sequence`` finds it).
+_FAST_SEQUENCE_ATTRIBUTE = "_imagine_fast_sequence"
+
+
+class _HookFunctions(Protocol):
+    """diffusers' ``HookFunctionReference``: the functions a hooked forward calls around it."""
+
+    pre_forward: Callable[..., tuple[tuple[object, ...], dict[str, object]]]
+    post_forward: Callable[[nn.Module, object], object]
+
+
+@runtime_checkable
+class _ParallelProcessor(Protocol):
+    """An attention processor that runs context-parallel while it holds a config."""
+
+    _parallel_config: object
 
 
 class FastSequence:
@@ -194,11 +220,11 @@ class FastSequence:
     """
 
     def __init__(self, generator: ImageGenerator) -> None:
-        from diffusers import ContextParallelConfig
         from diffusers.hooks.context_parallel import (
             ContextParallelGatherHook,
             ContextParallelSplitHook,
         )
+        from diffusers.models._modeling_parallel import ContextParallelConfig
 
         from engine import cudagraph, optimize
 
@@ -214,19 +240,21 @@ class FastSequence:
         self.active = True
         self.config = transformer._parallel_config
         self.processors = [
-            m.processor
+            processor
             for m in transformer.modules()
-            if getattr(getattr(m, "processor", None), "_parallel_config", None) is self.config
+            if isinstance(processor := getattr(m, "processor", None), _ParallelProcessor)
+            and processor._parallel_config is self.config
         ]
         hooks = (ContextParallelSplitHook, ContextParallelGatherHook)
         for module in transformer.modules():
             registry = module.__dict__.get("_diffusers_hook")
             for hook in registry.hooks.values() if registry is not None else ():
                 if isinstance(hook, hooks):
-                    self._gate(hook.fn_ref)
+                    # diffusers infers HookFunctionReference's functions as None (its __init__).
+                    self._gate(hook.fn_ref)  # type: ignore[arg-type]
         self.sizes = LocalSizes(transformer.forward, dist.get_rank(), world)
         self.graphs = cudagraph.GraphedForward(self.sizes)
-        split = getattr(transformer, "_imagine_cfg_split", None)
+        split = installed_split(transformer)
         if split is not None:  # beneath the CFG split, which is inactive for fast images
             self.sizes.forward = split._stock
             split._stock = self.graphs
@@ -237,15 +265,17 @@ class FastSequence:
         self.off()
         if compiled:
             optimize.compile_transformer(transformer, fullgraph=False)
-        transformer._imagine_fast_sequence = self
+        setattr(transformer, _FAST_SEQUENCE_ATTRIBUTE, self)
 
-    def _gate(self, fn_ref: Any) -> None:
+    def _gate(self, fn_ref: _HookFunctions) -> None:
         pre, post = fn_ref.pre_forward, fn_ref.post_forward
 
-        def pre_forward(module: Any, *args: Any, **kwargs: Any) -> Any:
+        def pre_forward(
+            module: nn.Module, *args: object, **kwargs: object
+        ) -> tuple[tuple[object, ...], dict[str, object]]:
             return pre(module, *args, **kwargs) if self.active else (args, kwargs)
 
-        def post_forward(module: Any, output: Any) -> Any:
+        def post_forward(module: nn.Module, output: object) -> object:
             return post(module, output) if self.active else output
 
         fn_ref.pre_forward, fn_ref.post_forward = pre_forward, post_forward
@@ -272,7 +302,8 @@ def enable_fast_sequence(generator: ImageGenerator) -> None:
 
 
 def fast_sequence(generator: ImageGenerator) -> FastSequence | None:
-    return getattr(generator.pipe.transformer, "_imagine_fast_sequence", None)
+    found = getattr(generator.pipe.transformer, _FAST_SEQUENCE_ATTRIBUTE, None)
+    return found if isinstance(found, FastSequence) else None
 
 
 SETUPS: dict[str, Callable[..., None]] = {

@@ -44,7 +44,6 @@ import contextlib
 import logging
 import socket
 import time
-from typing import Any
 
 from redis.asyncio import Redis
 from taskiq.kicker import AsyncKicker
@@ -433,10 +432,12 @@ class RedisBackend:
             dispatched_at=time.time(),
             attempt=job.attempt + 1,
         )
-        labels: dict[str, Any] = {}
+        labels: dict[str, str] = {}
         if job.request.task != TASK_GENERATE:  # to the stream only capable workers read
             labels["queue_name"] = self.keys.stream_for(job.request.task)
-        kicker: AsyncKicker[Any, Any] = AsyncKicker(TASK_NAME, self._broker, labels)
+        kicker: AsyncKicker[[dict[str, object]], dict[str, object]] = AsyncKicker(
+            TASK_NAME, self._broker, labels
+        )
         await kicker.with_task_id(job_id).kiq(message.document())
         job.attempt += 1
         # After the XADD: if the bot dies in between, a re-submit sends it again and the
@@ -480,7 +481,7 @@ class RedisBackend:
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(*REDIS_DOWN, RuntimeError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
 
     def _on_event_safely(self, data: object) -> None:
         """Handle one event; whatever it holds, the events loop goes on with the next one."""

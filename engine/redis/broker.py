@@ -12,10 +12,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
-from typing import Any
+from typing import TypeAlias, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.typing import KeyT, StreamIdT
 from taskiq import AckableMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.acks import parse_acknowledge_type
 from taskiq.message import TaskiqMessage
@@ -30,8 +31,14 @@ from engine.redis.wire import DoneEvent, brief
 
 logger = logging.getLogger(__name__)
 
+# A stream entry as the broker takes it: its stream, its id, its fields.
+Entry: TypeAlias = tuple[str, bytes, dict[bytes, bytes]]
+# An XREADGROUP reply on these connections (RESP2, nothing decoded): each stream read, with
+# its entries as (id, fields).
+_StreamReply: TypeAlias = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 
-class DurableResultBackend(RedisAsyncResultBackend[Any]):
+
+class DurableResultBackend(RedisAsyncResultBackend[object]):
     """taskiq's Redis result backend, with first-result-wins writes that outlast an outage.
 
     ``SET NX``: when a redelivered job ran twice (a worker that was only cut off, not dead),
@@ -50,7 +57,7 @@ class DurableResultBackend(RedisAsyncResultBackend[Any]):
         # task id -> whether this process's write was the first one (read by the middleware).
         self.written: dict[str, bool] = {}
 
-    async def set_result(self, task_id: str, result: TaskiqResult[Any]) -> None:
+    async def set_result(self, task_id: str, result: TaskiqResult[object]) -> None:
         name = self._task_name(task_id)
         value = self.serializer.dumpb(result.model_dump(mode="json"))
 
@@ -104,7 +111,7 @@ class ResilientStreamBroker(RedisStreamBroker):
         one redelivery period, so the workers that are alive renew their entries first."""
         self._reclaim_from = time.monotonic() + self.idle_timeout / 1000
 
-    async def listen(self) -> AsyncGenerator[AckableMessage, None]:  # type: ignore[override]
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
         delay = 0.2
         group, consumer = self.consumer_group_name, self.consumer_name
         while not self.closing:
@@ -160,9 +167,7 @@ class ResilientStreamBroker(RedisStreamBroker):
             return f"not a taskiq message this worker can run ({brief(exc)})"
         return None
 
-    async def _next_entries(
-        self, redis: Redis, group: str, consumer: str
-    ) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+    async def _next_entries(self, redis: Redis, group: str, consumer: str) -> list[Entry]:
         """One abandoned entry to take over, else one new entry (or none after ``block``),
         each with the stream it came from."""
         streams = self.streams
@@ -179,10 +184,7 @@ class ResilientStreamBroker(RedisStreamBroker):
                     )
                     return entries
         if len(streams) == 1:
-            fetched = await redis.xreadgroup(
-                group, consumer, {streams[0]: ">"}, count=1, block=self.block
-            )
-            return [(streams[0], i, m) for _s, batch in fetched or [] for i, m in batch]
+            return await self._read_new(redis, group, consumer, streams[0], block=self.block)
         # COUNT is per stream: one blocking read of two streams could take two jobs at once
         # (one would wait behind the other on this worker while another worker idles). So:
         # note where each stream ends, take at most one entry without blocking, then wait
@@ -190,21 +192,31 @@ class ResilientStreamBroker(RedisStreamBroker):
         # added between the two steps.
         ends = await self._stream_ends(redis, streams)
         for stream in streams:
-            fetched = await redis.xreadgroup(group, consumer, {stream: ">"}, count=1)
-            entries = [(stream, i, m) for _s, batch in fetched or [] for i, m in batch]
+            entries = await self._read_new(redis, group, consumer, stream)
             if entries:
                 return entries
         await redis.xread(ends, count=1, block=self.block)
         return []
 
     @staticmethod
-    async def _stream_ends(redis: Redis, streams: list[str]) -> dict[str, str | bytes]:
+    async def _read_new(
+        redis: Redis, group: str, consumer: str, stream: str, block: int | None = None
+    ) -> list[Entry]:
+        """At most one new entry of ``stream``: a worker holds only the job it runs next."""
+        reply = await redis.xreadgroup(group, consumer, {stream: ">"}, count=1, block=block)
+        # redis-py types the reply for RESP3 and decoded strings too; these connections
+        # speak RESP2 and decode nothing.
+        batches = cast("_StreamReply | None", reply)
+        return [(stream, i, m) for _s, batch in batches or [] for i, m in batch]
+
+    @staticmethod
+    async def _stream_ends(redis: Redis, streams: list[str]) -> dict[KeyT, StreamIdT]:
         """The last ID each stream generated ("$" for a stream that does not exist yet)."""
         pipe = redis.pipeline(transaction=False)
         for stream in streams:
             pipe.xinfo_stream(stream)
         infos = await pipe.execute(raise_on_error=False)
-        ends: dict[str, str | bytes] = {}
+        ends: dict[KeyT, StreamIdT] = {}
         for stream, info in zip(streams, infos, strict=True):
             last = info.get("last-generated-id") if isinstance(info, dict) else None
             ends[stream] = last if last else "$"
@@ -244,7 +256,7 @@ class JobEventsMiddleware(TaskiqMiddleware):
         self.keys = keys
         self.worker = worker
 
-    async def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+    async def post_save(self, message: TaskiqMessage, result: TaskiqResult[object]) -> None:
         backend = self.broker.result_backend
         written = getattr(backend, "written", {}).pop(message.task_id, True)
         event = DoneEvent(job_id=message.task_id, worker=self.worker, written=written)
@@ -287,6 +299,6 @@ def make_broker(
         additional_streams={
             stream: ">" for stream in keys.streams_for(capabilities) if stream != keys.stream
         },
-        **{**connection_kwargs(settings), "socket_timeout": 10.0},
+        **connection_kwargs(settings, socket_timeout=10.0),
     )
     return broker.with_result_backend(DurableResultBackend(settings, keys))

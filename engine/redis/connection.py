@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TypedDict, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -20,12 +20,24 @@ logger = logging.getLogger(__name__)
 # Errors that mean "Redis cannot be reached right now" (as opposed to a bug in a command).
 REDIS_DOWN = (RedisError, OSError, SendTaskError)
 
+T = TypeVar("T")
 
-def connection_kwargs(settings: RemoteSettings) -> dict[str, Any]:
+
+class ConnectionOptions(TypedDict):
+    """What every client and connection pool here is built with."""
+
+    socket_connect_timeout: float
+    socket_timeout: float
+    socket_keepalive: bool
+    health_check_interval: int
+    retry: Retry
+
+
+def connection_kwargs(settings: RemoteSettings, socket_timeout: float = 30.0) -> ConnectionOptions:
     """Fail fast, retry once: a pooled connection that died with a Redis restart reconnects."""
     return {
         "socket_connect_timeout": settings.connect_timeout_s,
-        "socket_timeout": 30.0,
+        "socket_timeout": socket_timeout,
         "socket_keepalive": True,
         "health_check_interval": 15,
         "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
@@ -48,11 +60,11 @@ def cancelling() -> bool:
 
 async def retry_forever(
     what: str,
-    operation: Callable[[], Awaitable[Any]],
+    operation: Callable[[], Awaitable[T]],
     *,
     first_delay: float = 0.2,
     max_delay: float = 5.0,
-) -> Any:
+) -> T:
     """Run a Redis operation until it succeeds: results and acks must survive an outage."""
     delay = first_delay
     warned = False

@@ -11,9 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import math
-from typing import Any
-
-from taskiq import TaskiqResult
+from typing import Protocol
 
 from engine.contract import FailureKind, JobFailed, JobRequest, JobResult, ProgressCallback
 from engine.redis.wire import brief, parse_result
@@ -22,7 +20,21 @@ from engine.runner import ERROR_MESSAGE
 logger = logging.getLogger(__name__)
 
 
-def parse_outcome(job_id: str, result: TaskiqResult[Any]) -> JobResult | JobFailed:
+class StoredResult(Protocol):
+    """What the bot reads of a taskiq result (``TaskiqResult``, whatever its value type): the
+    value is untrusted until ``parse_result`` has read it."""
+
+    @property
+    def is_err(self) -> bool: ...
+
+    @property
+    def error(self) -> BaseException | None: ...
+
+    @property
+    def return_value(self) -> object: ...
+
+
+def parse_outcome(job_id: str, result: StoredResult) -> JobResult | JobFailed:
     """What a worker stored for a job; an unreadable result fails the job with a plain message
     (the member is refunded) instead of leaving it waiting forever."""
     if result.is_err:

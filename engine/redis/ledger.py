@@ -74,7 +74,7 @@ class JobLedger:
         waited = False
         while True:
 
-            async def attempt() -> tuple[bool, bytes | None]:
+            async def attempt() -> tuple[bool, bytes | str | None]:
                 if await self.redis.set(key, self.consumer, nx=True, px=ttl_ms):
                     return True, None
                 return False, await self.redis.get(key)

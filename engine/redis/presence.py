@@ -70,7 +70,10 @@ async def read_workers(redis: Redis, keys: RedisKeys, ttl_s: float) -> list[Hear
     names = await redis.zrangebyscore(keys.workers, now - ttl_s, "+inf")
     if not names:
         return []
-    worker_keys = [keys.worker(n.decode(errors="replace")) for n in names]
+    # Undecoded replies (bytes), though redis-py types them for every decoding and form.
+    worker_keys = [
+        keys.worker(n.decode(errors="replace") if isinstance(n, bytes) else str(n)) for n in names
+    ]
     raw = await redis.mget(worker_keys)
     workers = []
     for key, blob in zip(worker_keys, raw, strict=True):

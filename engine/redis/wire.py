@@ -36,7 +36,7 @@ import enum
 import json
 import logging
 import time
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -106,13 +106,13 @@ class _Message(BaseModel):
         return self.model_dump_json()
 
     @classmethod
-    def upgrade(cls, document: dict[str, Any]) -> dict[str, Any]:
+    def upgrade(cls, document: dict[str, object]) -> dict[str, object]:
         """The previous version's ``document`` as this version's (``WireError`` where there is
         no previous version, or it cannot be read)."""
         raise WireError(f"wire version {document.get('v')!r} (this side speaks {cls.VERSION})")
 
     @classmethod
-    def read(cls: type[M], data: bytes | str | dict[str, Any]) -> M:
+    def read(cls: type[M], data: bytes | str | dict[str, object]) -> M:
         """This message from Redis, or ``WireError``."""
         document = _document(data)
         if document.get("v") == cls.VERSION - 1:
@@ -128,7 +128,7 @@ class _Message(BaseModel):
             raise WireError(_short(exc)) from None
 
     @classmethod
-    def _validate(cls: type[M], document: dict[str, Any]) -> M:
+    def _validate(cls: type[M], document: dict[str, object]) -> M:
         return cls.model_validate(document)
 
 
@@ -141,12 +141,12 @@ class _ContractMessage(_Message):
     )
 
     @classmethod
-    def _validate(cls: type[M], document: dict[str, Any]) -> M:
+    def _validate(cls: type[M], document: dict[str, object]) -> M:
         return cls.model_validate_json(json.dumps(document))
 
-    def document(self) -> dict[str, Any]:
+    def document(self) -> dict[str, object]:
         """The message as the JSON object that goes to Redis (taskiq serializes it)."""
-        data: dict[str, Any] = json.loads(self.model_dump_json())
+        data: dict[str, object] = json.loads(self.model_dump_json())
         return data
 
 
@@ -162,7 +162,7 @@ class JobMessage(_ContractMessage):
     attempt: int = Field(ge=1)
 
     @classmethod
-    def upgrade(cls, document: dict[str, Any]) -> dict[str, Any]:
+    def upgrade(cls, document: dict[str, object]) -> dict[str, object]:
         return wire_v1.job_message(document)
 
 
@@ -285,7 +285,7 @@ class ResultEnvelope(_ContractMessage):
         return cls(ok=False, error=failed.failure)
 
     @classmethod
-    def upgrade(cls, document: dict[str, Any]) -> dict[str, Any]:
+    def upgrade(cls, document: dict[str, object]) -> dict[str, object]:
         return wire_v1.result_envelope(document)
 
     def outcome(self) -> JobResult | JobFailed:
@@ -295,7 +295,7 @@ class ResultEnvelope(_ContractMessage):
         assert self.error is not None  # _one_outcome
         return JobFailed.of(self.error)
 
-    def document_for(self, version: int) -> dict[str, Any]:
+    def document_for(self, version: int) -> dict[str, object]:
         """This envelope as a reader of ``version`` expects it: a worker answers a job in the
         version the job came in, so a bot one version older still reads its results."""
         if version == self.VERSION - 1:
@@ -353,7 +353,7 @@ class Heartbeat(_Message):
 
 
 # ---------------------------------------------------------------------------------- parsing
-def _document(data: bytes | str | dict[str, Any]) -> dict[str, Any]:
+def _document(data: object) -> dict[str, object]:
     """The JSON object of a message, or ``WireError``."""
     if isinstance(data, bytes | str):
         try:
@@ -377,8 +377,8 @@ def _short(exc: ValidationError) -> str:
 EVENT_VERSION = 1
 
 
-def parse_event(data: bytes | str) -> Event:
-    """An event from the events channel, or ``WireError``."""
+def parse_event(data: object) -> Event:
+    """An event from the events channel (untrusted: anything at all), or ``WireError``."""
     document = _document(data)
     if document.get("v") != EVENT_VERSION:
         raise WireError(f"wire version {document.get('v')!r} (this side speaks {EVENT_VERSION})")

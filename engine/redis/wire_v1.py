@@ -15,7 +15,6 @@ as version 2.
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 from engine.contract import TASK_EDIT, TASK_GENERATE, Failure, JobResult
 
@@ -31,14 +30,14 @@ def _error(what: str) -> Exception:
     return Unreadable(f"version-1 {what} unreadable")
 
 
-def job_message(document: dict[str, Any]) -> dict[str, Any]:
+def job_message(document: dict[str, object]) -> dict[str, object]:
     """A version-1 ``JobMessage`` (its request a dict with ``init_image`` / ``edit_images`` and
     the task as the message's ``needs``) as version 2."""
     request = document.get("request")
     if not isinstance(request, dict):
         raise _error("job request")
     fields = dict(request)
-    images: list[Any] = []
+    images: list[object] = []
     source = fields.pop("init_image", None)
     edits = fields.pop("edit_images", None)
     if source is not None:
@@ -60,10 +59,14 @@ def job_message(document: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def result_envelope(document: dict[str, Any]) -> dict[str, Any]:
+def result_envelope(document: dict[str, object]) -> dict[str, object]:
     """A version-1 ``ResultEnvelope`` (one image, its PNG in hex, its size and seed among the
     result's fields) as version 2."""
-    upgraded: dict[str, Any] = {"v": V2, "ok": document.get("ok"), "error": document.get("error")}
+    upgraded: dict[str, object] = {
+        "v": V2,
+        "ok": document.get("ok"),
+        "error": document.get("error"),
+    }
     result = document.get("result")
     if result is not None:
         if not isinstance(result, dict):
@@ -92,7 +95,7 @@ NOT_FOR_V1_MESSAGE = (
 )
 
 
-def result_document(ok: bool, result: JobResult | None, error: Failure | None) -> dict[str, Any]:
+def result_document(ok: bool, result: JobResult | None, error: Failure | None) -> dict[str, object]:
     """A version-2 envelope's outcome as a version-1 bot reads it: its one image (a version-1
     result is one image), or a failure the member can read."""
     if ok and result is not None and len(result.images) == 1 and not result.texts:
