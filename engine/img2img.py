@@ -16,13 +16,19 @@ import dataclasses
 import io
 import logging
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from PIL import Image, ImageOps
 
 from engine.contract import MAX_INPUT_IMAGE_PIXELS, FailureKind, JobFailed, JobRequest
+from engine.diffusers_types import Pipeline
 from engine.generator import Plan
 from engine.inputs import check_aspect
+
+if TYPE_CHECKING:
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img import (
+        QwenImageImg2ImgPipeline,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ def img2img_steps(schedule_steps: int, strength: float) -> int:
     return schedule_steps - t_start
 
 
-def _shared_img2img_class() -> type:
+def _shared_img2img_class() -> type[QwenImageImg2ImgPipeline]:
     """``QwenImageImg2ImgPipeline`` whose ``to()`` never moves or casts the shared modules.
 
     ``from_pipe`` ends with ``new_pipeline.to(dtype=...)`` (float32 unless told otherwise), and
@@ -52,19 +58,24 @@ def _shared_img2img_class() -> type:
     ``engine.optimize`` included). The modules belong to the text-to-image pipeline, which
     places them; this view leaves them exactly as they are.
     """
-    from diffusers import QwenImageImg2ImgPipeline
+    # The defining module: to a type checker ``diffusers.QwenImageImg2ImgPipeline`` is diffusers'
+    # untyped placeholder (engine.diffusers_types says why).
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img import (
+        QwenImageImg2ImgPipeline,
+    )
 
     class SharedQwenImageImg2ImgPipeline(QwenImageImg2ImgPipeline):
-        def to(self, *args: Any, **kwargs: Any) -> Any:
+        def to(self, *args: object, **kwargs: object) -> SharedQwenImageImg2ImgPipeline:
             return self
 
     return SharedQwenImageImg2ImgPipeline
 
 
-def build_img2img(pipe: Any) -> Any:
+def build_img2img(pipe: Pipeline) -> Pipeline:
     """An img2img pipeline built by ``from_pipe`` over ``pipe``'s modules (no weight copied)."""
     pipeline_class = _shared_img2img_class()
-    img2img = pipeline_class.from_pipe(pipe)
+    # diffusers leaves from_pipe unannotated; what it builds is the engine's view of a pipeline.
+    img2img = cast(Pipeline, pipeline_class.from_pipe(pipe))  # type: ignore[no-untyped-call]
     img2img.set_progress_bar_config(disable=True)
     # engine.optimize memoises prompt encodings on the text-to-image pipeline; the img2img
     # encoder is the same code over the same modules, so a variation of a recent prompt reuses
@@ -80,10 +91,10 @@ class Img2ImgView:
     """The lazily built img2img pipeline that follows the text-to-image pipeline's modules."""
 
     def __init__(self) -> None:
-        self._pipe: Any = None
-        self._source: Any = None
+        self._pipe: Pipeline | None = None
+        self._source: Pipeline | None = None
 
-    def get(self, pipe: Any) -> Any:
+    def get(self, pipe: Pipeline) -> Pipeline:
         """The img2img pipeline for ``pipe``, its scheduler set to the one ``pipe`` uses now.
 
         Fast mode swaps ``pipe.scheduler`` for the Lightning one; the view follows, so a fast
@@ -99,7 +110,7 @@ class Img2ImgView:
                 if name != "scheduler"
             )
         )
-        if stale:
+        if stale or current is None:
             current = build_img2img(pipe)
             self._pipe, self._source = current, pipe
         if current.scheduler is not pipe.scheduler:
@@ -117,7 +128,7 @@ def load_init_image(data: bytes, width: int, height: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=["PNG"])  # the bot sends PNG only
+            image: Image.Image = Image.open(io.BytesIO(data), formats=["PNG"])  # PNG only
             if image.width * image.height > MAX_INPUT_IMAGE_PIXELS:
                 raise JobFailed(
                     FailureKind.INVALID,

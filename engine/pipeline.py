@@ -155,8 +155,7 @@ class ImageGenerator(LightningModes, Generator):
 
     def img2img_pipeline(self) -> Pipeline:
         """The ``QwenImageImg2ImgPipeline`` over this pipeline's modules (built on first use)."""
-        view: Pipeline = self._img2img.get(self.pipe)  # engine.img2img leaves it untyped
-        return view
+        return self._img2img.get(self.pipe)
 
     # --------------------------------------------------------------- generation
     def plan(self, request: JobRequest) -> Plan:

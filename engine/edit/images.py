@@ -41,7 +41,7 @@ def decode_edit_image(data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=["PNG"])  # the bot sends PNG only
+            image: Image.Image = Image.open(io.BytesIO(data), formats=["PNG"])  # PNG only
             if image.width * image.height > MAX_INPUT_IMAGE_PIXELS:
                 raise JobFailed(FailureKind.INVALID, "An edit image is too large.")
             check_aspect(image.width, image.height, "An edit image")

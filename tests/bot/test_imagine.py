@@ -384,9 +384,7 @@ async def test_a_refusal_after_deferring_is_still_private(
 async def test_two_requests_racing_for_the_last_image_charge_once(harness: Harness) -> None:
     # Both pass the early quota check before either is reserved; the reservation decides.
     lee = harness.member("lee")
-    results = [
-        harness.slash_nowait(lee, "imagine", prompt=prompt) for prompt in ("left", "right")
-    ]
+    results = [harness.slash_nowait(lee, "imagine", prompt=prompt) for prompt in ("left", "right")]
     await harness.wait_until(lambda: all(r.acknowledged for r in results), what="both answers")
     await harness.wait_jobs()
     refused = [r for r in results if r.ephemeral]
