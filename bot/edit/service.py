@@ -191,11 +191,12 @@ async def edit_uploads(
 ) -> None:
     """/edit: check, download and validate the uploads, keep them, then charge, queue and
     answer. Everything that costs nothing comes first: whether anything here edits, the
-    server's rules, the member's quota and queue (``JobService.admit``); then the downloads."""
+    server's rules, the member's quota and queue (``JobService.admit_early``); then the
+    downloads."""
     await jobs.check_task(TASK_EDIT)
     check_instruction(instruction)
     spec = edit_spec(instruction, aspect=DEFAULT_ASPECT, mode=mode, seed=seed)
-    await jobs.admit(guard, spec)  # rules, quota and queue, before anything is downloaded
+    await jobs.admit_early(guard, spec)  # rules, quota and queue, before anything is downloaded
     if not 1 <= len(attachments) <= MAX_EDIT_IMAGES:
         raise UserError(f"Send one to {MAX_EDIT_IMAGES} images to edit.")
     try:
@@ -231,7 +232,7 @@ async def edit_stored(
     aspect = source.aspect if source.aspect in ASPECTS else DEFAULT_ASPECT
     spec = edit_spec(instruction, aspect=aspect, mode=jobs.settings.default_mode, seed=None)
     spec = dataclasses.replace(spec, parent_key=source.job_key)
-    await jobs.admit(guard, spec)
+    await jobs.admit_early(guard, spec)
     try:
         png = await jobs.images.read(source_key)
     except NotStored:

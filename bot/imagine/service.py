@@ -119,17 +119,21 @@ class JobService:
     async def admit(self, guard: AckGuard, spec: JobSpec) -> Admitted:
         """Every check before anything is charged, in the order a member would fix them: a
         kind this bot runs, something here that runs its task now, the server's rules
-        (``policy.server_rules``). ``start`` runs it; an entry point with slow work before it (a
-        download) runs it first too, so a refusal costs nothing."""
+        (``policy.server_rules``). Quota and queue are the reservation's, atomically."""
         try:
             kind = self.kinds[spec.kind]
         except UnknownKind:
             raise UserError(render.unknown_kind_text()) from None
         if kind.task != TASK_GENERATE:
             await self.check_task(kind.task)
-        admitted = await policy.server_rules(guard.interaction, self.guilds, spec)
+        return await policy.server_rules(guard.interaction, self.guilds, spec)
+
+    async def admit_early(self, guard: AckGuard, spec: JobSpec) -> None:
+        """``admit`` and the member's quota and queue, for an entry point with slow work
+        before ``start`` (a download): a refusal then comes before that work, not after it.
+        ``start`` checks again; only the reservation decides."""
+        admitted = await self.admit(guard, spec)
         await self.check_limits(guard.interaction, admitted)
-        return admitted
 
     async def check_limits(self, interaction: Interaction, admitted: Admitted) -> None:
         """Refuse (nothing written) when the member has no quota left today or as many jobs

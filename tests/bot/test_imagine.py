@@ -363,15 +363,7 @@ async def test_a_refusal_after_deferring_is_still_private(
     lee = harness.member("lee")
     await lee.slash(harness.channel, "imagine", prompt="first")
     await harness.wait_jobs()
-    # The early quota check (before anything is reserved) is what refuses; a database under
-    # load makes it answer after the bot has deferred.
-    real = db.quota_status
-
-    async def slow_status(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(2.6)
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(db, "quota_status", slow_status)
+    await _slow_reserve(monkeypatch, 2.6)
     result = await lee.slash(harness.channel, "imagine", prompt="second")
     assert callback_types(harness, result) == [5]
     assert result.response is None  # the public "thinking…" message was deleted
@@ -382,7 +374,7 @@ async def test_a_refusal_after_deferring_is_still_private(
 
 @pytest.mark.parametrize("settings_overrides", [{"default_daily_quota": 1}])
 async def test_two_requests_racing_for_the_last_image_charge_once(harness: Harness) -> None:
-    # Both pass the early quota check before either is reserved; the reservation decides.
+    # Both arrive before either is reserved: the reservation, one transaction, decides.
     lee = harness.member("lee")
     results = [harness.slash_nowait(lee, "imagine", prompt=prompt) for prompt in ("left", "right")]
     await harness.wait_until(lambda: all(r.acknowledged for r in results), what="both answers")

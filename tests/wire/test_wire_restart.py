@@ -80,9 +80,10 @@ async def test_restart_with_jobs_queued_and_running(rig: Rig, tokens: str) -> No
         before = await emu.slash(earlier, "imagine", prompt="made before the restart")
         old_image = await delivered(emu, before)
         await settled(rig.database_url, before)
-        jobs = [await emu.slash(m, "imagine", prompt=f"job {n}") for n, m in enumerate(members)]
-        for job in jobs:
-            await emu.wait_acked(job)
+        jobs = []
+        for n, member in enumerate(members):
+            # Each answered (reserved, then queued) before the next is sent: the queue's order.
+            jobs.append(await emu.wait_acked(await emu.slash(member, "imagine", prompt=f"job {n}")))
         await emu.wait_until(lambda: _running(emu, jobs[0]), what="the first job to run")
         await _marked_running(rig.database_url, jobs[0])
     # The first bot is gone (SIGTERM-like close, engine closed): one job running, two queued.
@@ -173,9 +174,10 @@ async def test_crash_kill_9_with_jobs_queued_and_running(rig: Rig, tmp_path: Pat
         before = await emu.slash(earlier, "imagine", prompt="made before the crash")
         old_image = await delivered(emu, before, within=60.0)
         await settled(rig.database_url, before)
-        jobs = [await emu.slash(m, "imagine", prompt=f"job {n}") for n, m in enumerate(members)]
-        for job in jobs:
-            await emu.wait_acked(job)
+        jobs = []
+        for n, member in enumerate(members):
+            # Each answered (reserved, then queued) before the next is sent: the queue's order.
+            jobs.append(await emu.wait_acked(await emu.slash(member, "imagine", prompt=f"job {n}")))
         await emu.wait_until(lambda: _running(emu, jobs[0]), what="the first job to run")
         await _marked_running(rig.database_url, jobs[0])
         process.kill()
