@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from bot.logsetup import setup_logging
 from bot.settings import TOKEN_ENV, BotSettings
-from engine.backends import backend_secrets
+from engine.backends import log_redaction
 from engine.settings import describe_settings_error
 
 if TYPE_CHECKING:
@@ -65,11 +65,10 @@ def _settings() -> BotSettings | None:
         return None
 
 
-def _secrets(settings: BotSettings) -> list[str]:
-    secrets = [settings.discord_token.get_secret_value()] if settings.discord_token else []
-    if settings.redis_url is not None:  # the URL, and its password alone
-        secrets.extend(backend_secrets(settings.redis_url.get_secret_value()))
-    return secrets
+def _redaction(settings: BotSettings) -> logging.Filter:
+    token = settings.discord_token.get_secret_value() if settings.discord_token else None
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    return log_redaction(redis_url, *([token] if token else []))
 
 
 def _no_voice() -> None:
@@ -111,7 +110,7 @@ def invite() -> int:
             file=sys.stderr,
         )
         return 2
-    setup_logging(settings.log_level, _secrets(settings))
+    setup_logging(settings.log_level, _redaction(settings))
     from bot import endpoints
 
     endpoints.apply()  # TEST ONLY variables; nothing happens in production
@@ -149,7 +148,7 @@ def run() -> int:
         )
         return 2
     token = settings.discord_token.get_secret_value()
-    setup_logging(settings.log_level, _secrets(settings))
+    setup_logging(settings.log_level, _redaction(settings))
 
     from bot import endpoints
 

@@ -5,49 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 
-REDACTED = "[REDACTED]"
 
-
-class RedactSecrets(logging.Filter):
-    """Replace secrets in the formatted message and traceback of every record.
-
-    The bot never logs its token on purpose; this filter makes sure a library, an exception
-    message or a careless debug line cannot either.
-    """
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s and len(s) >= 8]
-
-    def _clean(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:
-            message = str(record.msg)
-        cleaned = self._clean(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self._clean(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self._clean(record.stack_info)
-        return True
-
-
-def setup_logging(level: str, secrets: list[str]) -> logging.Handler:
-    """Log to stderr with the redaction filter on the handler, so every logger is covered."""
+def setup_logging(level: str, redaction: logging.Filter) -> logging.Handler:
+    """Log to stderr with ``redaction`` (``engine.backends.log_redaction``: the token and the
+    Redis password) on the handler, so every logger is covered."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler.addFilter(RedactSecrets(secrets))
+    handler.addFilter(redaction)
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.database import Database
 from db.models import Generation, GuildSettings, ImageRecord
 from db.queries.common import as_utc
+from db.queries.guild import settings_row
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ async def set_gallery_public(
     """Open (or close) a server's gallery to its members; returns whether it changed."""
     now = as_utc(now)
     async with db.sessions.begin() as session:
-        row = await _settings_row(session, guild_id, now)
+        row = await settings_row(session, guild_id, now)
         changed = bool(row.gallery_public) != public
         row.gallery_public = public
         row.updated_at = now
@@ -286,26 +287,9 @@ async def revoke_gallery_links(
     """End every gallery link of a server given out so far; returns the new generation."""
     now = as_utc(now)
     async with db.sessions.begin() as session:
-        row = await _settings_row(session, guild_id, now)
+        row = await settings_row(session, guild_id, now)
         row.gallery_links_epoch = int(row.gallery_links_epoch or 0) + 1
         row.updated_at = now
         epoch = row.gallery_links_epoch
     log.info("gallery links of guild %s revoked (generation %d)", guild_id, epoch)
     return epoch
-
-
-async def _settings_row(session: AsyncSession, guild_id: int, now: dt.datetime) -> GuildSettings:
-    """The server's settings row, made with the bot's defaults when it has none yet."""
-    row = await session.get(GuildSettings, guild_id)
-    if row is None:
-        row = GuildSettings(
-            guild_id=guild_id,
-            blocked_words=[],
-            allowed_channels=[],
-            exempt_roles=[],
-            gallery_public=False,
-            gallery_links_epoch=0,
-            updated_at=now,
-        )
-        session.add(row)
-    return row

@@ -9,9 +9,10 @@ the start with a plain message instead of after login) and pass them on.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from engine.contract import ImageBackend
-from engine.redis.redaction import url_secrets
+from engine.redis.redaction import RedactRedis, url_secrets
 from engine.redis.settings import RemoteSettings
 from engine.settings import EngineSettings
 
@@ -32,10 +33,11 @@ def read_backend_settings(redis_url: str | None) -> BackendSettings:
     return BackendSettings(engine=EngineSettings(), remote=remote)
 
 
-def backend_secrets(redis_url: str | None) -> list[str]:
-    """What the bot's log must never show of its backend's settings: the Redis URL and the
-    password in it, wherever a message carries them."""
-    return [redis_url, *url_secrets(redis_url)] if redis_url else []
+def log_redaction(redis_url: str | None, *secrets: str) -> logging.Filter:
+    """The filter that keeps the bot's secrets out of every log line: ``secrets`` (its Discord
+    token), the Redis URL and the password in it, and any Redis URL a message carries."""
+    carried = [redis_url, *url_secrets(redis_url)] if redis_url else []
+    return RedactRedis([*secrets, *carried])
 
 
 def build_backend(settings: BackendSettings) -> ImageBackend:

@@ -144,7 +144,9 @@ def _config(
     )
 
 
-async def _settings_row(session: AsyncSession, guild_id: int, now: dt.datetime) -> GuildSettings:
+async def settings_row(session: AsyncSession, guild_id: int, now: dt.datetime) -> GuildSettings:
+    """The server's settings row, made with the bot's defaults when it has none yet (inside
+    the caller's transaction: every writer of a server's settings goes through it)."""
     row = await session.get(GuildSettings, guild_id)
     if row is None:
         row = GuildSettings(
@@ -152,6 +154,8 @@ async def _settings_row(session: AsyncSession, guild_id: int, now: dt.datetime) 
             blocked_words=[],
             allowed_channels=[],
             exempt_roles=[],
+            gallery_public=False,
+            gallery_links_epoch=0,
             updated_at=now,
         )
         session.add(row)
@@ -190,7 +194,7 @@ async def update_guild_config(
             raise ValueError(f"{name} must be >= 0 (0 means unlimited), got {value}")
     now = utcnow()
     async with db.sessions.begin() as session:
-        row = await _settings_row(session, guild_id, now)
+        row = await settings_row(session, guild_id, now)
         if daily_quota is not None:
             row.daily_quota = daily_quota
         if max_queued is not None:
@@ -232,7 +236,7 @@ async def add_blocked_word(db: Database, guild_id: int, word: str) -> bool:
     """Block a word or phrase; False if it was already blocked (case-insensitive)."""
     cleaned = _clean_word(word)
     async with db.sessions.begin() as session:
-        row = await _settings_row(session, guild_id, utcnow())
+        row = await settings_row(session, guild_id, utcnow())
         words = list(row.blocked_words or [])
         if any(w.casefold() == cleaned.casefold() for w in words):
             return False

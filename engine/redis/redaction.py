@@ -66,8 +66,8 @@ class RedactRedis(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a bad format string: logging reports it itself, later
-            return True
+        except Exception:  # a bad format string: still no secret in what gets written
+            message = str(record.msg)
         cleaned = self.clean(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
