@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -42,13 +43,24 @@ def test_a_bad_redis_setting_names_the_variable_and_no_secret(tmp_path: Path) ->
 def test_the_bots_log_filter_knows_the_redis_password_on_its_own() -> None:
     """issue 20 item 5: the bot redacted its whole Redis URL, but not the password where a
     message carries it alone or in a differently written URL."""
-    from bot.__main__ import _secrets
+    from bot.__main__ import _redaction
     from bot.settings import BotSettings
 
+    password = "hunter2-redis-password"
     settings = BotSettings(
-        discord_token=FAKE_TOKEN, redis_url="redis://h:6379/0?password=hunter2-redis-password"
+        discord_token=FAKE_TOKEN, redis_url=f"redis://h:6379/0?password={password}"
     )
-    assert "hunter2-redis-password" in _secrets(settings)
+    redaction = _redaction(settings)
+    lines = [
+        f"AUTH failed for {password}",
+        f"could not reach rediss://default:{password}@elsewhere:6380/1",
+        f"login with {FAKE_TOKEN}",
+    ]
+    for line in lines:
+        record = logging.LogRecord("test", logging.WARNING, __file__, 1, line, None, None)
+        assert redaction.filter(record) is True
+        logged = record.getMessage()
+        assert password not in logged and FAKE_TOKEN not in logged and logged != line
 
 
 def test_the_bot_has_no_voice_and_says_nothing_about_it(tmp_path: Path) -> None:
