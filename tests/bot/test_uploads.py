@@ -14,6 +14,7 @@ import zlib
 import pytest
 from PIL import Image
 
+from bench import uploads as bench_uploads
 from bot import uploads
 from bot.uploads import (
     MAX_OUTPUT_PIXELS,
@@ -214,14 +215,10 @@ def test_an_srgb_profile_leaves_the_colours_as_they_were() -> None:
 
 # ---------------------------------------------------------------------- issue 20 items 1, 2
 def many_scans(extra: int, side: int = 2048) -> bytes:
-    """A progressive JPEG with ``extra`` more scans: one of its empty AC scans (35 bytes or so:
-    a flat image has nothing to refine) repeated before the end. Small, and a decoder processes
-    every scan over the whole image (issue 20 item 1: 20,000 of them decoded for 21 s, 716 KB)."""
-    data = encode(Image.new("RGB", (side, side), (120, 40, 200)), "JPEG", progressive=True)
-    starts = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
-    ends = [*starts[1:], len(data) - 2]
-    empty = min((data[a:b] for a, b in zip(starts, ends, strict=True)), key=len)
-    return data[:-2] + empty * extra + b"\xff\xd9"
+    """A progressive JPEG with ``extra`` more, empty scans (35 bytes or so each): small, and a
+    decoder processes every scan over the whole image (issue 20 item 1: 20,000 of them decoded
+    for 21 s, 716 KB). ``bench/uploads.py`` measures it."""
+    return bench_uploads.many_scans(extra, side)
 
 
 def test_a_jpeg_of_thousands_of_scans_is_refused_before_it_is_decoded() -> None:
