@@ -292,7 +292,7 @@ def job_result(request: JobRequest, plan: Plan, image: Image.Image, run_s: float
         full_prompt=plan.model_prompt,
         negative_prompt=plan.negative_prompt,
         aspect=plan.aspect,
-        model=plan.model,
+        model=plan.model_label,
         run_s=run_s,
         note=plan.note,
     )

@@ -46,10 +46,18 @@ class Plan:
     strength: float | None = None
     parent_job_id: str | None = None
     note: str | None = None
+    # The transformer's weight format (the memory plan's): a compact one changes the pixels
+    # for the same seed, so the PNG and Details record it.
+    weights: str = "bf16"
 
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
+
+    @property
+    def model_label(self) -> str:
+        """The model as results name it: with its weight format where that is not bf16."""
+        return self.model if self.weights == "bf16" else f"{self.model} ({self.weights} weights)"
 
     @property
     def cfg(self) -> bool:
@@ -86,6 +94,7 @@ class Plan:
             ("mode", str(self.mode)),
             ("requested_mode", str(self.requested_mode)),
             ("model", self.model),
+            ("weights", self.weights),
             ("note", self.note),
         ):
             if value is None or (value == "" and name != "negative_prompt"):

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -21,6 +22,16 @@ import torch
 from engine.devices import EngineUnavailable, choose_memory_mode, resolve_device, resolve_dtype
 from engine.diffusers_types import Pipeline
 from engine.generation import load_lightning_lora
+from engine.placing import carry_out, probe_card, probe_host
+from engine.planning import (
+    QWEN_IMAGE,
+    QWEN_IMAGE_WITH_EDIT,
+    MemoryPlan,
+    Placement,
+    PlanError,
+    plan_memory,
+    streamed_plan,
+)
 from engine.prefetch import read_ahead
 from engine.settings import EngineSettings, MemoryMode
 from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE, tiny_defaults
@@ -40,6 +51,10 @@ class LoadedPipeline:
     memory_mode: MemoryMode
     max_side: int | None
     fast_available: bool
+    # None where IMAGINE_MEMORY_MODE forces offloading the old way (model or sequential).
+    plan: MemoryPlan | None = None
+    # Fast mode's switch when the plan turned the LoRA into an adapter of compact weights.
+    lora_switch: Callable[[bool], None] | None = None
 
 
 def load_pipeline(settings: EngineSettings) -> LoadedPipeline:
@@ -70,12 +85,17 @@ def load_pipeline(settings: EngineSettings) -> LoadedPipeline:
         max_side = int(tiny.get("max_side", 256))
         logger.info("tiny model: output sizes capped at %d px (exact aspect)", max_side)
 
-    free_gib = None
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        free_gib = free / 2**30
-    memory_mode, why = choose_memory_mode(settings.memory_mode, device, free_gib)
-    logger.info("memory mode %s (%s)", memory_mode, why)
+    plan = make_plan(settings, device)
+    memory_mode = MemoryMode.RESIDENT
+    if plan is None:
+        free_gib = None
+        if device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(device)
+            free_gib = free / 2**30
+        memory_mode, why = choose_memory_mode(settings.memory_mode, device, free_gib)
+        logger.info("memory mode %s (%s)", memory_mode, why)
+    else:
+        memory_mode = mode_of(plan)
 
     started = time.perf_counter()
     lora, lora_weight = lightning_source(settings, tiny is not None)
@@ -98,12 +118,56 @@ def load_pipeline(settings: EngineSettings) -> LoadedPipeline:
         )
         pipe.set_progress_bar_config(disable=True)
         fast_available = load_lightning(pipe, lora, lora_weight)
-        place(pipe, memory_mode, device)
+        lora_switch = None
+        if plan is None:
+            place(pipe, memory_mode, device)
+        else:
+            lora_switch = carry_out(pipe, plan, device, adapter=LORA_ADAPTER).lora_switch
     logger.info(
         "loaded %s on %s (%s) in %.1fs", settings.model, device, dtype,
         time.perf_counter() - started,
     )  # fmt: skip
-    return LoadedPipeline(pipe, device, dtype, memory_mode, max_side, fast_available)
+    return LoadedPipeline(
+        pipe, device, dtype, memory_mode, max_side, fast_available, plan, lora_switch
+    )
+
+
+def make_plan(settings: EngineSettings, device: torch.device) -> MemoryPlan | None:
+    """The memory plan for this card (``engine.planning``), logged with its reasons; None where
+    ``IMAGINE_MEMORY_MODE`` forces model or sequential offload. A setting the card cannot
+    honour (FP8 weights on an Ampere card) refuses at start with what to change."""
+    forced = settings.memory_mode
+    if forced in (MemoryMode.MODEL_OFFLOAD, MemoryMode.SEQUENTIAL_OFFLOAD):
+        return None
+    card = probe_card(device, settings.gpu_memory_gib)
+    models = QWEN_IMAGE_WITH_EDIT if settings.edit_model.strip() else QWEN_IMAGE
+    try:
+        if forced == MemoryMode.STREAMED:
+            plan = streamed_plan(card, models, settings.weights)
+        elif forced == MemoryMode.RESIDENT:
+            plan = plan_memory(
+                dataclasses.replace(card, usable_gib=10_000.0), probe_host(), models,
+                settings.weights,
+            )  # fmt: skip
+        else:
+            plan = plan_memory(card, probe_host(), models, settings.weights)
+    except PlanError as exc:
+        raise EngineUnavailable(str(exc)) from None
+    logger.info("memory plan for %s (%.0f GiB usable, %s): %s", card.name, card.usable_gib,
+                card.source, plan.summary())  # fmt: skip
+    for reason in plan.reasons:
+        logger.info("memory plan: %s", reason)
+    return plan
+
+
+def mode_of(plan: MemoryPlan) -> MemoryMode:
+    """The generators' coarse view of a plan: whether the transformer stays on the device."""
+    placement = plan.transformer.placement
+    if placement == Placement.SEQUENTIAL:
+        return MemoryMode.SEQUENTIAL_OFFLOAD
+    if placement == Placement.STREAMED:
+        return MemoryMode.STREAMED
+    return MemoryMode.RESIDENT
 
 
 # A Hugging Face id: owner/name, nothing more (a path has ./, ../, / or ~, or more parts).
@@ -154,7 +218,7 @@ def load_lightning(pipe: Pipeline, source: str, weight_name: str) -> bool:
 
 
 def place(pipe: Pipeline, memory_mode: MemoryMode, device: torch.device) -> None:
-    """Put the pipeline where the memory mode says: all on the device, or offloaded."""
+    """Put the pipeline where a forced memory mode says: model or sequential offload."""
     if memory_mode == MemoryMode.RESIDENT:
         pipe.to(device)
     elif memory_mode == MemoryMode.MODEL_OFFLOAD:

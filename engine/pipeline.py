@@ -34,6 +34,7 @@ from engine.generation import (
 from engine.generator import UNWATCHED, Generator, GeneratorInfo, JobControl, Plan
 from engine.img2img import Img2ImgView, img2img_fields, load_init_image
 from engine.loader import LORA_ADAPTER, load_pipeline
+from engine.planning import MemoryPlan
 from engine.presets import (
     ASPECTS,
     MODES,
@@ -73,8 +74,11 @@ class ImageGenerator(LightningModes, Generator):
         max_side: int | None,
         fast_available: bool,
         model_name: str,
+        memory_plan: MemoryPlan | None = None,
     ) -> None:
         self.pipe = pipe
+        # None for a forced offload mode and for pipelines built outside the loader (bench).
+        self.memory_plan = memory_plan
         self.settings = settings
         self.device = device
         self.dtype = dtype
@@ -109,7 +113,9 @@ class ImageGenerator(LightningModes, Generator):
             max_side=loaded.max_side,
             fast_available=loaded.fast_available,
             model_name=settings.model,
+            memory_plan=loaded.plan,
         )
+        generator.lora_switch = loaded.lora_switch
         generator._apply_speedups()
         return generator
 
@@ -137,13 +143,24 @@ class ImageGenerator(LightningModes, Generator):
             tasks=self.tasks(),
             device=str(self.device),
             gpu=gpu,
-            memory_mode=str(self.memory_mode),
+            memory_mode=self.memory_line(),
             memory_gb=memory_gb,
             dtype=str(self.dtype).removeprefix("torch."),
             fast_available=self.fast_available,
             optimizations=tuple(self.optimizations),
             resident_models=self.resident_models(),
         )
+
+    def memory_line(self) -> str:
+        """What /status and the start-up log say of where the models live."""
+        if self.memory_plan is None or self.device.type != "cuda":
+            return str(self.memory_mode)
+        return self.memory_plan.summary()
+
+    @property
+    def weight_format(self) -> str:
+        """The transformer's weight format, recorded with each image (it changes the pixels)."""
+        return "bf16" if self.memory_plan is None else str(self.memory_plan.weights)
 
     def resident_models(self) -> tuple[str, ...]:
         if self.swap is not None and not self.swap.is_resident(self.model_name):
@@ -196,6 +213,7 @@ class ImageGenerator(LightningModes, Generator):
             requested_mode=request.mode,
             model=public_model_name(self.model_name),
             note=note,
+            weights=self.weight_format,
         )
         if request.images:  # a variation: fewer steps, strength, parent job
             plan = img2img_fields(plan, request)

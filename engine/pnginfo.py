@@ -42,6 +42,7 @@ def a1111_parameters(parameters: Parameters) -> str:
         ("Seed", parameters.get("seed")),
         ("Size", parameters.get("size") or _size(parameters)),
         ("Model", parameters.get("model")),
+        ("Weights", parameters.get("weights") if parameters.get("weights") != "bf16" else None),
         ("Denoising strength", _number(parameters.get("strength"))),
         ("Mode", parameters.get("mode")),
         ("Style", _style(parameters.get("style"))),

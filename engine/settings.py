@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.contract import Mode
+from engine.planning import WeightsSetting
 
 
 class MemoryMode(enum.StrEnum):
@@ -24,6 +25,8 @@ class MemoryMode(enum.StrEnum):
     RESIDENT = "resident"
     MODEL_OFFLOAD = "model_offload"
     SEQUENTIAL_OFFLOAD = "sequential_offload"
+    # The transformer (and text encoder) stream block by block from pinned host memory.
+    STREAMED = "streamed"
 
 
 # The per-user safety ceiling of the engine. Members see their server's /limits max_queued
@@ -52,7 +55,23 @@ class EngineSettings(ImagineBaseSettings):
     )
     device: str = Field("auto", description="auto, cuda, cuda:N or cpu")
     dtype: str = Field("auto", description="auto (bf16 on CUDA, float32 on CPU), bf16, fp16, fp32")
-    memory_mode: MemoryMode = MemoryMode.AUTO
+    memory_mode: MemoryMode = Field(
+        MemoryMode.AUTO,
+        description="auto: the memory planner decides per component (engine.planning); "
+        "resident, streamed, model_offload or sequential_offload force one placement",
+    )
+    gpu_memory_gib: float | None = Field(
+        None,
+        gt=0,
+        description="GiB of GPU memory the bot may plan for (a card shared with other "
+        "programs); unset: the card's free memory at start",
+    )
+    weights: WeightsSetting = Field(
+        WeightsSetting.AUTO,
+        description="weight format: auto keeps bf16 wherever it fits and compacts (FP8, int8, "
+        "4-bit) only what does not; bf16, fp8, int8 or int4 pins one (images differ slightly "
+        "between formats for the same seed)",
+    )
     hf_cache_dir: Path | None = Field(None, description="Hugging Face cache (model weights)")
     default_mode: Mode = Mode.STANDARD
     lightning_lora: str = Field(

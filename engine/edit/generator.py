@@ -60,7 +60,10 @@ from engine.generation import (
 )
 from engine.generator import UNWATCHED, Generator, GeneratorInfo, JobControl, Plan
 from engine.loader import check_model_source
+from engine.optimize.quant import AdapterSwitch, QuantLinear
 from engine.pipeline import ImageGenerator
+from engine.placing import component, place_text_encoder, place_transformer
+from engine.planning import Component, ComponentPlan, Placement, WeightFormat
 from engine.prefetch import read_ahead
 from engine.presets import NEUTRAL_NEGATIVE, public_model_name
 from engine.settings import EngineSettings, MemoryMode
@@ -78,6 +81,22 @@ EDIT_TRUE_CFG = 4.0
 
 class EditUnavailable(RuntimeError):
     """Editing is off or cannot run here; the message says why, in words a user can read."""
+
+
+_WHY = {
+    Placement.RESIDENT: "both transformers resident",
+    Placement.SWAPPED: "the idle transformer waits in pinned host memory and is swapped in",
+    Placement.STREAMED: "streamed block by block from pinned host memory",
+    Placement.SEQUENTIAL: "fetched layer by layer",
+    Placement.ABSENT: "absent",
+}
+
+
+def _switch(converted: list[QuantLinear]) -> AdapterSwitch | None:
+    """Fast edits' switch when the edit LoRA now runs beside compact weights."""
+    if any(module.lora_down is not None for module in converted):
+        return AdapterSwitch(converted)
+    return None
 
 
 class EditGenerator(LightningModes, Generator):
@@ -146,7 +165,15 @@ class EditGenerator(LightningModes, Generator):
                 "IMAGINE_EDIT_MODEL=DIR."
             )
         cache_dir = str(settings.hf_cache_dir) if settings.hf_cache_dir else None
-        resident = base.memory_mode == MemoryMode.RESIDENT
+        plan = base.memory_plan
+        if plan is not None and not plan.edit_available:
+            raise EditUnavailable(
+                "Image editing is off on this machine: "
+                + next((r for r in plan.reasons if r.startswith("editing is off")), "no room")
+                + "."
+            )
+        # Streamed modules are shared too: the hooks on a module serve whichever pipeline runs it.
+        resident = base.memory_mode in (MemoryMode.RESIDENT, MemoryMode.STREAMED)
         shared: dict[str, str] = {}
         components: dict[str, object] = {}
         for name in SHARABLE:
@@ -178,7 +205,7 @@ class EditGenerator(LightningModes, Generator):
             )
             pipe.set_progress_bar_config(disable=True)
             fast_available = cls._load_lightning(pipe, settings)
-            swap = cls._place(pipe, base, source, components)
+            swap, switch = cls._place(pipe, base, source, components)
         logger.info("loaded edit model %s in %.1fs", source, time.perf_counter() - started)
         editor = cls(
             pipe,
@@ -191,6 +218,7 @@ class EditGenerator(LightningModes, Generator):
             condition_area=(tiny or {}).get("edit_condition_area"),
             vae_area=(tiny or {}).get("edit_vae_area"),
         )
+        editor.lora_switch = switch
         editor.optimizations = apply_edit_speedups(editor)
         logger.info("edit speed-ups: %s", ", ".join(editor.optimizations) or "none")
         return editor
@@ -222,28 +250,46 @@ class EditGenerator(LightningModes, Generator):
     @staticmethod
     def _place(
         pipe: Pipeline, base: ImageGenerator, source: str, shared: Mapping[str, object]
-    ) -> TransformerSwap | None:
-        """Put the edit pipeline's own modules where they run; the shared ones stay put."""
+    ) -> tuple[TransformerSwap | None, AdapterSwitch | None]:
+        """Put the edit pipeline's own modules where they run (the memory plan's format and
+        place for its transformer); the shared ones stay put. Returns the swap between the two
+        transformers, and fast edits' switch where the LoRA became an adapter."""
         device = base.device
-        if base.memory_mode != MemoryMode.RESIDENT:
+        plan = base.memory_plan
+        if base.memory_mode in (MemoryMode.MODEL_OFFLOAD, MemoryMode.SEQUENTIAL_OFFLOAD):
             logger.info("edit pipeline: model CPU offload (memory mode %s)", base.memory_mode)
             pipe.enable_model_cpu_offload(device=device)
-            return None
+            return None, None
         for name in SHARABLE:
             if name not in shared:
-                getattr(pipe, name).to(device)
-        free = None
-        if device.type == "cuda":
-            free, _total = torch.cuda.mem_get_info(device)
-        keep_all, why = choose_residency(device, free, module_bytes(pipe.transformer))
+                module = component(pipe, name)
+                if name == "text_encoder" and plan is not None:
+                    place_text_encoder(module, plan.of(Component.TEXT_ENCODER), device)
+                else:
+                    module.to(device)
+        transformer = component(pipe, "transformer")
+        if plan is not None and device.type == "cuda":
+            part = plan.of(Component.EDIT_TRANSFORMER)
+            keep_all = part.placement == Placement.RESIDENT
+            why = "memory plan: " + _WHY[part.placement]
+        else:
+            free = None
+            if device.type == "cuda":
+                free, _total = torch.cuda.mem_get_info(device)
+            keep_all, why = choose_residency(device, free, module_bytes(pipe.transformer))
+            fmt = plan.weights if plan is not None else WeightFormat.BF16
+            placement = Placement.RESIDENT if keep_all else Placement.SWAPPED
+            part = ComponentPlan(Component.EDIT_TRANSFORMER, placement, fmt, 0.0, 0.0)
+        converted, _streamer = place_transformer(transformer, part, device,
+                                                 adapter=EDIT_LORA_ADAPTER)  # fmt: skip
         logger.info("edit transformer placement: %s", why)
+        if part.placement == Placement.STREAMED:
+            return None, _switch(converted)  # nothing to swap: it streams whole
         swap = TransformerSwap(device, keep_all=keep_all)
         swap.add(base.model_name, base.pipe.transformer, on_device=True)
-        if keep_all:
-            pipe.transformer.to(device)
         swap.add(source, pipe.transformer, on_device=keep_all)
         base.swap = swap  # text-to-image jobs now make their transformer resident too
-        return swap
+        return swap, _switch(converted)
 
     # --------------------------------------------------------------- what it is
     def tasks(self) -> tuple[str, ...]:
@@ -320,6 +366,7 @@ class EditGenerator(LightningModes, Generator):
             requested_mode=request.mode,
             model=public_model_name(self.model_name),
             note=note,
+            weights=self.base.weight_format,
         )
 
     def generate(

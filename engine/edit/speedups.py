@@ -59,14 +59,17 @@ def apply_edit_speedups(
             _try(applied, "vae-2d", lambda: optimize.install_vae_single_frame(pipe.vae) > 0)
     elif "vae-2d" in base_done:
         applied.append("vae-2d(shared)")
-    if editor.fast_available and resident:
+    if editor.lora_switch is not None:
+        applied.append("lora-adapter")  # the memory plan's compact weights carry it
+    elif editor.fast_available and resident:
         _try(
             applied,
             "lora-fused",
             lambda: optimize.install_lora_fusion(editor, editor.lora_adapter),
         )
     compile_here = settings.compile and resident and (cuda or cpu_compile_backend is not None)
-    fp8_here = settings.fp8 and resident and cuda
+    compact = base.memory_plan is not None and base.memory_plan.weights != "bf16"
+    fp8_here = settings.fp8 and resident and cuda and not compact
     if not (compile_here or fp8_here):
         if settings.fp8 or settings.compile:
             logger.info("edit compile/FP8 skipped: they need the models resident on a CUDA GPU")

@@ -161,9 +161,20 @@ class TransformerSwap:
 
     # ----------------------------------------------------------------- moves
     def _tensors(self, module: Weights) -> dict[str, tuple[torch.nn.Module, str, bool]]:
-        """Every parameter and buffer as (owner module, attribute name, is_parameter)."""
+        """Every parameter and buffer as (owner module, attribute name, is_parameter), except
+        those of streamed blocks (``engine.streaming``): they stay on the host and stream."""
+        from engine.streaming import StreamedBlock
+
         found: dict[str, tuple[torch.nn.Module, str, bool]] = {}
+        streamed = {
+            id(inner)
+            for _, sub in module.named_modules()
+            if isinstance(sub, StreamedBlock)
+            for inner in sub.modules()
+        }
         for prefix, sub in module.named_modules():
+            if id(sub) in streamed:
+                continue
             for key, parameter in sub._parameters.items():
                 if parameter is not None:
                     found[f"{prefix}.{key}"] = (sub, key, True)

@@ -79,6 +79,7 @@ from engine.optimize.png import PNG_LEVEL, PNG_WORKERS, encode_png
 from engine.optimize.prompt_cache import PROMPT_CACHE_SIZE, PromptCache, install_prompt_cache
 from engine.optimize.rope import install_real_rotary, rotary_real
 from engine.optimize.vae import install_vae_single_frame
+from engine.planning import WeightFormat
 from engine.settings import MemoryMode
 
 if TYPE_CHECKING:
@@ -140,14 +141,25 @@ def apply(generator: ImageGenerator) -> list[str]:
     _try(applied, "prompt-cache", lambda: install_prompt_cache(pipe))
     if generator.memory_mode != MemoryMode.SEQUENTIAL_OFFLOAD:  # its hooks wrap every layer
         _try(applied, "vae-2d", lambda: install_vae_single_frame(pipe.vae) > 0)
-    if generator.fast_available and resident:
+    plan = generator.memory_plan
+    compact = plan is not None and plan.weights != WeightFormat.BF16
+    if compact:
+        applied.append(f"weights:{plan.weights}" if plan is not None else "weights")
+    if generator.lora_switch is not None:
+        applied.append("lora-adapter")  # the plan's compact weights carry it beside them
+    elif generator.fast_available and resident:
         _try(applied, "lora-fused", lambda: install_lora_fusion(generator))
-    if not (cuda and resident):
+    # Blocks streamed by the memory plan (engine.streaming) compile like resident ones: the
+    # copies happen in a wrapper outside the compiled block.
+    planned_stream = generator.memory_mode == MemoryMode.STREAMED and plan is not None
+    if not (cuda and (resident or planned_stream)):
         if settings.fp8 or settings.compile:
             logger.info("compile/FP8 skipped: they need the models resident on a CUDA GPU")
         return applied
 
-    if settings.fp8:
+    if settings.fp8 and (compact or not resident):
+        logger.info("IMAGINE_FP8: the memory plan's compact weights already run as planned")
+    elif settings.fp8:
         if fp8_supported(generator.device):
             _try(applied, "fp8-rowwise", lambda: enable_fp8(generator))
         else:
