@@ -22,8 +22,9 @@ import torch
 from engine.devices import EngineUnavailable, choose_memory_mode, resolve_device, resolve_dtype
 from engine.diffusers_types import Pipeline
 from engine.generation import load_lightning_lora
-from engine.placing import carry_out, probe_card, probe_host
+from engine.placing import carry_out, measure_link, probe_card, probe_host
 from engine.planning import (
+    DEFAULT_LINK_GIB_S,
     QWEN_IMAGE,
     QWEN_IMAGE_WITH_EDIT,
     MemoryPlan,
@@ -150,7 +151,8 @@ def make_plan(settings: EngineSettings, device: torch.device) -> MemoryPlan | No
                 settings.weights,
             )  # fmt: skip
         else:
-            plan = plan_memory(card, probe_host(), models, settings.weights)
+            link = measure_link(device) or DEFAULT_LINK_GIB_S
+            plan = plan_memory(card, probe_host(), models, settings.weights, link_gib_s=link)
     except PlanError as exc:
         raise EngineUnavailable(str(exc)) from None
     logger.info("memory plan for %s (%.0f GiB usable, %s): %s", card.name, card.usable_gib,

@@ -74,6 +74,22 @@ def usable_card(
     return Card(name, round(free_gib, 1), capability)
 
 
+def measure_link(device: torch.device, mib: int = 256) -> float | None:
+    """Host-to-GPU GiB/s from pinned memory, what streaming copies at (a desktop's PCIe 4.0
+    link moves about half what a server's PCIe 5.0 does); None on a CPU. About 0.1 s."""
+    if device.type != "cuda":
+        return None
+    host = torch.empty(mib * 2**20, dtype=torch.uint8).pin_memory()
+    target = torch.empty_like(host, device=device)
+    target.copy_(host, non_blocking=True)
+    torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(3):
+        target.copy_(host, non_blocking=True)
+    torch.cuda.synchronize(device)
+    return 3 * mib / 1024 / (time.perf_counter() - started)
+
+
 def probe_host() -> Host:
     from engine.prefetch import available_memory
 

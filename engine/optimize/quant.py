@@ -184,7 +184,11 @@ def quantize_linears(
                 base.weight,
                 base.bias,
                 fmt,
-                fp8_matmul=fmt == WeightFormat.FP8 and name in fp8_names,
+                # FP8 matmuls need both dimensions to be multiples of 16.
+                fp8_matmul=fmt == WeightFormat.FP8
+                and name in fp8_names
+                and base.in_features % 16 == 0
+                and base.out_features % 16 == 0,
                 adapter=lora,
             )
             block.set_submodule(name, replacement)
