@@ -156,7 +156,8 @@ def status_embed(
     embed.add_field(name="Running", value=clip(running, 1000), inline=True)
     embed.add_field(name="Model", value=model_name(status.model), inline=False)
     embed.add_field(name="Editing (/edit)", value=editing_text(status), inline=False)
-    embed.add_field(name="Memory mode", value=status.memory_mode, inline=True)
+    # The engine's memory plan in one line: what runs where, in what weight format.
+    embed.add_field(name="Memory plan", value=clip(status.memory_mode, 1000), inline=False)
     embed.add_field(name="GPU", value=clip(status.gpu, 200), inline=True)
     per_step = status.mean_sec_per_step
     embed.add_field(
@@ -178,7 +179,8 @@ def status_embed(
             job = f"running `{worker.current_job}`" if worker.current_job else "idle"
             edits = " · edits" if "edit" in worker.capabilities else ""
             lines.append(
-                f"**{clip(worker.name, 60)}** · {clip(worker.gpu, 60)} · {worker.memory_mode} · "
+                f"**{clip(worker.name, 60)}** · {clip(worker.gpu, 60)} · "
+                f"{clip(worker.memory_mode, 160)} · "
                 f"{job} · {worker.jobs_done} done{edits}"
             )
         if len(status.workers) > 10:

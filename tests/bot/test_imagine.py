@@ -315,7 +315,7 @@ async def test_status_command_reports_the_engine(harness: Harness) -> None:
     fields = {f.name: f.value for f in embed.fields}
     assert fields["Queue"] == "0 waiting" and fields["Running"] == "nothing"
     assert fields["GPU"] == "cpu"
-    assert fields["Memory mode"]
+    assert fields["Memory plan"]
     assert fields["Mean time per step"].endswith(" s")
     assert "Bot uptime" in fields
     assert "local" in embed.description and "ready" in embed.description
