@@ -118,10 +118,11 @@ def half_streamed(fmt: WeightFormat) -> MemoryPlan:
     return MemoryPlan(
         components=(
             ComponentPlan(Component.TRANSFORMER, Placement.STREAMED, fmt, 0.0, 0.0, 0.5),
-            ComponentPlan(Component.TEXT_ENCODER, Placement.STREAMED, WeightFormat.BF16, 0.0,
-                          0.0, 0.5),
+            ComponentPlan(
+                Component.TEXT_ENCODER, Placement.STREAMED, WeightFormat.BF16, 0.0, 0.0, 0.5
+            ),
             ComponentPlan(Component.VAE, Placement.RESIDENT, WeightFormat.BF16, 0.0, 0.0),
-        ),  # fmt: skip
+        ),
         lora=LoraForm.ADAPTER,
         vae_tiling=False,
         gpu_gib=0.0,
@@ -141,7 +142,7 @@ def test_half_streamed_models_make_the_resident_image(
 ) -> None:
     from diffusers.pipelines.qwenimage.pipeline_qwenimage import QwenImagePipeline
 
-    from engine.loader import load_lightning, lightning_source
+    from engine.loader import lightning_source, load_lightning
 
     config = settings(tiny_model_dir, weights=str(fmt))
     pipe = cast(Pipeline, QwenImagePipeline.from_pretrained(str(tiny_model_dir)))

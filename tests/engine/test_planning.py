@@ -141,7 +141,7 @@ def test_pinned_bf16_never_quantizes() -> None:
 
 
 def test_pinned_fp8_on_ampere_is_refused_with_the_reason() -> None:
-    with pytest.raises(PlanError, match="compute capability 8.9"):
+    with pytest.raises(PlanError, match=r"compute capability 8\.9"):
         plan(45.0, AMPERE, weights=WeightsSetting.FP8)
 
 
