@@ -299,30 +299,42 @@ def plan_memory(
                 plan = _fit(card, host, models, t_fmt, e_fmt, tiled, lightning, link_gib_s)
                 if plan is None:
                     continue
-                everything = t_fmt == e_fmt == WeightFormat.BF16 and not tiled
-                if everything and not _streams(plan):
-                    return dataclasses.replace(
-                        plan, reasons=("everything fits on the GPU in bf16", *plan.reasons)
-                    )
                 seconds = expected_seconds(plan, "fast")
                 # A near tie goes to the more precise weights, then to the whole VAE decode.
                 rank = _PRECISION[t_fmt] * 0.04 + _PRECISION[e_fmt] * 0.01 + tiled * 0.01
                 fitting.append((seconds * (1 + rank), plan))
     if not fitting:
         return _sequential_plan(card, host, models, lightning, weights)
+    # Where the host's RAM cannot hold the idle edit model beside bf16 weights, a plan that
+    # keeps editing on wins over one that turns it off.
+    editing = [item for item in fitting if item[1].edit_available]
+    bf16_fits = any(_all_bf16_resident(plan) for _score, plan in fitting)
+    fitting = editing or fitting
+    for _score, plan in fitting:
+        if plan.weights == WeightFormat.BF16 and _all_bf16_resident(plan):
+            return dataclasses.replace(
+                plan, reasons=("everything fits on the GPU in bf16", *plan.reasons)
+            )
     best = min(fitting, key=lambda item: item[0])[1]
-    return dataclasses.replace(best, reasons=(_why(best, card), *best.reasons))
+    return dataclasses.replace(best, reasons=(_why(best, card, bf16_fits), *best.reasons))
 
 
-def _streams(plan: MemoryPlan) -> bool:
-    return any(c.placement == Placement.STREAMED for c in plan.components
-               if c.component != Component.EDIT_TRANSFORMER)  # fmt: skip
+def _all_bf16_resident(plan: MemoryPlan) -> bool:
+    return not plan.vae_tiling and all(
+        c.weights == WeightFormat.BF16 and c.placement == Placement.RESIDENT
+        for c in plan.components
+        if c.component in (Component.TRANSFORMER, Component.TEXT_ENCODER)
+    )
 
 
-def _why(plan: MemoryPlan, card: Card) -> str:
+def _why(plan: MemoryPlan, card: Card, bf16_fits: bool) -> str:
     t = plan.transformer
     encoder = plan.of(Component.TEXT_ENCODER)
-    parts = [f"bf16 does not fit in {card.usable_gib:.0f} GiB"]
+    parts = [
+        "bf16 fits, but its idle edit model would not fit in the host's free RAM"
+        if bf16_fits
+        else f"bf16 does not fit in {card.usable_gib:.0f} GiB"
+    ]
     if t.weights != WeightFormat.BF16:
         parts.append(f"the image model runs with {t.weights.label} weights")
     if t.streamed_share:

@@ -122,6 +122,13 @@ def test_a_card_too_small_for_anything_falls_back_to_sequential_offload() -> Non
     assert "layer" in p.reasons[0]
 
 
+def test_an_80_gib_card_with_little_ram_compacts_instead_of_turning_editing_off() -> None:
+    p = plan(78.0, HOPPER, Host(60.0))
+    assert p.edit_available and p.weights == WeightFormat.FP8
+    assert p.of(Component.EDIT_TRANSFORMER).placement == Placement.RESIDENT
+    assert "idle edit model" in p.reasons[0]
+
+
 def test_too_little_host_ram_for_the_idle_edit_model_turns_editing_off() -> None:
     p = plan(23.0, ADA, Host(24.0))
     assert not p.edit_available
