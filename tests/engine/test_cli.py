@@ -182,3 +182,33 @@ def test_the_progress_bar_is_the_jobs_control() -> None:
     text = shown._stream.getvalue()  # type: ignore[attr-defined]
     assert "step 10/10" in text and "100%" in text and "0s left" in text
     assert "step 5/10" in text and "10s left" in text  # 2 s a step, 5 to go
+
+
+def test_plan_prints_the_plan_for_a_named_card(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.__main__ import main
+
+    code = main(["plan", "--gpu-memory", "24", "--capability", "8.6", "--host-memory", "64"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (
+        "Memory plan for a 24 GiB card: 24 GiB usable (--gpu-memory), compute capability 8.6"
+        in (out)
+    )
+    assert "image model" in out and "text encoder" in out and "FP8" not in out  # Ampere
+    assert "GPU memory:" in out and "Copied from RAM per fast image" in out
+    assert re.search(r"fast +1328²: ~\d+\.\d s", out)
+
+
+def test_plan_reads_the_gpu_memory_setting_and_refuses_what_the_card_cannot(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.__main__ import main
+
+    monkeypatch.setenv("IMAGINE_GPU_MEMORY_GIB", "48")
+    assert main(["plan", "--host-memory", "64"]) == 0
+    assert "48 GiB usable (IMAGINE_GPU_MEMORY_GIB)" in capsys.readouterr().out
+    assert main(["plan", "--capability", "8.6", "--weights", "fp8"]) == 2
+    assert "IMAGINE_WEIGHTS=fp8 needs FP8 matmuls" in capsys.readouterr().err
+    monkeypatch.delenv("IMAGINE_GPU_MEMORY_GIB")
+    assert main(["plan"]) == 2  # no CUDA here and no size named
+    assert "--gpu-memory" in capsys.readouterr().err
