@@ -233,3 +233,42 @@ def test_gpu_memory_setting_caps_the_card(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_forced_offload_modes_keep_the_old_placement(tiny_model_dir: Path) -> None:
     assert make_plan(settings(tiny_model_dir, memory_mode="model_offload"), CPU) is None
+
+
+def test_the_edit_model_takes_the_plans_weight_format_and_fast_edits_keep_their_lora(
+    tiny_model_dir: Path, tiny_edit_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.contract import TASK_EDIT
+    from engine.edit import generator as edit_module
+    from engine.edit.generator import EditGenerator
+    from engine.edit.images import edit_output_size
+    from engine.tiny import TINY_LORA_DIR, TINY_LORA_FILE
+
+    monkeypatch.setitem(edit_module.EDIT_STEPS, Mode.STANDARD, 2)
+    config = settings(tiny_model_dir, weights="int8", edit_model=str(tiny_edit_dir),
+                      edit_lightning_lora=str(tiny_edit_dir / TINY_LORA_DIR),
+                      edit_lightning_weight_name=TINY_LORA_FILE)  # fmt: skip
+    base = ImageGenerator.load(config)
+    editor = EditGenerator.load(base, config)
+    compact = [m for m in editor.pipe.transformer.modules() if isinstance(m, QuantLinear)]
+    assert compact and all(m.fmt == "int8" for m in compact)
+    assert isinstance(editor.lora_switch, AdapterSwitch) and editor.fast_available
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 64), (200, 40, 40)).save(buffer, "PNG")
+    for mode in (Mode.FAST, Mode.STANDARD):
+        result = editor.generate(
+            JobRequest(
+                job_id=f"e-{mode}",
+                user_id=1,
+                prompt="make it blue",
+                seed=3,
+                mode=mode,
+                task=TASK_EDIT,
+                images=(buffer.getvalue(),),
+            )
+        )
+        assert result.model.endswith("(int8 weights)")
+        expected = edit_output_size(96, 64, editor.max_side)
+        assert (result.image.width, result.image.height) == expected
+        assert chunks(result)["weights"] == "int8"
+    assert not any(m.lora_on for m in editor.lora_switch.modules)  # standard turned it off
