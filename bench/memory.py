@@ -253,13 +253,21 @@ def card_plan(run: Run, gib: float | None, link: float, weights: str = "auto") -
     """The plan for a card of ``gib`` (None: this card uncapped): on the tiny run, the
     full-size card's plan."""
     from engine.placing import probe_host
-    from engine.planning import QWEN_IMAGE, QWEN_IMAGE_WITH_EDIT, Card, WeightsSetting, plan_memory
+    from engine.planning import (
+        QWEN_IMAGE,
+        QWEN_IMAGE_WITH_EDIT,
+        Card,
+        Host,
+        WeightsSetting,
+        plan_memory,
+    )
 
     capability = torch.cuda.get_device_capability(run.device) if run.cuda else (9, 0)
     usable = gib if gib is not None else (run.total_gib - 1.5 if run.cuda else 78.0)
     card = Card(f"{gib or 'uncapped'} GiB cap", usable, capability)
     models = QWEN_IMAGE_WITH_EDIT if "edit" in run.args.cases else QWEN_IMAGE
-    return plan_memory(card, probe_host(), models, WeightsSetting(weights), link_gib_s=link)
+    host = Host(run.args.host_gib) if run.args.host_gib else probe_host()
+    return plan_memory(card, host, models, WeightsSetting(weights), link_gib_s=link)
 
 
 # --------------------------------------------------------------------------------- cases

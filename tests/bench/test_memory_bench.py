@@ -15,7 +15,7 @@ def test_tiny_memory_benchmark_runs_every_plan_and_compares_with_the_reference(
     out = tmp_path / "results"
     argv = ["--tiny", "--out", str(out), "--workdir", str(tmp_path / "work"), "--no-compile"]
     argv += ["--cases", "uncapped,stock,plan,edit", "--caps", "48,16", "--edit-caps", "16"]
-    argv += ["--short", "2,3", "--save-reference", str(tmp_path / "ref")]
+    argv += ["--short", "2,3", "--save-reference", str(tmp_path / "ref"), "--host-gib", "64"]
     assert memory.main(argv) == 0
     rows = [json.loads(line) for f in out.glob("*.jsonl") for line in f.open()]
     assert not [r for r in rows if "error" in r]
