@@ -538,6 +538,12 @@ def main(argv: list[str] | None = None) -> int:
         "--short", default="5,10", type=lambda v: tuple(int(x) for x in v.split(","))
     )
     parser.add_argument(
+        "--host-gib",
+        type=float,
+        default=None,
+        help="plan for this much free host RAM (default: this machine's)",
+    )
+    parser.add_argument(
         "--tiny-on-gpu",
         action="store_true",
         help="with --tiny: run on the GPU (a smoke test of streams and kernels)",
