@@ -241,18 +241,35 @@ def test_the_quick_start_counts_the_edit_models_download() -> None:
     assert "IMAGINE_EDIT_MODEL=" in text  # how to turn it off and skip the download
 
 
-def test_the_gpu_table_counts_the_edit_transformers_memory() -> None:
-    """issue 20 item 13: the table gave ~57 GB as if text-to-image were the only model."""
-    from engine.devices import RESIDENT_GIB, TRANSFORMER_GIB
-    from engine.edit.swap import EDIT_ACTIVATIONS_GIB
+def test_the_gpu_table_is_the_memory_planners_and_counts_the_edit_model() -> None:
+    """issue 20 item 13 (the table gave ~57 GB as if text-to-image were the only model) and
+    issue 21 (the table per card class comes from the planner): each row's image model format,
+    edit model placement and RAM are what ``python -m engine plan`` says for that card with
+    64 GB of RAM and editing on."""
+    from engine.planning import (
+        QWEN_IMAGE_WITH_EDIT,
+        Card,
+        Component,
+        Host,
+        Placement,
+        plan_memory,
+    )
 
     readme = ROOT.joinpath("README.md").read_text()
-    table = readme[readme.index("## GPU requirements") :]
-    row = next(line for line in table.splitlines() if line.startswith("| editing on"))
-    both = RESIDENT_GIB + TRANSFORMER_GIB
-    assert f"+{TRANSFORMER_GIB:.0f} GB" in row and f"~{both:.0f} GB" in row, row
-    assert f"~{both + EDIT_ACTIVATIONS_GIB:.0f} GB" in row, row  # what choose_residency asks
-    assert "pinned host memory" in row and "IMAGINE_EDIT_MODEL=" in row
+    section = readme[readme.index("## GPU requirements") :]
+    section = section[: section.index("\n## ", 5)]
+    rows = [line for line in section.splitlines() if re.match(r"\| \d+ GB", line)]
+    assert len(rows) >= 7, rows
+    for row in rows:
+        card, image, _encoder, edit, ram, _seconds = (c.strip() for c in row.strip("|").split("|"))
+        free = float(re.search(r"\((\d+)\)$", card)[1])  # type: ignore[index]
+        capability = (8, 6) if "Ampere" in card else (9, 0) if "H100" in card else (8, 9)
+        plan = plan_memory(Card(card, free, capability), Host(64.0), QWEN_IMAGE_WITH_EDIT)
+        assert image.startswith(plan.weights.label), (row, plan.summary())
+        placement = plan.of(Component.EDIT_TRANSFORMER).placement
+        assert ("resident" in edit) == (placement == Placement.RESIDENT), (row, placement)
+        assert ram == f"{plan.host_gib:.0f} GiB", (row, plan.host_gib)
+    assert "IMAGINE_EDIT_MODEL" in section and "editing is off" in section
 
 
 # A slow but ordinary link: a first start downloads both models at this rate, then loads them.
