@@ -116,6 +116,9 @@ def release(*objects: Any) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+        # Pinned host blocks cached by PyTorch (stock group offloading's) are not freed by
+        # empty_cache; the next case needs that RAM.
+        torch._C._host_emptyCache()
 
 
 def cap(run: Run, gib: float | None) -> None:
@@ -265,7 +268,8 @@ def card_plan(run: Run, gib: float | None, link: float, weights: str = "auto") -
     capability = torch.cuda.get_device_capability(run.device) if run.cuda else (9, 0)
     usable = gib if gib is not None else (run.total_gib - 1.5 if run.cuda else 78.0)
     card = Card(f"{gib or 'uncapped'} GiB cap", usable, capability)
-    models = QWEN_IMAGE_WITH_EDIT if "edit" in run.args.cases else QWEN_IMAGE
+    edit = "edit" in run.args.cases or bool(run.args.edit_caps)
+    models = QWEN_IMAGE_WITH_EDIT if edit else QWEN_IMAGE
     host = Host(run.args.host_gib) if run.args.host_gib else probe_host()
     return plan_memory(card, host, models, WeightsSetting(weights), link_gib_s=link)
 

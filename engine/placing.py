@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from engine.diffusers_types import Pipeline
+from engine.optimize.fp8 import FP8_CHECK_ROWS, FP8_TARGETS, check_fp8_kernel
 from engine.optimize.quant import AdapterSwitch, QuantLinear, quantize_linears
 from engine.planning import (
     GIB,
@@ -119,6 +120,25 @@ def layer_lists(module: nn.Module) -> list[nn.Module]:
     return outer
 
 
+def fp8_matmuls_work(block: nn.Module, device: torch.device) -> bool:
+    """Run the FP8 matmul on every shape that would use it, at odd row counts, before any
+    weight changes (``engine.optimize.fp8.check_fp8_kernel``): a card or build whose cuBLAS
+    lacks rowwise-scaled FP8 keeps the FP8 weights but expands them to bf16 instead of failing
+    on the first image."""
+    shapes = {
+        (m.in_features, m.out_features)
+        for name, m in block.named_modules()
+        if isinstance(m, nn.Linear) and name.removesuffix(".base_layer") in FP8_TARGETS
+    }
+    try:
+        check_fp8_kernel(device, torch.bfloat16, shapes, FP8_CHECK_ROWS)
+    except Exception as exc:  # any failure of the kernel means: do not use it
+        logger.warning("FP8 matmuls unavailable here (%s); FP8 weights run expanded to bf16",
+                       str(exc).splitlines()[0][:160])  # fmt: skip
+        return False
+    return True
+
+
 def spread(count: int) -> list[int]:
     """Indices 0..count-1 in an order whose every prefix is spread evenly through the range
     (0, 32, 16, 48, 8, ... for 64): streamed blocks picked from its front sit between resident
@@ -168,6 +188,7 @@ def compact(
     blocks: Sequence[nn.Module],
     on_device: Callable[[int], bool],
     adapter: str = "lightning",
+    fp8_names: tuple[str, ...] = FP8_TARGETS,
 ) -> list[QuantLinear]:
     """Quantize ``module``'s linears block by block on ``device`` (the bf16 model never has to
     fit there whole); block ``i`` stays there if ``on_device(i)``, else goes back to the host
@@ -175,7 +196,8 @@ def compact(
     head) are quantized where they are."""
     converted: list[QuantLinear] = []
     for index, block in enumerate(blocks):
-        converted += quantize_linears(block, fmt, device=device, adapter=adapter)
+        converted += quantize_linears(block, fmt, device=device, adapter=adapter,
+                                      fp8_names=fp8_names)  # fmt: skip
         if not on_device(index):
             block.to("cpu")
     converted += quantize_linears(module, fmt, adapter=adapter)
@@ -203,6 +225,15 @@ def carry_out(
         if transformer.weights != WeightFormat.BF16:
             converted = quantize_linears(model, transformer.weights, adapter=adapter)
         pipe.enable_sequential_cpu_offload(device=device)
+        if converted:
+            # diffusers offloads buffers only for modules with parameters of their own, and a
+            # compact transformer's weights are buffers: without this they would all stay on
+            # the GPU, on exactly the cards too small for them.
+            from accelerate import cpu_offload
+            from accelerate.hooks import remove_hook_from_module
+
+            remove_hook_from_module(model, recurse=True)
+            cpu_offload(model, execution_device=device, offload_buffers=True)
         return _placed(plan, converted, [], started)
     converted, streamer = place_transformer(model, transformer, device, adapter=adapter)
     streamers = [streamer] if streamer is not None else []
@@ -235,8 +266,13 @@ def place_transformer(
     streamed = pick_streamed(list(blocks), part.streamed_share, spread(len(blocks)))
     resident = part.placement in (Placement.RESIDENT, Placement.STREAMED)
     converted: list[QuantLinear] = []
+    if part.weights == WeightFormat.FP8 and device.type == "cuda":
+        fp8_names = FP8_TARGETS if fp8_matmuls_work(blocks[0], device) else ()
+    else:
+        fp8_names = FP8_TARGETS
     if part.weights != WeightFormat.BF16:
         converted = compact(transformer, part.weights, device, blocks=list(blocks),
+                            fp8_names=fp8_names,
                             on_device=lambda i: resident and i not in streamed,
                             adapter=adapter)  # fmt: skip
     streamer = None

@@ -245,7 +245,7 @@ def test_the_gpu_table_is_the_memory_planners_and_counts_the_edit_model() -> Non
     """issue 20 item 13 (the table gave ~57 GB as if text-to-image were the only model) and
     issue 21 (the table per card class comes from the planner): each row's image model format,
     edit model placement and RAM are what ``python -m engine plan`` says for that card with
-    64 GB of RAM and editing on."""
+    64 GiB of free RAM and editing on."""
     from engine.planning import (
         QWEN_IMAGE_WITH_EDIT,
         Card,

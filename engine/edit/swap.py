@@ -21,6 +21,8 @@ from typing import Protocol
 
 import torch
 
+from engine.streaming import HostArena, StreamedBlock
+
 logger = logging.getLogger(__name__)
 
 # What a 1024² edit with three input images needs beyond the weights (activations, VAE tiles).
@@ -106,6 +108,7 @@ class TransformerSwap:
         self._on_device: set[str] = set()
         # One host tensor per parameter/buffer, allocated (pinned) once and reused by every swap.
         self._host_copies: dict[str, dict[str, torch.Tensor]] = {}
+        self._arenas: dict[str, HostArena] = {}
         self._lock = threading.Lock()
         self.swaps = 0
         self.last_swap_s = 0.0
@@ -163,8 +166,6 @@ class TransformerSwap:
     def _tensors(self, module: Weights) -> dict[str, tuple[torch.nn.Module, str, bool]]:
         """Every parameter and buffer as (owner module, attribute name, is_parameter), except
         those of streamed blocks (``engine.streaming``): they stay on the host and stream."""
-        from engine.streaming import StreamedBlock
-
         found: dict[str, tuple[torch.nn.Module, str, bool]] = {}
         streamed = {
             id(inner)
@@ -185,19 +186,23 @@ class TransformerSwap:
 
     def _reserve_host(self, name: str) -> dict[str, torch.Tensor]:
         """A host tensor for each of ``name``'s tensors, matching shape and dtype; nothing is
-        copied. Tensors the module no longer has (linears replaced by FP8 ones) are freed."""
+        copied. All of them are views of one page-locked arena (``engine.streaming.HostArena``:
+        pinning tensor by tensor would hold up to twice the RAM), made again only when the
+        module's tensors changed (linears replaced by FP8 ones)."""
         copies = self._host_copies.setdefault(name, {})
-        tensors = self._tensors(self._modules[name])
-        for stale in copies.keys() - tensors.keys():
-            del copies[stale]
-        for key, (owner, attr, is_param) in tensors.items():
+        current: dict[str, torch.Tensor] = {}
+        for key, (owner, attr, is_param) in self._tensors(self._modules[name]).items():
             tensor = owner._parameters[attr] if is_param else owner._buffers[attr]
             assert tensor is not None
-            host = copies.get(key)
-            if host is None or host.shape != tensor.shape or host.dtype != tensor.dtype:
-                copies[key] = torch.empty(
-                    tensor.shape, dtype=tensor.dtype, device=self.host, pin_memory=self._pin
-                )
+            current[key] = tensor
+        if copies.keys() == current.keys() and all(
+            copies[k].shape == t.shape and copies[k].dtype == t.dtype for k, t in current.items()
+        ):
+            return copies
+        arena = HostArena(list(current.values()), pin=self._pin)
+        self._arenas[name] = arena
+        copies.clear()
+        copies.update(zip(current.keys(), arena.views, strict=True))
         return copies
 
     def _to_host(self, name: str) -> None:
