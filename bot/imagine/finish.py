@@ -114,7 +114,8 @@ class Finisher:
 
         async def make_file(limit: int) -> tuple[discord.File, str | None]:
             data, filename, note = await asyncio.to_thread(fit_to_limit, png, limit, stem)
-            return discord.File(io.BytesIO(data), filename=filename), note
+            alt = render.alt_text(job.kind, result.prompt)
+            return discord.File(io.BytesIO(data), filename=filename, description=alt), note
 
         def embed_for(filename: str, note: str | None) -> discord.Embed:
             shown = Shown(requester, job.user_id, filename, note, job.negative)

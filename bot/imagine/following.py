@@ -137,7 +137,11 @@ class Follower:
             # At most one preview per edit, replacing the one before. The upload runs as its
             # own task so that the final image can abandon it (Job.stop_progress) rather than
             # wait for it; the final edit replaces every attachment anyway.
-            file = discord.File(io.BytesIO(preview), filename=preview_name(preview) or "")
+            file = discord.File(
+                io.BytesIO(preview),
+                filename=preview_name(preview) or "",
+                description=render.preview_alt_text(job.progress),
+            )
             upload = asyncio.ensure_future(
                 job.target.edit(
                     content=text, view=self._views.status_view(job.key), attachments=[file]

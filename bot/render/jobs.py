@@ -56,12 +56,39 @@ def model_loading_line(eta_s: float | None) -> str:
     return f"⏳ The model is loading{about}; your image starts as soon as it is ready."
 
 
+def alt_text(kind: str, prompt: str) -> str:
+    """An image's description for screen readers (Discord's attachment ``description``, at
+    most 1024 characters): what kind of image it is, then the prompt it was made from."""
+    lead = ALT_LEADS.get(kind, "Image")
+    return clip(f"{lead}: {prompt.strip()}" if prompt.strip() else lead, ALT_TEXT_CHARS)
+
+
+def preview_alt_text(progress: Progress | None) -> str:
+    """A preview's description: what it is and how far the image has come."""
+    if progress is None or not progress.total:
+        return "Preview of the image being made"
+    return f"Preview of the image being made, step {progress.step} of {progress.total}"
+
+
+ALT_TEXT_CHARS = 1024
+ALT_LEADS = {
+    "imagine": "Generated image",
+    "reroll": "Generated image (reroll)",
+    "variation": "Variation",
+    "vary": "Variation",
+    "remix": "Remix",
+    "edit": "Edited image",
+}
+
+
 def progress_line(progress: Progress) -> str:
     fraction = progress.step / progress.total if progress.total else 0.0
     eta = progress.eta_s
     eta_text = "almost done" if eta < 0.5 else f"about {seconds_text(eta)} left"
+    # Words first: a screen reader reads the line as it is, so the step, the share and the
+    # time left come before the bar (kept short: it is read out symbol by symbol).
     return (
-        f"🖌️ Step **{progress.step}/{progress.total}** · {progress.percent}% · {eta_text}\n"
+        f"🖌️ Step **{progress.step} of {progress.total}** · {progress.percent}% · {eta_text}\n"
         f"`{progress_bar(fraction)}`"
     )
 

@@ -13,7 +13,7 @@ COLOR_OK = discord.Colour(0x5865F2)
 COLOR_INFO = discord.Colour(0x4E5D94)
 COLOR_FAIL = discord.Colour(0xED4245)
 
-_BAR_CELLS = 16
+_BAR_CELLS = 10
 
 
 def escape(text: str) -> str:

@@ -150,8 +150,11 @@ async def test_previews_appear_on_progress_edits_before_the_image(harness: Harne
     assert previews, edits
     for body in previews:
         assert "Step **" in body["content"] and len(body["attachments"]) == 1
-        step = int(body["content"].split("Step **")[1].split("/")[0])
+        step = int(body["content"].split("Step **")[1].split(" of ")[0])
         assert step >= 0.3 * 30  # from about 30 % of the steps
+        # Alt text: what the preview is and how far the image has come.
+        description = body["attachments"][0]["description"]
+        assert description.startswith("Preview of the image being made, step "), description
     # The final edit replaces the preview: one attachment, the image itself.
     (image,) = edits[final]["attachments"]
     assert image["filename"].endswith(".png")

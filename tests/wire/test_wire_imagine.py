@@ -7,6 +7,8 @@ emulator through the test-only endpoint settings, and checks what the member wou
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from engine.presets import image_size
@@ -52,9 +54,14 @@ async def test_imagine_round_trip_with_progress_image_and_buttons(rig: Rig) -> N
     assert progress, [v.content for v in message.history]
     assert message.id == interaction.response_message_id
     assert image_deliveries(emu, interaction) == [message]
+    # Words before the bar, for screen readers: "Step 3 of 30 · 10% · ...".
+    assert re.search(r"Step \*\*\d+ of 30\*\* · \d+%", progress[0]), progress[0]
     (attachment,) = message.attachments
     assert attachment.filename.endswith(".png")
     assert png_dimensions(attachment.data) == image_size("3:4", 64) == (48, 64)
+    # Alt text on every image: the kind of image and the prompt.
+    assert attachment.description == "Generated image: a red fox in the snow"
+    assert rerolled.attachments[0].description == "Generated image (reroll): a red fox in the snow"
     (embed,) = message.embeds
     assert embed["image"]["url"] == f"attachment://{attachment.filename}"
     assert "a red fox in the snow" in embed["description"]

@@ -45,7 +45,7 @@ def progress_totals(message: Message) -> set[int]:
     totals = set()
     for version in message.history:
         if "Step **" in version.content:
-            totals.add(int(version.content.split("Step **")[1].split("**")[0].split("/")[1]))
+            totals.add(int(version.content.split("Step **")[1].split("**")[0].split(" of ")[1]))
     return totals
 
 
