@@ -127,9 +127,10 @@ def run(args: argparse.Namespace) -> int:
     from engine.edit import generator as edit_module
     from engine.edit.processor import edit_image_sizes
     from engine.edit.speedups import apply_edit_speedups
-    from engine.edit.swap import forget_captured_graphs, module_bytes
+    from engine.edit.swap import forget_captured_graphs
     from engine.pipeline import ImageGenerator
     from engine.settings import EngineSettings, MemoryMode
+    from engine.streaming import module_bytes
     from engine.tiny import tiny_defaults
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")

@@ -31,7 +31,7 @@ from engine.planning import (
     Placement,
     WeightFormat,
 )
-from engine.streaming import BlockStreamer, hook_layers, stream_blocks
+from engine.streaming import BlockStreamer, hook_layers, module_bytes, stream_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,9 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True, slots=True)
 class Placed:
     """What carrying out the plan left for the generator: fast mode's switch when the LoRA
-    became an adapter, and the compact linears."""
+    became an adapter, and the streamers (their bytes moved, for the benchmark)."""
 
     lora_switch: Callable[[bool], None] | None
-    quantized: int
     streamers: tuple[BlockStreamer, ...] = ()
 
     @property
@@ -98,11 +97,6 @@ def probe_host() -> Host:
     return Host(None if available is None else round(available / GIB, 1))
 
 
-def transformer_blocks(transformer: nn.Module) -> list[nn.Module]:
-    blocks = getattr(transformer, "transformer_blocks", None)
-    return list(blocks) if isinstance(blocks, nn.ModuleList) else [transformer]
-
-
 def layer_lists(module: nn.Module) -> list[nn.Module]:
     """The repeated layers of a model (every ``ModuleList`` member), for block-wise work."""
     layers: list[nn.Module] = []
@@ -155,11 +149,6 @@ def spread(count: int) -> list[int]:
                 order.append(index)
         step //= 2
     return order
-
-
-def module_bytes(module: nn.Module) -> int:
-    tensors = [*module.parameters(), *module.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def pick_streamed(layers: list[nn.Module], share: float, order: list[int]) -> set[int]:
@@ -299,7 +288,7 @@ def place_text_encoder(
     # The vision tower's blocks come first in module order; the language layers after them.
     order = list(range(len(layers)))
     language = [i for i in order if "vision" not in type(layers[i]).__name__.lower()]
-    vision = [i for i in order if i not in set(language)]
+    vision = sorted(set(order) - set(language))
     preference = vision + [language[i] for i in spread(len(language))]
     streamed = pick_streamed(layers, part.streamed_share, preference)
     if part.weights != WeightFormat.BF16:
@@ -337,4 +326,4 @@ def _placed(
         plan.weights,
         sum(s.host_bytes for s in streamers) / GIB,
     )
-    return Placed(switch, len(converted), tuple(streamers))
+    return Placed(switch, tuple(streamers))

@@ -2,8 +2,8 @@
 load from the card the admin actually has (project issue #21).
 
 Pure decisions, no torch: ``plan_memory`` takes the card (free memory, compute capability),
-the host's free RAM and the models configured, tries placements from the fastest down, and keeps
-the first that fits both the GPU and the host. ``engine.placing`` carries the plan out;
+the host's free RAM and the models configured, fits every candidate placement to the GPU and the
+host, and keeps the one described below. ``engine.placing`` carries the plan out;
 ``python -m engine plan`` prints it for this card or a named size.
 
 How it chooses (figures in docs/PERFORMANCE.md, "Every card from 16 GB up"):
@@ -59,8 +59,8 @@ class WeightsSetting(enum.StrEnum):
 
 class Placement(enum.StrEnum):
     RESIDENT = "resident"
-    # Group offloading with a CUDA stream: the next layer (or block) is copied from pinned host
-    # memory while the current one computes.
+    # Part or all of its blocks stream from pinned host memory (``engine.streaming``): the next
+    # streamed block is copied on a side CUDA stream while the blocks before it compute.
     STREAMED = "streamed"
     # Kept in pinned host memory and swapped in whole while it is used (the idle transformer).
     SWAPPED = "swapped"
@@ -119,7 +119,6 @@ class Models:
     vae_b: float = 0.127
     lora_b: float = 0.59  # the Lightning files: rank 64 on every block linear
     edit_transformer_b: float = 0.0  # 20.43 when /edit is configured
-    name: str = "Qwen-Image"
 
 
 QWEN_IMAGE = Models()
@@ -195,18 +194,11 @@ class MemoryPlan:
         """GiB copied from host to GPU for one image: the streamed part of the text encoder per
         new prompt, of the transformer per forward (a cap cannot show a slower PCIe link: this
         figure can)."""
-        moved = 0.0
-        for c in self.components:
-            if c.component == Component.TEXT_ENCODER and c.placement in (
-                Placement.STREAMED,
-                Placement.SEQUENTIAL,
-            ):
-                moved += c.host_gib if new_prompt else 0.0
-            elif c.component == Component.TRANSFORMER and c.placement in (
-                Placement.STREAMED,
-                Placement.SEQUENTIAL,
-            ):
-                moved += c.host_gib * forwards
+        streams = (Placement.STREAMED, Placement.SEQUENTIAL)
+        encoder, transformer = self.of(Component.TEXT_ENCODER), self.transformer
+        moved = encoder.host_gib if new_prompt and encoder.placement in streams else 0.0
+        if transformer.placement in streams:
+            moved += transformer.host_gib * forwards
         return moved
 
     def summary(self) -> str:
@@ -311,7 +303,7 @@ def plan_memory(
     bf16_fits = any(_all_bf16_resident(plan) for _score, plan in fitting)
     fitting = editing or fitting
     for _score, plan in fitting:
-        if plan.weights == WeightFormat.BF16 and _all_bf16_resident(plan):
+        if _all_bf16_resident(plan):
             return dataclasses.replace(
                 plan, reasons=("everything fits on the GPU in bf16", *plan.reasons)
             )
@@ -581,11 +573,11 @@ OVERLAP_LOSS = 0.3
 MODE_FORWARDS = {"fast": 8, "standard": 60, "quality": 100, "edit": 80}
 
 
-def expected_seconds(plan: MemoryPlan, mode: str, link_gib_s: float | None = None) -> float:
+def expected_seconds(plan: MemoryPlan, mode: str) -> float:
     """An estimate of one image's seconds for a new prompt: the forwards at the format's
     measured speed, with each forward's streamed blocks copied while the blocks before them
     compute (so a forward takes the longer of the two), plus the streamed text encoder."""
-    link = link_gib_s or plan.link_gib_s
+    link = plan.link_gib_s
     forwards = MODE_FORWARDS[mode]
     component = plan.transformer
     if mode == "edit":

@@ -22,12 +22,30 @@ On a CPU the same bookkeeping runs and the "copies" are clones, so the tests exe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
+
+
+class Weights(Protocol):
+    """A module as far as its weights go: an ``nn.Module``, or a pipeline's transformer as
+    ``engine.diffusers_types`` sees it."""
+
+    def named_modules(self) -> Iterator[tuple[str, nn.Module]]: ...
+
+    def parameters(self) -> Iterator[nn.Parameter]: ...
+
+    def buffers(self) -> Iterator[torch.Tensor]: ...
+
+
+def module_bytes(module: Weights) -> int:
+    """Bytes of a module's parameters and buffers."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class HostArena:

@@ -48,7 +48,7 @@ from engine.edit.images import decode_edit_image, edit_output_size
 from engine.edit.processor import edit_image_sizes, load_processor
 from engine.edit.sharing import same_weights
 from engine.edit.speedups import apply_edit_speedups
-from engine.edit.swap import TransformerSwap, choose_residency, module_bytes
+from engine.edit.swap import TransformerSwap, choose_residency
 from engine.generation import (
     LightningModes,
     StepWatch,
@@ -67,6 +67,7 @@ from engine.planning import Component, ComponentPlan, Placement, WeightFormat
 from engine.prefetch import read_ahead
 from engine.presets import NEUTRAL_NEGATIVE, public_model_name
 from engine.settings import EngineSettings, MemoryMode
+from engine.streaming import module_bytes
 from engine.tiny import tiny_defaults
 
 logger = logging.getLogger(__name__)

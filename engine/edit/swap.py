@@ -16,34 +16,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from typing import Protocol
 
 import torch
 
-from engine.streaming import HostArena, StreamedBlock
+from engine.streaming import HostArena, StreamedBlock, Weights
 
 logger = logging.getLogger(__name__)
 
 # What a 1024² edit with three input images needs beyond the weights (activations, VAE tiles).
 EDIT_ACTIVATIONS_GIB = 8.0
-
-
-class Weights(Protocol):
-    """A module as far as its weights go: an ``nn.Module``, or a pipeline's transformer as
-    ``engine.diffusers_types`` sees it."""
-
-    def named_modules(self) -> Iterator[tuple[str, torch.nn.Module]]: ...
-
-    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
-
-    def buffers(self) -> Iterator[torch.Tensor]: ...
-
-
-def module_bytes(module: Weights) -> int:
-    """Bytes of a module's parameters and buffers."""
-    tensors = [*module.parameters(), *module.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def choose_residency(

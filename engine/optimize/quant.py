@@ -210,12 +210,3 @@ class AdapterSwitch:
         for module in self.modules:
             module.lora_on = fast
         self.fused = fast
-
-
-def compact_bytes(modules: Iterable[QuantLinear]) -> int:
-    return sum(
-        t.numel() * t.element_size()
-        for m in modules
-        for t in (m.weight, m.scale, m.bias, m.lora_down, m.lora_up)
-        if t is not None
-    )
